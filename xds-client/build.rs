@@ -1,0 +1,69 @@
+//! Build script: finds the descriptor set that ships inside the `envoy-types` crate and compiles
+//! the few extra protos this repository carries (types istiod and pilot-agent send that
+//! envoy-types does not have), so the proto3 JSON loader can resolve every `@type`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set"));
+
+    // envoy-types' prost-build output includes the FileDescriptorSet it was generated from.
+    let envoy_types_dir = envoy_types_dir(&manifest_dir);
+    let types_bin = envoy_types_dir.join("src/generated/types.bin");
+    std::fs::copy(&types_bin, out.join("envoy_types.bin"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", types_bin.display()));
+    println!("cargo:rerun-if-changed={}", types_bin.display());
+
+    // Our extra protos import well-known types only.
+    let proto_dir = manifest_dir.join("proto");
+    let files: Vec<PathBuf> = walk(&proto_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "proto"))
+        .collect();
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let fds = protox::compile(&files, [&proto_dir]).expect("compiling extra protos");
+    let bytes = prost::Message::encode_to_vec(&fds);
+    std::fs::write(out.join("extra.bin"), bytes).expect("writing extra.bin");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(walk(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Locates the envoy-types package source through `cargo metadata` (works for registry,
+/// vendored and git sources alike).
+fn envoy_types_dir(manifest_dir: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(manifest_dir)
+        .output()
+        .expect("running cargo metadata");
+    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata json");
+    let pkgs = meta["packages"].as_array().expect("packages array");
+    for p in pkgs {
+        if p["name"] == "envoy-types" {
+            let manifest = p["manifest_path"].as_str().expect("manifest_path");
+            return Path::new(manifest).parent().expect("parent dir").to_path_buf();
+        }
+    }
+    panic!("envoy-types not found in cargo metadata");
+}

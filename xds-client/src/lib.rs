@@ -1,0 +1,9 @@
+//! Loading Envoy configuration: proto3 JSON/YAML into `envoy-types` messages, the bootstrap file
+//! with Envoy's command-line overrides, typed `Any` unpacking, and the xDS client.
+
+pub mod any;
+pub mod bootstrap;
+pub mod descriptors;
+pub mod json;
+
+pub use envoy_types::pb;
