@@ -23,6 +23,7 @@ fn main() {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "proto"))
         .collect();
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
@@ -56,13 +57,20 @@ fn envoy_types_dir(manifest_dir: &Path) -> PathBuf {
         .current_dir(manifest_dir)
         .output()
         .expect("running cargo metadata");
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata json");
     let pkgs = meta["packages"].as_array().expect("packages array");
     for p in pkgs {
         if p["name"] == "envoy-types" {
             let manifest = p["manifest_path"].as_str().expect("manifest_path");
-            return Path::new(manifest).parent().expect("parent dir").to_path_buf();
+            return Path::new(manifest)
+                .parent()
+                .expect("parent dir")
+                .to_path_buf();
         }
     }
     panic!("envoy-types not found in cargo metadata");

@@ -71,7 +71,10 @@ mod tests {
     #[test]
     fn pool_has_envoy_and_extra_types() {
         let p = pool();
-        assert!(p.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap").is_some());
+        assert!(
+            p.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap")
+                .is_some()
+        );
         assert!(p.get_message_by_name("udpa.type.v1.TypedStruct").is_some());
         assert!(p.get_message_by_name("xds.type.v3.TypedStruct").is_some());
     }

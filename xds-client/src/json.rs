@@ -24,7 +24,10 @@ pub struct JsonError {
 
 impl JsonError {
     fn at(path: &str, reason: impl Into<String>) -> Self {
-        JsonError { path: path.to_string(), reason: reason.into() }
+        JsonError {
+            path: path.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -41,8 +44,10 @@ pub struct JsonOptions {
 pub fn yaml_to_json(text: &str) -> Result<Value, JsonError> {
     let mut y: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| JsonError::at("", format!("invalid YAML: {e}")))?;
-    y.apply_merge().map_err(|e| JsonError::at("", format!("invalid YAML merge key: {e}")))?;
-    serde_json::to_value(y).map_err(|e| JsonError::at("", format!("YAML is not JSON-compatible: {e}")))
+    y.apply_merge()
+        .map_err(|e| JsonError::at("", format!("invalid YAML merge key: {e}")))?;
+    serde_json::to_value(y)
+        .map_err(|e| JsonError::at("", format!("YAML is not JSON-compatible: {e}")))
 }
 
 /// Converts a proto3 JSON value into the message `T`, through the descriptor of `T`.
@@ -63,7 +68,9 @@ pub fn message_from_json<T: prost::Message + prost::Name + Default>(
         &DeserializeOptions::new().deny_unknown_fields(!opts.allow_unknown_fields),
     )
     .map_err(|e| JsonError::at("", format!("invalid {full}: {e}")))?;
-    dynamic.transcode_to::<T>().map_err(|e| JsonError::at("", format!("re-encoding {full}: {e}")))
+    dynamic
+        .transcode_to::<T>()
+        .map_err(|e| JsonError::at("", format!("re-encoding {full}: {e}")))
 }
 
 /// Renders a message as Envoy's `/config_dump` does: proto3 JSON with the original
@@ -84,7 +91,9 @@ pub fn dynamic_to_json(desc: MessageDescriptor, bytes: &[u8]) -> Result<Value, J
     let full = desc.full_name().to_string();
     let dynamic = DynamicMessage::decode(desc, bytes)
         .map_err(|e| JsonError::at("", format!("decoding {full}: {e}")))?;
-    let opts = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(true);
+    let opts = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(true);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &opts)
         .map_err(|e| JsonError::at("", format!("rendering {full}: {e}")))
@@ -92,7 +101,12 @@ pub fn dynamic_to_json(desc: MessageDescriptor, bytes: &[u8]) -> Result<Value, J
 
 /// Converts a protobuf `Struct` into the JSON object it stands for.
 pub fn struct_to_json(s: &envoy_types::pb::google::protobuf::Struct) -> Value {
-    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), pb_value_to_json(v))).collect())
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), pb_value_to_json(v)))
+            .collect(),
+    )
 }
 
 fn pb_value_to_json(v: &envoy_types::pb::google::protobuf::Value) -> Value {
@@ -100,8 +114,12 @@ fn pb_value_to_json(v: &envoy_types::pb::google::protobuf::Value) -> Value {
     match &v.kind {
         None | Some(K::NullValue(_)) => Value::Null,
         // Struct numbers are doubles; integral ones are written as integers so integer fields accept them.
-        Some(K::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => Value::Number((*n as i64).into()),
-        Some(K::NumberValue(n)) => serde_json::Number::from_f64(*n).map(Value::Number).unwrap_or(Value::Null),
+        Some(K::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+            Value::Number((*n as i64).into())
+        }
+        Some(K::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         Some(K::StringValue(s)) => Value::String(s.clone()),
         Some(K::BoolValue(b)) => Value::Bool(*b),
         Some(K::StructValue(s)) => struct_to_json(s),
@@ -126,14 +144,20 @@ fn check_message(
         "google.protobuf.Struct" => {
             return match value {
                 Value::Object(_) | Value::Null => Ok(()),
-                _ => Err(JsonError::at(path, "expected an object for google.protobuf.Struct")),
+                _ => Err(JsonError::at(
+                    path,
+                    "expected an object for google.protobuf.Struct",
+                )),
             };
         }
         "google.protobuf.Value" => return Ok(()),
         "google.protobuf.ListValue" => {
             return match value {
                 Value::Array(_) | Value::Null => Ok(()),
-                _ => Err(JsonError::at(path, "expected an array for google.protobuf.ListValue")),
+                _ => Err(JsonError::at(
+                    path,
+                    "expected an array for google.protobuf.ListValue",
+                )),
             };
         }
         name if is_wrapper(name) => {
@@ -149,7 +173,11 @@ fn check_message(
         other => {
             return Err(JsonError::at(
                 path,
-                format!("expected an object for {}, found {}", desc.full_name(), kind_of(other)),
+                format!(
+                    "expected an object for {}, found {}",
+                    desc.full_name(),
+                    kind_of(other)
+                ),
             ));
         }
     };
@@ -195,10 +223,17 @@ fn check_field(
     }
     if field.is_map() {
         let Value::Object(map) = value else {
-            return Err(JsonError::at(path, format!("expected an object (map), found {}", kind_of(value))));
+            return Err(JsonError::at(
+                path,
+                format!("expected an object (map), found {}", kind_of(value)),
+            ));
         };
-        let Kind::Message(entry) = field.kind() else { return Ok(()) };
-        let Some(vfield) = entry.map_entry_value_field().into() else { return Ok(()) };
+        let Kind::Message(entry) = field.kind() else {
+            return Ok(());
+        };
+        let Some(vfield) = entry.map_entry_value_field().into() else {
+            return Ok(());
+        };
         for (k, v) in map.iter_mut() {
             let len = path.len();
             let _ = write!(path, "[{k:?}]");
@@ -209,7 +244,10 @@ fn check_field(
     }
     if field.is_list() {
         let Value::Array(items) = value else {
-            return Err(JsonError::at(path, format!("expected an array, found {}", kind_of(value))));
+            return Err(JsonError::at(
+                path,
+                format!("expected an array, found {}", kind_of(value)),
+            ));
         };
         for (i, v) in items.iter_mut().enumerate() {
             let len = path.len();
@@ -244,7 +282,12 @@ fn check_any(
     let obj = match value {
         Value::Object(o) => o,
         Value::Null => return Ok(()),
-        other => return Err(JsonError::at(path, format!("expected an object for Any, found {}", kind_of(other)))),
+        other => {
+            return Err(JsonError::at(
+                path,
+                format!("expected an object for Any, found {}", kind_of(other)),
+            ));
+        }
     };
     let Some(type_url) = obj.get("@type").and_then(Value::as_str).map(str::to_owned) else {
         if obj.is_empty() {
@@ -254,7 +297,10 @@ fn check_any(
     };
     let name = type_url.rsplit('/').next().unwrap_or(&type_url);
     let Some(desc) = pool.get_message_by_name(name) else {
-        return Err(JsonError::at(path, format!("unknown type URL \"{type_url}\"")));
+        return Err(JsonError::at(
+            path,
+            format!("unknown type URL \"{type_url}\""),
+        ));
     };
     let len = path.len();
     let _ = write!(path, ".<{name}>");
@@ -266,7 +312,10 @@ fn check_any(
     } else {
         // Check the remaining keys as the fields of the named message.
         let mut rest = Value::Object(
-            obj.iter().filter(|(k, _)| k.as_str() != "@type").map(|(k, v)| (k.clone(), v.clone())).collect(),
+            obj.iter()
+                .filter(|(k, _)| k.as_str() != "@type")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         );
         let r = check_message(pool, &mut rest, &desc, path, opts);
         if r.is_ok() {
@@ -281,7 +330,12 @@ fn check_any(
     result
 }
 
-fn check_scalar(value: &mut Value, kind: &Kind, path: &str, opts: JsonOptions) -> Result<(), JsonError> {
+fn check_scalar(
+    value: &mut Value,
+    kind: &Kind,
+    path: &str,
+    opts: JsonOptions,
+) -> Result<(), JsonError> {
     let ok = match (kind, &*value) {
         (_, Value::Null) => true,
         (Kind::String, Value::String(_)) => true,
@@ -300,14 +354,25 @@ fn check_scalar(value: &mut Value, kind: &Kind, path: &str, opts: JsonOptions) -
             true
         }
         (
-            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Int64 | Kind::Sint64 | Kind::Sfixed64
-            | Kind::Uint32 | Kind::Fixed32 | Kind::Uint64 | Kind::Fixed64,
+            Kind::Int32
+            | Kind::Sint32
+            | Kind::Sfixed32
+            | Kind::Int64
+            | Kind::Sint64
+            | Kind::Sfixed64
+            | Kind::Uint32
+            | Kind::Fixed32
+            | Kind::Uint64
+            | Kind::Fixed64,
             Value::Number(_) | Value::String(_),
         ) => true,
         (Kind::Float | Kind::Double, Value::Number(_) | Value::String(_)) => true,
         (Kind::Enum(e), Value::String(s)) => {
             if e.get_value_by_name(s).is_none() {
-                return Err(JsonError::at(path, format!("unknown value \"{s}\" for enum {}", e.full_name())));
+                return Err(JsonError::at(
+                    path,
+                    format!("unknown value \"{s}\" for enum {}", e.full_name()),
+                ));
             }
             true
         }
@@ -317,19 +382,26 @@ fn check_scalar(value: &mut Value, kind: &Kind, path: &str, opts: JsonOptions) -
     if ok {
         Ok(())
     } else {
-        Err(JsonError::at(path, format!("expected {}, found {}", kind_name(kind), kind_of(value))))
+        Err(JsonError::at(
+            path,
+            format!("expected {}, found {}", kind_name(kind), kind_of(value)),
+        ))
     }
 }
 
 fn expect_string(value: &Value, path: &str, what: &str) -> Result<(), JsonError> {
     match value {
         Value::String(_) | Value::Null => Ok(()),
-        other => Err(JsonError::at(path, format!("expected a string for {what}, found {}", kind_of(other)))),
+        other => Err(JsonError::at(
+            path,
+            format!("expected a string for {what}, found {}", kind_of(other)),
+        )),
     }
 }
 
 fn field_by_json_key(desc: &MessageDescriptor, key: &str) -> Option<FieldDescriptor> {
-    desc.get_field_by_name(key).or_else(|| desc.get_field_by_json_name(key))
+    desc.get_field_by_name(key)
+        .or_else(|| desc.get_field_by_json_name(key))
 }
 
 fn push_field(path: &mut String, key: &str) {
@@ -399,7 +471,14 @@ mod tests {
 
     fn load(yaml: &str, opts: JsonOptions) -> Result<Bootstrap, JsonError> {
         let pool = crate::descriptors::pool();
-        message_from_json(&pool, yaml_to_json(yaml)?, JsonOptions { yaml_scalars: true, ..opts })
+        message_from_json(
+            &pool,
+            yaml_to_json(yaml)?,
+            JsonOptions {
+                yaml_scalars: true,
+                ..opts
+            },
+        )
     }
 
     #[test]
@@ -417,7 +496,10 @@ mod tests {
     fn unknown_field_allowed_when_asked() {
         let b = load(
             "static_resources:\n  listeners:\n  - name: a\n    bogus: 1\n",
-            JsonOptions { allow_unknown_fields: true, ..Default::default() },
+            JsonOptions {
+                allow_unknown_fields: true,
+                ..Default::default()
+            },
         )
         .unwrap();
         assert_eq!(b.static_resources.unwrap().listeners[0].name, "a");
@@ -446,7 +528,10 @@ static_resources:
         let c = &b.static_resources.unwrap().clusters[0];
         assert_eq!(c.connect_timeout.unwrap().nanos, 250_000_000);
         assert_eq!(c.per_connection_buffer_limit_bytes.unwrap().value, 1024);
-        assert!(c.typed_extension_protocol_options.contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"));
+        assert!(
+            c.typed_extension_protocol_options
+                .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        );
     }
 
     #[test]
