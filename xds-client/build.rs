@@ -52,8 +52,16 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// vendored and git sources alike).
 fn envoy_types_dir(manifest_dir: &Path) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = std::env::var("TARGET").unwrap_or_default();
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+            &target,
+        ])
         .current_dir(manifest_dir)
         .output()
         .expect("running cargo metadata");

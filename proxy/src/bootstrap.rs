@@ -1,0 +1,166 @@
+//! From a loaded `Bootstrap` to the server's compiled config: node identity, admin address,
+//! stats settings, static clusters and listeners. Also Envoy's start-up checks that `--mode
+//! validate` must reproduce (files and runtime directories that must exist).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+
+use crate::cli::Options;
+use crate::config::{BuildCtx, ConfigError, NodeInfo, Snapshot};
+use crate::listener::Listener;
+use crate::stats::Store;
+use crate::stats::tags::TagExtractors;
+use crate::upstream::cluster::{Cluster, socket_address_of};
+
+/// The compiled bootstrap.
+pub struct ServerConfig {
+    pub node: Arc<NodeInfo>,
+    pub admin: Option<SocketAddr>,
+    pub stats: Arc<Store>,
+    pub snapshot: Snapshot,
+    pub bootstrap: Bootstrap,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError> {
+    let mut node = NodeInfo {
+        hostname: hostname(),
+        ..Default::default()
+    };
+    if let Some(n) = &b.node {
+        node.id = n.id.clone();
+        node.cluster = n.cluster.clone();
+        node.zone = n
+            .locality
+            .as_ref()
+            .map(|l| l.zone.clone())
+            .unwrap_or_default();
+        node.metadata = n.metadata.clone();
+    }
+    if let Some(c) = &opts.service_cluster {
+        node.cluster = c.clone();
+    }
+    if let Some(n) = &opts.service_node {
+        node.id = n.clone();
+    }
+    if let Some(z) = &opts.service_zone {
+        node.zone = z.clone();
+    }
+    let node = Arc::new(node);
+
+    // Stats: tag extractors from the bootstrap (custom first, then Envoy's defaults).
+    let (use_defaults, custom) = match &b.stats_config {
+        Some(sc) => {
+            let mut custom = Vec::new();
+            for (i, t) in sc.stats_tags.iter().enumerate() {
+                use envoy_types::pb::envoy::config::metrics::v3::tag_specifier::TagValue;
+                match &t.tag_value {
+                    Some(TagValue::Regex(r)) => custom.push((t.tag_name.clone(), r.clone())),
+                    Some(TagValue::FixedValue(_)) => {}
+                    None => {
+                        return Err(ConfigError::new(
+                            format!("stats_config.stats_tags[{i}]"),
+                            "needs a regex or fixed_value",
+                        ));
+                    }
+                }
+            }
+            (
+                sc.use_all_default_tags.map(|b| b.value).unwrap_or(true),
+                custom,
+            )
+        }
+        None => (true, Vec::new()),
+    };
+    let tags = TagExtractors::new(use_defaults, &custom)
+        .map_err(|e| ConfigError::new("stats_config.stats_tags", e))?;
+    let stats = Arc::new(Store::new(tags));
+
+    check_runtime(b)?;
+
+    let admin = match &b.admin {
+        Some(a) if a.address.is_some() => {
+            Some(socket_address_of(a.address.as_ref(), "admin.address")?)
+        }
+        _ => None,
+    };
+
+    let sr = b.static_resources.clone().unwrap_or_default();
+    let mut cluster_names = HashSet::new();
+    for (i, c) in sr.clusters.iter().enumerate() {
+        if !cluster_names.insert(c.name.clone()) {
+            return Err(ConfigError::new(
+                format!("static_resources.clusters[{i}].name"),
+                format!("cluster manager: duplicate cluster '{}'", c.name),
+            ));
+        }
+    }
+    let cx = BuildCtx {
+        stats: stats.clone(),
+        cluster_names: Arc::new(cluster_names),
+        node: node.clone(),
+    };
+    let mut snapshot = Snapshot::default();
+    for (i, c) in sr.clusters.iter().enumerate() {
+        let cl = Cluster::from_proto(c, &cx)
+            .map_err(|e| e.within(&format!("static_resources.clusters[{i}]")))?;
+        snapshot.clusters.insert(cl.name.clone(), Arc::new(cl));
+    }
+    let mut names = HashSet::new();
+    for (i, l) in sr.listeners.iter().enumerate() {
+        let field = format!("static_resources.listeners[{i}]");
+        if !l.name.is_empty() && !names.insert(l.name.clone()) {
+            return Err(ConfigError::new(
+                field,
+                format!("error adding listener named '{}': duplicate", l.name),
+            ));
+        }
+        snapshot.listeners.push(Arc::new(
+            Listener::from_proto(l, &cx).map_err(|e| e.within(&field))?,
+        ));
+    }
+    if !sr.secrets.is_empty() {
+        return Err(ConfigError::new(
+            "static_resources.secrets",
+            "static secrets are not supported yet",
+        ));
+    }
+    Ok(ServerConfig {
+        node,
+        admin,
+        stats,
+        snapshot,
+        bootstrap: b.clone(),
+    })
+}
+
+/// Envoy watches disk runtime layers at start-up and fails if they cannot be watched.
+fn check_runtime(b: &Bootstrap) -> Result<(), ConfigError> {
+    use envoy_types::pb::envoy::config::bootstrap::v3::runtime_layer::LayerSpecifier;
+    let Some(rt) = &b.layered_runtime else {
+        return Ok(());
+    };
+    for (i, l) in rt.layers.iter().enumerate() {
+        if let Some(LayerSpecifier::DiskLayer(d)) = &l.layer_specifier {
+            let p = std::path::Path::new(&d.symlink_root);
+            if !d.symlink_root.is_empty() && std::fs::symlink_metadata(p).is_err() {
+                return Err(ConfigError::new(
+                    format!("layered_runtime.layers[{i}].disk_layer.symlink_root"),
+                    format!(
+                        "unable to add filesystem watch for file {}: No such file or directory",
+                        d.symlink_root
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Envoy's network and HTTP filters, one module per extension (its config translation beside its
+//! behaviour).
+
+pub mod http;
+pub mod network;

@@ -1,0 +1,708 @@
+//! Forwarding one routed request: cluster choice, header preparation, the attempt loop with
+//! per-try and global timeouts and retries, and the response headers Envoy adds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::filters::network::http_connection_manager::{
+    ConnCtx, apply_request_mutations, apply_response_mutations,
+};
+use crate::formatter::FormatContext;
+use crate::http::body::{ReplayBody, RequestBody, ResponseBody};
+use crate::http::local_reply::LocalReply;
+use crate::router::action::{
+    ClusterSpecifier, HashPolicy, HostRewrite, RouteAction, WeightedCluster,
+};
+use crate::router::retry::{ResetReason, RetryPolicy, parse_retry_on};
+use crate::router::route::Route;
+use crate::router::{RouteTable, VirtualHost};
+use crate::upstream::cluster::{Cluster, UpstreamProtocol};
+use crate::upstream::host::{ActiveRequest, Host};
+use crate::upstream::lb::{self, combine_hash, hash_key};
+use crate::upstream::pool::Lease;
+
+/// The body size kept for retries (Envoy's default per-connection buffer limit).
+const RETRY_BUFFER_LIMIT: usize = 1 << 20;
+
+/// Hop-by-hop headers never forwarded.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// One routed request on its way upstream.
+pub struct Forward<'a> {
+    pub cx: &'a ConnCtx,
+    pub table: &'a RouteTable,
+    pub vhost: &'a VirtualHost,
+    pub route: &'a Route,
+    pub action: &'a RouteAction,
+    pub matched_len: usize,
+    pub authority: &'a str,
+    pub downstream_remote: SocketAddr,
+    pub format_cx: &'a FormatContext<'a>,
+}
+
+enum AttemptError {
+    Reset(ResetReason),
+    PerTryTimeout,
+    GlobalTimeout,
+}
+
+impl Forward<'_> {
+    fn reply(&self, weighted: Option<&WeightedCluster>, r: LocalReply) -> Response<ResponseBody> {
+        let mut resp = r.into_response();
+        apply_response_mutations(
+            self.table,
+            self.vhost,
+            self.route,
+            weighted.map(|w| &w.response_headers),
+            resp.headers_mut(),
+            self.format_cx,
+        );
+        resp
+    }
+
+    pub async fn run(self, parts: &mut Parts, body: Incoming) -> Response<ResponseBody> {
+        let hcm = &self.cx.hcm;
+        let action = self.action;
+
+        // Which cluster.
+        let mut weighted: Option<&WeightedCluster> = None;
+        let cluster_name: &str = match &action.cluster {
+            ClusterSpecifier::Name(n) => n,
+            ClusterSpecifier::Header(h) => match parts.headers.get(h).and_then(|v| v.to_str().ok())
+            {
+                Some(n) => n,
+                None => {
+                    hcm.stats.no_route.inc();
+                    return self.reply(None, LocalReply::no_route());
+                }
+            },
+            ClusterSpecifier::Weighted { clusters, total } => {
+                let w = RouteAction::pick_weighted(clusters, *total, fastrand::u64(..));
+                weighted = Some(w);
+                &w.name
+            }
+        };
+        let snapshot = self.cx.worker.shared.snapshot.load_full();
+        let Some(cluster) = snapshot.cluster(cluster_name).cloned() else {
+            hcm.stats.no_cluster.inc();
+            let reply = if matches!(action.cluster, ClusterSpecifier::Header(_)) {
+                LocalReply::no_route()
+            } else {
+                LocalReply::cluster_not_found()
+            };
+            return self.reply(weighted, reply);
+        };
+        let stats = &cluster.stats;
+
+        // Circuit breaker on concurrent requests.
+        if cluster.active_requests.load(Ordering::Relaxed) >= cluster.thresholds.max_requests {
+            stats.upstream_rq_pending_overflow.inc();
+            return self.reply(weighted, LocalReply::overflow());
+        }
+        let _cluster_active = ClusterRequest::new(&cluster);
+
+        // Envoy's x-envoy-* request controls (consumed here, never forwarded).
+        let suppress = hcm.filters.router.suppress_envoy_headers;
+        let mut timeout = action.timeout;
+        let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
+        take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms").map(|ms| {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        });
+        if let Some(ms) =
+            take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-per-try-timeout-ms")
+        {
+            policy
+                .get_or_insert_with(RetryPolicy::default)
+                .per_try_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(on) = parts
+            .headers
+            .remove("x-envoy-retry-on")
+            .and_then(|v| v.to_str().ok().map(parse_retry_on))
+        {
+            policy.get_or_insert_with(RetryPolicy::default).retry_on |= on;
+        }
+        if let Some(n) = take_header_ms(&mut parts.headers, "x-envoy-max-retries") {
+            if let Some(p) = policy.as_mut() {
+                p.num_retries = n as u32;
+            }
+        }
+        for h in [
+            "x-envoy-retriable-status-codes",
+            "x-envoy-retriable-header-names",
+            "x-envoy-hedge-on-per-try-timeout",
+        ] {
+            parts.headers.remove(h);
+        }
+        let policy = policy.filter(|p| p.retry_on != 0 && p.num_retries > 0);
+        let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
+
+        // Upstream request headers.
+        let mut headers = std::mem::take(&mut parts.headers);
+        strip_hop_by_hop(&mut headers);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let new_path = rewrite_path(action, path_and_query, self.matched_len);
+        if new_path.is_some() && !suppress {
+            if let Ok(v) = HeaderValue::from_str(path_and_query) {
+                headers.insert("x-envoy-original-path", v);
+            }
+        }
+        let path_and_query = new_path.unwrap_or_else(|| path_and_query.to_string());
+        apply_request_mutations(
+            self.table,
+            self.vhost,
+            self.route,
+            weighted.map(|w| &w.request_headers),
+            &mut headers,
+            self.format_cx,
+        );
+        let expected = per_try.or(timeout);
+        if let (Some(t), false) = (expected, suppress) {
+            headers.insert(
+                "x-envoy-expected-rq-timeout-ms",
+                HeaderValue::from(t.as_millis() as u64),
+            );
+        }
+        let mut authority = self.authority.to_string();
+        let literal = weighted.and_then(|w| w.host_rewrite.as_ref());
+        let host_rewrite_applied = match (literal, &action.host_rewrite) {
+            (Some(h), _) | (None, HostRewrite::Literal(h)) => {
+                authority = h.to_str().unwrap_or(self.authority).to_string();
+                true
+            }
+            (None, HostRewrite::Header(name)) => {
+                match headers.get(name).and_then(|v| v.to_str().ok()) {
+                    Some(v) if !v.is_empty() => {
+                        authority = v.to_string();
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            (None, HostRewrite::PathRegex(re, sub)) => {
+                let p = path_and_query.split('?').next().unwrap_or("");
+                authority = re.replace_all(p, sub.as_str()).into_owned();
+                true
+            }
+            _ => false,
+        };
+        if host_rewrite_applied && action.append_x_forwarded_host {
+            append_x_forwarded_host(&mut headers, self.authority);
+        }
+        let h2 = match cluster.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
+        };
+
+        // Hash key for ring hash / maglev.
+        let hash = if cluster.lb.uses_hash() {
+            self.hash_key(&headers, &path_and_query)
+        } else {
+            None
+        };
+
+        // The body: replayable when retries may happen.
+        let mut replay: Option<ReplayBody> = None;
+        let mut first_body = if body.is_end_stream() {
+            Some(RequestBody::Empty)
+        } else if policy.is_some() {
+            let r = ReplayBody::new(body, RETRY_BUFFER_LIMIT);
+            let first = r.replay();
+            replay = Some(r);
+            first.map(RequestBody::Replay)
+        } else {
+            Some(RequestBody::Incoming(body))
+        };
+        let body_is_empty = matches!(first_body, Some(RequestBody::Empty));
+
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut attempted: Vec<u64> = Vec::new();
+        let mut retries_done = 0u32;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let avoid: &[u64] = if policy.as_ref().is_some_and(|p| p.avoid_previous_hosts) {
+                &attempted
+            } else {
+                &[]
+            };
+            let host = {
+                let set = cluster.hosts.load();
+                lb::choose(cluster.lb, &set, hash, avoid)
+            };
+            let Some(host) = host else {
+                stats.upstream_cx_none_healthy.inc();
+                return self.reply(weighted, LocalReply::no_healthy_upstream());
+            };
+            attempted.push(host.id);
+            let body = match first_body.take() {
+                Some(b) => b,
+                None if body_is_empty => RequestBody::Empty,
+                None => match replay.as_ref().and_then(ReplayBody::replay) {
+                    Some(b) => RequestBody::Replay(b),
+                    None => {
+                        return self.reply(
+                            weighted,
+                            LocalReply::upstream_reset(ResetReason::LocalReset.envoy_text(), "UR"),
+                        );
+                    }
+                },
+            };
+            let mut hdrs = headers.clone();
+            if self.vhost.include_attempt_count_in_request {
+                hdrs.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+            }
+            if matches!(action.host_rewrite, HostRewrite::Auto)
+                && literal.is_none()
+                && !host.hostname.is_empty()
+            {
+                if action.append_x_forwarded_host && attempt == 1 {
+                    append_x_forwarded_host(&mut hdrs, self.authority);
+                }
+                authority = host.hostname.to_string();
+            }
+            let req = match build_request(parts, hdrs, &authority, &path_and_query, h2, body) {
+                Ok(r) => r,
+                Err(_) => {
+                    return LocalReply::new(
+                        http::StatusCode::BAD_REQUEST,
+                        "",
+                        "DPE",
+                        "invalid_request",
+                    )
+                    .into_response();
+                }
+            };
+            stats.upstream_rq_total.inc();
+            let started = Instant::now();
+            let outcome = self
+                .attempt(&cluster, &host, h2, req, per_try, deadline)
+                .await;
+            let retry_allowed = |p: &RetryPolicy| {
+                retries_done < p.num_retries
+                    && (body_is_empty || replay.as_ref().is_some_and(ReplayBody::can_replay))
+                    && deadline.is_none_or(|d| Instant::now() < d)
+            };
+            match outcome {
+                Ok((resp, lease, active)) => {
+                    let status = resp.status().as_u16();
+                    if let Some(p) = policy.as_ref() {
+                        if p.retry_on_response(status, resp.headers()) {
+                            if retry_allowed(p) && self.take_retry_budget(&cluster) {
+                                retries_done += 1;
+                                stats.upstream_rq_retry.inc();
+                                stats.upstream_rq.record(status, true);
+                                drop(resp);
+                                self.backoff(p, retries_done, deadline).await;
+                                continue;
+                            }
+                            if retries_done >= p.num_retries {
+                                stats.upstream_rq_retry_limit_exceeded.inc();
+                            }
+                        } else if retries_done > 0 {
+                            stats.upstream_rq_retry_success.inc();
+                        }
+                    }
+                    return self.respond(
+                        resp, lease, active, &cluster, &host, started, attempt, weighted, suppress,
+                    );
+                }
+                Err(AttemptError::GlobalTimeout) => {
+                    stats.upstream_rq_timeout.inc();
+                    return self.reply(weighted, LocalReply::upstream_timeout());
+                }
+                Err(AttemptError::PerTryTimeout) => {
+                    stats.upstream_rq_per_try_timeout.inc();
+                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout()) {
+                        if retry_allowed(p) && self.take_retry_budget(&cluster) {
+                            retries_done += 1;
+                            stats.upstream_rq_retry.inc();
+                            self.backoff(p, retries_done, deadline).await;
+                            continue;
+                        }
+                    }
+                    stats.upstream_rq_timeout.inc();
+                    return self.reply(weighted, LocalReply::upstream_timeout());
+                }
+                Err(AttemptError::Reset(reason)) => {
+                    if reason != ResetReason::ConnectFailure
+                        && reason != ResetReason::ConnectTimeout
+                    {
+                        stats.upstream_rq_rx_reset.inc();
+                    }
+                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_reset(reason)) {
+                        if retry_allowed(p) && self.take_retry_budget(&cluster) {
+                            retries_done += 1;
+                            stats.upstream_rq_retry.inc();
+                            self.backoff(p, retries_done, deadline).await;
+                            continue;
+                        }
+                        if retries_done >= p.num_retries {
+                            stats.upstream_rq_retry_limit_exceeded.inc();
+                        }
+                    }
+                    return self.reply(
+                        weighted,
+                        LocalReply::upstream_reset(reason.envoy_text(), reason.response_flag()),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Enforces the cluster's `max_retries` circuit breaker for one retry.
+    fn take_retry_budget(&self, cluster: &Arc<Cluster>) -> bool {
+        let n = cluster.active_retries.fetch_add(1, Ordering::Relaxed);
+        let c = cluster.clone();
+        // The budget is held for the back-off; released right after.
+        let ok = n < cluster.thresholds.max_retries;
+        if !ok {
+            cluster.stats.upstream_rq_retry_overflow.inc();
+        }
+        tokio::task::spawn_local(async move {
+            tokio::task::yield_now().await;
+            c.active_retries.fetch_sub(1, Ordering::Relaxed);
+        });
+        ok
+    }
+
+    async fn backoff(&self, p: &RetryPolicy, n: u32, deadline: Option<Instant>) {
+        let mut d = p.backoff(n);
+        if let Some(dl) = deadline {
+            d = d.min(dl.saturating_duration_since(Instant::now()));
+        }
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// One attempt: connection, request, response headers, within the per-try and global limits.
+    async fn attempt(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        h2: bool,
+        req: Request<RequestBody>,
+        per_try: Option<Duration>,
+        deadline: Option<Instant>,
+    ) -> Result<(Response<Incoming>, Option<Lease>, ActiveRequest), AttemptError> {
+        let active = ActiveRequest::new(host);
+        let rq_active = crate::stats::GaugeGuard::new(&cluster.stats.upstream_rq_active);
+        let pools = self.cx.worker.pools.clone();
+        let fut = async {
+            let lease = pools
+                .acquire(cluster, host, h2)
+                .await
+                .map_err(AttemptError::Reset)?;
+            match lease {
+                Lease::H1 {
+                    mut sender,
+                    served,
+                    key,
+                    max,
+                } => {
+                    let resp = sender
+                        .send_request(req)
+                        .await
+                        .map_err(|e| AttemptError::Reset(classify(&e)))?;
+                    Ok((
+                        resp,
+                        Some(Lease::H1 {
+                            sender,
+                            served: served + 1,
+                            key,
+                            max,
+                        }),
+                    ))
+                }
+                Lease::H2 { mut sender } => {
+                    let resp = sender
+                        .send_request(req)
+                        .await
+                        .map_err(|e| AttemptError::Reset(classify(&e)))?;
+                    Ok((resp, None))
+                }
+            }
+        };
+        let now = Instant::now();
+        let global_left = deadline.map(|d| d.saturating_duration_since(now));
+        let (limit, is_per_try) = match (per_try, global_left) {
+            (Some(p), Some(g)) if p < g => (Some(p), true),
+            (Some(p), None) => (Some(p), true),
+            (_, g) => (g, false),
+        };
+        let r = match limit {
+            Some(l) => match tokio::time::timeout(l, fut).await {
+                Ok(r) => r,
+                Err(_) if is_per_try => Err(AttemptError::PerTryTimeout),
+                Err(_) => Err(AttemptError::GlobalTimeout),
+            },
+            None => fut.await,
+        };
+        drop(rq_active);
+        r.map(|(resp, lease)| (resp, lease, active))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        lease: Option<Lease>,
+        active: ActiveRequest,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        started: Instant,
+        attempt: u32,
+        weighted: Option<&WeightedCluster>,
+        suppress: bool,
+    ) -> Response<ResponseBody> {
+        let elapsed = started.elapsed();
+        let stats = &cluster.stats;
+        let status = resp.status().as_u16();
+        stats.upstream_rq.record(status, true);
+        stats.upstream_rq_completed.inc();
+        stats
+            .upstream_rq_time
+            .record(elapsed.as_secs_f64() * 1000.0);
+        let (mut rparts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        if !suppress {
+            rparts.headers.insert(
+                "x-envoy-upstream-service-time",
+                HeaderValue::from(elapsed.as_millis() as u64),
+            );
+        }
+        if self.vhost.include_attempt_count_in_response {
+            rparts
+                .headers
+                .insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+        }
+        let fcx = FormatContext {
+            upstream_remote: Some(host.address),
+            upstream_cluster: Some(&cluster.name),
+            ..*self.format_cx
+        };
+        apply_response_mutations(
+            self.table,
+            self.vhost,
+            self.route,
+            weighted.map(|w| &w.response_headers),
+            &mut rparts.headers,
+            &fcx,
+        );
+        let on_end: Option<crate::http::body::OnEnd> = match lease {
+            Some(Lease::H1 {
+                sender,
+                served,
+                key,
+                max,
+            }) => {
+                let pools = self.cx.worker.pools.clone();
+                Some(Box::new(move || pools.release(key, sender, served, max)))
+            }
+            _ => None,
+        };
+        Response::from_parts(
+            rparts,
+            ResponseBody::upstream(body, on_end, Box::new(active)),
+        )
+    }
+
+    fn hash_key(&self, headers: &HeaderMap, path_and_query: &str) -> Option<u64> {
+        let mut acc = None;
+        for p in &self.action.hash_policy {
+            let (v, terminal): (Option<u64>, bool) = match p {
+                HashPolicy::Header { name, terminal } => {
+                    let vals: Vec<&[u8]> =
+                        headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+                    let v = (!vals.is_empty()).then(|| hash_key(&vals.join(&b","[..])));
+                    (v, *terminal)
+                }
+                HashPolicy::Cookie { name, terminal } => (
+                    cookie(headers, name).map(|c| hash_key(c.as_bytes())),
+                    *terminal,
+                ),
+                HashPolicy::SourceIp { terminal } => (
+                    Some(hash_key(self.downstream_remote.ip().to_string().as_bytes())),
+                    *terminal,
+                ),
+                HashPolicy::QueryParameter { name, terminal } => {
+                    let q = path_and_query.split_once('?').map(|x| x.1).unwrap_or("");
+                    let v = q.split('&').find_map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        (k == name).then_some(v)
+                    });
+                    (v.map(|v| hash_key(v.as_bytes())), *terminal)
+                }
+            };
+            if let Some(h) = v {
+                acc = Some(combine_hash(acc, h));
+                if terminal {
+                    break;
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Counts a request against its cluster's `max_requests` while alive.
+struct ClusterRequest(Arc<Cluster>);
+
+impl ClusterRequest {
+    fn new(c: &Arc<Cluster>) -> Self {
+        c.active_requests.fetch_add(1, Ordering::Relaxed);
+        ClusterRequest(c.clone())
+    }
+}
+
+impl Drop for ClusterRequest {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn take_header_ms(h: &mut HeaderMap, name: &str) -> Option<u64> {
+    h.remove(name)
+        .and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse().ok()))
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .filter(|n| n != header::TE)
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    if h.get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        h.remove(header::TE);
+    }
+}
+
+fn append_x_forwarded_host(h: &mut HeaderMap, original: &str) {
+    let v = match h.get("x-forwarded-host").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev},{original}"),
+        _ => original.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert("x-forwarded-host", v);
+    }
+}
+
+/// Applies `prefix_rewrite` / `regex_rewrite`; None when the path is unchanged.
+fn rewrite_path(action: &RouteAction, path_and_query: &str, matched_len: usize) -> Option<String> {
+    let (path, query) = match path_and_query.find('?') {
+        Some(i) => (&path_and_query[..i], &path_and_query[i..]),
+        None => (path_and_query, ""),
+    };
+    if let Some(p) = &action.prefix_rewrite {
+        let rest = path.get(matched_len.min(path.len())..).unwrap_or("");
+        return Some(format!("{p}{rest}{query}"));
+    }
+    if let Some((re, sub)) = &action.regex_rewrite {
+        return Some(format!("{}{query}", re.replace_all(path, sub.as_str())));
+    }
+    None
+}
+
+fn build_request(
+    parts: &Parts,
+    mut headers: HeaderMap,
+    authority: &str,
+    path_and_query: &str,
+    h2: bool,
+    body: RequestBody,
+) -> Result<Request<RequestBody>, http::Error> {
+    let uri = if h2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()?
+    } else {
+        Uri::builder().path_and_query(path_and_query).build()?
+    };
+    if h2 {
+        headers.remove(header::HOST);
+    } else {
+        headers.insert(header::HOST, HeaderValue::from_str(authority)?);
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';').map(str::trim).find_map(|kv| {
+                let (k, val) = kv.split_once('=')?;
+                (k == name).then_some(val)
+            })
+        })
+}
+
+/// Maps a hyper client error to Envoy's reset reason.
+fn classify(e: &hyper::Error) -> ResetReason {
+    use std::error::Error as _;
+    let mut src = e.source();
+    while let Some(s) = src {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            if h2e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return ResetReason::RemoteRefusedStream;
+            }
+            if h2e.is_remote() {
+                return ResetReason::RemoteReset;
+            }
+        }
+        src = s.source();
+    }
+    if e.is_parse() {
+        return ResetReason::ProtocolError;
+    }
+    ResetReason::ConnectionTermination
+}

@@ -1,0 +1,3 @@
+//! Network filters: the terminal filter of a filter chain decides what a connection becomes.
+
+pub mod http_connection_manager;

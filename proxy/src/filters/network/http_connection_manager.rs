@@ -1,0 +1,704 @@
+//! `envoy.filters.network.http_connection_manager`: turns a connection into HTTP requests
+//! (HTTP/1.1 and h2c, AUTO-detected), applies Envoy's request-header rules (x-request-id,
+//! x-forwarded-for/-proto), finds the route, runs the HTTP filters and hands routed requests to
+//! the router. Config translation is at the top, the per-connection behaviour below.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager as HcmProto, http_connection_manager,
+};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::{BuildCtx, ConfigError, duration};
+use crate::filters::http::{FilterAction, FilterChain, FilterCtx};
+use crate::formatter::FormatContext;
+use crate::http::body::ResponseBody;
+use crate::http::exec::LocalExec;
+use crate::http::local_reply::LocalReply;
+use crate::matcher::RequestHeaders;
+use crate::router::RouteTable;
+use crate::router::route::{Action, MatchInput};
+use crate::stats::{CodeStats, Counter, Gauge, GaugeGuard, Histogram};
+use crate::worker::WorkerCtx;
+
+pub const NAME: &str = "envoy.filters.network.http_connection_manager";
+pub const TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// Where the route table comes from.
+pub enum RouteSource {
+    Static(Arc<RouteTable>),
+    /// RDS: filled in (and swapped) by the xDS layer; empty until the first update.
+    Rds {
+        name: String,
+        table: Arc<ArcSwapOption<RouteTable>>,
+    },
+}
+
+pub struct HcmStats {
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_rq: CodeStats,
+    pub downstream_rq_completed: Counter,
+    pub downstream_rq_time: Histogram,
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_destroy: Counter,
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+    pub rq_direct_response: Counter,
+    pub rq_redirect: Counter,
+}
+
+impl HcmStats {
+    fn new(cx: &BuildCtx, prefix: &str) -> Self {
+        let p = format!("http.{prefix}.");
+        let c = |n: &str| cx.stats.counter(&format!("{p}{n}"));
+        let g = |n: &str| cx.stats.gauge(&format!("{p}{n}"));
+        HcmStats {
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: g("downstream_rq_active"),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq: CodeStats::new(&cx.stats, &format!("{p}downstream_rq")),
+            downstream_rq_completed: c("downstream_rq_completed"),
+            downstream_rq_time: cx.stats.histogram(&format!("{p}downstream_rq_time")),
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_redirect: c("rq_redirect"),
+        }
+    }
+}
+
+/// A compiled HTTP connection manager.
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub routes: RouteSource,
+    pub filters: FilterChain,
+    pub server_name: HeaderValue,
+    pub server_header: ServerHeader,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub via: Option<HeaderValue>,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    pub accept_http_10: bool,
+    pub stream_idle_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_concurrent_streams: Option<u32>,
+    pub strip_any_host_port: bool,
+    pub stats: HcmStats,
+}
+
+impl HttpConnectionManager {
+    pub fn from_proto(p: &HcmProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
+        use http_connection_manager::{
+            CodecType, RouteSpecifier, ServerHeaderTransformation as SHT,
+        };
+        if p.stat_prefix.is_empty() {
+            return Err(ConfigError::new(
+                "stat_prefix",
+                "value length must be at least 1 characters",
+            ));
+        }
+        let codec = match CodecType::try_from(p.codec_type) {
+            Ok(CodecType::Auto) => Codec::Auto,
+            Ok(CodecType::Http1) => Codec::Http1,
+            Ok(CodecType::Http2) => Codec::Http2,
+            Ok(CodecType::Http3) | Err(_) => {
+                return Err(ConfigError::new("codec_type", "HTTP/3 is not supported"));
+            }
+        };
+        let routes = match &p.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
+                RouteTable::from_proto(rc, cx, true).map_err(|e| e.within("route_config"))?,
+            )),
+            Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds {
+                name: rds.route_config_name.clone(),
+                table: Arc::new(ArcSwapOption::empty()),
+            },
+            Some(RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(ConfigError::new(
+                    "scoped_routes",
+                    "scoped routes are not supported",
+                ));
+            }
+            None => {
+                return Err(ConfigError::new(
+                    "route_specifier",
+                    "one of route_config or rds is required",
+                ));
+            }
+        };
+        let filters = FilterChain::from_proto(&p.http_filters, cx, "http_filters")?;
+        let server_header = match SHT::try_from(p.server_header_transformation) {
+            Ok(SHT::Overwrite) | Err(_) => ServerHeader::Overwrite,
+            Ok(SHT::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+            Ok(SHT::PassThrough) => ServerHeader::PassThrough,
+        };
+        let server_name = if p.server_name.is_empty() {
+            "envoy"
+        } else {
+            p.server_name.as_str()
+        };
+        let common = p.common_http_protocol_options.as_ref();
+        if !p.upgrade_configs.is_empty() {
+            tracing::debug!(
+                "upgrade_configs: upgrades are forwarded by hyper only for h1 websocket-style upgrades"
+            );
+        }
+        let hcm = HttpConnectionManager {
+            stat_prefix: p.stat_prefix.clone(),
+            codec,
+            routes,
+            filters,
+            server_name: HeaderValue::from_str(server_name)
+                .map_err(|_| ConfigError::new("server_name", "invalid header value"))?,
+            server_header,
+            use_remote_address: p.use_remote_address.map(|b| b.value).unwrap_or(false),
+            xff_num_trusted_hops: p.xff_num_trusted_hops,
+            skip_xff_append: p.skip_xff_append,
+            via: if p.via.is_empty() {
+                None
+            } else {
+                Some(
+                    HeaderValue::from_str(&p.via)
+                        .map_err(|_| ConfigError::new("via", "invalid header value"))?,
+                )
+            },
+            generate_request_id: p.generate_request_id.map(|b| b.value).unwrap_or(true),
+            preserve_external_request_id: p.preserve_external_request_id,
+            always_set_request_id_in_response: p.always_set_request_id_in_response,
+            accept_http_10: p
+                .http_protocol_options
+                .as_ref()
+                .is_some_and(|o| o.accept_http_10),
+            stream_idle_timeout: match &p.stream_idle_timeout {
+                None => Some(Duration::from_secs(300)),
+                Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+            },
+            idle_timeout: common
+                .and_then(|c| c.idle_timeout.as_ref())
+                .map(duration)
+                .filter(|d| !d.is_zero()),
+            max_concurrent_streams: p
+                .http2_protocol_options
+                .as_ref()
+                .and_then(|o| o.max_concurrent_streams)
+                .map(|v| v.value),
+            strip_any_host_port: matches!(
+                p.strip_port_mode,
+                Some(http_connection_manager::StripPortMode::StripAnyHostPort(
+                    true
+                ))
+            ),
+            stats: HcmStats::new(cx, &p.stat_prefix),
+        };
+        Ok(hcm)
+    }
+
+    /// The current route table (None while an RDS table has not arrived).
+    pub fn route_table(&self) -> Option<Arc<RouteTable>> {
+        match &self.routes {
+            RouteSource::Static(t) => Some(t.clone()),
+            RouteSource::Rds { table, .. } => table.load_full(),
+        }
+    }
+}
+
+// === serving a connection ===
+
+/// The connection-level facts every request of a connection shares.
+pub struct ConnCtx {
+    pub hcm: Arc<HttpConnectionManager>,
+    pub worker: Rc<WorkerCtx>,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub scheme: &'static str,
+}
+
+/// Serves HTTP on an accepted connection until it closes or the server drains.
+pub async fn serve<IO>(
+    hcm: Arc<HttpConnectionManager>,
+    io: IO,
+    worker: Rc<WorkerCtx>,
+    remote: SocketAddr,
+    local: SocketAddr,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stats = &hcm.stats;
+    stats.downstream_cx_total.inc();
+    let _active = GaugeGuard::new(&stats.downstream_cx_active);
+    let mut drain = worker.drain.clone();
+    let cx = Rc::new(ConnCtx {
+        hcm: hcm.clone(),
+        worker: worker.clone(),
+        remote,
+        local,
+        scheme: "http",
+    });
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let cx = cx.clone();
+        async move { Ok::<_, Infallible>(handle(req, cx).await) }
+    });
+    let io = TokioIo::new(io);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_concurrent_streams(hcm.max_concurrent_streams.unwrap_or(2147483647));
+    let builder = match hcm.codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    if *drain.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(target: "remora::http", "connection from {remote} ended: {e}");
+                }
+                break;
+            }
+            changed = drain.changed() => {
+                if changed.is_err() || *drain.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                }
+                if changed.is_err() {
+                    // The sender is gone: finish the connection without watching any more.
+                    let _ = conn.as_mut().await;
+                    break;
+                }
+            }
+        }
+    }
+    stats.downstream_cx_destroy.inc();
+}
+
+/// Handles one request end to end and always produces a response.
+async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let hcm = &cx.hcm;
+    let stats = &hcm.stats;
+    stats.downstream_rq_total.inc();
+    match req.version() {
+        Version::HTTP_2 => stats.downstream_rq_http2_total.inc(),
+        _ => stats.downstream_rq_http1_total.inc(),
+    }
+    let active = GaugeGuard::new(&stats.downstream_rq_active);
+    let is_h1 = req.version() != Version::HTTP_2;
+    let mut resp = process(req, &cx).await;
+    finalize_response(&cx, &mut resp, is_h1);
+    let status = resp.status().as_u16();
+    stats.downstream_rq.record(status, false);
+    stats.downstream_rq_completed.inc();
+    stats
+        .downstream_rq_time
+        .record(start.elapsed().as_secs_f64() * 1000.0);
+    drop(active);
+    resp
+}
+
+fn finalize_response(cx: &ConnCtx, resp: &mut Response<ResponseBody>, is_h1: bool) {
+    let h = resp.headers_mut();
+    match cx.hcm.server_header {
+        ServerHeader::Overwrite => {
+            h.insert(header::SERVER, cx.hcm.server_name.clone());
+        }
+        ServerHeader::AppendIfAbsent => {
+            if !h.contains_key(header::SERVER) {
+                h.insert(header::SERVER, cx.hcm.server_name.clone());
+            }
+        }
+        ServerHeader::PassThrough => {}
+    }
+    if is_h1 && *cx.worker.drain.borrow() {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xff00) == 0xfd00,
+    }
+}
+
+/// The request-side work: Envoy's header rules, routing, filters, then the action.
+async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody> {
+    let hcm = &cx.hcm;
+    if req.version() == Version::HTTP_10 && !hcm.accept_http_10 {
+        let mut r = LocalReply::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "Upgrade Required",
+            "",
+            "low_version",
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    let (mut parts, body) = req.into_parts();
+
+    // :authority (h2) or Host (h1).
+    let authority: String = match parts.uri.authority() {
+        Some(a) => a.as_str().to_string(),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    };
+    if authority.is_empty() {
+        return LocalReply::new(
+            StatusCode::BAD_REQUEST,
+            "missing host header",
+            "DPE",
+            "missing_host_header",
+        )
+        .into_response();
+    }
+
+    // x-forwarded-for and the effective downstream address.
+    let mut downstream_remote = cx.remote;
+    let internal;
+    if hcm.use_remote_address {
+        if !hcm.skip_xff_append {
+            let ip = cx.remote.ip().to_string();
+            let v = match parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
+                _ => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                parts.headers.insert("x-forwarded-for", v);
+            }
+        }
+        internal = is_internal(cx.remote.ip());
+        if internal {
+            parts
+                .headers
+                .insert("x-envoy-internal", HeaderValue::from_static("true"));
+        } else {
+            parts.headers.remove("x-envoy-internal");
+        }
+    } else {
+        internal = true;
+        if let Some(addr) = xff_address(&parts.headers, hcm.xff_num_trusted_hops) {
+            downstream_remote = SocketAddr::new(addr, 0);
+        }
+    }
+    // x-forwarded-proto
+    if hcm.use_remote_address || !parts.headers.contains_key("x-forwarded-proto") {
+        parts.headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if cx.scheme == "https" {
+                "https"
+            } else {
+                "http"
+            }),
+        );
+    }
+    // x-request-id
+    if hcm.generate_request_id
+        && (!parts.headers.contains_key("x-request-id")
+            || (!internal && !hcm.preserve_external_request_id))
+    {
+        let id = uuid::Uuid::new_v4();
+        let mut buf = uuid::Uuid::encode_buffer();
+        if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+            parts.headers.insert("x-request-id", v);
+        }
+    }
+    if let Some(via) = &hcm.via {
+        parts.headers.append(header::VIA, via.clone());
+    }
+    let request_id = parts.headers.get("x-request-id").cloned();
+
+    let mut resp = route_and_forward(cx, &mut parts, body, &authority, downstream_remote).await;
+    if hcm.always_set_request_id_in_response {
+        if let Some(id) = request_id {
+            resp.headers_mut().insert("x-request-id", id);
+        }
+    }
+    resp
+}
+
+/// The last XFF address (after trusting `trusted_hops` more), as Envoy's remote address.
+fn xff_address(h: &http::HeaderMap, trusted_hops: u32) -> Option<std::net::IpAddr> {
+    let v = h.get("x-forwarded-for")?.to_str().ok()?;
+    let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+    let idx = parts.len().checked_sub(1 + trusted_hops as usize)?;
+    parts.get(idx)?.parse().ok()
+}
+
+async fn route_and_forward(
+    cx: &ConnCtx,
+    parts: &mut http::request::Parts,
+    body: Incoming,
+    authority: &str,
+    downstream_remote: SocketAddr,
+) -> Response<ResponseBody> {
+    let hcm = &cx.hcm;
+    let Some(table) = hcm.route_table() else {
+        hcm.stats.no_route.inc();
+        return LocalReply::no_route().into_response();
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query.as_str(), None),
+    };
+    let host_for_match = if hcm.strip_any_host_port {
+        strip_port(authority)
+    } else {
+        authority
+    };
+    let Some(vhost) = table.virtual_host(host_for_match) else {
+        hcm.stats.no_route.inc();
+        return LocalReply::no_route().into_response();
+    };
+    let method = parts.method.as_str().to_string();
+    let scheme = parts.uri.scheme_str().unwrap_or(cx.scheme).to_string();
+    let input = MatchInput {
+        headers: RequestHeaders {
+            method: &method,
+            path: &path_and_query,
+            authority,
+            scheme: &scheme,
+            headers: &parts.headers,
+        },
+        path,
+        query,
+        random: fastrand::u64(0..1_000_000),
+        is_connect: parts.method == http::Method::CONNECT,
+    };
+    let Some((route, matched_len)) = vhost.route(&input) else {
+        hcm.stats.no_route.inc();
+        return LocalReply::no_route().into_response();
+    };
+
+    let fcx = FilterCtx {
+        remote: downstream_remote,
+        local: cx.local,
+        route_name: Some(&route.name),
+    };
+    for f in &hcm.filters.filters {
+        if let FilterAction::Respond(reply) = f.on_request(&fcx, parts) {
+            return reply.into_response();
+        }
+    }
+
+    let format_cx = FormatContext {
+        downstream_remote: Some(downstream_remote),
+        downstream_direct_remote: Some(cx.remote),
+        downstream_local: Some(cx.local),
+        protocol: Some(protocol_name(parts.version)),
+        route_name: Some(&route.name),
+        hostname: Some(&cx.worker.shared.hostname),
+        ..Default::default()
+    };
+    let mut resp = match &route.action {
+        Action::Direct(d) => {
+            hcm.stats.rq_direct_response.inc();
+            let mut r = Response::new(ResponseBody::full(d.body.clone()));
+            *r.status_mut() = d.status;
+            if !d.body.is_empty() {
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(d.body.len()));
+            r
+        }
+        Action::Redirect(rd) => {
+            hcm.stats.rq_redirect.inc();
+            let loc = rd.location(
+                &scheme_for_redirect(parts, cx),
+                authority,
+                &path_and_query,
+                matched_len,
+            );
+            let mut r = Response::new(ResponseBody::empty());
+            *r.status_mut() = rd.status;
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            r
+        }
+        Action::NonForwarding => LocalReply::no_route().into_response(),
+        Action::Route(action) => {
+            let req = crate::filters::http::router::forward::Forward {
+                cx,
+                table: &table,
+                vhost,
+                route,
+                action,
+                matched_len,
+                authority,
+                downstream_remote,
+                format_cx: &format_cx,
+            };
+            return req.run(parts, body).await;
+        }
+    };
+    let format_cx = FormatContext {
+        request_headers: Some(&parts.headers),
+        ..format_cx
+    };
+    apply_response_mutations(&table, vhost, route, None, resp.headers_mut(), &format_cx);
+    resp
+}
+
+/// Response header mutations: most specific first unless the table asks otherwise.
+pub fn apply_response_mutations(
+    table: &RouteTable,
+    vhost: &crate::router::VirtualHost,
+    route: &crate::router::route::Route,
+    weighted: Option<&crate::router::header_mutation::HeaderMutations>,
+    headers: &mut http::HeaderMap,
+    fcx: &FormatContext<'_>,
+) {
+    let mut levels = [
+        weighted,
+        Some(&route.response_headers),
+        Some(&vhost.response_headers),
+        Some(&table.response_headers),
+    ];
+    if table.most_specific_header_mutations_wins {
+        levels.reverse();
+    }
+    let cx = FormatContext {
+        response_headers: None,
+        ..*fcx
+    };
+    for m in levels.into_iter().flatten() {
+        if !m.is_empty() {
+            m.apply(headers, &cx);
+        }
+    }
+}
+
+/// Request header mutations in the same order.
+pub fn apply_request_mutations(
+    table: &RouteTable,
+    vhost: &crate::router::VirtualHost,
+    route: &crate::router::route::Route,
+    weighted: Option<&crate::router::header_mutation::HeaderMutations>,
+    headers: &mut http::HeaderMap,
+    fcx: &FormatContext<'_>,
+) {
+    let mut levels = [
+        weighted,
+        Some(&route.request_headers),
+        Some(&vhost.request_headers),
+        Some(&table.request_headers),
+    ];
+    if table.most_specific_header_mutations_wins {
+        levels.reverse();
+    }
+    // Substitutions read the request headers as they were before any mutation.
+    let original = levels
+        .iter()
+        .flatten()
+        .any(|m| !m.is_empty())
+        .then(|| headers.clone());
+    let cx = FormatContext {
+        request_headers: original.as_ref(),
+        ..*fcx
+    };
+    for m in levels.into_iter().flatten() {
+        if !m.is_empty() {
+            m.apply(headers, &cx);
+        }
+    }
+}
+
+fn scheme_for_redirect(parts: &http::request::Parts, cx: &ConnCtx) -> String {
+    parts
+        .headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| cx.scheme.to_string())
+}
+
+pub fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.ends_with(']') {
+        return host;
+    }
+    match host.rfind(':') {
+        Some(i) if !host[..i].contains(':') => &host[..i],
+        _ => host,
+    }
+}

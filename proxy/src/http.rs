@@ -1,0 +1,5 @@
+//! hyper glue shared by the request path: body types, the worker-local executor, local replies.
+
+pub mod body;
+pub mod exec;
+pub mod local_reply;

@@ -1,0 +1,308 @@
+//! The body types that flow through the proxy: request bodies forwarded upstream (streamed, or
+//! replayable for retries) and response bodies sent downstream (streamed from upstream, or a
+//! local reply), without buffering whole bodies.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+// === RequestBody ===
+
+/// A request body on its way upstream.
+pub enum RequestBody {
+    Empty,
+    Incoming(Incoming),
+    Replay(ReplayBody),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::Replay(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::Replay(b) => b.size_hint(),
+        }
+    }
+}
+
+// === ReplayBody ===
+
+struct ReplayState {
+    source: Option<Incoming>,
+    chunks: Vec<Bytes>,
+    buffered: usize,
+    limit: usize,
+    /// More than `limit` bytes went through: the body can no longer be replayed.
+    overflowed: bool,
+    trailers: Option<HeaderMap>,
+    done: bool,
+    /// Only the attempt with the current generation may read.
+    generation: u64,
+    hint: SizeHint,
+}
+
+/// A request body that is streamed to the first attempt while a copy is kept (up to a limit),
+/// so a retry can send it again. Only one attempt reads at a time; starting a new attempt
+/// detaches the previous one.
+pub struct ReplayBody {
+    state: Arc<Mutex<ReplayState>>,
+    generation: u64,
+    position: usize,
+    trailers_sent: bool,
+}
+
+impl ReplayBody {
+    pub fn new(source: Incoming, limit: usize) -> Self {
+        let hint = source.size_hint();
+        ReplayBody {
+            state: Arc::new(Mutex::new(ReplayState {
+                source: Some(source),
+                chunks: Vec::new(),
+                buffered: 0,
+                limit,
+                overflowed: false,
+                trailers: None,
+                done: false,
+                generation: 0,
+                hint,
+            })),
+            generation: 0,
+            position: 0,
+            trailers_sent: false,
+        }
+    }
+
+    /// A fresh reader for the next attempt, or None when the body was too large to keep.
+    pub fn replay(&self) -> Option<ReplayBody> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.overflowed {
+            return None;
+        }
+        s.generation += 1;
+        Some(ReplayBody {
+            state: self.state.clone(),
+            generation: s.generation,
+            position: 0,
+            trailers_sent: false,
+        })
+    }
+
+    pub fn can_replay(&self) -> bool {
+        !self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .overflowed
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let mut s = this.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.generation != this.generation {
+            return Poll::Ready(Some(Err("request body superseded by a retry".into())));
+        }
+        if this.position < s.chunks.len() {
+            let c = s.chunks[this.position].clone();
+            this.position += 1;
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        if s.done {
+            if !this.trailers_sent {
+                this.trailers_sent = true;
+                if let Some(t) = s.trailers.clone() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+            }
+            return Poll::Ready(None);
+        }
+        let Some(src) = s.source.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(src).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                s.done = true;
+                s.source = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    if !s.overflowed {
+                        s.buffered += data.len();
+                        if s.buffered > s.limit {
+                            s.overflowed = true;
+                            s.chunks.clear();
+                        } else {
+                            s.chunks.push(data.clone());
+                        }
+                    }
+                    // Keep `position` aligned with the stored chunks.
+                    this.position = s.chunks.len();
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        s.trailers = Some(t.clone());
+                        s.done = true;
+                        s.source = None;
+                        this.trailers_sent = true;
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.done && self.position >= s.chunks.len() && (self.trailers_sent || s.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hint
+            .clone()
+    }
+}
+
+// === ResponseBody ===
+
+/// Called once when an upstream response body ends cleanly (returns the connection to its pool).
+pub type OnEnd = Box<dyn FnOnce()>;
+
+/// A response body on its way downstream.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Upstream {
+        body: Incoming,
+        on_end: Option<OnEnd>,
+        _guards: Box<dyn std::any::Any>,
+    },
+}
+
+impl ResponseBody {
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+
+    pub fn full(b: Bytes) -> Self {
+        if b.is_empty() {
+            ResponseBody::Full(None)
+        } else {
+            ResponseBody::Full(Some(b))
+        }
+    }
+
+    /// Streams an upstream body; `on_end` runs when it finishes cleanly; `guards` live as long
+    /// as the body (active-request gauges and the like).
+    pub fn upstream(body: Incoming, on_end: Option<OnEnd>, guards: Box<dyn std::any::Any>) -> Self {
+        let mut b = ResponseBody::Upstream {
+            body,
+            on_end,
+            _guards: guards,
+        };
+        b.finish_if_ended();
+        b
+    }
+
+    fn finish_if_ended(&mut self) {
+        if let ResponseBody::Upstream { body, on_end, .. } = self {
+            if body.is_end_stream() {
+                if let Some(f) = on_end.take() {
+                    f();
+                }
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this {
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream { body, on_end, .. } => {
+                let r = Pin::new(&mut *body).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => {
+                        if let Some(f) = on_end.take() {
+                            f();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
+                        if let Some(f) = on_end.take() {
+                            f();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        on_end.take();
+                    }
+                    _ => {}
+                }
+                r.map_err(Into::into)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}

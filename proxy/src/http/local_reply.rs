@@ -1,0 +1,98 @@
+//! Envoy's local replies: the status, `content-type: text/plain` body and headers Envoy sends
+//! when it answers a request itself (no route, no healthy upstream, timeouts, resets).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+
+/// Why the proxy answered itself; carries Envoy's body text and response flag.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// Envoy's response flag (`NR`, `UH`, `UF`, `UT`, ...), for access logs.
+    pub flag: &'static str,
+    /// Envoy's `response_code_details` (`route_not_found`, `no_healthy_upstream`, ...).
+    pub details: &'static str,
+}
+
+impl LocalReply {
+    pub fn new(
+        status: StatusCode,
+        body: impl Into<Bytes>,
+        flag: &'static str,
+        details: &'static str,
+    ) -> Self {
+        LocalReply {
+            status,
+            body: body.into(),
+            flag,
+            details,
+        }
+    }
+
+    pub fn no_route() -> Self {
+        LocalReply::new(StatusCode::NOT_FOUND, Bytes::new(), "NR", "route_not_found")
+    }
+
+    pub fn no_healthy_upstream() -> Self {
+        LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            "UH",
+            "no_healthy_upstream",
+        )
+    }
+
+    pub fn cluster_not_found() -> Self {
+        LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::new(),
+            "NC",
+            "cluster_not_found",
+        )
+    }
+
+    pub fn upstream_timeout() -> Self {
+        LocalReply::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream request timeout",
+            "UT",
+            "upstream_response_timeout",
+        )
+    }
+
+    pub fn upstream_reset(reason: &str, flag: &'static str) -> Self {
+        LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+            ),
+            flag,
+            "upstream_reset_before_response_started",
+        )
+    }
+
+    pub fn overflow() -> Self {
+        LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            "UO",
+            "upstream_reset_before_response_started{overflow}",
+        )
+    }
+
+    /// Renders the reply. Like Envoy, a non-empty body gets `content-type: text/plain`.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let len = self.body.len();
+        let mut r = Response::new(ResponseBody::full(self.body));
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        if len > 0 {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        r
+    }
+}

@@ -1,0 +1,301 @@
+//! Route tables: a `RouteConfiguration` compiled into virtual hosts found by `:authority` with
+//! Envoy's domain precedence (exact, longest `*suffix`, longest `prefix*`, `*`), each holding its
+//! routes in order (first match wins).
+
+pub mod action;
+pub mod header_mutation;
+pub mod redirect;
+pub mod retry;
+pub mod route;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, VirtualHost as VirtualHostProto,
+};
+
+use crate::config::{BuildCtx, ConfigError};
+use header_mutation::HeaderMutations;
+use retry::RetryPolicy;
+use route::{MatchInput, Route};
+
+/// A compiled virtual host.
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub name: Arc<str>,
+    pub routes: Vec<Route>,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+    pub include_attempt_count_in_request: bool,
+    pub include_attempt_count_in_response: bool,
+}
+
+/// A compiled `RouteConfiguration`.
+#[derive(Debug)]
+pub struct RouteTable {
+    pub name: Arc<str>,
+    exact: HashMap<String, usize>,
+    /// (suffix, vhost) sorted by suffix length, longest first.
+    suffixes: Vec<(String, usize)>,
+    /// (prefix, vhost) sorted by prefix length, longest first.
+    prefixes: Vec<(String, usize)>,
+    default: Option<usize>,
+    vhosts: Vec<VirtualHost>,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+    pub most_specific_header_mutations_wins: bool,
+    /// Remove the port from the host before vhost matching (HCM `strip_any_host_port`).
+    pub ignore_port_in_host_matching: bool,
+}
+
+impl RouteTable {
+    /// Compiles a route configuration. `validate_clusters` is Envoy's default for static
+    /// (inline) route configs: every route must name a known cluster.
+    pub fn from_proto(
+        p: &RouteConfiguration,
+        cx: &BuildCtx,
+        validate_clusters_default: bool,
+    ) -> Result<Self, ConfigError> {
+        let validate = p
+            .validate_clusters
+            .map(|b| b.value)
+            .unwrap_or(validate_clusters_default);
+        let mut t = RouteTable {
+            name: p.name.as_str().into(),
+            exact: HashMap::new(),
+            suffixes: Vec::new(),
+            prefixes: Vec::new(),
+            default: None,
+            vhosts: Vec::new(),
+            request_headers: HeaderMutations::from_proto(
+                &p.request_headers_to_add,
+                &p.request_headers_to_remove,
+                "request_headers_to_add",
+                "request_headers_to_remove",
+            )?,
+            response_headers: HeaderMutations::from_proto(
+                &p.response_headers_to_add,
+                &p.response_headers_to_remove,
+                "response_headers_to_add",
+                "response_headers_to_remove",
+            )?,
+            most_specific_header_mutations_wins: p.most_specific_header_mutations_wins,
+            ignore_port_in_host_matching: p.ignore_port_in_host_matching,
+        };
+        for (i, vh) in p.virtual_hosts.iter().enumerate() {
+            let field = format!("virtual_hosts[{i}]");
+            let idx = t.vhosts.len();
+            t.vhosts.push(compile_vhost(vh, cx, validate, &field)?);
+            for d in &vh.domains {
+                let d = d.to_ascii_lowercase();
+                let dup = if d == "*" {
+                    t.default.replace(idx).is_some()
+                } else if let Some(s) = d.strip_prefix('*') {
+                    push_unique(&mut t.suffixes, s, idx)
+                } else if let Some(p) = d.strip_suffix('*') {
+                    push_unique(&mut t.prefixes, p, idx)
+                } else {
+                    t.exact.insert(d.clone(), idx).is_some()
+                };
+                if dup {
+                    return Err(ConfigError::new(
+                        format!("{field}.domains"),
+                        format!(
+                            "Only unique values for domains are permitted. Duplicate entry of domain {d} in route {}",
+                            p.name
+                        ),
+                    ));
+                }
+            }
+        }
+        t.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(t)
+    }
+
+    /// Finds the virtual host for a host header value (case-insensitive).
+    pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let lowered;
+        let mut host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        if self.ignore_port_in_host_matching {
+            host = strip_port(host);
+        }
+        if let Some(&i) = self.exact.get(host) {
+            return self.vhosts.get(i);
+        }
+        for (s, i) in &self.suffixes {
+            if host.len() > s.len() && host.ends_with(s.as_str()) {
+                return self.vhosts.get(*i);
+            }
+        }
+        for (p, i) in &self.prefixes {
+            if host.len() > p.len() && host.starts_with(p.as_str()) {
+                return self.vhosts.get(*i);
+            }
+        }
+        self.default.and_then(|i| self.vhosts.get(i))
+    }
+
+    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+        &self.vhosts
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.ends_with(']') {
+        return host;
+    }
+    match host.rfind(':') {
+        Some(i)
+            if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !host[..i].contains(':') =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}
+
+fn push_unique(v: &mut Vec<(String, usize)>, s: &str, idx: usize) -> bool {
+    if v.iter().any(|(x, _)| x == s) {
+        return true;
+    }
+    v.push((s.to_string(), idx));
+    false
+}
+
+fn compile_vhost(
+    vh: &VirtualHostProto,
+    cx: &BuildCtx,
+    validate: bool,
+    field: &str,
+) -> Result<VirtualHost, ConfigError> {
+    if vh.domains.is_empty() {
+        return Err(ConfigError::new(
+            format!("{field}.domains"),
+            "must have at least one domain",
+        ));
+    }
+    let retry = match &vh.retry_policy {
+        Some(r) => Some(Arc::new(RetryPolicy::from_proto(
+            r,
+            &format!("{field}.retry_policy"),
+        )?)),
+        None => None,
+    };
+    let mut routes = Vec::with_capacity(vh.routes.len());
+    for (i, r) in vh.routes.iter().enumerate() {
+        routes.push(Route::from_proto(
+            r,
+            retry.as_ref(),
+            cx,
+            validate,
+            &format!("{field}.routes[{i}]"),
+        )?);
+    }
+    Ok(VirtualHost {
+        name: vh.name.as_str().into(),
+        routes,
+        request_headers: HeaderMutations::from_proto(
+            &vh.request_headers_to_add,
+            &vh.request_headers_to_remove,
+            &format!("{field}.request_headers_to_add"),
+            &format!("{field}.request_headers_to_remove"),
+        )?,
+        response_headers: HeaderMutations::from_proto(
+            &vh.response_headers_to_add,
+            &vh.response_headers_to_remove,
+            &format!("{field}.response_headers_to_add"),
+            &format!("{field}.response_headers_to_remove"),
+        )?,
+        include_attempt_count_in_request: vh.include_request_attempt_count,
+        include_attempt_count_in_response: vh.include_attempt_count_in_response,
+    })
+}
+
+impl VirtualHost {
+    /// The first matching route and its matched prefix length.
+    pub fn route(&self, m: &MatchInput<'_>) -> Option<(&Route, usize)> {
+        self.routes
+            .iter()
+            .find_map(|r| r.matcher.matches(m).map(|len| (r, len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route as RouteProto, RouteMatch, route, route_match,
+    };
+
+    fn cx() -> BuildCtx {
+        BuildCtx {
+            stats: Arc::new(crate::stats::Store::default()),
+            cluster_names: Arc::new(Default::default()),
+            node: Arc::default(),
+        }
+    }
+
+    fn vh(name: &str, domains: &[&str]) -> VirtualHostProto {
+        VirtualHostProto {
+            name: name.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes: vec![RouteProto {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::DirectResponse(
+                    envoy_types::pb::envoy::config::route::v3::DirectResponseAction {
+                        status: 200,
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn domain_precedence() {
+        let rc = RouteConfiguration {
+            virtual_hosts: vec![
+                vh("exact", &["www.foo.com"]),
+                vh("suffix", &["*.foo.com"]),
+                vh("longsuffix", &["*-bar.foo.com"]),
+                vh("prefix", &["www.*"]),
+                vh("any", &["*"]),
+            ],
+            ..Default::default()
+        };
+        let t = RouteTable::from_proto(&rc, &cx(), true).unwrap();
+        let name = |h| {
+            t.virtual_host(h)
+                .map(|v| v.name.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(name("WWW.foo.com"), "exact");
+        assert_eq!(name("a.foo.com"), "suffix");
+        assert_eq!(name("a-bar.foo.com"), "longsuffix");
+        assert_eq!(name("foo.com"), "any");
+        assert_eq!(name("www.bar.org"), "prefix");
+        assert_eq!(name("other"), "any");
+        assert_eq!(name("www.foo.com:80"), "prefix");
+    }
+
+    #[test]
+    fn duplicate_domains_rejected() {
+        let rc = RouteConfiguration {
+            virtual_hosts: vec![vh("a", &["x"]), vh("b", &["x"])],
+            ..Default::default()
+        };
+        assert!(RouteTable::from_proto(&rc, &cx(), true).is_err());
+    }
+}

@@ -1,0 +1,366 @@
+//! Route actions: which cluster (`cluster`, `weighted_clusters`, `cluster_header`), path and host
+//! rewrites, timeouts, retry and hash policies; plus `direct_response`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, RouteAction as RouteActionProto, route_action,
+};
+use http::{HeaderName, HeaderValue};
+
+use super::header_mutation::HeaderMutations;
+use super::retry::RetryPolicy;
+use crate::config::{BuildCtx, ConfigError, duration, optional_timeout};
+
+/// Envoy's default route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+pub struct WeightedCluster {
+    pub name: Arc<str>,
+    pub weight: u32,
+    pub request_headers: HeaderMutations,
+    pub response_headers: HeaderMutations,
+    pub host_rewrite: Option<HeaderValue>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClusterSpecifier {
+    Name(Arc<str>),
+    Header(HeaderName),
+    Weighted {
+        clusters: Vec<WeightedCluster>,
+        total: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum HostRewrite {
+    None,
+    Literal(HeaderValue),
+    /// `auto_host_rewrite`: the upstream host's hostname (DNS clusters) or address.
+    Auto,
+    Header(HeaderName),
+    PathRegex(regex::Regex, String),
+}
+
+#[derive(Debug, Clone)]
+pub enum HashPolicy {
+    Header { name: HeaderName, terminal: bool },
+    Cookie { name: String, terminal: bool },
+    SourceIp { terminal: bool },
+    QueryParameter { name: String, terminal: bool },
+}
+
+/// A compiled `RouteAction`.
+#[derive(Debug, Clone)]
+pub struct RouteAction {
+    pub cluster: ClusterSpecifier,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(regex::Regex, String)>,
+    pub host_rewrite: HostRewrite,
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub retry_policy: Option<Arc<RetryPolicy>>,
+    pub hash_policy: Vec<HashPolicy>,
+    pub max_grpc_timeout: Option<Duration>,
+    pub append_x_forwarded_host: bool,
+}
+
+/// Converts an RE2 substitution (`\1`) into the regex crate's (`${1}`).
+pub fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl RouteAction {
+    pub fn from_proto(
+        p: &RouteActionProto,
+        vhost_retry: Option<&Arc<RetryPolicy>>,
+        cx: &BuildCtx,
+        validate_clusters: bool,
+        field: &str,
+    ) -> Result<Self, ConfigError> {
+        use route_action::ClusterSpecifier as CS;
+        let check_cluster = |name: &str, f: &str| -> Result<(), ConfigError> {
+            if validate_clusters && !cx.cluster_names.contains(name) {
+                return Err(ConfigError::new(
+                    f,
+                    format!("route: unknown cluster '{name}'"),
+                ));
+            }
+            Ok(())
+        };
+        let cluster = match &p.cluster_specifier {
+            Some(CS::Cluster(c)) => {
+                if c.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{field}.cluster"),
+                        "must not be empty",
+                    ));
+                }
+                check_cluster(c, &format!("{field}.cluster"))?;
+                ClusterSpecifier::Name(c.as_str().into())
+            }
+            Some(CS::ClusterHeader(h)) => ClusterSpecifier::Header(
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                    ConfigError::new(format!("{field}.cluster_header"), "invalid header name")
+                })?,
+            ),
+            Some(CS::WeightedClusters(w)) => {
+                let mut clusters = Vec::new();
+                let mut total = 0u64;
+                for (i, c) in w.clusters.iter().enumerate() {
+                    let f = format!("{field}.weighted_clusters.clusters[{i}]");
+                    if c.name.is_empty() {
+                        return Err(ConfigError::new(
+                            format!("{f}.name"),
+                            "cluster_header in weighted clusters is not supported; name is required",
+                        ));
+                    }
+                    check_cluster(&c.name, &f)?;
+                    let weight = c.weight.map(|w| w.value).unwrap_or(0);
+                    total += weight as u64;
+                    let host_rewrite = match &c.host_rewrite_specifier {
+                        Some(envoy_types::pb::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral(h)) => {
+                            Some(HeaderValue::from_str(h).map_err(|_| ConfigError::new(format!("{f}.host_rewrite_literal"), "invalid value"))?)
+                        }
+                        None => None,
+                    };
+                    clusters.push(WeightedCluster {
+                        name: c.name.as_str().into(),
+                        weight,
+                        request_headers: HeaderMutations::from_proto(
+                            &c.request_headers_to_add,
+                            &c.request_headers_to_remove,
+                            &format!("{f}.request_headers_to_add"),
+                            &format!("{f}.request_headers_to_remove"),
+                        )?,
+                        response_headers: HeaderMutations::from_proto(
+                            &c.response_headers_to_add,
+                            &c.response_headers_to_remove,
+                            &format!("{f}.response_headers_to_add"),
+                            &format!("{f}.response_headers_to_remove"),
+                        )?,
+                        host_rewrite,
+                    });
+                }
+                if clusters.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{field}.weighted_clusters"),
+                        "needs at least one cluster",
+                    ));
+                }
+                if total == 0 {
+                    return Err(ConfigError::new(
+                        format!("{field}.weighted_clusters"),
+                        "Sum of weights in the weighted_cluster must be greater than 0.",
+                    ));
+                }
+                ClusterSpecifier::Weighted { clusters, total }
+            }
+            Some(CS::ClusterSpecifierPlugin(_)) | Some(CS::InlineClusterSpecifierPlugin(_)) => {
+                return Err(ConfigError::new(
+                    field,
+                    "cluster specifier plugins are not supported",
+                ));
+            }
+            None => {
+                return Err(ConfigError::new(
+                    field,
+                    "route action needs a cluster specifier",
+                ));
+            }
+        };
+        let regex_rewrite = match &p.regex_rewrite {
+            Some(r) => {
+                let pat = r
+                    .pattern
+                    .as_ref()
+                    .map(|m| m.regex.clone())
+                    .unwrap_or_default();
+                let re = regex::Regex::new(&pat).map_err(|e| {
+                    ConfigError::new(format!("{field}.regex_rewrite.pattern"), e.to_string())
+                })?;
+                Some((re, re2_substitution(&r.substitution)))
+            }
+            None => None,
+        };
+        use route_action::HostRewriteSpecifier as HR;
+        let host_rewrite = match &p.host_rewrite_specifier {
+            None => HostRewrite::None,
+            Some(HR::HostRewriteLiteral(h)) => {
+                HostRewrite::Literal(HeaderValue::from_str(h).map_err(|_| {
+                    ConfigError::new(format!("{field}.host_rewrite_literal"), "invalid value")
+                })?)
+            }
+            Some(HR::AutoHostRewrite(b)) if b.value => HostRewrite::Auto,
+            Some(HR::AutoHostRewrite(_)) => HostRewrite::None,
+            Some(HR::HostRewriteHeader(h)) => HostRewrite::Header(
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                    ConfigError::new(
+                        format!("{field}.host_rewrite_header"),
+                        "invalid header name",
+                    )
+                })?,
+            ),
+            Some(HR::HostRewritePathRegex(r)) => {
+                let pat = r
+                    .pattern
+                    .as_ref()
+                    .map(|m| m.regex.clone())
+                    .unwrap_or_default();
+                let re = regex::Regex::new(&pat).map_err(|e| {
+                    ConfigError::new(format!("{field}.host_rewrite_path_regex"), e.to_string())
+                })?;
+                HostRewrite::PathRegex(re, re2_substitution(&r.substitution))
+            }
+            Some(HR::HostRewrite(_)) => {
+                return Err(ConfigError::new(
+                    format!("{field}.host_rewrite"),
+                    "substitution-format host rewrites are not supported",
+                ));
+            }
+        };
+        let retry_policy = match &p.retry_policy {
+            Some(r) => Some(Arc::new(RetryPolicy::from_proto(
+                r,
+                &format!("{field}.retry_policy"),
+            )?)),
+            None => vhost_retry.cloned(),
+        };
+        let mut hash_policy = Vec::new();
+        for (i, h) in p.hash_policy.iter().enumerate() {
+            use route_action::hash_policy::PolicySpecifier as PS;
+            let terminal = h.terminal;
+            let f = format!("{field}.hash_policy[{i}]");
+            hash_policy.push(match &h.policy_specifier {
+                Some(PS::Header(hh)) => HashPolicy::Header {
+                    name: HeaderName::from_bytes(hh.header_name.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| ConfigError::new(&f, "invalid header name"))?,
+                    terminal,
+                },
+                Some(PS::Cookie(c)) => HashPolicy::Cookie {
+                    name: c.name.clone(),
+                    terminal,
+                },
+                Some(PS::ConnectionProperties(c)) if c.source_ip => {
+                    HashPolicy::SourceIp { terminal }
+                }
+                Some(PS::ConnectionProperties(_)) => continue,
+                Some(PS::QueryParameter(q)) => HashPolicy::QueryParameter {
+                    name: q.name.clone(),
+                    terminal,
+                },
+                Some(PS::FilterState(_)) => {
+                    return Err(ConfigError::new(
+                        f,
+                        "filter_state hash policy is not supported",
+                    ));
+                }
+                None => continue,
+            });
+        }
+        Ok(RouteAction {
+            cluster,
+            prefix_rewrite: (!p.prefix_rewrite.is_empty()).then(|| p.prefix_rewrite.clone()),
+            regex_rewrite,
+            host_rewrite,
+            timeout: optional_timeout(p.timeout.as_ref(), Some(DEFAULT_ROUTE_TIMEOUT)),
+            idle_timeout: p
+                .idle_timeout
+                .as_ref()
+                .map(duration)
+                .filter(|d| !d.is_zero()),
+            retry_policy,
+            hash_policy,
+            max_grpc_timeout: p
+                .max_stream_duration
+                .as_ref()
+                .and_then(|m| m.grpc_timeout_header_max.as_ref())
+                .map(duration),
+            append_x_forwarded_host: p.append_x_forwarded_host,
+        })
+    }
+
+    /// Picks the weighted cluster for a random value in `0..total`.
+    pub fn pick_weighted(clusters: &[WeightedCluster], total: u64, r: u64) -> &WeightedCluster {
+        let mut x = r % total;
+        for c in clusters {
+            if x < c.weight as u64 {
+                return c;
+            }
+            x -= c.weight as u64;
+        }
+        &clusters[clusters.len() - 1]
+    }
+}
+
+/// A compiled `direct_response`.
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    pub status: http::StatusCode,
+    pub body: Bytes,
+}
+
+impl DirectResponse {
+    pub fn from_proto(p: &DirectResponseAction, field: &str) -> Result<Self, ConfigError> {
+        let status = u16::try_from(p.status)
+            .ok()
+            .filter(|s| (100..600).contains(s))
+            .and_then(|s| http::StatusCode::from_u16(s).ok())
+            .ok_or_else(|| ConfigError::new(format!("{field}.status"), "must be in [100, 600)"))?;
+        let body = match &p.body {
+            Some(ds) => read_data_source(ds, &format!("{field}.body"))?,
+            None => Bytes::new(),
+        };
+        Ok(DirectResponse { status, body })
+    }
+}
+
+/// Reads a `DataSource` (file, inline bytes/string, environment variable) at config time.
+pub fn read_data_source(ds: &DataSource, field: &str) -> Result<Bytes, ConfigError> {
+    use data_source::Specifier as S;
+    match &ds.specifier {
+        Some(S::Filename(f)) => std::fs::read(f)
+            .map(Bytes::from)
+            .map_err(|e| ConfigError::new(field, format!("Invalid path: {f}: {e}"))),
+        Some(S::InlineBytes(b)) => Ok(Bytes::from(b.clone())),
+        Some(S::InlineString(s)) => Ok(Bytes::from(s.clone())),
+        Some(S::EnvironmentVariable(v)) => std::env::var(v)
+            .map(Bytes::from)
+            .map_err(|_| ConfigError::new(field, format!("environment variable {v} is not set"))),
+        None => Ok(Bytes::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re2_substitutions() {
+        assert_eq!(re2_substitution(r"/v2/\1/x$"), "/v2/${1}/x$$");
+    }
+}

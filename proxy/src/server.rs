@@ -1,0 +1,276 @@
+//! The server: command line, bootstrap, the main runtime (admin, DNS, signals), the workers and
+//! the lifecycle (initialising, live, draining, shutdown), as Envoy runs them.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::bootstrap::{self, ServerConfig};
+use crate::cli::{Mode, Options};
+use crate::stats::Gauge;
+use crate::worker::{self, Command, Shared, WorkerHandle};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Envoy's `server.state` values.
+pub mod state {
+    pub const LIVE: i64 = 0;
+    pub const DRAINING: i64 = 1;
+    pub const PRE_INITIALIZING: i64 = 2;
+    pub const INITIALIZING: i64 = 3;
+}
+
+/// Entry point of the binary.
+pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
+    if args.get(1).is_some_and(|a| a == "certs") {
+        eprintln!("remora certs: not available in this build yet");
+        return ExitCode::from(1);
+    }
+    let opts = match Options::try_parse_from(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            };
+        }
+    };
+    if opts.version {
+        println!("remora version: {VERSION}/1.40.0-compatible/Clean/RELEASE/rustls");
+        return ExitCode::SUCCESS;
+    }
+    let logs = match crate::logging::init(&opts.log_level, opts.component_log_level.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shown = opts
+        .config_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "--config-yaml".to_string());
+    let src = xds_client::bootstrap::BootstrapSource {
+        path: opts.config_path.clone(),
+        config_yaml: opts.config_yaml.clone(),
+        allow_unknown_fields: opts.allow_unknown_static_fields,
+    };
+    let config = xds_client::bootstrap::load(&src)
+        .map_err(|e| e.to_string())
+        .and_then(|b| bootstrap::build(&b, &opts).map_err(|e| e.to_string()));
+    xds_client::descriptors::release_memory();
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error initializing configuration '{shown}': {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match opts.mode {
+        Mode::Validate => {
+            println!("configuration '{shown}' OK");
+            ExitCode::SUCCESS
+        }
+        Mode::InitOnly | Mode::Serve => serve(opts, config, logs),
+    }
+}
+
+/// Handles the admin API and signals use to control the server.
+pub struct Control {
+    pub shared: Arc<Shared>,
+    pub state: Gauge,
+    pub shutdown: watch::Sender<bool>,
+    pub listeners_stop: watch::Sender<bool>,
+    pub drain_time: Duration,
+    pub started: Instant,
+}
+
+impl Control {
+    /// Starts a graceful shutdown: stop accepting, drain connections, exit once they are done
+    /// or `--drain-time-s` passed.
+    pub fn begin_shutdown(&self) {
+        self.state.set(state::DRAINING);
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn serve(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("main")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the main runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move { serve_async(opts, config, logs).await })
+}
+
+async fn serve_async(
+    opts: Options,
+    config: ServerConfig,
+    logs: crate::logging::LogControl,
+) -> ExitCode {
+    let ServerConfig {
+        node,
+        admin,
+        stats,
+        snapshot,
+        bootstrap,
+    } = config;
+    let server_state = stats.gauge("server.state");
+    server_state.set(state::INITIALIZING);
+    stats.gauge("server.live").set(0);
+    stats.gauge("server.concurrency").set(opts.workers() as i64);
+    stats.gauge("server.version").set(0);
+    let workers_started = stats.gauge("listener_manager.workers_started");
+    workers_started.set(0);
+    let (drain_tx, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        stats: stats.clone(),
+        hostname: node.hostname.clone(),
+        drain: drain_tx,
+        connections: AtomicUsize::new(0),
+    });
+
+    // DNS clusters: resolve once before serving (Envoy's cluster init), then refresh.
+    let snap = shared.snapshot.load_full();
+    let mut initial = Vec::new();
+    for c in snap.clusters.values().filter(|c| c.needs_dns()) {
+        let c = c.clone();
+        initial.push(tokio::spawn(async move {
+            crate::upstream::cluster::resolve_dns(&c).await;
+            let refresh = c.dns_refresh;
+            let weak = Arc::downgrade(&c);
+            drop(c);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(refresh).await;
+                    let Some(c) = weak.upgrade() else { break };
+                    crate::upstream::cluster::resolve_dns(&c).await;
+                }
+            });
+        }));
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(initial),
+    )
+    .await;
+
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let (listeners_stop, _) = watch::channel(false);
+    let control = Arc::new(Control {
+        shared: shared.clone(),
+        state: server_state.clone(),
+        shutdown: shutdown_tx,
+        listeners_stop,
+        drain_time: Duration::from_secs(opts.drain_time_s),
+        started: Instant::now(),
+    });
+
+    // Admin first, so readiness can be probed while initialising.
+    if let Some(addr) = admin {
+        let st = Arc::new(AdminState {
+            control: control.clone(),
+            node: node.clone(),
+            bootstrap,
+            options: opts.clone(),
+            logs,
+        });
+        match admin::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(admin::serve(l, st));
+            }
+            Err(e) => {
+                eprintln!(
+                    "error initializing configuration: cannot bind admin address {addr}: {e}"
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
+
+    let n = opts.workers();
+    let workers = match worker::start(n, shared.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("cannot start workers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = start_listeners(&snap, &workers, &control) {
+        eprintln!("{e}");
+        return ExitCode::from(1);
+    }
+    drop(snap);
+    workers_started.set(1);
+    server_state.set(state::LIVE);
+    stats.gauge("server.live").set(1);
+    tracing::info!(target: "remora::server", "all listeners started; {n} workers");
+    if opts.mode == Mode::InitOnly {
+        return ExitCode::SUCCESS;
+    }
+
+    // Wait for SIGTERM / SIGINT / quitquitquit.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot install SIGTERM handler: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::warn!(target: "remora::server", "caught SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::warn!(target: "remora::server", "caught SIGINT"),
+        _ = async { while shutdown_rx.changed().await.is_ok() { if *shutdown_rx.borrow() { break } } } => {
+            tracing::warn!(target: "remora::server", "shutdown requested");
+        }
+    }
+    control.begin_shutdown();
+    // Stop accepting, ask connections to finish, wait for them (bounded by --drain-time-s).
+    let _ = control.listeners_stop.send(true);
+    let _ = shared.drain.send(true);
+    let deadline = Instant::now() + control.drain_time;
+    while shared.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(workers);
+    tracing::info!(target: "remora::server", "exiting");
+    ExitCode::SUCCESS
+}
+
+fn start_listeners(
+    snap: &crate::config::Snapshot,
+    workers: &[WorkerHandle],
+    control: &Control,
+) -> Result<(), String> {
+    for l in &snap.listeners {
+        if !l.bind_to_port {
+            continue;
+        }
+        let sockets = worker::bind_reuseport(l.address, workers.len(), 1024)
+            .map_err(|e| format!("cannot bind '{}': {e}", l.address))?;
+        for (w, s) in workers.iter().zip(sockets) {
+            let _ = w.tx.send(Command::Listen {
+                listener: l.clone(),
+                socket: s,
+                stop: control.listeners_stop.subscribe(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! Envoy-named statistics: counters, gauges and histograms in one store.
+//!
+//! Handles are resolved once, when config is translated (`store.counter("cluster.x.upstream_rq_total")`),
+//! and the hot path only does a relaxed atomic add on a handle it already holds. The store keeps
+//! a stat while anything references it; a stat nothing references any more (its cluster or
+//! listener was removed) disappears from the next rendering, as in Envoy.
+
+pub mod histogram;
+pub mod render;
+pub mod tags;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use histogram::Histogram;
+
+/// A monotonically increasing count.
+#[derive(Clone, Debug)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn value(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// A counter that belongs to no store (for tests and disabled stats).
+    pub fn detached() -> Self {
+        Counter(Arc::new(AtomicU64::new(0)))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GaugeCell {
+    value: AtomicI64,
+    used: AtomicBool,
+}
+
+/// A value that goes up and down (`*_active`, `server.state`).
+#[derive(Clone, Debug)]
+pub struct Gauge(Arc<GaugeCell>);
+
+impl Gauge {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.value.fetch_add(1, Ordering::Relaxed);
+        self.mark_used();
+    }
+    #[inline]
+    pub fn dec(&self) {
+        self.0.value.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn set(&self, v: i64) {
+        self.0.value.store(v, Ordering::Relaxed);
+        self.mark_used();
+    }
+    pub fn add(&self, v: i64) {
+        self.0.value.fetch_add(v, Ordering::Relaxed);
+        self.mark_used();
+    }
+    pub fn value(&self) -> i64 {
+        self.0.value.load(Ordering::Relaxed)
+    }
+    fn used(&self) -> bool {
+        self.0.used.load(Ordering::Relaxed)
+    }
+    #[inline]
+    fn mark_used(&self) {
+        if !self.0.used.load(Ordering::Relaxed) {
+            self.0.used.store(true, Ordering::Relaxed);
+        }
+    }
+    pub fn detached() -> Self {
+        Gauge(Arc::new(GaugeCell::default()))
+    }
+}
+
+/// Keeps a gauge incremented while alive (`downstream_cx_active`, `upstream_rq_active`).
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(g: &Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    counters: HashMap<Arc<str>, Counter>,
+    gauges: HashMap<Arc<str>, Gauge>,
+    histograms: HashMap<Arc<str>, Histogram>,
+}
+
+/// The process-wide stat store.
+#[derive(Default)]
+pub struct Store {
+    inner: Mutex<Registry>,
+    tags: tags::TagExtractors,
+}
+
+/// One stat as rendered by the admin API.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Counter(u64),
+    Gauge(i64),
+    Histogram(histogram::Snapshot),
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: Arc<str>,
+    pub value: Value,
+    pub used: bool,
+}
+
+impl Store {
+    pub fn new(tags: tags::TagExtractors) -> Self {
+        Store {
+            inner: Mutex::default(),
+            tags,
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns the counter with this name, creating it at zero.
+    pub fn counter(&self, name: &str) -> Counter {
+        let mut r = self.registry();
+        if let Some(c) = r.counters.get(name) {
+            return c.clone();
+        }
+        let c = Counter(Arc::new(AtomicU64::new(0)));
+        r.counters.insert(name.into(), c.clone());
+        c
+    }
+
+    pub fn gauge(&self, name: &str) -> Gauge {
+        let mut r = self.registry();
+        if let Some(g) = r.gauges.get(name) {
+            return g.clone();
+        }
+        let g = Gauge(Arc::new(GaugeCell::default()));
+        r.gauges.insert(name.into(), g.clone());
+        g
+    }
+
+    pub fn histogram(&self, name: &str) -> Histogram {
+        let mut r = self.registry();
+        if let Some(h) = r.histograms.get(name) {
+            return h.clone();
+        }
+        let h = Histogram::new();
+        r.histograms.insert(name.into(), h.clone());
+        h
+    }
+
+    /// The current value of a counter or gauge, if it exists (for tests and readiness).
+    pub fn value_of(&self, name: &str) -> Option<i64> {
+        let r = self.registry();
+        if let Some(c) = r.counters.get(name) {
+            return Some(c.value() as i64);
+        }
+        r.gauges.get(name).map(Gauge::value)
+    }
+
+    /// A point-in-time copy of every live stat, sorted by name. Stats that nothing references any
+    /// more are dropped from the store here.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut r = self.registry();
+        r.counters
+            .retain(|_, c| Arc::strong_count(&c.0) > 1 || c.value() > 0);
+        r.gauges.retain(|_, g| Arc::strong_count(&g.0) > 1);
+        r.histograms.retain(|_, h| h.strong_count() > 1);
+        let mut out = Vec::with_capacity(r.counters.len() + r.gauges.len() + r.histograms.len());
+        for (n, c) in &r.counters {
+            let v = c.value();
+            out.push(Entry {
+                name: n.clone(),
+                value: Value::Counter(v),
+                used: v > 0,
+            });
+        }
+        for (n, g) in &r.gauges {
+            out.push(Entry {
+                name: n.clone(),
+                value: Value::Gauge(g.value()),
+                used: g.used(),
+            });
+        }
+        for (n, h) in &r.histograms {
+            let s = h.snapshot();
+            let used = s.count > 0;
+            out.push(Entry {
+                name: n.clone(),
+                value: Value::Histogram(s),
+                used,
+            });
+        }
+        drop(r);
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn tag_extractors(&self) -> &tags::TagExtractors {
+        &self.tags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_gauges_share_handles_and_disappear_when_unreferenced() {
+        let s = Store::default();
+        let c = s.counter("a.b");
+        c.inc();
+        s.counter("a.b").add(2);
+        assert_eq!(s.value_of("a.b"), Some(3));
+        let g = s.gauge("g");
+        {
+            let _guard = GaugeGuard::new(&g);
+            assert_eq!(g.value(), 1);
+        }
+        assert_eq!(g.value(), 0);
+        let _unused = s.counter("never");
+        let e = s.entries();
+        assert_eq!(
+            e.iter().map(|e| &*e.name).collect::<Vec<_>>(),
+            ["a.b", "g", "never"]
+        );
+        assert!(e[0].used && e[1].used && !e[2].used);
+        drop(g);
+        drop(_unused);
+        assert_eq!(
+            s.entries().len(),
+            1,
+            "a counter with a value outlives its handles"
+        );
+    }
+}
+
+/// `<prefix>_2xx`-style class counters plus per-code counters (`<prefix>_200`) created on first
+/// use; reading an existing per-code counter is lock-free.
+pub struct CodeStats {
+    prefix: String,
+    store: Arc<Store>,
+    classes: [Counter; 5],
+    codes: arc_swap::ArcSwap<HashMap<u16, Counter>>,
+    insert: Mutex<()>,
+}
+
+impl std::fmt::Debug for CodeStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeStats")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl CodeStats {
+    /// `prefix` like `cluster.x.upstream_rq` (the `_2xx` / `_200` suffixes are appended).
+    pub fn new(store: &Arc<Store>, prefix: &str) -> Self {
+        let c = |k: u8| store.counter(&format!("{prefix}_{k}xx"));
+        CodeStats {
+            prefix: prefix.to_string(),
+            store: store.clone(),
+            classes: [c(1), c(2), c(3), c(4), c(5)],
+            codes: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            insert: Mutex::new(()),
+        }
+    }
+
+    /// Counts one response with this status (class and exact code).
+    pub fn record(&self, status: u16, with_code: bool) {
+        if let Some(c) = self.classes.get((status / 100).wrapping_sub(1) as usize) {
+            c.inc();
+        }
+        if !with_code {
+            return;
+        }
+        if let Some(c) = self.codes.load().get(&status) {
+            c.inc();
+            return;
+        }
+        let _g = self.insert.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = HashMap::clone(&self.codes.load());
+        let c = m
+            .entry(status)
+            .or_insert_with(|| self.store.counter(&format!("{}_{status}", self.prefix)))
+            .clone();
+        self.codes.store(Arc::new(m));
+        c.inc();
+    }
+}

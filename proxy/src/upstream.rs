@@ -1,0 +1,6 @@
+//! The upstream side: clusters and their hosts, load balancers, per-worker connection pools.
+
+pub mod cluster;
+pub mod host;
+pub mod lb;
+pub mod pool;

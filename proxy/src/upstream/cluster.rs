@@ -1,0 +1,612 @@
+//! Clusters: translation of `envoy.config.cluster.v3.Cluster` (STATIC, STRICT_DNS, LOGICAL_DNS,
+//! EDS) and the runtime object routes forward to: settings, the current host set (swapped
+//! atomically on DNS refresh or EDS update), circuit-breaker counters and stats.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster as ClusterProto, cluster};
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+
+use super::host::{Host, HostSet, PriorityHosts};
+use super::lb::{LbPolicy, LbState};
+use crate::config::{BuildCtx, ConfigError, duration};
+use crate::stats::{CodeStats, Counter, Gauge, Histogram, Store};
+
+static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryType {
+    Static,
+    StrictDns,
+    LogicalDns,
+    Eds,
+    OriginalDst,
+}
+
+/// Which HTTP version to speak upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// `use_downstream_protocol_config`
+    Downstream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+/// One DNS name to resolve (STRICT_DNS / LOGICAL_DNS).
+#[derive(Debug, Clone)]
+pub struct DnsTarget {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_completed: Counter,
+    pub upstream_rq: CodeStats,
+    pub upstream_rq_time: Histogram,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_per_try_timeout: Counter,
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_retry_success: Counter,
+    pub upstream_rq_retry_overflow: Counter,
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    pub upstream_rq_pending_overflow: Counter,
+    pub upstream_rq_pending_total: Counter,
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_destroy: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_cx_max_requests: Counter,
+    pub upstream_rq_rx_reset: Counter,
+    pub upstream_cx_rx_bytes_total: Counter,
+    pub upstream_cx_tx_bytes_total: Counter,
+    pub membership_total: Gauge,
+    pub membership_healthy: Gauge,
+    pub membership_change: Counter,
+    pub update_attempt: Counter,
+    pub update_success: Counter,
+    pub update_failure: Counter,
+}
+
+impl ClusterStats {
+    pub fn new(store: &Arc<Store>, stat_name: &str) -> Self {
+        let p = format!("cluster.{stat_name}.");
+        let c = |n: &str| store.counter(&format!("{p}{n}"));
+        let g = |n: &str| store.gauge(&format!("{p}{n}"));
+        ClusterStats {
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq: CodeStats::new(store, &format!("{p}upstream_rq")),
+            upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+            upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_rq_retry_success: c("upstream_rq_retry_success"),
+            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_http1_total: c("upstream_cx_http1_total"),
+            upstream_cx_http2_total: c("upstream_cx_http2_total"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
+            upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
+            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            membership_change: c("membership_change"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_failure: c("update_failure"),
+        }
+    }
+}
+
+/// Circuit-breaker thresholds (default priority).
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// A cluster as traffic sees it.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Unique per cluster object: a changed cluster gets new pools.
+    pub id: u64,
+    pub name: Arc<str>,
+    pub discovery: DiscoveryType,
+    pub lb: LbPolicy,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    pub max_requests_per_connection: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+    pub thresholds: Thresholds,
+    pub hosts: ArcSwap<HostSet>,
+    pub dns_targets: Vec<DnsTarget>,
+    pub dns_refresh: Duration,
+    pub dns_family: DnsFamily,
+    pub eds_service_name: Option<String>,
+    pub stats: ClusterStats,
+    pub active_requests: AtomicU32,
+    pub active_retries: AtomicU32,
+    /// The proto it was built from (for `/config_dump` and change detection).
+    pub proto: ClusterProto,
+}
+
+impl Cluster {
+    pub fn from_proto(p: &ClusterProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
+        if p.name.is_empty() {
+            return Err(ConfigError::new("name", "cluster name must not be empty"));
+        }
+        use cluster::{ClusterDiscoveryType as CDT, DiscoveryType as DT};
+        let discovery = match &p.cluster_discovery_type {
+            None => DiscoveryType::Static,
+            Some(CDT::Type(t)) => match DT::try_from(*t) {
+                Ok(DT::Static) => DiscoveryType::Static,
+                Ok(DT::StrictDns) => DiscoveryType::StrictDns,
+                Ok(DT::LogicalDns) => DiscoveryType::LogicalDns,
+                Ok(DT::Eds) => DiscoveryType::Eds,
+                Ok(DT::OriginalDst) => DiscoveryType::OriginalDst,
+                Err(_) => return Err(ConfigError::new("type", "unknown discovery type")),
+            },
+            Some(CDT::ClusterType(ct)) => {
+                return Err(ConfigError::new(
+                    "cluster_type",
+                    format!("custom cluster type {} is not supported", ct.name),
+                ));
+            }
+        };
+        let lb = LbPolicy::from_proto(p, "")?;
+        if p.transport_socket
+            .as_ref()
+            .is_some_and(|t| t.name != "envoy.transport_sockets.raw_buffer" && !t.name.is_empty())
+            || !p.transport_socket_matches.is_empty()
+        {
+            return Err(ConfigError::new(
+                "transport_socket",
+                "upstream TLS transport sockets are not supported yet",
+            ));
+        }
+        let protocol = upstream_protocol(p)?;
+        let mut max_requests_per_connection = p
+            .max_requests_per_connection
+            .map(|v| v.value)
+            .filter(|v| *v > 0);
+        let mut idle_timeout = Some(Duration::from_secs(3600));
+        let mut common = p.common_http_protocol_options.clone();
+        if let Some(opts) = protocol_options(p)? {
+            if opts.common_http_protocol_options.is_some() {
+                common = opts.common_http_protocol_options.clone();
+            }
+        }
+        if let Some(c) = &common {
+            if let Some(t) = &c.idle_timeout {
+                let d = duration(t);
+                idle_timeout = (!d.is_zero()).then_some(d);
+            }
+            if let Some(m) = c.max_requests_per_connection {
+                max_requests_per_connection = Some(m.value).filter(|v| *v > 0);
+            }
+        }
+        let mut thresholds = Thresholds::default();
+        if let Some(cb) = &p.circuit_breakers {
+            if let Some(t) = cb.thresholds.iter().find(|t| t.priority == 0) {
+                if let Some(v) = t.max_connections {
+                    thresholds.max_connections = v.value;
+                }
+                if let Some(v) = t.max_pending_requests {
+                    thresholds.max_pending_requests = v.value;
+                }
+                if let Some(v) = t.max_requests {
+                    thresholds.max_requests = v.value;
+                }
+                if let Some(v) = t.max_retries {
+                    thresholds.max_retries = v.value;
+                }
+            }
+        }
+        let dns_family = match cluster::DnsLookupFamily::try_from(p.dns_lookup_family) {
+            Ok(cluster::DnsLookupFamily::Auto) => DnsFamily::Auto,
+            Ok(cluster::DnsLookupFamily::V4Only) => DnsFamily::V4Only,
+            Ok(cluster::DnsLookupFamily::V6Only) => DnsFamily::V6Only,
+            Ok(cluster::DnsLookupFamily::V4Preferred) => DnsFamily::V4Preferred,
+            Ok(cluster::DnsLookupFamily::All) => DnsFamily::All,
+            Err(_) => DnsFamily::Auto,
+        };
+        if !p.health_checks.is_empty() {
+            tracing::warn!(cluster = %p.name, "active health checks are not supported yet; hosts are treated as healthy");
+        }
+        let stat_name = if p.alt_stat_name.is_empty() {
+            p.name.as_str()
+        } else {
+            p.alt_stat_name.as_str()
+        };
+        let stats = ClusterStats::new(&cx.stats, stat_name);
+        let mut c = Cluster {
+            id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
+            name: p.name.as_str().into(),
+            discovery,
+            lb,
+            connect_timeout: p
+                .connect_timeout
+                .as_ref()
+                .map(duration)
+                .unwrap_or(Duration::from_secs(5)),
+            protocol,
+            max_requests_per_connection,
+            idle_timeout,
+            thresholds,
+            hosts: ArcSwap::from_pointee(HostSet::default()),
+            dns_targets: Vec::new(),
+            dns_refresh: p
+                .dns_refresh_rate
+                .as_ref()
+                .map(duration)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(5)),
+            dns_family,
+            eds_service_name: None,
+            stats,
+            active_requests: AtomicU32::new(0),
+            active_retries: AtomicU32::new(0),
+            proto: p.clone(),
+        };
+        match discovery {
+            DiscoveryType::Static => {
+                let cla = p.load_assignment.clone().unwrap_or_default();
+                c.set_load_assignment(&cla)
+                    .map_err(|e| e.within("load_assignment"))?;
+            }
+            DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
+                let cla = p.load_assignment.clone().unwrap_or_default();
+                c.dns_targets = dns_targets(&cla).map_err(|e| e.within("load_assignment"))?;
+                if discovery == DiscoveryType::LogicalDns && c.dns_targets.len() != 1 {
+                    return Err(ConfigError::new(
+                        "load_assignment",
+                        "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+                    ));
+                }
+                // Literal IPs need no resolution.
+                let literal: Option<Vec<(SocketAddr, &DnsTarget)>> = c
+                    .dns_targets
+                    .iter()
+                    .map(|t| {
+                        t.host
+                            .parse::<std::net::IpAddr>()
+                            .ok()
+                            .map(|ip| (SocketAddr::new(ip, t.port), t))
+                    })
+                    .collect();
+                if let Some(l) = literal {
+                    let hosts = l
+                        .into_iter()
+                        .map(|(a, t)| (a, t.host.clone(), t.weight, t.priority, None))
+                        .collect();
+                    c.set_hosts(hosts);
+                }
+            }
+            DiscoveryType::Eds => {
+                let name = p
+                    .eds_cluster_config
+                    .as_ref()
+                    .map(|e| e.service_name.clone())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| p.name.clone());
+                c.eds_service_name = Some(name);
+            }
+            DiscoveryType::OriginalDst => {
+                return Err(ConfigError::new(
+                    "type",
+                    "ORIGINAL_DST clusters are not supported yet",
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Replaces membership with the endpoints of a ClusterLoadAssignment (STATIC and EDS).
+    pub fn set_load_assignment(&self, cla: &ClusterLoadAssignment) -> Result<(), ConfigError> {
+        let mut hosts = Vec::new();
+        for (i, lle) in cla.endpoints.iter().enumerate() {
+            for (j, le) in lle.lb_endpoints.iter().enumerate() {
+                let f = format!("endpoints[{i}].lb_endpoints[{j}]");
+                let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &le.host_identifier else {
+                    return Err(ConfigError::new(f, "named endpoints are not supported"));
+                };
+                let addr =
+                    socket_address_of(ep.address.as_ref(), &format!("{f}.endpoint.address"))?;
+                let weight = le.load_balancing_weight.map(|w| w.value).unwrap_or(1);
+                // EDS health: UNHEALTHY(2), DRAINING(3), TIMEOUT(4) are not used for traffic.
+                if matches!(le.health_status, 2..=4) {
+                    continue;
+                }
+                hosts.push((
+                    addr,
+                    ep.hostname.clone(),
+                    weight,
+                    lle.priority,
+                    le.metadata.clone(),
+                ));
+            }
+        }
+        self.set_hosts(hosts);
+        Ok(())
+    }
+
+    /// Publishes a new host set, keeping the identity of hosts that did not change.
+    pub fn set_hosts(
+        &self,
+        hosts: Vec<(
+            SocketAddr,
+            String,
+            u32,
+            u32,
+            Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+        )>,
+    ) {
+        let previous = self.hosts.load();
+        let all: Vec<Arc<Host>> = hosts
+            .into_iter()
+            .map(|(a, name, w, p, md)| HostSet::reuse(&previous, a, &name, w, p, md))
+            .collect();
+        let mut levels: Vec<u32> = all.iter().map(|h| h.priority).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        let priorities = levels
+            .into_iter()
+            .map(|p| {
+                let hosts: Vec<Arc<Host>> =
+                    all.iter().filter(|h| h.priority == p).cloned().collect();
+                PriorityHosts {
+                    priority: p,
+                    lb: LbState::build(self.lb, &hosts),
+                    hosts,
+                }
+            })
+            .collect();
+        let changed = previous.all.len() != all.len()
+            || previous.all.iter().zip(&all).any(|(a, b)| a.id != b.id);
+        self.stats.membership_total.set(all.len() as i64);
+        self.stats
+            .membership_healthy
+            .set(all.iter().filter(|h| h.healthy()).count() as i64);
+        if changed {
+            self.stats.membership_change.inc();
+        }
+        self.hosts.store(Arc::new(HostSet { all, priorities }));
+    }
+
+    pub fn needs_dns(&self) -> bool {
+        matches!(
+            self.discovery,
+            DiscoveryType::StrictDns | DiscoveryType::LogicalDns
+        ) && self
+            .dns_targets
+            .iter()
+            .any(|t| t.host.parse::<std::net::IpAddr>().is_err())
+    }
+}
+
+fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<DnsTarget>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, lle) in cla.endpoints.iter().enumerate() {
+        for (j, le) in lle.lb_endpoints.iter().enumerate() {
+            let f = format!("endpoints[{i}].lb_endpoints[{j}].endpoint.address");
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &le.host_identifier else {
+                return Err(ConfigError::new(f, "named endpoints are not supported"));
+            };
+            let (host, port) = socket_address_parts(ep.address.as_ref(), &f)?;
+            out.push(DnsTarget {
+                host,
+                port,
+                weight: le.load_balancing_weight.map(|w| w.value).unwrap_or(1),
+                priority: lle.priority,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn socket_address_parts(
+    a: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
+    field: &str,
+) -> Result<(String, u16), ConfigError> {
+    match a.and_then(|a| a.address.as_ref()) {
+        Some(address::Address::SocketAddress(sa)) => {
+            let port = match sa.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p)
+                    .map_err(|_| ConfigError::new(field, format!("invalid port {p}")))?,
+                Some(socket_address::PortSpecifier::NamedPort(_)) => {
+                    return Err(ConfigError::new(field, "named ports are not supported"));
+                }
+                None => 0,
+            };
+            Ok((sa.address.clone(), port))
+        }
+        Some(address::Address::Pipe(_)) => Err(ConfigError::new(
+            field,
+            "unix pipe upstream addresses are not supported yet",
+        )),
+        Some(_) => Err(ConfigError::new(field, "unsupported address type")),
+        None => Err(ConfigError::new(field, "address is required")),
+    }
+}
+
+/// Parses an IP socket address (no DNS).
+pub fn socket_address_of(
+    a: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
+    field: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let (host, port) = socket_address_parts(a, field)?;
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| ConfigError::new(field, format!("malformed IP address: {host}")))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, ConfigError> {
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    match p.typed_extension_protocol_options.get(KEY) {
+        Some(any) => xds_client::any::unpack::<HttpProtocolOptions>(any)
+            .map(Some)
+            .map_err(|e| {
+                ConfigError::new(
+                    format!("typed_extension_protocol_options[{KEY}]"),
+                    e.to_string(),
+                )
+            }),
+        None => Ok(None),
+    }
+}
+
+fn upstream_protocol(p: &ClusterProto) -> Result<UpstreamProtocol, ConfigError> {
+    for k in p.typed_extension_protocol_options.keys() {
+        if k != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+            && k != "envoy.filters.network.http_connection_manager"
+        {
+            return Err(ConfigError::new(
+                format!("typed_extension_protocol_options[{k}]"),
+                "unsupported protocol options extension",
+            ));
+        }
+    }
+    if let Some(opts) = protocol_options(p)? {
+        use http_protocol_options::UpstreamProtocolOptions as U;
+        return Ok(match opts.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+                Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)) => {
+                    UpstreamProtocol::Http2
+                }
+                Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    return Err(ConfigError::new("typed_extension_protocol_options", "HTTP/3 upstreams are not supported"));
+                }
+                _ => UpstreamProtocol::Http1,
+            },
+            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Downstream,
+            // ALPN-based auto: without TLS there is no ALPN, so HTTP/1.1 (as Envoy does).
+            Some(U::AutoConfig(_)) => UpstreamProtocol::Http1,
+            None => UpstreamProtocol::Http1,
+        });
+    }
+    #[allow(deprecated)]
+    if p.http2_protocol_options.is_some() {
+        return Ok(UpstreamProtocol::Http2);
+    }
+    #[allow(deprecated)]
+    if cluster::ClusterProtocolSelection::try_from(p.protocol_selection)
+        == Ok(cluster::ClusterProtocolSelection::UseDownstreamProtocol)
+    {
+        return Ok(UpstreamProtocol::Downstream);
+    }
+    Ok(UpstreamProtocol::Http1)
+}
+
+/// Resolves a DNS cluster's targets once and publishes the hosts. Returns false if nothing
+/// resolved (the previous hosts stay).
+pub async fn resolve_dns(c: &Cluster) -> bool {
+    let mut hosts = Vec::new();
+    let mut any = false;
+    for t in &c.dns_targets {
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((t.host.as_str(), t.port)).await
+        {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                tracing::debug!(cluster = %c.name, host = %t.host, "DNS resolution failed: {e}");
+                continue;
+            }
+        };
+        let picked = pick_family(addrs, c.dns_family);
+        if picked.is_empty() {
+            continue;
+        }
+        any = true;
+        let picked = if c.discovery == DiscoveryType::LogicalDns {
+            picked.into_iter().take(1).collect()
+        } else {
+            picked
+        };
+        for a in picked {
+            hosts.push((a, t.host.clone(), t.weight, t.priority, None));
+        }
+    }
+    c.stats.update_attempt.inc();
+    if any {
+        c.stats.update_success.inc();
+        c.set_hosts(hosts);
+    } else {
+        c.stats.update_failure.inc();
+    }
+    any
+}
+
+fn pick_family(addrs: Vec<SocketAddr>, f: DnsFamily) -> Vec<SocketAddr> {
+    let v4: Vec<SocketAddr> = addrs.iter().copied().filter(SocketAddr::is_ipv4).collect();
+    let v6: Vec<SocketAddr> = addrs.iter().copied().filter(SocketAddr::is_ipv6).collect();
+    let mut out = match f {
+        DnsFamily::V4Only => v4,
+        DnsFamily::V6Only => v6,
+        DnsFamily::Auto => {
+            if v6.is_empty() {
+                v4
+            } else {
+                v6
+            }
+        }
+        DnsFamily::V4Preferred => {
+            if v4.is_empty() {
+                v6
+            } else {
+                v4
+            }
+        }
+        DnsFamily::All => addrs,
+    };
+    out.dedup();
+    out
+}

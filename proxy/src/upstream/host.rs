@@ -1,0 +1,123 @@
+//! Upstream hosts and the immutable host set a cluster publishes on every membership change.
+//!
+//! A host keeps its identity (`id`) across updates while its address stays in the cluster, so
+//! the per-worker connection pools (keyed by host id) survive DNS refreshes and EDS pushes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+
+use super::lb::LbState;
+
+static NEXT_HOST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One upstream endpoint.
+#[derive(Debug)]
+pub struct Host {
+    pub id: u64,
+    pub address: SocketAddr,
+    /// The endpoint's hostname (DNS name or EDS `hostname`), for `auto_host_rewrite`.
+    pub hostname: Arc<str>,
+    pub weight: u32,
+    pub priority: u32,
+    pub metadata: Option<Metadata>,
+    healthy: AtomicBool,
+    /// Requests in flight (least-request LB).
+    pub active_requests: AtomicU32,
+}
+
+impl Host {
+    pub fn new(
+        address: SocketAddr,
+        hostname: &str,
+        weight: u32,
+        priority: u32,
+        metadata: Option<Metadata>,
+    ) -> Self {
+        Host {
+            id: NEXT_HOST_ID.fetch_add(1, Ordering::Relaxed),
+            address,
+            hostname: hostname.into(),
+            weight: weight.max(1),
+            priority,
+            metadata,
+            healthy: AtomicBool::new(true),
+            active_requests: AtomicU32::new(0),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, h: bool) {
+        self.healthy.store(h, Ordering::Relaxed);
+    }
+
+    /// The string Envoy hashes for ring hash / maglev and prints in `/clusters`.
+    pub fn address_string(&self) -> String {
+        self.address.to_string()
+    }
+}
+
+/// Counts a request as active on a host for as long as it lives.
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<Host>);
+
+impl ActiveRequest {
+    pub fn new(h: &Arc<Host>) -> Self {
+        h.active_requests.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(h.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The hosts of one priority level with the LB's precomputed state.
+#[derive(Debug)]
+pub struct PriorityHosts {
+    pub priority: u32,
+    pub hosts: Vec<Arc<Host>>,
+    pub lb: LbState,
+}
+
+/// An immutable membership snapshot.
+#[derive(Debug, Default)]
+pub struct HostSet {
+    pub all: Vec<Arc<Host>>,
+    /// Priority levels in ascending order (0 first).
+    pub priorities: Vec<PriorityHosts>,
+}
+
+impl HostSet {
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Reuses hosts of `previous` with the same address (keeping their identity and pools).
+    pub fn reuse(
+        previous: &HostSet,
+        address: SocketAddr,
+        hostname: &str,
+        weight: u32,
+        priority: u32,
+        metadata: Option<Metadata>,
+    ) -> Arc<Host> {
+        if let Some(h) = previous.all.iter().find(|h| {
+            h.address == address
+                && h.weight == weight.max(1)
+                && h.priority == priority
+                && &*h.hostname == hostname
+                && h.metadata == metadata
+        }) {
+            return h.clone();
+        }
+        Arc::new(Host::new(address, hostname, weight, priority, metadata))
+    }
+}

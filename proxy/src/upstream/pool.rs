@@ -1,0 +1,247 @@
+//! Per-worker upstream connection pools.
+//!
+//! Each worker owns its pools (no locks, no cross-thread traffic). A pool is keyed by cluster,
+//! host and protocol. HTTP/1.1 connections are leased one request at a time and come back when
+//! the response body has been read to the end; an HTTP/2 connection is shared by all requests
+//! of the worker to that host. Idle connections past the cluster's idle timeout, closed ones and
+//! ones that served `max_requests_per_connection` are not reused.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::cluster::Cluster;
+use super::host::Host;
+use crate::http::body::RequestBody;
+use crate::http::exec::LocalExec;
+use crate::router::retry::ResetReason;
+use crate::stats::GaugeGuard;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub cluster: u64,
+    pub host: u64,
+    pub h2: bool,
+}
+
+struct IdleH1 {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+    served: u32,
+}
+
+#[derive(Default)]
+struct Entry {
+    idle: Vec<IdleH1>,
+    h2: Option<(http2::SendRequest<RequestBody>, u32)>,
+    h2_connecting: Option<Rc<Notify>>,
+}
+
+/// A connection leased for one request.
+pub enum Lease {
+    H1 {
+        sender: http1::SendRequest<RequestBody>,
+        served: u32,
+        key: PoolKey,
+        max: Option<u32>,
+    },
+    H2 {
+        sender: http2::SendRequest<RequestBody>,
+    },
+}
+
+/// The pools of one worker.
+#[derive(Default)]
+pub struct Pools {
+    entries: RefCell<HashMap<PoolKey, Entry>>,
+}
+
+impl Pools {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Pools::default())
+    }
+
+    /// Gets a ready connection to `host`, reusing an idle one when possible.
+    pub async fn acquire(
+        self: &Rc<Self>,
+        cluster: &Cluster,
+        host: &Arc<Host>,
+        h2: bool,
+    ) -> Result<Lease, ResetReason> {
+        let key = PoolKey {
+            cluster: cluster.id,
+            host: host.id,
+            h2,
+        };
+        if h2 {
+            return self.acquire_h2(cluster, host, key).await;
+        }
+        loop {
+            let idle = {
+                let mut entries = self.entries.borrow_mut();
+                entries.get_mut(&key).and_then(|e| e.idle.pop())
+            };
+            let Some(mut c) = idle else { break };
+            if c.sender.is_closed() || cluster.idle_timeout.is_some_and(|t| c.since.elapsed() > t) {
+                continue;
+            }
+            if c.sender.ready().await.is_err() {
+                continue;
+            }
+            return Ok(Lease::H1 {
+                sender: c.sender,
+                served: c.served,
+                key,
+                max: cluster.max_requests_per_connection,
+            });
+        }
+        let io = connect(cluster, host).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, RequestBody>(io)
+            .await
+            .map_err(|_| ResetReason::ConnectionTermination)?;
+        cluster.stats.upstream_cx_http1_total.inc();
+        let active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+        let destroy = cluster.stats.upstream_cx_destroy.clone();
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+            drop(active);
+            destroy.inc();
+        });
+        Ok(Lease::H1 {
+            sender,
+            served: 0,
+            key,
+            max: cluster.max_requests_per_connection,
+        })
+    }
+
+    async fn acquire_h2(
+        self: &Rc<Self>,
+        cluster: &Cluster,
+        host: &Arc<Host>,
+        key: PoolKey,
+    ) -> Result<Lease, ResetReason> {
+        loop {
+            let wait = {
+                let mut entries = self.entries.borrow_mut();
+                let e = entries.entry(key).or_default();
+                if let Some((s, served)) = &mut e.h2 {
+                    let exhausted = cluster
+                        .max_requests_per_connection
+                        .is_some_and(|m| *served >= m);
+                    if !s.is_closed() && !exhausted {
+                        *served += 1;
+                        return Ok(Lease::H2 { sender: s.clone() });
+                    }
+                    if exhausted {
+                        cluster.stats.upstream_cx_max_requests.inc();
+                    }
+                    e.h2 = None;
+                }
+                match &e.h2_connecting {
+                    Some(n) => Some(n.clone()),
+                    None => {
+                        e.h2_connecting = Some(Rc::new(Notify::new()));
+                        None
+                    }
+                }
+            };
+            if let Some(n) = wait {
+                n.notified().await;
+                continue;
+            }
+            let result = self.connect_h2(cluster, host).await;
+            let mut entries = self.entries.borrow_mut();
+            let e = entries.entry(key).or_default();
+            if let Some(n) = e.h2_connecting.take() {
+                n.notify_waiters();
+            }
+            let sender = result?;
+            e.h2 = Some((sender.clone(), 1));
+            return Ok(Lease::H2 { sender });
+        }
+    }
+
+    async fn connect_h2(
+        &self,
+        cluster: &Cluster,
+        host: &Arc<Host>,
+    ) -> Result<http2::SendRequest<RequestBody>, ResetReason> {
+        let io = connect(cluster, host).await?;
+        let (sender, conn) = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .keep_alive_interval(None)
+            .handshake::<_, RequestBody>(io)
+            .await
+            .map_err(|_| ResetReason::ConnectionTermination)?;
+        cluster.stats.upstream_cx_http2_total.inc();
+        let active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+        let destroy = cluster.stats.upstream_cx_destroy.clone();
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+            drop(active);
+            destroy.inc();
+        });
+        Ok(sender)
+    }
+
+    /// Returns an HTTP/1.1 connection after its response ended.
+    pub fn release(
+        &self,
+        key: PoolKey,
+        sender: http1::SendRequest<RequestBody>,
+        served: u32,
+        max: Option<u32>,
+    ) {
+        if sender.is_closed() || max.is_some_and(|m| served >= m) {
+            return;
+        }
+        let mut entries = self.entries.borrow_mut();
+        entries.entry(key).or_default().idle.push(IdleH1 {
+            sender,
+            since: Instant::now(),
+            served,
+        });
+    }
+
+    /// Drops every pool of a cluster that no longer exists or changed (its connections close
+    /// once in-flight requests finish).
+    pub fn retain_clusters(&self, live: &dyn Fn(u64) -> bool) {
+        self.entries.borrow_mut().retain(|k, _| live(k.cluster));
+    }
+}
+
+async fn connect(cluster: &Cluster, host: &Host) -> Result<TokioIo<TcpStream>, ResetReason> {
+    cluster.stats.upstream_cx_total.inc();
+    let fut = TcpStream::connect(host.address);
+    let stream = match tokio::time::timeout(
+        cluster.connect_timeout.max(Duration::from_millis(1)),
+        fut,
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(target: "remora::upstream", cluster = %cluster.name, host = %host.address, "connect failed: {e}");
+            cluster.stats.upstream_cx_connect_fail.inc();
+            return Err(ResetReason::ConnectFailure);
+        }
+        Err(_) => {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            cluster.stats.upstream_cx_connect_timeout.inc();
+            return Err(ResetReason::ConnectTimeout);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
