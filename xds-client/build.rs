@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 //! Build script: finds the descriptor set that ships inside the `envoy-types` crate and compiles
 //! the few extra protos this repository carries (types istiod and pilot-agent send that
 //! envoy-types does not have), so the proto3 JSON loader can resolve every `@type`.

@@ -58,11 +58,11 @@ fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        "text/plain; charset=UTF-8".parse().expect("static header"),
+        http::HeaderValue::from_static("text/plain; charset=UTF-8"),
     );
     r.headers_mut().insert(
         "x-content-type-options",
-        "nosniff".parse().expect("static header"),
+        http::HeaderValue::from_static("nosniff"),
     );
     r
 }
@@ -72,7 +72,7 @@ fn json(body: serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(s)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        "application/json".parse().expect("static header"),
+        http::HeaderValue::from_static("application/json"),
     );
     r
 }

@@ -109,7 +109,7 @@ fn reply(body: String, json: bool) -> Response<Full<Bytes>> {
         "text/plain; charset=UTF-8"
     };
     r.headers_mut()
-        .insert(header::CONTENT_TYPE, ct.parse().expect("static header"));
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
     r
 }
 

@@ -135,14 +135,13 @@ pub fn stat_address(a: SocketAddr) -> String {
 }
 
 fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, ConfigError> {
-    if let Some(ts) = &fc.transport_socket {
-        if ts.name != "envoy.transport_sockets.raw_buffer" {
+    if let Some(ts) = &fc.transport_socket
+        && ts.name != "envoy.transport_sockets.raw_buffer" {
             return Err(ConfigError::new(
                 "transport_socket",
                 format!("transport socket {} is not supported yet", ts.name),
             ));
         }
-    }
     if fc.filters.is_empty() {
         return Err(ConfigError::new(
             "filters",

@@ -109,8 +109,8 @@ impl RouteTable {
                 }
             }
         }
-        t.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        t.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.suffixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+        t.prefixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         Ok(t)
     }
 

@@ -223,40 +223,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_and_gauges_share_handles_and_disappear_when_unreferenced() {
-        let s = Store::default();
-        let c = s.counter("a.b");
-        c.inc();
-        s.counter("a.b").add(2);
-        assert_eq!(s.value_of("a.b"), Some(3));
-        let g = s.gauge("g");
-        {
-            let _guard = GaugeGuard::new(&g);
-            assert_eq!(g.value(), 1);
-        }
-        assert_eq!(g.value(), 0);
-        let _unused = s.counter("never");
-        let e = s.entries();
-        assert_eq!(
-            e.iter().map(|e| &*e.name).collect::<Vec<_>>(),
-            ["a.b", "g", "never"]
-        );
-        assert!(e[0].used && e[1].used && !e[2].used);
-        drop(g);
-        drop(_unused);
-        assert_eq!(
-            s.entries().len(),
-            1,
-            "a counter with a value outlives its handles"
-        );
-    }
-}
-
 /// `<prefix>_2xx`-style class counters plus per-code counters (`<prefix>_200`) created on first
 /// use; reading an existing per-code counter is lock-free.
 pub struct CodeStats {
@@ -308,5 +274,39 @@ impl CodeStats {
             .clone();
         self.codes.store(Arc::new(m));
         c.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_gauges_share_handles_and_disappear_when_unreferenced() {
+        let s = Store::default();
+        let c = s.counter("a.b");
+        c.inc();
+        s.counter("a.b").add(2);
+        assert_eq!(s.value_of("a.b"), Some(3));
+        let g = s.gauge("g");
+        {
+            let _guard = GaugeGuard::new(&g);
+            assert_eq!(g.value(), 1);
+        }
+        assert_eq!(g.value(), 0);
+        let _unused = s.counter("never");
+        let e = s.entries();
+        assert_eq!(
+            e.iter().map(|e| &*e.name).collect::<Vec<_>>(),
+            ["a.b", "g", "never"]
+        );
+        assert!(e[0].used && e[1].used && !e[2].used);
+        drop(g);
+        drop(_unused);
+        assert_eq!(
+            s.entries().len(),
+            1,
+            "a counter with a value outlives its handles"
+        );
     }
 }

@@ -162,11 +162,10 @@ pub fn bind_reuseport(
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         s.listen(backlog)?;
-        if addr.port() == 0 {
-            if let Some(a) = s.local_addr()?.as_socket() {
+        if addr.port() == 0
+            && let Some(a) = s.local_addr()?.as_socket() {
                 addr = a;
             }
-        }
         out.push(s.into());
     }
     Ok(out)

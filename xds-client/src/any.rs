@@ -35,11 +35,10 @@ pub fn type_name(type_url: &str) -> &str {
 /// The effective message name: for a TypedStruct, the name of the message it wraps.
 pub fn effective_type_name(any: &Any) -> String {
     let name = type_name(&any.type_url);
-    if name == UDPA_TYPED_STRUCT || name == XDS_TYPED_STRUCT {
-        if let Ok(ts) = TypedStruct::decode(any.value.as_slice()) {
+    if (name == UDPA_TYPED_STRUCT || name == XDS_TYPED_STRUCT)
+        && let Ok(ts) = TypedStruct::decode(any.value.as_slice()) {
             return type_name(&ts.type_url).to_string();
         }
-    }
     name.to_string()
 }
 

@@ -318,12 +318,11 @@ fn check_any(
                 .collect(),
         );
         let r = check_message(pool, &mut rest, &desc, path, opts);
-        if r.is_ok() {
-            if let Value::Object(mut m) = rest {
+        if r.is_ok()
+            && let Value::Object(mut m) = rest {
                 m.insert("@type".into(), Value::String(type_url.clone()));
                 *obj = m;
             }
-        }
         r
     };
     path.truncate(len);

@@ -202,7 +202,6 @@ impl Body for ReplayBody {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .hint
-            .clone()
     }
 }
 
@@ -247,13 +246,11 @@ impl ResponseBody {
     }
 
     fn finish_if_ended(&mut self) {
-        if let ResponseBody::Upstream { body, on_end, .. } = self {
-            if body.is_end_stream() {
-                if let Some(f) = on_end.take() {
+        if let ResponseBody::Upstream { body, on_end, .. } = self
+            && body.is_end_stream()
+                && let Some(f) = on_end.take() {
                     f();
                 }
-            }
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::config::ConfigError;
 use crate::formatter::{FormatContext, Formatter};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Append {
+enum AppendAction {
     AppendOrAdd,
     AddIfAbsent,
     OverwriteOrAdd,
@@ -21,7 +21,7 @@ enum Append {
 struct AddHeader {
     name: HeaderName,
     value: Formatter,
-    append: Append,
+    append: AppendAction,
     keep_empty: bool,
 }
 
@@ -68,12 +68,12 @@ impl HeaderMutations {
             let value = Formatter::parse(&raw, &format!("{f}.header.value"))?;
             let append = match (o.append, HeaderAppendAction::try_from(o.append_action)) {
                 // The deprecated `append` wins when set (false means overwrite).
-                (Some(b), _) if !b.value => Append::OverwriteOrAdd,
-                (Some(_), _) => Append::AppendOrAdd,
-                (None, Ok(HeaderAppendAction::AppendIfExistsOrAdd)) => Append::AppendOrAdd,
-                (None, Ok(HeaderAppendAction::AddIfAbsent)) => Append::AddIfAbsent,
-                (None, Ok(HeaderAppendAction::OverwriteIfExistsOrAdd)) => Append::OverwriteOrAdd,
-                (None, Ok(HeaderAppendAction::OverwriteIfExists)) => Append::OverwriteIfExists,
+                (Some(b), _) if !b.value => AppendAction::OverwriteOrAdd,
+                (Some(_), _) => AppendAction::AppendOrAdd,
+                (None, Ok(HeaderAppendAction::AppendIfExistsOrAdd)) => AppendAction::AppendOrAdd,
+                (None, Ok(HeaderAppendAction::AddIfAbsent)) => AppendAction::AddIfAbsent,
+                (None, Ok(HeaderAppendAction::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteOrAdd,
+                (None, Ok(HeaderAppendAction::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
                 (None, Err(_)) => return Err(ConfigError::new(f, "unknown append_action")),
             };
             out.add.push(AddHeader {
@@ -120,18 +120,18 @@ impl HeaderMutations {
                 continue;
             };
             match a.append {
-                Append::AppendOrAdd => {
+                AppendAction::AppendOrAdd => {
                     headers.append(a.name.clone(), v);
                 }
-                Append::AddIfAbsent => {
+                AppendAction::AddIfAbsent => {
                     if !headers.contains_key(&a.name) {
                         headers.insert(a.name.clone(), v);
                     }
                 }
-                Append::OverwriteOrAdd => {
+                AppendAction::OverwriteOrAdd => {
                     headers.insert(a.name.clone(), v);
                 }
-                Append::OverwriteIfExists => {
+                AppendAction::OverwriteIfExists => {
                     if headers.contains_key(&a.name) {
                         headers.insert(a.name.clone(), v);
                     }

@@ -133,11 +133,10 @@ impl Redirect {
             }
             PathRewrite::Regex(re, sub) => format!("{}{query}", re.replace_all(path, sub.as_str())),
         };
-        if self.strip_query {
-            if let Some(i) = final_path.find('?') {
+        if self.strip_query
+            && let Some(i) = final_path.find('?') {
                 final_path.truncate(i);
             }
-        }
         format!("{final_scheme}://{final_host}{port}{final_path}")
     }
 }

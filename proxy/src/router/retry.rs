@@ -250,8 +250,8 @@ impl RetryPolicy {
                 | on::GRPC_RESOURCE_EXHAUSTED
                 | on::GRPC_UNAVAILABLE
                 | on::GRPC_INTERNAL);
-        if grpc != 0 {
-            if let Some(code) = headers
+        if grpc != 0
+            && let Some(code) = headers
                 .get("grpc-status")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|s| s.parse::<u32>().ok())
@@ -268,7 +268,6 @@ impl RetryPolicy {
                     return true;
                 }
             }
-        }
         false
     }
 

@@ -218,11 +218,10 @@ impl RouteMatcher {
         if !self.query.is_empty() && !self.query_matches(m.query.unwrap_or("")) {
             return None;
         }
-        if let Some(f) = self.runtime_fraction {
-            if m.random >= f {
+        if let Some(f) = self.runtime_fraction
+            && m.random >= f {
                 return None;
             }
-        }
         Some(matched)
     }
 

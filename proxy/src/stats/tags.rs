@@ -126,11 +126,10 @@ impl TagExtractors {
         let mut tags = Vec::new();
         let mut removed: Vec<(usize, usize)> = Vec::new();
         for t in &self.0 {
-            if let Some(s) = t.substr {
-                if !name.contains(s) {
+            if let Some(s) = t.substr
+                && !name.contains(s) {
                     continue;
                 }
-            }
             let Ok(Some(caps)) = t.regex.captures(name) else {
                 continue;
             };

@@ -219,12 +219,11 @@ impl Cluster {
             .map(|v| v.value)
             .filter(|v| *v > 0);
         let mut idle_timeout = Some(Duration::from_secs(3600));
-        let mut common = p.common_http_protocol_options.clone();
-        if let Some(opts) = protocol_options(p)? {
-            if opts.common_http_protocol_options.is_some() {
-                common = opts.common_http_protocol_options.clone();
+        let mut common = p.common_http_protocol_options;
+        if let Some(opts) = protocol_options(p)?
+            && opts.common_http_protocol_options.is_some() {
+                common = opts.common_http_protocol_options;
             }
-        }
         if let Some(c) = &common {
             if let Some(t) = &c.idle_timeout {
                 let d = duration(t);
@@ -235,8 +234,8 @@ impl Cluster {
             }
         }
         let mut thresholds = Thresholds::default();
-        if let Some(cb) = &p.circuit_breakers {
-            if let Some(t) = cb.thresholds.iter().find(|t| t.priority == 0) {
+        if let Some(cb) = &p.circuit_breakers
+            && let Some(t) = cb.thresholds.iter().find(|t| t.priority == 0) {
                 if let Some(v) = t.max_connections {
                     thresholds.max_connections = v.value;
                 }
@@ -250,7 +249,6 @@ impl Cluster {
                     thresholds.max_retries = v.value;
                 }
             }
-        }
         let dns_family = match cluster::DnsLookupFamily::try_from(p.dns_lookup_family) {
             Ok(cluster::DnsLookupFamily::Auto) => DnsFamily::Auto,
             Ok(cluster::DnsLookupFamily::V4Only) => DnsFamily::V4Only,

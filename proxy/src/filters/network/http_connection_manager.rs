@@ -470,11 +470,10 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
     let request_id = parts.headers.get("x-request-id").cloned();
 
     let mut resp = route_and_forward(cx, &mut parts, body, &authority, downstream_remote).await;
-    if hcm.always_set_request_id_in_response {
-        if let Some(id) = request_id {
+    if hcm.always_set_request_id_in_response
+        && let Some(id) = request_id {
             resp.headers_mut().insert("x-request-id", id);
         }
-    }
     resp
 }
 

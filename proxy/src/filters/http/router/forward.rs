@@ -119,9 +119,7 @@ impl Forward<'_> {
         let suppress = hcm.filters.router.suppress_envoy_headers;
         let mut timeout = action.timeout;
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
-        take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms").map(|ms| {
-            timeout = (ms > 0).then(|| Duration::from_millis(ms));
-        });
+        if let Some(ms) = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms") { timeout = (ms > 0).then(|| Duration::from_millis(ms)); }
         if let Some(ms) =
             take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-per-try-timeout-ms")
         {
@@ -136,11 +134,10 @@ impl Forward<'_> {
         {
             policy.get_or_insert_with(RetryPolicy::default).retry_on |= on;
         }
-        if let Some(n) = take_header_ms(&mut parts.headers, "x-envoy-max-retries") {
-            if let Some(p) = policy.as_mut() {
+        if let Some(n) = take_header_ms(&mut parts.headers, "x-envoy-max-retries")
+            && let Some(p) = policy.as_mut() {
                 p.num_retries = n as u32;
             }
-        }
         for h in [
             "x-envoy-retriable-status-codes",
             "x-envoy-retriable-header-names",
@@ -160,11 +157,10 @@ impl Forward<'_> {
             .map(|p| p.as_str())
             .unwrap_or("/");
         let new_path = rewrite_path(action, path_and_query, self.matched_len);
-        if new_path.is_some() && !suppress {
-            if let Ok(v) = HeaderValue::from_str(path_and_query) {
+        if new_path.is_some() && !suppress
+            && let Ok(v) = HeaderValue::from_str(path_and_query) {
                 headers.insert("x-envoy-original-path", v);
             }
-        }
         let path_and_query = new_path.unwrap_or_else(|| path_and_query.to_string());
         apply_request_mutations(
             self.table,
@@ -332,14 +328,13 @@ impl Forward<'_> {
                 }
                 Err(AttemptError::PerTryTimeout) => {
                     stats.upstream_rq_per_try_timeout.inc();
-                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout()) {
-                        if retry_allowed(p) && self.take_retry_budget(&cluster) {
+                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout())
+                        && retry_allowed(p) && self.take_retry_budget(&cluster) {
                             retries_done += 1;
                             stats.upstream_rq_retry.inc();
                             self.backoff(p, retries_done, deadline).await;
                             continue;
                         }
-                    }
                     stats.upstream_rq_timeout.inc();
                     return self.reply(weighted, LocalReply::upstream_timeout());
                 }
