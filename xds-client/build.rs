@@ -8,8 +8,7 @@ use std::process::Command;
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
-    let manifest_dir =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set"));
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set"));
 
     // envoy-types' prost-build output includes the FileDescriptorSet it was generated from.
     let envoy_types_dir = envoy_types_dir(&manifest_dir);
@@ -20,10 +19,8 @@ fn main() {
 
     // Our extra protos import well-known types only.
     let proto_dir = manifest_dir.join("proto");
-    let files: Vec<PathBuf> = walk(&proto_dir)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "proto"))
-        .collect();
+    let files: Vec<PathBuf> =
+        walk(&proto_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "proto")).collect();
     println!("cargo:rerun-if-changed={}", proto_dir.display());
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
@@ -55,31 +52,17 @@ fn envoy_types_dir(manifest_dir: &Path) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = std::env::var("TARGET").unwrap_or_default();
     let out = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--filter-platform",
-            &target,
-        ])
+        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", &target])
         .current_dir(manifest_dir)
         .output()
         .expect("running cargo metadata");
-    assert!(
-        out.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata json");
     let pkgs = meta["packages"].as_array().expect("packages array");
     for p in pkgs {
         if p["name"] == "envoy-types" {
             let manifest = p["manifest_path"].as_str().expect("manifest_path");
-            return Path::new(manifest)
-                .parent()
-                .expect("parent dir")
-                .to_path_buf();
+            return Path::new(manifest).parent().expect("parent dir").to_path_buf();
         }
     }
     panic!("envoy-types not found in cargo metadata");

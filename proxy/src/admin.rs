@@ -44,9 +44,7 @@ pub async fn serve(listener: TcpListener, st: Arc<AdminState>) {
                 let st = st.clone();
                 async move { Ok::<_, Infallible>(handle(req, &st).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -56,30 +54,20 @@ type Resp = Response<Full<Bytes>>;
 fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.into())));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=UTF-8"),
-    );
-    r.headers_mut().insert(
-        "x-content-type-options",
-        http::HeaderValue::from_static("nosniff"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=UTF-8"));
+    r.headers_mut().insert("x-content-type-options", http::HeaderValue::from_static("nosniff"));
     r
 }
 
 fn json(body: serde_json::Value) -> Resp {
     let s = serde_json::to_string_pretty(&body).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(s)));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     r
 }
 
 fn query_params(q: Option<&str>) -> Vec<(String, String)> {
-    q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+    q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
 async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
@@ -89,18 +77,10 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let post_only = matches!(
         path.as_str(),
-        "/quitquitquit"
-            | "/drain_listeners"
-            | "/healthcheck/fail"
-            | "/healthcheck/ok"
-            | "/logging"
-            | "/reset_counters"
+        "/quitquitquit" | "/drain_listeners" | "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/reset_counters"
     );
     if post_only && req.method() != Method::POST && !(path == "/logging" && params.is_empty()) {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "This endpoint requires POST.\n",
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST.\n");
     }
     let shared = &st.control.shared;
     match path.as_str() {
@@ -124,15 +104,9 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
                 },
                 None => None,
             };
-            let filter = render::Filter {
-                used_only: has("usedonly"),
-                regex,
-            };
+            let filter = render::Filter { used_only: has("usedonly"), regex };
             if get("format") == Some("prometheus") {
-                return text(
-                    StatusCode::OK,
-                    render::prometheus(&shared.stats, has("usedonly")),
-                );
+                return text(StatusCode::OK, render::prometheus(&shared.stats, has("usedonly")));
             }
             if get("format") == Some("json") {
                 let stats: Vec<serde_json::Value> = shared
@@ -142,12 +116,8 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
                     .filter(|e| !filter.used_only || e.used)
                     .filter(|e| filter.regex.as_ref().is_none_or(|r| r.is_match(&e.name)))
                     .filter_map(|e| match e.value {
-                        crate::stats::Value::Counter(v) => {
-                            Some(serde_json::json!({"name": &*e.name, "value": v}))
-                        }
-                        crate::stats::Value::Gauge(v) => {
-                            Some(serde_json::json!({"name": &*e.name, "value": v}))
-                        }
+                        crate::stats::Value::Counter(v) => Some(serde_json::json!({"name": &*e.name, "value": v})),
+                        crate::stats::Value::Gauge(v) => Some(serde_json::json!({"name": &*e.name, "value": v})),
                         crate::stats::Value::Histogram(_) => None,
                     })
                     .collect();
@@ -155,10 +125,7 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
             }
             text(StatusCode::OK, render::text(&shared.stats, &filter))
         }
-        "/stats/prometheus" => text(
-            StatusCode::OK,
-            render::prometheus(&shared.stats, has("usedonly")),
-        ),
+        "/stats/prometheus" => text(StatusCode::OK, render::prometheus(&shared.stats, has("usedonly"))),
         "/server_info" => json(serde_json::json!({
             "version": format!("remora/{}", crate::server::VERSION),
             "state": match st.control.state.value() { state::LIVE => "LIVE", state::DRAINING => "DRAINING", _ => "INITIALIZING" },
@@ -177,15 +144,12 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
             "uptime_current_epoch": format!("{}s", st.control.started.elapsed().as_secs()),
             "uptime_all_epochs": format!("{}s", st.control.started.elapsed().as_secs()),
         })),
-        "/config_dump" => match crate::admin_dump::config_dump(
-            st,
-            get("resource"),
-            get("name_regex"),
-            has("include_eds"),
-        ) {
-            Ok(v) => json(v),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        },
+        "/config_dump" => {
+            match crate::admin_dump::config_dump(st, get("resource"), get("name_regex"), has("include_eds")) {
+                Ok(v) => json(v),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
         "/clusters" => crate::admin_dump::clusters(st, get("format") == Some("json")),
         "/listeners" => crate::admin_dump::listeners(st, get("format") == Some("json")),
         "/logging" => {
@@ -193,16 +157,9 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
                 return text(StatusCode::OK, st.logs.listing());
             }
             for (k, v) in &params {
-                let r = if k == "level" {
-                    st.logs.set_all(v)
-                } else {
-                    st.logs.set_component(k, v)
-                };
+                let r = if k == "level" { st.logs.set_all(v) } else { st.logs.set_component(k, v) };
                 if let Err(e) = r {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("error: {e}\n\n{}", st.logs.listing()),
-                    );
+                    return text(StatusCode::BAD_REQUEST, format!("error: {e}\n\n{}", st.logs.listing()));
                 }
             }
             text(StatusCode::OK, st.logs.listing())
@@ -216,10 +173,7 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
             let control = st.control.clone();
             // inboundonly: remora's static listeners carry no direction yet; all are drained.
             let _ = has("inboundonly");
-            shared
-                .stats
-                .gauge("listener_manager.total_listeners_draining")
-                .set(1);
+            shared.stats.gauge("listener_manager.total_listeners_draining").set(1);
             let _ = control.shared.drain.send(true);
             if graceful {
                 tokio::spawn(async move {
@@ -259,10 +213,7 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
             StatusCode::OK,
             "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /drain_listeners\n  /healthcheck/fail\n  /healthcheck/ok\n  /help\n  /listeners\n  /logging\n  /memory\n  /quitquitquit\n  /ready\n  /runtime\n  /server_info\n  /stats\n  /stats/prometheus\n",
         ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "invalid path. admin commands are:\n  /help\n",
-        ),
+        _ => text(StatusCode::NOT_FOUND, "invalid path. admin commands are:\n  /help\n"),
     }
 }
 

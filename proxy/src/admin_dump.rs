@@ -14,13 +14,8 @@ use crate::admin::AdminState;
 use xds_client::any::pack;
 
 fn now() -> envoy_types::pb::google::protobuf::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    envoy_types::pb::google::protobuf::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    envoy_types::pb::google::protobuf::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 /// Builds Envoy's `/config_dump` JSON.
@@ -36,10 +31,7 @@ pub fn config_dump(
     };
     let keep = |n: &str| re.as_ref().is_none_or(|r| r.is_match(n));
     let snap = st.control.shared.snapshot.load_full();
-    let boot = BootstrapConfigDump {
-        bootstrap: Some(st.bootstrap.clone()),
-        last_updated: Some(now()),
-    };
+    let boot = BootstrapConfigDump { bootstrap: Some(st.bootstrap.clone()), last_updated: Some(now()) };
     let mut clusters = ClustersConfigDump::default();
     let mut names: Vec<_> = snap.clusters.keys().cloned().collect();
     names.sort();
@@ -50,10 +42,7 @@ pub fn config_dump(
         if let Some(c) = snap.clusters.get(&n) {
             clusters
                 .static_clusters
-                .push(clusters_config_dump::StaticCluster {
-                    cluster: Some(pack(&c.proto)),
-                    last_updated: Some(now()),
-                });
+                .push(clusters_config_dump::StaticCluster { cluster: Some(pack(&c.proto)), last_updated: Some(now()) });
         }
     }
     let mut listeners = ListenersConfigDump::default();
@@ -63,10 +52,7 @@ pub fn config_dump(
         }
         listeners
             .static_listeners
-            .push(listeners_config_dump::StaticListener {
-                listener: Some(pack(&l.proto)),
-                last_updated: Some(now()),
-            });
+            .push(listeners_config_dump::StaticListener { listener: Some(pack(&l.proto)), last_updated: Some(now()) });
     }
     let all = [pack(&boot), pack(&clusters), pack(&listeners)];
     let configs: Vec<_> = match resource {
@@ -74,18 +60,8 @@ pub fn config_dump(
             // `?resource=static_clusters` etc.: the matching repeated field's entries.
             let mut v = Vec::new();
             match r {
-                "static_clusters" => v.extend(
-                    clusters
-                        .static_clusters
-                        .iter()
-                        .filter_map(|c| c.cluster.clone()),
-                ),
-                "static_listeners" => v.extend(
-                    listeners
-                        .static_listeners
-                        .iter()
-                        .filter_map(|l| l.listener.clone()),
-                ),
+                "static_clusters" => v.extend(clusters.static_clusters.iter().filter_map(|c| c.cluster.clone())),
+                "static_listeners" => v.extend(listeners.static_listeners.iter().filter_map(|l| l.listener.clone())),
                 _ => return Err(format!("{r} not found in config dump")),
             }
             v
@@ -103,13 +79,8 @@ pub fn config_dump(
 
 fn reply(body: String, json: bool) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    let ct = if json {
-        "application/json"
-    } else {
-        "text/plain; charset=UTF-8"
-    };
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+    let ct = if json { "application/json" } else { "text/plain; charset=UTF-8" };
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
     r
 }
 
@@ -138,12 +109,9 @@ pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
                     })
                 })
                 .collect();
-            statuses.push(
-                serde_json::json!({"name": &**n, "added_via_api": false, "host_statuses": hs}),
-            );
+            statuses.push(serde_json::json!({"name": &**n, "added_via_api": false, "host_statuses": hs}));
         }
-        let body = serde_json::to_string_pretty(&serde_json::json!({"cluster_statuses": statuses}))
-            .unwrap_or_default();
+        let body = serde_json::to_string_pretty(&serde_json::json!({"cluster_statuses": statuses})).unwrap_or_default();
         return reply(body, true);
     }
     let mut out = String::new();
@@ -153,22 +121,10 @@ pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
         };
         let t = c.thresholds;
         out.push_str(&format!("{n}::observability_name::{n}\n"));
-        out.push_str(&format!(
-            "{n}::default_priority::max_connections::{}\n",
-            t.max_connections
-        ));
-        out.push_str(&format!(
-            "{n}::default_priority::max_pending_requests::{}\n",
-            t.max_pending_requests
-        ));
-        out.push_str(&format!(
-            "{n}::default_priority::max_requests::{}\n",
-            t.max_requests
-        ));
-        out.push_str(&format!(
-            "{n}::default_priority::max_retries::{}\n",
-            t.max_retries
-        ));
+        out.push_str(&format!("{n}::default_priority::max_connections::{}\n", t.max_connections));
+        out.push_str(&format!("{n}::default_priority::max_pending_requests::{}\n", t.max_pending_requests));
+        out.push_str(&format!("{n}::default_priority::max_requests::{}\n", t.max_requests));
+        out.push_str(&format!("{n}::default_priority::max_retries::{}\n", t.max_retries));
         out.push_str(&format!("{n}::added_via_api::false\n"));
         for h in c.hosts.load().all.iter() {
             let a = h.address;
@@ -179,11 +135,7 @@ pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
             out.push_str(&format!("{n}::{a}::hostname::{}\n", h.hostname));
             out.push_str(&format!(
                 "{n}::{a}::health_flags::{}\n",
-                if h.healthy() {
-                    "healthy"
-                } else {
-                    "/failed_eds_health"
-                }
+                if h.healthy() { "healthy" } else { "/failed_eds_health" }
             ));
             out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight));
             out.push_str(&format!("{n}::{a}::priority::{}\n", h.priority));
@@ -204,8 +156,7 @@ pub fn listeners(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
             })
             .collect();
         return reply(
-            serde_json::to_string_pretty(&serde_json::json!({"listener_statuses": v}))
-                .unwrap_or_default(),
+            serde_json::to_string_pretty(&serde_json::json!({"listener_statuses": v})).unwrap_or_default(),
             true,
         );
     }

@@ -25,24 +25,15 @@ pub struct ServerConfig {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError> {
-    let mut node = NodeInfo {
-        hostname: hostname(),
-        ..Default::default()
-    };
+    let mut node = NodeInfo { hostname: hostname(), ..Default::default() };
     if let Some(n) = &b.node {
         node.id = n.id.clone();
         node.cluster = n.cluster.clone();
-        node.zone = n
-            .locality
-            .as_ref()
-            .map(|l| l.zone.clone())
-            .unwrap_or_default();
+        node.zone = n.locality.as_ref().map(|l| l.zone.clone()).unwrap_or_default();
         node.metadata = n.metadata.clone();
     }
     if let Some(c) = &opts.service_cluster {
@@ -73,23 +64,17 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
                     }
                 }
             }
-            (
-                sc.use_all_default_tags.map(|b| b.value).unwrap_or(true),
-                custom,
-            )
+            (sc.use_all_default_tags.map(|b| b.value).unwrap_or(true), custom)
         }
         None => (true, Vec::new()),
     };
-    let tags = TagExtractors::new(use_defaults, &custom)
-        .map_err(|e| ConfigError::new("stats_config.stats_tags", e))?;
+    let tags = TagExtractors::new(use_defaults, &custom).map_err(|e| ConfigError::new("stats_config.stats_tags", e))?;
     let stats = Arc::new(Store::new(tags));
 
     check_runtime(b)?;
 
     let admin = match &b.admin {
-        Some(a) if a.address.is_some() => {
-            Some(socket_address_of(a.address.as_ref(), "admin.address")?)
-        }
+        Some(a) if a.address.is_some() => Some(socket_address_of(a.address.as_ref(), "admin.address")?),
         _ => None,
     };
 
@@ -103,43 +88,24 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
             ));
         }
     }
-    let cx = BuildCtx {
-        stats: stats.clone(),
-        cluster_names: Arc::new(cluster_names),
-        node: node.clone(),
-    };
+    let cx = BuildCtx { stats: stats.clone(), cluster_names: Arc::new(cluster_names), node: node.clone() };
     let mut snapshot = Snapshot::default();
     for (i, c) in sr.clusters.iter().enumerate() {
-        let cl = Cluster::from_proto(c, &cx)
-            .map_err(|e| e.within(&format!("static_resources.clusters[{i}]")))?;
+        let cl = Cluster::from_proto(c, &cx).map_err(|e| e.within(&format!("static_resources.clusters[{i}]")))?;
         snapshot.clusters.insert(cl.name.clone(), Arc::new(cl));
     }
     let mut names = HashSet::new();
     for (i, l) in sr.listeners.iter().enumerate() {
         let field = format!("static_resources.listeners[{i}]");
         if !l.name.is_empty() && !names.insert(l.name.clone()) {
-            return Err(ConfigError::new(
-                field,
-                format!("error adding listener named '{}': duplicate", l.name),
-            ));
+            return Err(ConfigError::new(field, format!("error adding listener named '{}': duplicate", l.name)));
         }
-        snapshot.listeners.push(Arc::new(
-            Listener::from_proto(l, &cx).map_err(|e| e.within(&field))?,
-        ));
+        snapshot.listeners.push(Arc::new(Listener::from_proto(l, &cx).map_err(|e| e.within(&field))?));
     }
     if !sr.secrets.is_empty() {
-        return Err(ConfigError::new(
-            "static_resources.secrets",
-            "static secrets are not supported yet",
-        ));
+        return Err(ConfigError::new("static_resources.secrets", "static secrets are not supported yet"));
     }
-    Ok(ServerConfig {
-        node,
-        admin,
-        stats,
-        snapshot,
-        bootstrap: b.clone(),
-    })
+    Ok(ServerConfig { node, admin, stats, snapshot, bootstrap: b.clone() })
 }
 
 /// Envoy watches disk runtime layers at start-up and fails if they cannot be watched.
@@ -154,10 +120,7 @@ fn check_runtime(b: &Bootstrap) -> Result<(), ConfigError> {
             if !d.symlink_root.is_empty() && std::fs::symlink_metadata(p).is_err() {
                 return Err(ConfigError::new(
                     format!("layered_runtime.layers[{i}].disk_layer.symlink_root"),
-                    format!(
-                        "unable to add filesystem watch for file {}: No such file or directory",
-                        d.symlink_root
-                    ),
+                    format!("unable to add filesystem watch for file {}: No such file or directory", d.symlink_root),
                 ));
             }
         }

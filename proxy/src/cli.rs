@@ -30,11 +30,7 @@ pub enum IpVersion {
 
 /// Envoy's flags. Long names and short names match Envoy 1.40's `--help`.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "remora",
-    disable_version_flag = true,
-    about = "An Envoy-compatible sidecar proxy"
-)]
+#[command(name = "remora", disable_version_flag = true, about = "An Envoy-compatible sidecar proxy")]
 pub struct Options {
     /// Path to the bootstrap (JSON, YAML or binary proto by extension).
     #[arg(short = 'c', long = "config-path")]
@@ -113,9 +109,7 @@ impl Options {
     /// The worker count: `--concurrency`, else the number of CPUs.
     pub fn workers(&self) -> usize {
         match self.concurrency {
-            Some(0) | None => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            Some(0) | None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             Some(n) => n,
         }
     }
@@ -159,8 +153,7 @@ mod tests {
     #[test]
     fn unknown_flag_is_a_usage_error() {
         assert!(Options::try_parse_from(["remora", "--no-such-flag"]).is_err());
-        let o = Options::try_parse_from(["remora", "--mode", "init_only", "--config-yaml", "{}"])
-            .unwrap();
+        let o = Options::try_parse_from(["remora", "--mode", "init_only", "--config-yaml", "{}"]).unwrap();
         assert_eq!(o.mode, Mode::InitOnly);
     }
 }

@@ -22,10 +22,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ConfigError { field: field.into(), reason: reason.into() }
     }
 
     /// Prefixes the field path with the enclosing object's path.

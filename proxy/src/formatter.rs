@@ -71,9 +71,7 @@ pub struct FormatContext<'a> {
 impl Formatter {
     /// A formatter that only produces `s` (no `%` processing).
     pub fn literal(s: &str) -> Self {
-        Formatter {
-            segments: vec![Segment::Literal(s.to_string())],
-        }
+        Formatter { segments: vec![Segment::Literal(s.to_string())] }
     }
 
     pub fn parse(s: &str, field: &str) -> Result<Self, ConfigError> {
@@ -89,10 +87,7 @@ impl Formatter {
                 continue;
             }
             let Some(end) = find_command_end(rest) else {
-                return Err(ConfigError::new(
-                    field,
-                    format!("unterminated '%' in format string {s:?}"),
-                ));
+                return Err(ConfigError::new(field, format!("unterminated '%' in format string {s:?}")));
             };
             let cmd = parse_command(&rest[..end]).map_err(|r| ConfigError::new(field, r))?;
             if !lit.is_empty() {
@@ -110,9 +105,7 @@ impl Formatter {
 
     /// True when the output does not depend on the request.
     pub fn is_static(&self) -> bool {
-        self.segments
-            .iter()
-            .all(|s| matches!(s, Segment::Literal(_)))
+        self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
     }
 
     pub fn format(&self, cx: &FormatContext<'_>) -> String {
@@ -149,15 +142,10 @@ fn parse_command(s: &str) -> Result<Command, String> {
     let (name, args, len) = match s.find('(') {
         None => (s, None, None),
         Some(i) => {
-            let close = s
-                .rfind(')')
-                .ok_or_else(|| format!("missing ')' in %{s}%"))?;
+            let close = s.rfind(')').ok_or_else(|| format!("missing ')' in %{s}%"))?;
             let tail = &s[close + 1..];
             let len = match tail.strip_prefix(':') {
-                Some(n) => Some(
-                    n.parse::<usize>()
-                        .map_err(|_| format!("invalid length in %{s}%"))?,
-                ),
+                Some(n) => Some(n.parse::<usize>().map_err(|_| format!("invalid length in %{s}%"))?),
                 None if tail.is_empty() => None,
                 None => return Err(format!("unexpected text after ')' in %{s}%")),
             };
@@ -176,9 +164,7 @@ fn parse_command(s: &str) -> Result<Command, String> {
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Command::DownstreamRemoteAddressWithoutPort,
         "DOWNSTREAM_REMOTE_PORT" => Command::DownstreamRemotePort,
         "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Command::DownstreamDirectRemoteAddress,
-        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
-            Command::DownstreamDirectRemoteAddressWithoutPort
-        }
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => Command::DownstreamDirectRemoteAddressWithoutPort,
         "DOWNSTREAM_LOCAL_ADDRESS" => Command::DownstreamLocalAddress,
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Command::DownstreamLocalAddressWithoutPort,
         "DOWNSTREAM_LOCAL_PORT" => Command::DownstreamLocalPort,
@@ -227,9 +213,7 @@ fn render(c: &Command, cx: &FormatContext<'_>, out: &mut String) {
         Command::DownstreamRemoteAddress => addr(cx.downstream_remote, out),
         Command::DownstreamRemoteAddressWithoutPort => ip(cx.downstream_remote, out),
         Command::DownstreamRemotePort => port(cx.downstream_remote, out),
-        Command::DownstreamDirectRemoteAddress => {
-            addr(cx.downstream_direct_remote.or(cx.downstream_remote), out)
-        }
+        Command::DownstreamDirectRemoteAddress => addr(cx.downstream_direct_remote.or(cx.downstream_remote), out),
         Command::DownstreamDirectRemoteAddressWithoutPort => {
             ip(cx.downstream_direct_remote.or(cx.downstream_remote), out)
         }
@@ -246,9 +230,7 @@ fn render(c: &Command, cx: &FormatContext<'_>, out: &mut String) {
         Command::ResponseCode => {
             let _ = write!(out, "{}", cx.response_code.unwrap_or(0));
         }
-        Command::StartTime(_) => {
-            out.push_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
-        }
+        Command::StartTime(_) => out.push_str(&httpdate::fmt_http_date(std::time::SystemTime::now())),
         Command::Req(a, b, len) => header(cx.request_headers, a, b.as_deref(), *len, out),
         Command::Resp(a, b, len) => header(cx.response_headers, a, b.as_deref(), *len, out),
         Command::DownstreamPeerUriSan => out.push_str(cx.peer_uri_san.unwrap_or("")),
@@ -275,11 +257,7 @@ mod tests {
 
     #[test]
     fn parses_and_formats() {
-        let f = Formatter::parse(
-            "ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% 100%% %REQ(x-a?x-b):2%",
-            "f",
-        )
-        .unwrap();
+        let f = Formatter::parse("ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% 100%% %REQ(x-a?x-b):2%", "f").unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-b", "hello".parse().unwrap());
         let cx = FormatContext {

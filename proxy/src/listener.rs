@@ -6,8 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::listener::v3::{
-    Filter as NetworkFilterProto, FilterChain as FilterChainProto, Listener as ListenerProto,
-    filter,
+    Filter as NetworkFilterProto, FilterChain as FilterChainProto, Listener as ListenerProto, filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
 use tokio::net::TcpStream;
@@ -74,10 +73,7 @@ impl Listener {
             None => None,
         };
         if chains.is_empty() && default_chain.is_none() {
-            return Err(ConfigError::new(
-                "filter_chains",
-                "no filter chains specified",
-            ));
+            return Err(ConfigError::new("filter_chains", "no filter chains specified"));
         }
         let stat_addr = stat_address(address);
         let c = |n: &str| cx.stats.counter(&format!("listener.{stat_addr}.{n}"));
@@ -89,9 +85,7 @@ impl Listener {
             default_chain,
             stats: ListenerStats {
                 downstream_cx_total: c("downstream_cx_total"),
-                downstream_cx_active: cx
-                    .stats
-                    .gauge(&format!("listener.{stat_addr}.downstream_cx_active")),
+                downstream_cx_active: cx.stats.gauge(&format!("listener.{stat_addr}.downstream_cx_active")),
                 downstream_cx_destroy: c("downstream_cx_destroy"),
                 no_filter_chain_match: c("no_filter_chain_match"),
             },
@@ -105,12 +99,7 @@ impl Listener {
     }
 
     /// Serves one accepted connection on this worker.
-    pub async fn serve_connection(
-        self: Arc<Self>,
-        stream: TcpStream,
-        remote: SocketAddr,
-        worker: Rc<WorkerCtx>,
-    ) {
+    pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, worker: Rc<WorkerCtx>) {
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
         let _ = stream.set_nodelay(true);
@@ -136,36 +125,25 @@ pub fn stat_address(a: SocketAddr) -> String {
 
 fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, ConfigError> {
     if let Some(ts) = &fc.transport_socket
-        && ts.name != "envoy.transport_sockets.raw_buffer" {
-            return Err(ConfigError::new(
-                "transport_socket",
-                format!("transport socket {} is not supported yet", ts.name),
-            ));
-        }
+        && ts.name != "envoy.transport_sockets.raw_buffer"
+    {
+        return Err(ConfigError::new("transport_socket", format!("transport socket {} is not supported yet", ts.name)));
+    }
     if fc.filters.is_empty() {
-        return Err(ConfigError::new(
-            "filters",
-            "a filter chain needs at least one network filter",
-        ));
+        return Err(ConfigError::new("filters", "a filter chain needs at least one network filter"));
     }
     let mut terminal = None;
     for (i, f) in fc.filters.iter().enumerate() {
         let field = format!("filters[{i}]");
         if terminal.is_some() {
-            return Err(ConfigError::new(
-                field,
-                "a terminal filter must be the last filter in the chain",
-            ));
+            return Err(ConfigError::new(field, "a terminal filter must be the last filter in the chain"));
         }
         terminal = Some(build_network_filter(f, cx).map_err(|e| e.within(&field))?);
     }
     let Some(terminal) = terminal else {
         return Err(ConfigError::new("filters", "no terminal filter"));
     };
-    Ok(NetworkChain {
-        name: fc.name.clone(),
-        terminal,
-    })
+    Ok(NetworkChain { name: fc.name.clone(), terminal })
 }
 
 fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Terminal, ConfigError> {
@@ -174,28 +152,21 @@ fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Termina
         _ => {
             return Err(ConfigError::new(
                 "typed_config",
-                format!(
-                    "Didn't find a registered implementation for '{}' with type URL: ''",
-                    f.name
-                ),
+                format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name),
             ));
         }
     };
     let type_name = xds_client::any::effective_type_name(any);
     match type_name.as_str() {
         hcm::TYPE => {
-            let p: HcmProto = xds_client::any::unpack(any)
-                .map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
-            let h =
-                HttpConnectionManager::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
+            let p: HcmProto =
+                xds_client::any::unpack(any).map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
+            let h = HttpConnectionManager::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
             Ok(Terminal::Http(Arc::new(h)))
         }
         t => Err(ConfigError::new(
             "typed_config",
-            format!(
-                "Didn't find a registered implementation for '{}' with type URL: '{t}'",
-                f.name
-            ),
+            format!("Didn't find a registered implementation for '{}' with type URL: '{t}'", f.name),
         )),
     }
 }

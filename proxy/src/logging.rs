@@ -84,11 +84,7 @@ impl LogControl {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::from("active loggers:\n");
         for (c, _) in COMPONENTS {
-            let l =
-                s.1.iter()
-                    .find(|(n, _)| n == c)
-                    .map(|(_, l)| l.as_str())
-                    .unwrap_or(&s.0);
+            let l = s.1.iter().find(|(n, _)| n == c).map(|(_, l)| l.as_str()).unwrap_or(&s.0);
             out.push_str(&format!("  {c}: {l}\n"));
         }
         out
@@ -101,27 +97,16 @@ pub fn init(global: &str, component_levels: Option<&str>) -> Result<LogControl, 
     let mut comps = Vec::new();
     if let Some(cl) = component_levels {
         for item in cl.split(',').filter(|s| !s.is_empty()) {
-            let (c, l) = item
-                .split_once(':')
-                .ok_or_else(|| format!("component log level not correctly specified '{item}'"))?;
+            let (c, l) =
+                item.split_once(':').ok_or_else(|| format!("component log level not correctly specified '{item}'"))?;
             let l = level(l).ok_or_else(|| format!("invalid log level: {l}"))?;
             comps.push((c.to_string(), l.to_string()));
         }
     }
-    let filter =
-        EnvFilter::try_new(LogControl::directives(g, &comps)).map_err(|e| e.to_string())?;
+    let filter = EnvFilter::try_new(LogControl::directives(g, &comps)).map_err(|e| e.to_string())?;
     let (layer, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_thread_names(true);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_thread_names(true);
     // A second init (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(layer)
-        .with(fmt)
-        .try_init();
-    Ok(LogControl {
-        handle,
-        state: std::sync::Mutex::new((g.to_string(), comps)),
-    })
+    let _ = tracing_subscriber::registry().with(layer).with(fmt).try_init();
+    Ok(LogControl { handle, state: std::sync::Mutex::new((g.to_string(), comps)) })
 }

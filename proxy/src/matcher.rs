@@ -1,11 +1,7 @@
 //! Envoy's string and header matchers, compiled once at config time.
 
-use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher as HeaderMatcherProto, header_matcher,
-};
-use envoy_types::pb::envoy::r#type::matcher::v3::{
-    RegexMatcher, StringMatcher as StringMatcherProto, string_matcher,
-};
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher as HeaderMatcherProto, header_matcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher as StringMatcherProto, string_matcher};
 use http::HeaderMap;
 
 use crate::config::ConfigError;
@@ -35,11 +31,7 @@ impl StringMatcher {
         use string_matcher::MatchPattern as P;
         let ic = p.ignore_case;
         let fold = |s: &str| {
-            if ic {
-                s.to_ascii_lowercase()
-            } else {
-                s.to_string()
-            }
+            if ic { s.to_ascii_lowercase() } else { s.to_string() }
         };
         Ok(match &p.match_pattern {
             Some(P::Exact(s)) => StringMatcher::Exact(fold(s), ic),
@@ -48,16 +40,10 @@ impl StringMatcher {
             Some(P::Contains(s)) => StringMatcher::Contains(fold(s), ic),
             Some(P::SafeRegex(r)) => StringMatcher::Regex(compile_regex(r, field)?),
             Some(P::Custom(c)) => {
-                return Err(ConfigError::new(
-                    field,
-                    format!("custom string matcher {} is not supported", c.name),
-                ));
+                return Err(ConfigError::new(field, format!("custom string matcher {} is not supported", c.name)));
             }
             None => {
-                return Err(ConfigError::new(
-                    field,
-                    "StringMatcher needs a match_pattern",
-                ));
+                return Err(ConfigError::new(field, "StringMatcher needs a match_pattern"));
             }
         })
     }
@@ -77,20 +63,12 @@ impl StringMatcher {
             StringMatcher::Prefix(s, ic) => {
                 v.len() >= s.len()
                     && v.is_char_boundary(s.len())
-                    && if *ic {
-                        v[..s.len()].eq_ignore_ascii_case(s)
-                    } else {
-                        v.starts_with(s.as_str())
-                    }
+                    && if *ic { v[..s.len()].eq_ignore_ascii_case(s) } else { v.starts_with(s.as_str()) }
             }
             StringMatcher::Suffix(s, ic) => {
                 v.len() >= s.len()
                     && v.is_char_boundary(v.len() - s.len())
-                    && if *ic {
-                        v[v.len() - s.len()..].eq_ignore_ascii_case(s)
-                    } else {
-                        v.ends_with(s.as_str())
-                    }
+                    && if *ic { v[v.len() - s.len()..].eq_ignore_ascii_case(s) } else { v.ends_with(s.as_str()) }
             }
             StringMatcher::Contains(s, ic) => cmp(*ic, v, |x| x.contains(s.as_str())),
             StringMatcher::Regex(r) => r.is_match(v),
@@ -154,24 +132,17 @@ impl HeaderMatcher {
     pub fn from_proto(p: &HeaderMatcherProto, field: &str) -> Result<Self, ConfigError> {
         use header_matcher::HeaderMatchSpecifier as S;
         if p.name.is_empty() {
-            return Err(ConfigError::new(
-                field,
-                "header matcher name must not be empty",
-            ));
+            return Err(ConfigError::new(field, "header matcher name must not be empty"));
         }
         let test = match &p.header_match_specifier {
             None => HeaderTest::Present(true),
             Some(S::ExactMatch(s)) => HeaderTest::String(StringMatcher::Exact(s.clone(), false)),
-            Some(S::SafeRegexMatch(r)) => {
-                HeaderTest::String(StringMatcher::Regex(compile_regex(r, field)?))
-            }
+            Some(S::SafeRegexMatch(r)) => HeaderTest::String(StringMatcher::Regex(compile_regex(r, field)?)),
             Some(S::RangeMatch(r)) => HeaderTest::Range(r.start, r.end),
             Some(S::PresentMatch(b)) => HeaderTest::Present(*b),
             Some(S::PrefixMatch(s)) => HeaderTest::String(StringMatcher::Prefix(s.clone(), false)),
             Some(S::SuffixMatch(s)) => HeaderTest::String(StringMatcher::Suffix(s.clone(), false)),
-            Some(S::ContainsMatch(s)) => {
-                HeaderTest::String(StringMatcher::Contains(s.clone(), false))
-            }
+            Some(S::ContainsMatch(s)) => HeaderTest::String(StringMatcher::Contains(s.clone(), false)),
             Some(S::StringMatch(m)) => HeaderTest::String(StringMatcher::from_proto(m, field)?),
         };
         Ok(HeaderMatcher {
@@ -194,9 +165,7 @@ impl HeaderMatcher {
             (HeaderTest::Present(want), v) => v.is_some() == *want,
             (_, None) => return false, // absent headers never match, even inverted (Envoy)
             (HeaderTest::String(m), Some(v)) => m.matches(&v),
-            (HeaderTest::Range(lo, hi), Some(v)) => {
-                v.parse::<i64>().is_ok_and(|n| n >= *lo && n < *hi)
-            }
+            (HeaderTest::Range(lo, hi), Some(v)) => v.parse::<i64>().is_ok_and(|n| n >= *lo && n < *hi),
         };
         result != self.invert
     }
@@ -209,14 +178,7 @@ mod tests {
     #[test]
     fn string_matchers() {
         let m = |p: string_matcher::MatchPattern, ic| {
-            StringMatcher::from_proto(
-                &StringMatcherProto {
-                    match_pattern: Some(p),
-                    ignore_case: ic,
-                },
-                "f",
-            )
-            .unwrap()
+            StringMatcher::from_proto(&StringMatcherProto { match_pattern: Some(p), ignore_case: ic }, "f").unwrap()
         };
         use string_matcher::MatchPattern as P;
         assert!(m(P::Exact("Abc".into()), true).matches("aBC"));
@@ -224,10 +186,7 @@ mod tests {
         assert!(m(P::Prefix("/ap".into()), false).matches("/api"));
         assert!(m(P::Suffix(".JS".into()), true).matches("x.js"));
         assert!(m(P::Contains("mid".into()), false).matches("amidb"));
-        let re = P::SafeRegex(RegexMatcher {
-            regex: "a+b".into(),
-            ..Default::default()
-        });
+        let re = P::SafeRegex(RegexMatcher { regex: "a+b".into(), ..Default::default() });
         assert!(m(re.clone(), false).matches("aab"));
         assert!(!m(re, false).matches("xaab"), "safe_regex is a full match");
     }
@@ -238,13 +197,7 @@ mod tests {
         h.insert("x-a", "1".parse().unwrap());
         h.append("x-m", "a".parse().unwrap());
         h.append("x-m", "b".parse().unwrap());
-        let req = RequestHeaders {
-            method: "GET",
-            path: "/",
-            authority: "h",
-            scheme: "http",
-            headers: &h,
-        };
+        let req = RequestHeaders { method: "GET", path: "/", authority: "h", scheme: "http", headers: &h };
         let hm = |spec, invert| {
             HeaderMatcher::from_proto(
                 &HeaderMatcherProto {
@@ -262,13 +215,8 @@ mod tests {
         assert!(!hm(Some(S::PresentMatch(false)), false).matches(&req));
         assert!(!hm(Some(S::ExactMatch("1".into())), true).matches(&req));
         assert!(
-            hm(
-                Some(S::RangeMatch(
-                    envoy_types::pb::envoy::r#type::v3::Int64Range { start: 0, end: 5 }
-                )),
-                false
-            )
-            .matches(&req)
+            hm(Some(S::RangeMatch(envoy_types::pb::envoy::r#type::v3::Int64Range { start: 0, end: 5 })), false)
+                .matches(&req)
         );
         assert_eq!(req.get("x-m").unwrap(), "a,b");
         assert_eq!(req.get(":method").unwrap(), "GET");

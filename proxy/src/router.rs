@@ -11,9 +11,7 @@ pub mod route;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::route::v3::{
-    RouteConfiguration, VirtualHost as VirtualHostProto,
-};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost as VirtualHostProto};
 
 use crate::config::{BuildCtx, ConfigError};
 use header_mutation::HeaderMutations;
@@ -29,6 +27,9 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     pub include_attempt_count_in_request: bool,
     pub include_attempt_count_in_response: bool,
+    pub per_filter: crate::filters::http::PerFilterConfigs,
+    /// The deprecated `cors` field (the CORS filter reads it when no typed config is set).
+    pub cors: Option<envoy_types::pb::envoy::config::route::v3::CorsPolicy>,
 }
 
 /// A compiled `RouteConfiguration`.
@@ -47,6 +48,7 @@ pub struct RouteTable {
     pub most_specific_header_mutations_wins: bool,
     /// Remove the port from the host before vhost matching (HCM `strip_any_host_port`).
     pub ignore_port_in_host_matching: bool,
+    pub per_filter: crate::filters::http::PerFilterConfigs,
 }
 
 impl RouteTable {
@@ -57,10 +59,7 @@ impl RouteTable {
         cx: &BuildCtx,
         validate_clusters_default: bool,
     ) -> Result<Self, ConfigError> {
-        let validate = p
-            .validate_clusters
-            .map(|b| b.value)
-            .unwrap_or(validate_clusters_default);
+        let validate = p.validate_clusters.map(|b| b.value).unwrap_or(validate_clusters_default);
         let mut t = RouteTable {
             name: p.name.as_str().into(),
             exact: HashMap::new(),
@@ -82,6 +81,10 @@ impl RouteTable {
             )?,
             most_specific_header_mutations_wins: p.most_specific_header_mutations_wins,
             ignore_port_in_host_matching: p.ignore_port_in_host_matching,
+            per_filter: crate::filters::http::compile_per_filter(
+                &p.typed_per_filter_config,
+                "typed_per_filter_config",
+            )?,
         };
         for (i, vh) in p.virtual_hosts.iter().enumerate() {
             let field = format!("virtual_hosts[{i}]");
@@ -152,11 +155,7 @@ fn strip_port(host: &str) -> &str {
         return host;
     }
     match host.rfind(':') {
-        Some(i)
-            if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !host[..i].contains(':') =>
-        {
-            &host[..i]
-        }
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !host[..i].contains(':') => &host[..i],
         _ => host,
     }
 }
@@ -176,27 +175,15 @@ fn compile_vhost(
     field: &str,
 ) -> Result<VirtualHost, ConfigError> {
     if vh.domains.is_empty() {
-        return Err(ConfigError::new(
-            format!("{field}.domains"),
-            "must have at least one domain",
-        ));
+        return Err(ConfigError::new(format!("{field}.domains"), "must have at least one domain"));
     }
     let retry = match &vh.retry_policy {
-        Some(r) => Some(Arc::new(RetryPolicy::from_proto(
-            r,
-            &format!("{field}.retry_policy"),
-        )?)),
+        Some(r) => Some(Arc::new(RetryPolicy::from_proto(r, &format!("{field}.retry_policy"))?)),
         None => None,
     };
     let mut routes = Vec::with_capacity(vh.routes.len());
     for (i, r) in vh.routes.iter().enumerate() {
-        routes.push(Route::from_proto(
-            r,
-            retry.as_ref(),
-            cx,
-            validate,
-            &format!("{field}.routes[{i}]"),
-        )?);
+        routes.push(Route::from_proto(r, retry.as_ref(), cx, validate, &format!("{field}.routes[{i}]"))?);
     }
     Ok(VirtualHost {
         name: vh.name.as_str().into(),
@@ -215,24 +202,25 @@ fn compile_vhost(
         )?,
         include_attempt_count_in_request: vh.include_request_attempt_count,
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
+        per_filter: crate::filters::http::compile_per_filter(
+            &vh.typed_per_filter_config,
+            &format!("{field}.typed_per_filter_config"),
+        )?,
+        cors: vh.cors.clone(),
     })
 }
 
 impl VirtualHost {
     /// The first matching route and its matched prefix length.
     pub fn route(&self, m: &MatchInput<'_>) -> Option<(&Route, usize)> {
-        self.routes
-            .iter()
-            .find_map(|r| r.matcher.matches(m).map(|len| (r, len)))
+        self.routes.iter().find_map(|r| r.matcher.matches(m).map(|len| (r, len)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::config::route::v3::{
-        Route as RouteProto, RouteMatch, route, route_match,
-    };
+    use envoy_types::pb::envoy::config::route::v3::{Route as RouteProto, RouteMatch, route, route_match};
 
     fn cx() -> BuildCtx {
         BuildCtx {
@@ -276,11 +264,7 @@ mod tests {
             ..Default::default()
         };
         let t = RouteTable::from_proto(&rc, &cx(), true).unwrap();
-        let name = |h| {
-            t.virtual_host(h)
-                .map(|v| v.name.to_string())
-                .unwrap_or_default()
-        };
+        let name = |h| t.virtual_host(h).map(|v| v.name.to_string()).unwrap_or_default();
         assert_eq!(name("WWW.foo.com"), "exact");
         assert_eq!(name("a.foo.com"), "suffix");
         assert_eq!(name("a-bar.foo.com"), "longsuffix");
@@ -292,10 +276,7 @@ mod tests {
 
     #[test]
     fn duplicate_domains_rejected() {
-        let rc = RouteConfiguration {
-            virtual_hosts: vec![vh("a", &["x"]), vh("b", &["x"])],
-            ..Default::default()
-        };
+        let rc = RouteConfiguration { virtual_hosts: vec![vh("a", &["x"]), vh("b", &["x"])], ..Default::default() };
         assert!(RouteTable::from_proto(&rc, &cx(), true).is_err());
     }
 }

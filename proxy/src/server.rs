@@ -53,11 +53,8 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let shown = opts
-        .config_path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "--config-yaml".to_string());
+    let shown =
+        opts.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--config-yaml".to_string());
     let src = xds_client::bootstrap::BootstrapSource {
         path: opts.config_path.clone(),
         config_yaml: opts.config_yaml.clone(),
@@ -103,33 +100,19 @@ impl Control {
 }
 
 fn serve(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("main")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the main runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("main").enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("cannot start the main runtime: {e}");
+                return ExitCode::from(1);
+            }
+        };
     rt.block_on(async move { serve_async(opts, config, logs).await })
 }
 
-async fn serve_async(
-    opts: Options,
-    config: ServerConfig,
-    logs: crate::logging::LogControl,
-) -> ExitCode {
-    let ServerConfig {
-        node,
-        admin,
-        stats,
-        snapshot,
-        bootstrap,
-    } = config;
+async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
+    let ServerConfig { node, admin, stats, snapshot, bootstrap } = config;
     let server_state = stats.gauge("server.state");
     server_state.set(state::INITIALIZING);
     stats.gauge("server.live").set(0);
@@ -165,11 +148,7 @@ async fn serve_async(
             });
         }));
     }
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        futures_util::future::join_all(initial),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(initial)).await;
 
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (listeners_stop, _) = watch::channel(false);
@@ -196,9 +175,7 @@ async fn serve_async(
                 tokio::spawn(admin::serve(l, st));
             }
             Err(e) => {
-                eprintln!(
-                    "error initializing configuration: cannot bind admin address {addr}: {e}"
-                );
+                eprintln!("error initializing configuration: cannot bind admin address {addr}: {e}");
                 return ExitCode::from(1);
             }
         }
@@ -253,11 +230,7 @@ async fn serve_async(
     ExitCode::SUCCESS
 }
 
-fn start_listeners(
-    snap: &crate::config::Snapshot,
-    workers: &[WorkerHandle],
-    control: &Control,
-) -> Result<(), String> {
+fn start_listeners(snap: &crate::config::Snapshot, workers: &[WorkerHandle], control: &Control) -> Result<(), String> {
     for l in &snap.listeners {
         if !l.bind_to_port {
             continue;
@@ -265,11 +238,8 @@ fn start_listeners(
         let sockets = worker::bind_reuseport(l.address, workers.len(), 1024)
             .map_err(|e| format!("cannot bind '{}': {e}", l.address))?;
         for (w, s) in workers.iter().zip(sockets) {
-            let _ = w.tx.send(Command::Listen {
-                listener: l.clone(),
-                socket: s,
-                stop: control.listeners_stop.subscribe(),
-            });
+            let _ =
+                w.tx.send(Command::Listen { listener: l.clone(), socket: s, stop: control.listeners_stop.subscribe() });
         }
     }
     Ok(())

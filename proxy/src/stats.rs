@@ -130,10 +130,7 @@ pub struct Entry {
 
 impl Store {
     pub fn new(tags: tags::TagExtractors) -> Self {
-        Store {
-            inner: Mutex::default(),
-            tags,
-        }
+        Store { inner: Mutex::default(), tags }
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -184,34 +181,21 @@ impl Store {
     /// more are dropped from the store here.
     pub fn entries(&self) -> Vec<Entry> {
         let mut r = self.registry();
-        r.counters
-            .retain(|_, c| Arc::strong_count(&c.0) > 1 || c.value() > 0);
+        r.counters.retain(|_, c| Arc::strong_count(&c.0) > 1 || c.value() > 0);
         r.gauges.retain(|_, g| Arc::strong_count(&g.0) > 1);
         r.histograms.retain(|_, h| h.strong_count() > 1);
         let mut out = Vec::with_capacity(r.counters.len() + r.gauges.len() + r.histograms.len());
         for (n, c) in &r.counters {
             let v = c.value();
-            out.push(Entry {
-                name: n.clone(),
-                value: Value::Counter(v),
-                used: v > 0,
-            });
+            out.push(Entry { name: n.clone(), value: Value::Counter(v), used: v > 0 });
         }
         for (n, g) in &r.gauges {
-            out.push(Entry {
-                name: n.clone(),
-                value: Value::Gauge(g.value()),
-                used: g.used(),
-            });
+            out.push(Entry { name: n.clone(), value: Value::Gauge(g.value()), used: g.used() });
         }
         for (n, h) in &r.histograms {
             let s = h.snapshot();
             let used = s.count > 0;
-            out.push(Entry {
-                name: n.clone(),
-                value: Value::Histogram(s),
-                used,
-            });
+            out.push(Entry { name: n.clone(), value: Value::Histogram(s), used });
         }
         drop(r);
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -235,9 +219,7 @@ pub struct CodeStats {
 
 impl std::fmt::Debug for CodeStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CodeStats")
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("CodeStats").field("prefix", &self.prefix).finish()
     }
 }
 
@@ -268,10 +250,7 @@ impl CodeStats {
         }
         let _g = self.insert.lock().unwrap_or_else(|p| p.into_inner());
         let mut m = HashMap::clone(&self.codes.load());
-        let c = m
-            .entry(status)
-            .or_insert_with(|| self.store.counter(&format!("{}_{status}", self.prefix)))
-            .clone();
+        let c = m.entry(status).or_insert_with(|| self.store.counter(&format!("{}_{status}", self.prefix))).clone();
         self.codes.store(Arc::new(m));
         c.inc();
     }
@@ -296,17 +275,10 @@ mod tests {
         assert_eq!(g.value(), 0);
         let _unused = s.counter("never");
         let e = s.entries();
-        assert_eq!(
-            e.iter().map(|e| &*e.name).collect::<Vec<_>>(),
-            ["a.b", "g", "never"]
-        );
+        assert_eq!(e.iter().map(|e| &*e.name).collect::<Vec<_>>(), ["a.b", "g", "never"]);
         assert!(e[0].used && e[1].used && !e[2].used);
         drop(g);
         drop(_unused);
-        assert_eq!(
-            s.entries().len(),
-            1,
-            "a counter with a value outlives its handles"
-        );
+        assert_eq!(s.entries().len(), 1, "a counter with a value outlives its handles");
     }
 }

@@ -36,11 +36,7 @@ pub struct WorkerCtx {
 
 pub enum Command {
     /// Accept on `socket` for `listener` until `stop` turns true.
-    Listen {
-        listener: Arc<Listener>,
-        socket: std::net::TcpListener,
-        stop: watch::Receiver<bool>,
-    },
+    Listen { listener: Arc<Listener>, socket: std::net::TcpListener, stop: watch::Receiver<bool> },
     /// Drop pools of clusters that are gone.
     RetainClusters(Arc<dyn Fn(u64) -> bool + Send + Sync>),
 }
@@ -56,19 +52,15 @@ pub fn start(n: usize, shared: Arc<Shared>) -> std::io::Result<Vec<WorkerHandle>
     for index in 0..n {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("wrk:worker_{index}"))
-            .spawn(move || run(index, shared, rx))?;
+        let thread =
+            std::thread::Builder::new().name(format!("wrk:worker_{index}")).spawn(move || run(index, shared, rx))?;
         v.push(WorkerHandle { tx, thread });
     }
     Ok(v)
 }
 
 fn run(index: usize, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Command>) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("worker {index}: cannot start runtime: {e}");
@@ -77,20 +69,11 @@ fn run(index: usize, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comman
     };
     let local = tokio::task::LocalSet::new();
     let drain = shared.drain.subscribe();
-    let ctx = Rc::new(WorkerCtx {
-        index,
-        pools: Pools::new(),
-        shared,
-        drain,
-    });
+    let ctx = Rc::new(WorkerCtx { index, pools: Pools::new(), shared, drain });
     local.block_on(&rt, async move {
         while let Some(cmd) = rx.recv().await {
             match cmd {
-                Command::Listen {
-                    listener,
-                    socket,
-                    stop,
-                } => {
+                Command::Listen { listener, socket, stop } => {
                     tokio::task::spawn_local(accept_loop(listener, socket, stop, ctx.clone()));
                 }
                 Command::RetainClusters(live) => ctx.pools.retain_clusters(&*live),
@@ -144,11 +127,7 @@ async fn accept_loop(
 
 /// Binds one SO_REUSEPORT socket per worker for `addr`. A port of 0 is resolved by the first
 /// bind and reused by the others, as Envoy does.
-pub fn bind_reuseport(
-    addr: SocketAddr,
-    n: usize,
-    backlog: i32,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_reuseport(addr: SocketAddr, n: usize, backlog: i32) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out = Vec::with_capacity(n);
     let mut addr = addr;
@@ -163,9 +142,10 @@ pub fn bind_reuseport(
         s.bind(&addr.into())?;
         s.listen(backlog)?;
         if addr.port() == 0
-            && let Some(a) = s.local_addr()?.as_socket() {
-                addr = a;
-            }
+            && let Some(a) = s.local_addr()?.as_socket()
+        {
+            addr = a;
+        }
         out.push(s.into());
     }
     Ok(out)

@@ -39,11 +39,7 @@ fn build() -> DescriptorPool {
     };
     match <prost_types::FileDescriptorSet as prost::Message>::decode(EXTRA) {
         Ok(extra) => {
-            let files: Vec<_> = extra
-                .file
-                .into_iter()
-                .filter(|f| pool.get_file_by_name(f.name()).is_none())
-                .collect();
+            let files: Vec<_> = extra.file.into_iter().filter(|f| pool.get_file_by_name(f.name()).is_none()).collect();
             if let Err(e) = pool.add_file_descriptor_protos(files) {
                 tracing::error!("extra descriptor set is invalid: {e}");
             }
@@ -71,10 +67,7 @@ mod tests {
     #[test]
     fn pool_has_envoy_and_extra_types() {
         let p = pool();
-        assert!(
-            p.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap")
-                .is_some()
-        );
+        assert!(p.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap").is_some());
         assert!(p.get_message_by_name("udpa.type.v1.TypedStruct").is_some());
         assert!(p.get_message_by_name("xds.type.v3.TypedStruct").is_some());
     }

@@ -9,8 +9,7 @@
 use std::fmt::Write as _;
 
 use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
-    SerializeOptions,
+    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
 };
 use serde_json::Value;
 
@@ -24,10 +23,7 @@ pub struct JsonError {
 
 impl JsonError {
     fn at(path: &str, reason: impl Into<String>) -> Self {
-        JsonError {
-            path: path.to_string(),
-            reason: reason.into(),
-        }
+        JsonError { path: path.to_string(), reason: reason.into() }
     }
 }
 
@@ -44,10 +40,8 @@ pub struct JsonOptions {
 pub fn yaml_to_json(text: &str) -> Result<Value, JsonError> {
     let mut y: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| JsonError::at("", format!("invalid YAML: {e}")))?;
-    y.apply_merge()
-        .map_err(|e| JsonError::at("", format!("invalid YAML merge key: {e}")))?;
-    serde_json::to_value(y)
-        .map_err(|e| JsonError::at("", format!("YAML is not JSON-compatible: {e}")))
+    y.apply_merge().map_err(|e| JsonError::at("", format!("invalid YAML merge key: {e}")))?;
+    serde_json::to_value(y).map_err(|e| JsonError::at("", format!("YAML is not JSON-compatible: {e}")))
 }
 
 /// Converts a proto3 JSON value into the message `T`, through the descriptor of `T`.
@@ -68,17 +62,12 @@ pub fn message_from_json<T: prost::Message + prost::Name + Default>(
         &DeserializeOptions::new().deny_unknown_fields(!opts.allow_unknown_fields),
     )
     .map_err(|e| JsonError::at("", format!("invalid {full}: {e}")))?;
-    dynamic
-        .transcode_to::<T>()
-        .map_err(|e| JsonError::at("", format!("re-encoding {full}: {e}")))
+    dynamic.transcode_to::<T>().map_err(|e| JsonError::at("", format!("re-encoding {full}: {e}")))
 }
 
 /// Renders a message as Envoy's `/config_dump` does: proto3 JSON with the original
 /// (snake_case) field names, `Any` expanded through the pool.
-pub fn message_to_json<T: prost::Message + prost::Name>(
-    pool: &DescriptorPool,
-    msg: &T,
-) -> Result<Value, JsonError> {
+pub fn message_to_json<T: prost::Message + prost::Name>(pool: &DescriptorPool, msg: &T) -> Result<Value, JsonError> {
     let full = T::full_name();
     let desc = pool
         .get_message_by_name(&full)
@@ -89,11 +78,9 @@ pub fn message_to_json<T: prost::Message + prost::Name>(
 /// Renders encoded bytes of the message named by `desc` as proto3 JSON (snake_case names).
 pub fn dynamic_to_json(desc: MessageDescriptor, bytes: &[u8]) -> Result<Value, JsonError> {
     let full = desc.full_name().to_string();
-    let dynamic = DynamicMessage::decode(desc, bytes)
-        .map_err(|e| JsonError::at("", format!("decoding {full}: {e}")))?;
-    let opts = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .stringify_64_bit_integers(true);
+    let dynamic =
+        DynamicMessage::decode(desc, bytes).map_err(|e| JsonError::at("", format!("decoding {full}: {e}")))?;
+    let opts = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(true);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &opts)
         .map_err(|e| JsonError::at("", format!("rendering {full}: {e}")))
@@ -101,12 +88,7 @@ pub fn dynamic_to_json(desc: MessageDescriptor, bytes: &[u8]) -> Result<Value, J
 
 /// Converts a protobuf `Struct` into the JSON object it stands for.
 pub fn struct_to_json(s: &envoy_types::pb::google::protobuf::Struct) -> Value {
-    Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), pb_value_to_json(v)))
-            .collect(),
-    )
+    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), pb_value_to_json(v))).collect())
 }
 
 fn pb_value_to_json(v: &envoy_types::pb::google::protobuf::Value) -> Value {
@@ -114,12 +96,8 @@ fn pb_value_to_json(v: &envoy_types::pb::google::protobuf::Value) -> Value {
     match &v.kind {
         None | Some(K::NullValue(_)) => Value::Null,
         // Struct numbers are doubles; integral ones are written as integers so integer fields accept them.
-        Some(K::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
-            Value::Number((*n as i64).into())
-        }
-        Some(K::NumberValue(n)) => serde_json::Number::from_f64(*n)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
+        Some(K::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => Value::Number((*n as i64).into()),
+        Some(K::NumberValue(n)) => serde_json::Number::from_f64(*n).map(Value::Number).unwrap_or(Value::Null),
         Some(K::StringValue(s)) => Value::String(s.clone()),
         Some(K::BoolValue(b)) => Value::Bool(*b),
         Some(K::StructValue(s)) => struct_to_json(s),
@@ -144,20 +122,14 @@ fn check_message(
         "google.protobuf.Struct" => {
             return match value {
                 Value::Object(_) | Value::Null => Ok(()),
-                _ => Err(JsonError::at(
-                    path,
-                    "expected an object for google.protobuf.Struct",
-                )),
+                _ => Err(JsonError::at(path, "expected an object for google.protobuf.Struct")),
             };
         }
         "google.protobuf.Value" => return Ok(()),
         "google.protobuf.ListValue" => {
             return match value {
                 Value::Array(_) | Value::Null => Ok(()),
-                _ => Err(JsonError::at(
-                    path,
-                    "expected an array for google.protobuf.ListValue",
-                )),
+                _ => Err(JsonError::at(path, "expected an array for google.protobuf.ListValue")),
             };
         }
         name if is_wrapper(name) => {
@@ -173,11 +145,7 @@ fn check_message(
         other => {
             return Err(JsonError::at(
                 path,
-                format!(
-                    "expected an object for {}, found {}",
-                    desc.full_name(),
-                    kind_of(other)
-                ),
+                format!("expected an object for {}, found {}", desc.full_name(), kind_of(other)),
             ));
         }
     };
@@ -196,10 +164,7 @@ fn check_message(
         if !opts.allow_unknown_fields {
             let len = path.len();
             push_field(path, &unknown[0]);
-            let e = JsonError::at(
-                path,
-                format!("unknown field \"{}\" in {}", unknown[0], desc.full_name()),
-            );
+            let e = JsonError::at(path, format!("unknown field \"{}\" in {}", unknown[0], desc.full_name()));
             path.truncate(len);
             return Err(e);
         }
@@ -223,10 +188,7 @@ fn check_field(
     }
     if field.is_map() {
         let Value::Object(map) = value else {
-            return Err(JsonError::at(
-                path,
-                format!("expected an object (map), found {}", kind_of(value)),
-            ));
+            return Err(JsonError::at(path, format!("expected an object (map), found {}", kind_of(value))));
         };
         let Kind::Message(entry) = field.kind() else {
             return Ok(());
@@ -244,10 +206,7 @@ fn check_field(
     }
     if field.is_list() {
         let Value::Array(items) = value else {
-            return Err(JsonError::at(
-                path,
-                format!("expected an array, found {}", kind_of(value)),
-            ));
+            return Err(JsonError::at(path, format!("expected an array, found {}", kind_of(value))));
         };
         for (i, v) in items.iter_mut().enumerate() {
             let len = path.len();
@@ -273,20 +232,12 @@ fn check_single(
     }
 }
 
-fn check_any(
-    pool: &DescriptorPool,
-    value: &mut Value,
-    path: &mut String,
-    opts: JsonOptions,
-) -> Result<(), JsonError> {
+fn check_any(pool: &DescriptorPool, value: &mut Value, path: &mut String, opts: JsonOptions) -> Result<(), JsonError> {
     let obj = match value {
         Value::Object(o) => o,
         Value::Null => return Ok(()),
         other => {
-            return Err(JsonError::at(
-                path,
-                format!("expected an object for Any, found {}", kind_of(other)),
-            ));
+            return Err(JsonError::at(path, format!("expected an object for Any, found {}", kind_of(other))));
         }
     };
     let Some(type_url) = obj.get("@type").and_then(Value::as_str).map(str::to_owned) else {
@@ -297,10 +248,7 @@ fn check_any(
     };
     let name = type_url.rsplit('/').next().unwrap_or(&type_url);
     let Some(desc) = pool.get_message_by_name(name) else {
-        return Err(JsonError::at(
-            path,
-            format!("unknown type URL \"{type_url}\""),
-        ));
+        return Err(JsonError::at(path, format!("unknown type URL \"{type_url}\"")));
     };
     let len = path.len();
     let _ = write!(path, ".<{name}>");
@@ -312,29 +260,22 @@ fn check_any(
     } else {
         // Check the remaining keys as the fields of the named message.
         let mut rest = Value::Object(
-            obj.iter()
-                .filter(|(k, _)| k.as_str() != "@type")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            obj.iter().filter(|(k, _)| k.as_str() != "@type").map(|(k, v)| (k.clone(), v.clone())).collect(),
         );
         let r = check_message(pool, &mut rest, &desc, path, opts);
         if r.is_ok()
-            && let Value::Object(mut m) = rest {
-                m.insert("@type".into(), Value::String(type_url.clone()));
-                *obj = m;
-            }
+            && let Value::Object(mut m) = rest
+        {
+            m.insert("@type".into(), Value::String(type_url.clone()));
+            *obj = m;
+        }
         r
     };
     path.truncate(len);
     result
 }
 
-fn check_scalar(
-    value: &mut Value,
-    kind: &Kind,
-    path: &str,
-    opts: JsonOptions,
-) -> Result<(), JsonError> {
+fn check_scalar(value: &mut Value, kind: &Kind, path: &str, opts: JsonOptions) -> Result<(), JsonError> {
     let ok = match (kind, &*value) {
         (_, Value::Null) => true,
         (Kind::String, Value::String(_)) => true,
@@ -368,10 +309,7 @@ fn check_scalar(
         (Kind::Float | Kind::Double, Value::Number(_) | Value::String(_)) => true,
         (Kind::Enum(e), Value::String(s)) => {
             if e.get_value_by_name(s).is_none() {
-                return Err(JsonError::at(
-                    path,
-                    format!("unknown value \"{s}\" for enum {}", e.full_name()),
-                ));
+                return Err(JsonError::at(path, format!("unknown value \"{s}\" for enum {}", e.full_name())));
             }
             true
         }
@@ -381,26 +319,19 @@ fn check_scalar(
     if ok {
         Ok(())
     } else {
-        Err(JsonError::at(
-            path,
-            format!("expected {}, found {}", kind_name(kind), kind_of(value)),
-        ))
+        Err(JsonError::at(path, format!("expected {}, found {}", kind_name(kind), kind_of(value))))
     }
 }
 
 fn expect_string(value: &Value, path: &str, what: &str) -> Result<(), JsonError> {
     match value {
         Value::String(_) | Value::Null => Ok(()),
-        other => Err(JsonError::at(
-            path,
-            format!("expected a string for {what}, found {}", kind_of(other)),
-        )),
+        other => Err(JsonError::at(path, format!("expected a string for {what}, found {}", kind_of(other)))),
     }
 }
 
 fn field_by_json_key(desc: &MessageDescriptor, key: &str) -> Option<FieldDescriptor> {
-    desc.get_field_by_name(key)
-        .or_else(|| desc.get_field_by_json_name(key))
+    desc.get_field_by_name(key).or_else(|| desc.get_field_by_json_name(key))
 }
 
 fn push_field(path: &mut String, key: &str) {
@@ -470,23 +401,13 @@ mod tests {
 
     fn load(yaml: &str, opts: JsonOptions) -> Result<Bootstrap, JsonError> {
         let pool = crate::descriptors::pool();
-        message_from_json(
-            &pool,
-            yaml_to_json(yaml)?,
-            JsonOptions {
-                yaml_scalars: true,
-                ..opts
-            },
-        )
+        message_from_json(&pool, yaml_to_json(yaml)?, JsonOptions { yaml_scalars: true, ..opts })
     }
 
     #[test]
     fn unknown_field_names_its_path() {
-        let e = load(
-            "static_resources:\n  listeners:\n  - name: a\n    bogus: 1\n",
-            JsonOptions::default(),
-        )
-        .unwrap_err();
+        let e =
+            load("static_resources:\n  listeners:\n  - name: a\n    bogus: 1\n", JsonOptions::default()).unwrap_err();
         assert_eq!(e.path, "static_resources.listeners[0].bogus");
         assert!(e.reason.contains("unknown field"), "{e}");
     }
@@ -495,10 +416,7 @@ mod tests {
     fn unknown_field_allowed_when_asked() {
         let b = load(
             "static_resources:\n  listeners:\n  - name: a\n    bogus: 1\n",
-            JsonOptions {
-                allow_unknown_fields: true,
-                ..Default::default()
-            },
+            JsonOptions { allow_unknown_fields: true, ..Default::default() },
         )
         .unwrap();
         assert_eq!(b.static_resources.unwrap().listeners[0].name, "a");
@@ -528,8 +446,7 @@ static_resources:
         assert_eq!(c.connect_timeout.unwrap().nanos, 250_000_000);
         assert_eq!(c.per_connection_buffer_limit_bytes.unwrap().value, 1024);
         assert!(
-            c.typed_extension_protocol_options
-                .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+            c.typed_extension_protocol_options.contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
         );
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter as HttpFilterProto, http_filter,
 };
+use envoy_types::pb::google::protobuf::Any;
 use http::request::Parts;
 
 use crate::config::{BuildCtx, ConfigError};
@@ -16,33 +17,160 @@ use crate::http::local_reply::LocalReply;
 /// What a filter decided about a request.
 pub enum FilterAction {
     Continue,
+    /// Answer now; the filters before this one still see the response.
     Respond(LocalReply),
+    /// Wait, then continue with the next filter (fault delays).
+    Delay(std::time::Duration),
 }
 
-/// Per-request facts filters read.
-pub struct FilterCtx<'a> {
-    pub remote: std::net::SocketAddr,
-    pub local: std::net::SocketAddr,
-    pub route_name: Option<&'a str>,
+/// Connection facts filters may read (TLS fields are filled by the TLS transport socket).
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    pub sni: Option<String>,
+    pub alpn: Option<String>,
+    pub tls_version: Option<&'static str>,
+    /// The peer's URI SANs (first is the SPIFFE principal in a mesh).
+    pub peer_uri_sans: Vec<String>,
+    pub peer_dns_sans: Vec<String>,
+    pub peer_subject: Option<String>,
+    /// Lowercase hex SHA-256 of the peer's leaf certificate.
+    pub peer_cert_sha256: Option<String>,
+    pub local_uri_sans: Vec<String>,
 }
+
+impl ConnInfo {
+    /// True when the connection is TLS with a verified peer certificate.
+    pub fn peer_certificate_presented(&self) -> bool {
+        self.peer_cert_sha256.is_some()
+    }
+}
+
+/// The route a request matched, for per-route filter config lookups.
+#[derive(Clone, Copy)]
+pub struct RouteRef<'a> {
+    pub table: &'a crate::router::RouteTable,
+    pub vhost: &'a crate::router::VirtualHost,
+    pub route: &'a crate::router::route::Route,
+}
+
+/// Per-request facts and scratch space for filters.
+pub struct RequestCtx<'a> {
+    /// The downstream address after x-forwarded-for processing.
+    pub remote: std::net::SocketAddr,
+    /// The peer address of the TCP connection.
+    pub direct_remote: std::net::SocketAddr,
+    pub local: std::net::SocketAddr,
+    pub conn: &'a ConnInfo,
+    pub route: Option<RouteRef<'a>>,
+    /// The HCM's stat prefix (`http.<prefix>.` stats).
+    pub stat_prefix: &'a str,
+    /// Per-request state a filter keeps between its request and response hooks.
+    pub state: http::Extensions,
+}
+
+impl RequestCtx<'_> {
+    /// The most specific `typed_per_filter_config` for `filter_name` (route, then virtual host,
+    /// then route configuration), if it has type `T`.
+    pub fn per_route<T: 'static>(&self, filter_name: &str) -> Option<&T> {
+        let r = self.route?;
+        [&r.route.per_filter, &r.vhost.per_filter, &r.table.per_filter]
+            .into_iter()
+            .find_map(|m| m.get(filter_name))
+            .and_then(|c| c.downcast_ref::<T>())
+    }
+
+    /// True when the most specific per-filter config disables the filter.
+    pub fn disabled(&self, filter_name: &str) -> bool {
+        self.per_route::<Disabled>(filter_name).is_some()
+    }
+}
+
+/// Marker stored for `envoy.config.route.v3.FilterConfig { disabled: true }`.
+#[derive(Debug)]
+pub struct Disabled;
+
+/// Compiled `typed_per_filter_config`, keyed by filter name.
+pub type PerFilterConfigs = std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>;
 
 /// An HTTP filter instance (immutable config, shared by all requests).
 pub trait HttpFilter: Send + Sync {
+    /// The name it was configured under (the key for `typed_per_filter_config`).
     fn name(&self) -> &str;
 
-    /// Runs on request headers, in chain order, after route selection.
-    fn on_request(&self, _cx: &FilterCtx<'_>, _req: &mut Parts) -> FilterAction {
+    /// Runs on request headers, in chain order, after route selection (the route may be None:
+    /// filters run before the router answers 404, as in Envoy).
+    fn on_request(&self, _cx: &mut RequestCtx<'_>, _req: &mut Parts) -> FilterAction {
         FilterAction::Continue
     }
 
-    /// Runs on response headers, in reverse chain order.
-    fn on_response(
+    /// Runs on response headers, in reverse chain order, for upstream responses and for local
+    /// replies sent by later filters or the router.
+    fn on_response(&self, _cx: &mut RequestCtx<'_>, _resp: &mut http::response::Parts) {}
+
+    /// May wrap the response body (compression), after `on_response`.
+    fn wrap_body(
         &self,
-        _cx: &FilterCtx<'_>,
-        _status: http::StatusCode,
-        _headers: &mut http::HeaderMap,
-    ) {
+        _cx: &mut RequestCtx<'_>,
+        _resp: &http::response::Parts,
+        body: crate::http::body::ResponseBody,
+    ) -> crate::http::body::ResponseBody {
+        body
     }
+}
+
+/// Builds a filter from its `typed_config`.
+pub type FilterFactory = fn(name: &str, any: &Any, cx: &BuildCtx) -> Result<Arc<dyn HttpFilter>, ConfigError>;
+/// Builds a per-route config from a `typed_per_filter_config` entry.
+pub type PerRouteFactory = fn(any: &Any) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError>;
+
+/// The HTTP filters remora implements, by the type of their `typed_config`.
+const FILTERS: &[(&str, FilterFactory)] = &[];
+
+/// Per-route config types, by type name.
+const PER_ROUTE: &[(&str, PerRouteFactory)] = &[];
+
+/// Compiles a `typed_per_filter_config` map.
+pub fn compile_per_filter(
+    map: &std::collections::HashMap<String, Any>,
+    field: &str,
+) -> Result<PerFilterConfigs, ConfigError> {
+    let mut out = PerFilterConfigs::new();
+    for (name, any) in map {
+        let f = format!("{field}[{name}]");
+        let mut t = xds_client::any::effective_type_name(any);
+        let mut inner = any.clone();
+        if t == "envoy.config.route.v3.FilterConfig" {
+            let fc: envoy_types::pb::envoy::config::route::v3::FilterConfig =
+                xds_client::any::unpack(any).map_err(|e| ConfigError::new(&f, e.to_string()))?;
+            if fc.disabled {
+                out.insert(name.clone(), Arc::new(Disabled));
+                continue;
+            }
+            match fc.config {
+                Some(c) => {
+                    t = xds_client::any::effective_type_name(&c);
+                    inner = c;
+                }
+                None => continue,
+            }
+            if fc.is_optional && !PER_ROUTE.iter().any(|(n, _)| *n == t) {
+                continue;
+            }
+        }
+        match PER_ROUTE.iter().find(|(n, _)| *n == t) {
+            Some((_, factory)) => {
+                out.insert(name.clone(), factory(&inner).map_err(|e| e.within(&f))?);
+            }
+            None if TELEMETRY_ONLY.contains(&name.as_str()) || TELEMETRY_TYPES.contains(&t.as_str()) => {}
+            None => {
+                return Err(ConfigError::new(
+                    f,
+                    format!("Didn't find a registered implementation for '{name}' with type URL: '{t}'"),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The compiled chain of an HTTP connection manager.
@@ -71,11 +199,7 @@ const TELEMETRY_TYPES: &[&str] = &[
 ];
 
 impl FilterChain {
-    pub fn from_proto(
-        filters: &[HttpFilterProto],
-        _cx: &BuildCtx,
-        field: &str,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_proto(filters: &[HttpFilterProto], cx: &BuildCtx, field: &str) -> Result<Self, ConfigError> {
         let mut chain = FilterChain::default();
         let mut saw_router = false;
         for (i, f) in filters.iter().enumerate() {
@@ -83,24 +207,16 @@ impl FilterChain {
             if saw_router {
                 return Err(ConfigError::new(
                     fld,
-                    format!(
-                        "Error: terminal filter named {} must be the last filter",
-                        "envoy.filters.http.router"
-                    ),
+                    format!("Error: terminal filter named {} must be the last filter", "envoy.filters.http.router"),
                 ));
             }
             let type_name = match &f.config_type {
-                Some(http_filter::ConfigType::TypedConfig(any)) => {
-                    xds_client::any::effective_type_name(any)
-                }
+                Some(http_filter::ConfigType::TypedConfig(any)) => xds_client::any::effective_type_name(any),
                 Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
                     if f.is_optional {
                         continue;
                     }
-                    return Err(ConfigError::new(
-                        fld,
-                        format!("filter {}: config_discovery is not supported", f.name),
-                    ));
+                    return Err(ConfigError::new(fld, format!("filter {}: config_discovery is not supported", f.name)));
                 }
                 None => String::new(),
             };
@@ -117,35 +233,30 @@ impl FilterChain {
                 "" => {
                     return Err(ConfigError::new(
                         fld,
-                        format!(
-                            "Didn't find a registered implementation for '{}' with type URL: ''",
-                            f.name
-                        ),
+                        format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name),
                     ));
+                }
+                t if FILTERS.iter().any(|(n, _)| *n == t) => {
+                    if let (Some((_, factory)), Some(http_filter::ConfigType::TypedConfig(any))) =
+                        (FILTERS.iter().find(|(n, _)| *n == t), &f.config_type)
+                    {
+                        chain.filters.push(factory(&f.name, any, cx).map_err(|e| e.within(&fld))?);
+                    }
                 }
                 t => {
                     if f.is_optional {
-                        tracing::info!(
-                            "skipping optional HTTP filter {} ({t}): not supported",
-                            f.name
-                        );
+                        tracing::info!("skipping optional HTTP filter {} ({t}): not supported", f.name);
                         continue;
                     }
                     return Err(ConfigError::new(
                         fld,
-                        format!(
-                            "Didn't find a registered implementation for '{}' with type URL: '{t}'",
-                            f.name
-                        ),
+                        format!("Didn't find a registered implementation for '{}' with type URL: '{t}'", f.name),
                     ));
                 }
             }
         }
         if !saw_router {
-            return Err(ConfigError::new(
-                field,
-                "the HTTP filter chain must end with envoy.filters.http.router",
-            ));
+            return Err(ConfigError::new(field, "the HTTP filter chain must end with envoy.filters.http.router"));
         }
         Ok(chain)
     }

@@ -26,10 +26,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
@@ -108,20 +105,11 @@ impl ReplayBody {
             return None;
         }
         s.generation += 1;
-        Some(ReplayBody {
-            state: self.state.clone(),
-            generation: s.generation,
-            position: 0,
-            trailers_sent: false,
-        })
+        Some(ReplayBody { state: self.state.clone(), generation: s.generation, position: 0, trailers_sent: false })
     }
 
     pub fn can_replay(&self) -> bool {
-        !self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .overflowed
+        !self.state.lock().unwrap_or_else(|p| p.into_inner()).overflowed
     }
 }
 
@@ -129,10 +117,7 @@ impl Body for ReplayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let mut s = this.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.generation != this.generation {
@@ -198,10 +183,7 @@ impl Body for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .hint
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).hint
     }
 }
 
@@ -213,6 +195,8 @@ pub type OnEnd = Box<dyn FnOnce()>;
 /// A response body on its way downstream.
 pub enum ResponseBody {
     Full(Option<Bytes>),
+    /// A body transformed by a filter (compression).
+    Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>),
     Upstream {
         body: Incoming,
         on_end: Option<OnEnd>,
@@ -226,21 +210,13 @@ impl ResponseBody {
     }
 
     pub fn full(b: Bytes) -> Self {
-        if b.is_empty() {
-            ResponseBody::Full(None)
-        } else {
-            ResponseBody::Full(Some(b))
-        }
+        if b.is_empty() { ResponseBody::Full(None) } else { ResponseBody::Full(Some(b)) }
     }
 
     /// Streams an upstream body; `on_end` runs when it finishes cleanly; `guards` live as long
     /// as the body (active-request gauges and the like).
     pub fn upstream(body: Incoming, on_end: Option<OnEnd>, guards: Box<dyn std::any::Any>) -> Self {
-        let mut b = ResponseBody::Upstream {
-            body,
-            on_end,
-            _guards: guards,
-        };
+        let mut b = ResponseBody::Upstream { body, on_end, _guards: guards };
         b.finish_if_ended();
         b
     }
@@ -248,9 +224,10 @@ impl ResponseBody {
     fn finish_if_ended(&mut self) {
         if let ResponseBody::Upstream { body, on_end, .. } = self
             && body.is_end_stream()
-                && let Some(f) = on_end.take() {
-                    f();
-                }
+            && let Some(f) = on_end.take()
+        {
+            f();
+        }
     }
 }
 
@@ -258,13 +235,11 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match this {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Boxed(b) => b.as_mut().poll_frame(cx),
             ResponseBody::Upstream { body, on_end, .. } => {
                 let r = Pin::new(&mut *body).poll_frame(cx);
                 match &r {
@@ -291,6 +266,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(b) => b.is_none(),
+            ResponseBody::Boxed(b) => b.is_end_stream(),
             ResponseBody::Upstream { body, .. } => body.is_end_stream(),
         }
     }
@@ -299,6 +275,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Boxed(b) => b.size_hint(),
             ResponseBody::Upstream { body, .. } => body.size_hint(),
         }
     }

@@ -15,21 +15,13 @@ pub struct LocalReply {
     pub flag: &'static str,
     /// Envoy's `response_code_details` (`route_not_found`, `no_healthy_upstream`, ...).
     pub details: &'static str,
+    /// Extra headers for the reply (rate-limit headers, CORS preflight answers, ...).
+    pub headers: http::HeaderMap,
 }
 
 impl LocalReply {
-    pub fn new(
-        status: StatusCode,
-        body: impl Into<Bytes>,
-        flag: &'static str,
-        details: &'static str,
-    ) -> Self {
-        LocalReply {
-            status,
-            body: body.into(),
-            flag,
-            details,
-        }
+    pub fn new(status: StatusCode, body: impl Into<Bytes>, flag: &'static str, details: &'static str) -> Self {
+        LocalReply { status, body: body.into(), flag, details, headers: http::HeaderMap::new() }
     }
 
     pub fn no_route() -> Self {
@@ -37,38 +29,21 @@ impl LocalReply {
     }
 
     pub fn no_healthy_upstream() -> Self {
-        LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            "UH",
-            "no_healthy_upstream",
-        )
+        LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH", "no_healthy_upstream")
     }
 
     pub fn cluster_not_found() -> Self {
-        LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Bytes::new(),
-            "NC",
-            "cluster_not_found",
-        )
+        LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, Bytes::new(), "NC", "cluster_not_found")
     }
 
     pub fn upstream_timeout() -> Self {
-        LocalReply::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream request timeout",
-            "UT",
-            "upstream_response_timeout",
-        )
+        LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "UT", "upstream_response_timeout")
     }
 
     pub fn upstream_reset(reason: &str, flag: &'static str) -> Self {
         LocalReply::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
-            ),
+            format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}"),
             flag,
             "upstream_reset_before_response_started",
         )
@@ -89,7 +64,8 @@ impl LocalReply {
         let mut r = Response::new(ResponseBody::full(self.body));
         *r.status_mut() = self.status;
         let h = r.headers_mut();
-        if len > 0 {
+        *h = self.headers;
+        if len > 0 && !h.contains_key(header::CONTENT_TYPE) {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));

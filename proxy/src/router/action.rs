@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
-use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, RouteAction as RouteActionProto, route_action,
-};
+use envoy_types::pb::envoy::config::route::v3::{DirectResponseAction, RouteAction as RouteActionProto, route_action};
 use http::{HeaderName, HeaderValue};
 
 use super::header_mutation::HeaderMutations;
@@ -31,10 +29,7 @@ pub struct WeightedCluster {
 pub enum ClusterSpecifier {
     Name(Arc<str>),
     Header(HeaderName),
-    Weighted {
-        clusters: Vec<WeightedCluster>,
-        total: u64,
-    },
+    Weighted { clusters: Vec<WeightedCluster>, total: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -105,28 +100,21 @@ impl RouteAction {
         use route_action::ClusterSpecifier as CS;
         let check_cluster = |name: &str, f: &str| -> Result<(), ConfigError> {
             if validate_clusters && !cx.cluster_names.contains(name) {
-                return Err(ConfigError::new(
-                    f,
-                    format!("route: unknown cluster '{name}'"),
-                ));
+                return Err(ConfigError::new(f, format!("route: unknown cluster '{name}'")));
             }
             Ok(())
         };
         let cluster = match &p.cluster_specifier {
             Some(CS::Cluster(c)) => {
                 if c.is_empty() {
-                    return Err(ConfigError::new(
-                        format!("{field}.cluster"),
-                        "must not be empty",
-                    ));
+                    return Err(ConfigError::new(format!("{field}.cluster"), "must not be empty"));
                 }
                 check_cluster(c, &format!("{field}.cluster"))?;
                 ClusterSpecifier::Name(c.as_str().into())
             }
             Some(CS::ClusterHeader(h)) => ClusterSpecifier::Header(
-                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
-                    ConfigError::new(format!("{field}.cluster_header"), "invalid header name")
-                })?,
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| ConfigError::new(format!("{field}.cluster_header"), "invalid header name"))?,
             ),
             Some(CS::WeightedClusters(w)) => {
                 let mut clusters = Vec::new();
@@ -167,10 +155,7 @@ impl RouteAction {
                     });
                 }
                 if clusters.is_empty() {
-                    return Err(ConfigError::new(
-                        format!("{field}.weighted_clusters"),
-                        "needs at least one cluster",
-                    ));
+                    return Err(ConfigError::new(format!("{field}.weighted_clusters"), "needs at least one cluster"));
                 }
                 if total == 0 {
                     return Err(ConfigError::new(
@@ -181,28 +166,17 @@ impl RouteAction {
                 ClusterSpecifier::Weighted { clusters, total }
             }
             Some(CS::ClusterSpecifierPlugin(_)) | Some(CS::InlineClusterSpecifierPlugin(_)) => {
-                return Err(ConfigError::new(
-                    field,
-                    "cluster specifier plugins are not supported",
-                ));
+                return Err(ConfigError::new(field, "cluster specifier plugins are not supported"));
             }
             None => {
-                return Err(ConfigError::new(
-                    field,
-                    "route action needs a cluster specifier",
-                ));
+                return Err(ConfigError::new(field, "route action needs a cluster specifier"));
             }
         };
         let regex_rewrite = match &p.regex_rewrite {
             Some(r) => {
-                let pat = r
-                    .pattern
-                    .as_ref()
-                    .map(|m| m.regex.clone())
-                    .unwrap_or_default();
-                let re = regex::Regex::new(&pat).map_err(|e| {
-                    ConfigError::new(format!("{field}.regex_rewrite.pattern"), e.to_string())
-                })?;
+                let pat = r.pattern.as_ref().map(|m| m.regex.clone()).unwrap_or_default();
+                let re = regex::Regex::new(&pat)
+                    .map_err(|e| ConfigError::new(format!("{field}.regex_rewrite.pattern"), e.to_string()))?;
                 Some((re, re2_substitution(&r.substitution)))
             }
             None => None,
@@ -210,30 +184,20 @@ impl RouteAction {
         use route_action::HostRewriteSpecifier as HR;
         let host_rewrite = match &p.host_rewrite_specifier {
             None => HostRewrite::None,
-            Some(HR::HostRewriteLiteral(h)) => {
-                HostRewrite::Literal(HeaderValue::from_str(h).map_err(|_| {
-                    ConfigError::new(format!("{field}.host_rewrite_literal"), "invalid value")
-                })?)
-            }
+            Some(HR::HostRewriteLiteral(h)) => HostRewrite::Literal(
+                HeaderValue::from_str(h)
+                    .map_err(|_| ConfigError::new(format!("{field}.host_rewrite_literal"), "invalid value"))?,
+            ),
             Some(HR::AutoHostRewrite(b)) if b.value => HostRewrite::Auto,
             Some(HR::AutoHostRewrite(_)) => HostRewrite::None,
             Some(HR::HostRewriteHeader(h)) => HostRewrite::Header(
-                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
-                    ConfigError::new(
-                        format!("{field}.host_rewrite_header"),
-                        "invalid header name",
-                    )
-                })?,
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| ConfigError::new(format!("{field}.host_rewrite_header"), "invalid header name"))?,
             ),
             Some(HR::HostRewritePathRegex(r)) => {
-                let pat = r
-                    .pattern
-                    .as_ref()
-                    .map(|m| m.regex.clone())
-                    .unwrap_or_default();
-                let re = regex::Regex::new(&pat).map_err(|e| {
-                    ConfigError::new(format!("{field}.host_rewrite_path_regex"), e.to_string())
-                })?;
+                let pat = r.pattern.as_ref().map(|m| m.regex.clone()).unwrap_or_default();
+                let re = regex::Regex::new(&pat)
+                    .map_err(|e| ConfigError::new(format!("{field}.host_rewrite_path_regex"), e.to_string()))?;
                 HostRewrite::PathRegex(re, re2_substitution(&r.substitution))
             }
             Some(HR::HostRewrite(_)) => {
@@ -244,10 +208,7 @@ impl RouteAction {
             }
         };
         let retry_policy = match &p.retry_policy {
-            Some(r) => Some(Arc::new(RetryPolicy::from_proto(
-                r,
-                &format!("{field}.retry_policy"),
-            )?)),
+            Some(r) => Some(Arc::new(RetryPolicy::from_proto(r, &format!("{field}.retry_policy"))?)),
             None => vhost_retry.cloned(),
         };
         let mut hash_policy = Vec::new();
@@ -261,23 +222,12 @@ impl RouteAction {
                         .map_err(|_| ConfigError::new(&f, "invalid header name"))?,
                     terminal,
                 },
-                Some(PS::Cookie(c)) => HashPolicy::Cookie {
-                    name: c.name.clone(),
-                    terminal,
-                },
-                Some(PS::ConnectionProperties(c)) if c.source_ip => {
-                    HashPolicy::SourceIp { terminal }
-                }
+                Some(PS::Cookie(c)) => HashPolicy::Cookie { name: c.name.clone(), terminal },
+                Some(PS::ConnectionProperties(c)) if c.source_ip => HashPolicy::SourceIp { terminal },
                 Some(PS::ConnectionProperties(_)) => continue,
-                Some(PS::QueryParameter(q)) => HashPolicy::QueryParameter {
-                    name: q.name.clone(),
-                    terminal,
-                },
+                Some(PS::QueryParameter(q)) => HashPolicy::QueryParameter { name: q.name.clone(), terminal },
                 Some(PS::FilterState(_)) => {
-                    return Err(ConfigError::new(
-                        f,
-                        "filter_state hash policy is not supported",
-                    ));
+                    return Err(ConfigError::new(f, "filter_state hash policy is not supported"));
                 }
                 None => continue,
             });
@@ -288,11 +238,7 @@ impl RouteAction {
             regex_rewrite,
             host_rewrite,
             timeout: optional_timeout(p.timeout.as_ref(), Some(DEFAULT_ROUTE_TIMEOUT)),
-            idle_timeout: p
-                .idle_timeout
-                .as_ref()
-                .map(duration)
-                .filter(|d| !d.is_zero()),
+            idle_timeout: p.idle_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
             retry_policy,
             hash_policy,
             max_grpc_timeout: p
@@ -343,9 +289,9 @@ impl DirectResponse {
 pub fn read_data_source(ds: &DataSource, field: &str) -> Result<Bytes, ConfigError> {
     use data_source::Specifier as S;
     match &ds.specifier {
-        Some(S::Filename(f)) => std::fs::read(f)
-            .map(Bytes::from)
-            .map_err(|e| ConfigError::new(field, format!("Invalid path: {f}: {e}"))),
+        Some(S::Filename(f)) => {
+            std::fs::read(f).map(Bytes::from).map_err(|e| ConfigError::new(field, format!("Invalid path: {f}: {e}")))
+        }
         Some(S::InlineBytes(b)) => Ok(Bytes::from(b.clone())),
         Some(S::InlineString(s)) => Ok(Bytes::from(s.clone())),
         Some(S::EnvironmentVariable(v)) => std::env::var(v)

@@ -1,9 +1,7 @@
 //! `request_headers_to_add/remove` and `response_headers_to_add/remove` at route, virtual host
 //! and route configuration level, with Envoy's append actions and substitutions.
 
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValueOption, header_value_option::HeaderAppendAction,
-};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValueOption, header_value_option::HeaderAppendAction};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::ConfigError;
@@ -52,18 +50,14 @@ impl HeaderMutations {
             };
             let key = h.key.to_ascii_lowercase();
             if is_protected(&key) {
-                return Err(ConfigError::new(
-                    f,
-                    format!(":-prefixed or host headers may not be modified: {key}"),
-                ));
+                return Err(ConfigError::new(f, format!(":-prefixed or host headers may not be modified: {key}")));
             }
             let name = HeaderName::from_bytes(key.as_bytes())
                 .map_err(|_| ConfigError::new(&f, format!("invalid header name {:?}", h.key)))?;
             let raw = if h.raw_value.is_empty() {
                 h.value.clone()
             } else {
-                String::from_utf8(h.raw_value.clone())
-                    .map_err(|_| ConfigError::new(&f, "raw_value is not UTF-8"))?
+                String::from_utf8(h.raw_value.clone()).map_err(|_| ConfigError::new(&f, "raw_value is not UTF-8"))?
             };
             let value = Formatter::parse(&raw, &format!("{f}.header.value"))?;
             let append = match (o.append, HeaderAppendAction::try_from(o.append_action)) {
@@ -76,12 +70,7 @@ impl HeaderMutations {
                 (None, Ok(HeaderAppendAction::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
                 (None, Err(_)) => return Err(ConfigError::new(f, "unknown append_action")),
             };
-            out.add.push(AddHeader {
-                name,
-                value,
-                append,
-                keep_empty: o.keep_empty_value,
-            });
+            out.add.push(AddHeader { name, value, append, keep_empty: o.keep_empty_value });
         }
         for (i, r) in remove.iter().enumerate() {
             let key = r.to_ascii_lowercase();
@@ -91,12 +80,8 @@ impl HeaderMutations {
                     format!(":-prefixed or host headers may not be removed: {key}"),
                 ));
             }
-            let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
-                ConfigError::new(
-                    format!("{field_remove}[{i}]"),
-                    format!("invalid header name {r:?}"),
-                )
-            })?;
+            let name = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| ConfigError::new(format!("{field_remove}[{i}]"), format!("invalid header name {r:?}")))?;
             out.remove.push(name);
         }
         Ok(out)
@@ -148,11 +133,7 @@ mod tests {
 
     fn opt(k: &str, v: &str, action: HeaderAppendAction) -> HeaderValueOption {
         HeaderValueOption {
-            header: Some(HV {
-                key: k.into(),
-                value: v.into(),
-                ..Default::default()
-            }),
+            header: Some(HV { key: k.into(), value: v.into(), ..Default::default() }),
             append_action: action as i32,
             ..Default::default()
         }
@@ -166,11 +147,7 @@ mod tests {
                 opt("x-b", "2", HeaderAppendAction::AddIfAbsent),
                 opt("x-c", "2", HeaderAppendAction::OverwriteIfExistsOrAdd),
                 opt("x-d", "2", HeaderAppendAction::OverwriteIfExists),
-                opt(
-                    "x-e",
-                    "%DOWNSTREAM_REMOTE_ADDRESS%",
-                    HeaderAppendAction::AppendIfExistsOrAdd,
-                ),
+                opt("x-e", "%DOWNSTREAM_REMOTE_ADDRESS%", HeaderAppendAction::AppendIfExistsOrAdd),
             ],
             &["x-gone".into()],
             "add",
@@ -189,13 +166,7 @@ mod tests {
         assert!(!h.contains_key("x-e"), "empty values are dropped");
         assert!(!h.contains_key("x-gone"));
         assert!(
-            HeaderMutations::from_proto(
-                &[opt(":path", "x", HeaderAppendAction::AddIfAbsent)],
-                &[],
-                "a",
-                "r"
-            )
-            .is_err()
+            HeaderMutations::from_proto(&[opt(":path", "x", HeaderAppendAction::AddIfAbsent)], &[], "a", "r").is_err()
         );
     }
 }

@@ -27,9 +27,7 @@ pub struct Redirect {
 
 impl Redirect {
     pub fn from_proto(p: &RedirectProto, field: &str) -> Result<Self, ConfigError> {
-        use redirect_action::{
-            PathRewriteSpecifier as PR, RedirectResponseCode as RC, SchemeRewriteSpecifier as SR,
-        };
+        use redirect_action::{PathRewriteSpecifier as PR, RedirectResponseCode as RC, SchemeRewriteSpecifier as SR};
         let scheme = match &p.scheme_rewrite_specifier {
             Some(SR::HttpsRedirect(true)) => Some("https".to_string()),
             Some(SR::HttpsRedirect(false)) | None => None,
@@ -46,14 +44,9 @@ impl Redirect {
                 ));
             }
             Some(PR::RegexRewrite(r)) => {
-                let pat = r
-                    .pattern
-                    .as_ref()
-                    .map(|m| m.regex.clone())
-                    .unwrap_or_default();
-                let re = regex::Regex::new(&pat).map_err(|e| {
-                    ConfigError::new(format!("{field}.regex_rewrite"), e.to_string())
-                })?;
+                let pat = r.pattern.as_ref().map(|m| m.regex.clone()).unwrap_or_default();
+                let re = regex::Regex::new(&pat)
+                    .map_err(|e| ConfigError::new(format!("{field}.regex_rewrite"), e.to_string()))?;
                 PathRewrite::Regex(re, re2_substitution(&r.substitution))
             }
         };
@@ -64,10 +57,7 @@ impl Redirect {
             Ok(RC::TemporaryRedirect) => StatusCode::TEMPORARY_REDIRECT,
             Ok(RC::PermanentRedirect) => StatusCode::PERMANENT_REDIRECT,
             Err(_) => {
-                return Err(ConfigError::new(
-                    format!("{field}.response_code"),
-                    "unknown response code",
-                ));
+                return Err(ConfigError::new(format!("{field}.response_code"), "unknown response code"));
             }
         };
         Ok(Redirect {
@@ -82,13 +72,7 @@ impl Redirect {
 
     /// Builds the new URI. `matched_prefix_len` is the length of the route's matched prefix (for
     /// `prefix_rewrite`).
-    pub fn location(
-        &self,
-        scheme: &str,
-        host: &str,
-        path_and_query: &str,
-        matched_prefix_len: usize,
-    ) -> String {
+    pub fn location(&self, scheme: &str, host: &str, path_and_query: &str, matched_prefix_len: usize) -> String {
         let final_scheme = self.scheme.as_deref().unwrap_or(scheme);
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
         let final_host = match &self.host {
@@ -134,9 +118,10 @@ impl Redirect {
             PathRewrite::Regex(re, sub) => format!("{}{query}", re.replace_all(path, sub.as_str())),
         };
         if self.strip_query
-            && let Some(i) = final_path.find('?') {
-                final_path.truncate(i);
-            }
+            && let Some(i) = final_path.find('?')
+        {
+            final_path.truncate(i);
+        }
         format!("{final_scheme}://{final_host}{port}{final_path}")
     }
 }
@@ -167,35 +152,17 @@ mod tests {
     #[test]
     fn builds_locations() {
         let r = |p: RedirectProto| Redirect::from_proto(&p, "r").unwrap();
-        let https = r(RedirectProto {
-            scheme_rewrite_specifier: Some(SR::HttpsRedirect(true)),
-            ..Default::default()
-        });
-        assert_eq!(
-            https.location("http", "a.com:80", "/x?y=1", 0),
-            "https://a.com/x?y=1"
-        );
-        let host = r(RedirectProto {
-            host_redirect: "b.com".into(),
-            ..Default::default()
-        });
+        let https = r(RedirectProto { scheme_rewrite_specifier: Some(SR::HttpsRedirect(true)), ..Default::default() });
+        assert_eq!(https.location("http", "a.com:80", "/x?y=1", 0), "https://a.com/x?y=1");
+        let host = r(RedirectProto { host_redirect: "b.com".into(), ..Default::default() });
         assert_eq!(host.location("http", "a.com", "/x", 0), "http://b.com/x");
         let prefix = r(RedirectProto {
             path_rewrite_specifier: Some(PR::PrefixRewrite("/new".into())),
             strip_query: true,
             ..Default::default()
         });
-        assert_eq!(
-            prefix.location("http", "a.com", "/old/x?q", 4),
-            "http://a.com/new/x"
-        );
-        let port = r(RedirectProto {
-            port_redirect: 8443,
-            ..Default::default()
-        });
-        assert_eq!(
-            port.location("http", "a.com:80", "/", 0),
-            "http://a.com:8443/"
-        );
+        assert_eq!(prefix.location("http", "a.com", "/old/x?q", 4), "http://a.com/new/x");
+        let port = r(RedirectProto { port_redirect: 8443, ..Default::default() });
+        assert_eq!(port.location("http", "a.com:80", "/", 0), "http://a.com:8443/");
     }
 }

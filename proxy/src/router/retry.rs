@@ -135,37 +135,20 @@ impl RetryPolicy {
         let mut r = RetryPolicy {
             retry_on: parse_retry_on(&p.retry_on),
             num_retries: p.num_retries.map(|n| n.value).unwrap_or(1),
-            per_try_timeout: p
-                .per_try_timeout
-                .as_ref()
-                .map(duration)
-                .filter(|d| !d.is_zero()),
-            per_try_idle_timeout: p
-                .per_try_idle_timeout
-                .as_ref()
-                .map(duration)
-                .filter(|d| !d.is_zero()),
+            per_try_timeout: p.per_try_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+            per_try_idle_timeout: p.per_try_idle_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
             retriable_status_codes: p.retriable_status_codes.iter().map(|c| *c as u16).collect(),
             ..Default::default()
         };
         for (i, h) in p.retriable_headers.iter().enumerate() {
-            r.retriable_headers.push(HeaderMatcher::from_proto(
-                h,
-                &format!("{field}.retriable_headers[{i}]"),
-            )?);
+            r.retriable_headers.push(HeaderMatcher::from_proto(h, &format!("{field}.retriable_headers[{i}]"))?);
         }
         for (i, h) in p.retriable_request_headers.iter().enumerate() {
-            r.retriable_request_headers.push(HeaderMatcher::from_proto(
-                h,
-                &format!("{field}.retriable_request_headers[{i}]"),
-            )?);
+            r.retriable_request_headers
+                .push(HeaderMatcher::from_proto(h, &format!("{field}.retriable_request_headers[{i}]"))?);
         }
         if let Some(b) = &p.retry_back_off {
-            let base = b
-                .base_interval
-                .as_ref()
-                .map(duration)
-                .unwrap_or(Duration::from_millis(25));
+            let base = b.base_interval.as_ref().map(duration).unwrap_or(Duration::from_millis(25));
             if base.is_zero() {
                 return Err(ConfigError::new(
                     format!("{field}.retry_back_off.base_interval"),
@@ -188,8 +171,7 @@ impl RetryPolicy {
             match pred.name.as_str() {
                 "envoy.retry_host_predicates.previous_hosts" => r.avoid_previous_hosts = true,
                 // Host-selection hints that only change which host is picked: accepted, no effect.
-                "envoy.retry_host_predicates.omit_canary_hosts"
-                | "envoy.retry_host_predicates.omit_host_metadata" => {}
+                "envoy.retry_host_predicates.omit_canary_hosts" | "envoy.retry_host_predicates.omit_host_metadata" => {}
                 other => {
                     return Err(ConfigError::new(
                         format!("{field}.retry_host_predicate[{i}]"),
@@ -204,11 +186,7 @@ impl RetryPolicy {
 
     /// Whether the request itself allows retries (`retriable_request_headers`).
     pub fn request_is_retriable(&self, req: &RequestHeaders<'_>) -> bool {
-        self.retriable_request_headers.is_empty()
-            || self
-                .retriable_request_headers
-                .iter()
-                .any(|m| m.matches(req))
+        self.retriable_request_headers.is_empty() || self.retriable_request_headers.iter().any(|m| m.matches(req))
     }
 
     /// Should a response with this status and headers be retried?
@@ -233,13 +211,7 @@ impl RetryPolicy {
             return true;
         }
         if b & on::RETRIABLE_HEADERS != 0 && !self.retriable_headers.is_empty() {
-            let view = RequestHeaders {
-                method: "",
-                path: "",
-                authority: "",
-                scheme: "",
-                headers,
-            };
+            let view = RequestHeaders { method: "", path: "", authority: "", scheme: "", headers };
             if self.retriable_headers.iter().any(|m| m.matches(&view)) {
                 return true;
             }
@@ -251,23 +223,21 @@ impl RetryPolicy {
                 | on::GRPC_UNAVAILABLE
                 | on::GRPC_INTERNAL);
         if grpc != 0
-            && let Some(code) = headers
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.parse::<u32>().ok())
-            {
-                let hit = match code {
-                    1 => b & on::GRPC_CANCELLED,
-                    4 => b & on::GRPC_DEADLINE_EXCEEDED,
-                    8 => b & on::GRPC_RESOURCE_EXHAUSTED,
-                    13 => b & on::GRPC_INTERNAL,
-                    14 => b & on::GRPC_UNAVAILABLE,
-                    _ => 0,
-                };
-                if hit != 0 {
-                    return true;
-                }
+            && let Some(code) =
+                headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u32>().ok())
+        {
+            let hit = match code {
+                1 => b & on::GRPC_CANCELLED,
+                4 => b & on::GRPC_DEADLINE_EXCEEDED,
+                8 => b & on::GRPC_RESOURCE_EXHAUSTED,
+                13 => b & on::GRPC_INTERNAL,
+                14 => b & on::GRPC_UNAVAILABLE,
+                _ => 0,
+            };
+            if hit != 0 {
+                return true;
             }
+        }
         false
     }
 
@@ -278,12 +248,8 @@ impl RetryPolicy {
             return true;
         }
         match reason {
-            ResetReason::ConnectFailure | ResetReason::ConnectTimeout => {
-                b & on::CONNECT_FAILURE != 0
-            }
-            ResetReason::RemoteRefusedStream => {
-                b & (on::REFUSED_STREAM | on::RESET_BEFORE_REQUEST) != 0
-            }
+            ResetReason::ConnectFailure | ResetReason::ConnectTimeout => b & on::CONNECT_FAILURE != 0,
+            ResetReason::RemoteRefusedStream => b & (on::REFUSED_STREAM | on::RESET_BEFORE_REQUEST) != 0,
             _ => false,
         }
     }
@@ -296,9 +262,7 @@ impl RetryPolicy {
     /// Fully jittered exponential back-off for retry number `n` (1-based).
     pub fn backoff(&self, n: u32) -> Duration {
         let factor = 1u64 << n.min(16);
-        let ceiling = (self.base_interval.as_millis() as u64)
-            .saturating_mul(factor - 1)
-            .max(1);
+        let ceiling = (self.base_interval.as_millis() as u64).saturating_mul(factor - 1).max(1);
         let ceiling = ceiling.min(self.max_interval.as_millis() as u64).max(1);
         Duration::from_millis(fastrand::u64(0..=ceiling))
     }
@@ -310,19 +274,13 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let p = RetryPolicy {
-            retry_on: parse_retry_on("gateway-error,retriable-4xx"),
-            ..Default::default()
-        };
+        let p = RetryPolicy { retry_on: parse_retry_on("gateway-error,retriable-4xx"), ..Default::default() };
         let h = HeaderMap::new();
         assert!(p.retry_on_response(503, &h));
         assert!(!p.retry_on_response(500, &h));
         assert!(p.retry_on_response(409, &h));
         assert!(p.retry_on_reset(ResetReason::ConnectFailure));
-        let c = RetryPolicy {
-            retry_on: parse_retry_on("connect-failure"),
-            ..Default::default()
-        };
+        let c = RetryPolicy { retry_on: parse_retry_on("connect-failure"), ..Default::default() };
         assert!(c.retry_on_reset(ResetReason::ConnectFailure));
         assert!(!c.retry_on_reset(ResetReason::RemoteReset));
         assert!(!c.retry_on_response(503, &h));

@@ -64,6 +64,7 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
+    pub per_filter: crate::filters::http::PerFilterConfigs,
 }
 
 /// The request facts a route match reads.
@@ -83,10 +84,9 @@ impl RouteMatcher {
         let path = match &p.path_specifier {
             Some(PS::Prefix(s)) => PathMatch::Prefix(s.clone()),
             Some(PS::Path(s)) => PathMatch::Path(s.clone()),
-            Some(PS::SafeRegex(r)) => PathMatch::Regex(crate::matcher::compile_regex(
-                r,
-                &format!("{field}.safe_regex"),
-            )?),
+            Some(PS::SafeRegex(r)) => {
+                PathMatch::Regex(crate::matcher::compile_regex(r, &format!("{field}.safe_regex"))?)
+            }
             Some(PS::PathSeparatedPrefix(s)) => {
                 if s.contains('?') || s.contains('#') || (s.len() > 1 && s.ends_with('/')) {
                     return Err(ConfigError::new(
@@ -104,10 +104,7 @@ impl RouteMatcher {
                 ));
             }
             None => {
-                return Err(ConfigError::new(
-                    field,
-                    "route match needs a path specifier",
-                ));
+                return Err(ConfigError::new(field, "route match needs a path specifier"));
             }
         };
         let case_sensitive = p.case_sensitive.map(|b| b.value).unwrap_or(true);
@@ -123,10 +120,7 @@ impl RouteMatcher {
         };
         let mut headers = Vec::new();
         for (i, h) in p.headers.iter().enumerate() {
-            headers.push(HeaderMatcher::from_proto(
-                h,
-                &format!("{field}.headers[{i}]"),
-            )?);
+            headers.push(HeaderMatcher::from_proto(h, &format!("{field}.headers[{i}]"))?);
         }
         let mut query = Vec::new();
         for (i, q) in p.query_parameters.iter().enumerate() {
@@ -137,10 +131,7 @@ impl RouteMatcher {
                 Some(Q::PresentMatch(b)) => QueryTest::Present(*b),
                 None => QueryTest::Present(true),
             };
-            query.push(QueryMatcher {
-                name: q.name.clone(),
-                test,
-            });
+            query.push(QueryMatcher { name: q.name.clone(), test });
         }
         let runtime_fraction = match &p.runtime_fraction {
             Some(rf) => {
@@ -150,10 +141,7 @@ impl RouteMatcher {
                     Ok(DenominatorType::TenThousand) => 100,
                     Ok(DenominatorType::Million) => 1,
                     Err(_) => {
-                        return Err(ConfigError::new(
-                            format!("{field}.runtime_fraction"),
-                            "unknown denominator",
-                        ));
+                        return Err(ConfigError::new(format!("{field}.runtime_fraction"), "unknown denominator"));
                     }
                 };
                 Some((d.numerator as u64 * scale).min(1_000_000))
@@ -172,14 +160,7 @@ impl RouteMatcher {
                 "dynamic_metadata route matching is not supported",
             ));
         }
-        Ok(RouteMatcher {
-            path,
-            case_sensitive,
-            headers,
-            query,
-            runtime_fraction,
-            grpc: p.grpc.is_some(),
-        })
+        Ok(RouteMatcher { path, case_sensitive, headers, query, runtime_fraction, grpc: p.grpc.is_some() })
     }
 
     /// The length of the matched prefix, or None when the route does not match.
@@ -219,9 +200,10 @@ impl RouteMatcher {
             return None;
         }
         if let Some(f) = self.runtime_fraction
-            && m.random >= f {
-                return None;
-            }
+            && m.random >= f
+        {
+            return None;
+        }
         Some(matched)
     }
 
@@ -249,10 +231,7 @@ impl Route {
         field: &str,
     ) -> Result<Self, ConfigError> {
         let Some(m) = &p.r#match else {
-            return Err(ConfigError::new(
-                format!("{field}.match"),
-                "route needs a match",
-            ));
+            return Err(ConfigError::new(format!("{field}.match"), "route needs a match"));
         };
         let matcher = RouteMatcher::from_proto(m, &format!("{field}.match"))?;
         use route::Action as A;
@@ -264,19 +243,13 @@ impl Route {
                 validate_clusters,
                 &format!("{field}.route"),
             )?),
-            Some(A::Redirect(r)) => {
-                Action::Redirect(Redirect::from_proto(r, &format!("{field}.redirect"))?)
+            Some(A::Redirect(r)) => Action::Redirect(Redirect::from_proto(r, &format!("{field}.redirect"))?),
+            Some(A::DirectResponse(d)) => {
+                Action::Direct(DirectResponse::from_proto(d, &format!("{field}.direct_response"))?)
             }
-            Some(A::DirectResponse(d)) => Action::Direct(DirectResponse::from_proto(
-                d,
-                &format!("{field}.direct_response"),
-            )?),
             Some(A::NonForwardingAction(_)) => Action::NonForwarding,
             Some(A::FilterAction(_)) => {
-                return Err(ConfigError::new(
-                    format!("{field}.filter_action"),
-                    "filter actions are not supported",
-                ));
+                return Err(ConfigError::new(format!("{field}.filter_action"), "filter actions are not supported"));
             }
             None => return Err(ConfigError::new(field, "route needs an action")),
         };
@@ -295,6 +268,10 @@ impl Route {
                 &p.response_headers_to_remove,
                 &format!("{field}.response_headers_to_add"),
                 &format!("{field}.response_headers_to_remove"),
+            )?,
+            per_filter: crate::filters::http::compile_per_filter(
+                &p.typed_per_filter_config,
+                &format!("{field}.typed_per_filter_config"),
             )?,
         })
     }

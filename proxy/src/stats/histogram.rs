@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Envoy's default `histogram_bucket_settings` bounds.
 pub const BUCKETS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
 ];
 
 #[derive(Debug, Default)]
@@ -37,25 +37,15 @@ impl Histogram {
 
     /// Records one value (in the histogram's unit, e.g. milliseconds).
     pub fn record(&self, v: f64) {
-        let i = BUCKETS
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(BUCKETS.len());
+        let i = BUCKETS.iter().position(|b| v <= *b).unwrap_or(BUCKETS.len());
         self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.0.count.fetch_add(1, Ordering::Relaxed);
-        self.0
-            .sum_milli
-            .fetch_add((v.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+        self.0.sum_milli.fetch_add((v.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            buckets: self
-                .0
-                .buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
+            buckets: self.0.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
             count: self.0.count.load(Ordering::Relaxed),
             sum: self.0.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0,
         }

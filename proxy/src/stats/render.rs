@@ -71,20 +71,14 @@ pub fn prometheus(store: &Store, used_only: bool) -> String {
     for e in entries.iter().filter(|e| !used_only || e.used) {
         let (base, tags) = store.tag_extractors().extract(&e.name);
         let family = format!("envoy_{}", sanitize(&base));
-        let labels = tags
-            .iter()
-            .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape_label(v)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let labels =
+            tags.iter().map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape_label(v))).collect::<Vec<_>>().join(",");
         let kind = match e.value {
             Value::Counter(_) => "counter",
             Value::Gauge(_) => "gauge",
             Value::Histogram(_) => "histogram",
         };
-        let lines = &mut families
-            .entry(family.clone())
-            .or_insert((kind, Vec::new()))
-            .1;
+        let lines = &mut families.entry(family.clone()).or_insert((kind, Vec::new())).1;
         match &e.value {
             Value::Counter(v) => lines.push(format!("{family}{{{labels}}} {v}")),
             Value::Gauge(v) => lines.push(format!("{family}{{{labels}}} {v}")),
@@ -95,10 +89,7 @@ pub fn prometheus(store: &Store, used_only: bool) -> String {
                     cum += s.buckets.get(i).copied().unwrap_or(0);
                     lines.push(format!("{family}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}"));
                 }
-                lines.push(format!(
-                    "{family}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-                    s.count
-                ));
+                lines.push(format!("{family}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", s.count));
                 lines.push(format!("{family}_sum{{{labels}}} {}", s.sum));
                 lines.push(format!("{family}_count{{{labels}}} {}", s.count));
             }
@@ -117,19 +108,9 @@ pub fn prometheus(store: &Store, used_only: bool) -> String {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -24,65 +24,25 @@ pub struct TagExtractors(Vec<TagExtractor>);
 const DEFAULTS: &[(&str, &str, Option<&str>)] = &[
     ("envoy.response_code", r"_rq(_(\d{3}))$", Some("_rq_")),
     ("envoy.response_code_class", r"_rq_(\d)xx$", Some("_rq_")),
-    (
-        "envoy.http_user_agent",
-        r"^http(?=\.).*?\.user_agent\.((.*?)\.)\w+?$",
-        Some(".user_agent."),
-    ),
-    (
-        "envoy.virtual_cluster",
-        r"^vhost(?=\.).*?\.vcluster\.((.*?)\.)\w+?$",
-        Some(".vcluster."),
-    ),
-    (
-        "envoy.fault_downstream_cluster",
-        r"^http(?=\.).*?\.fault\.((.*?)\.)\w+?$",
-        Some(".fault."),
-    ),
-    (
-        "envoy.ssl_cipher",
-        r"^listener(?=\.).*?\.ssl\.cipher(\.(.*?))$",
-        None,
-    ),
-    (
-        "envoy.ssl_cipher_suite",
-        r"^cluster(?=\.).*?\.ssl\.ciphers(\.(.*?))$",
-        Some(".ssl.ciphers."),
-    ),
+    ("envoy.http_user_agent", r"^http(?=\.).*?\.user_agent\.((.*?)\.)\w+?$", Some(".user_agent.")),
+    ("envoy.virtual_cluster", r"^vhost(?=\.).*?\.vcluster\.((.*?)\.)\w+?$", Some(".vcluster.")),
+    ("envoy.fault_downstream_cluster", r"^http(?=\.).*?\.fault\.((.*?)\.)\w+?$", Some(".fault.")),
+    ("envoy.ssl_cipher", r"^listener(?=\.).*?\.ssl\.cipher(\.(.*?))$", None),
+    ("envoy.ssl_cipher_suite", r"^cluster(?=\.).*?\.ssl\.ciphers(\.(.*?))$", Some(".ssl.ciphers.")),
     ("envoy.tcp_prefix", r"^tcp\.((.*?)\.)\w+?$", None),
     ("envoy.udp_prefix", r"^udp\.((.*?)\.)\w+?$", None),
-    (
-        "envoy.ratelimit_prefix",
-        r"^ratelimit\.((.*?)\.)\w+?$",
-        None,
-    ),
+    ("envoy.ratelimit_prefix", r"^ratelimit\.((.*?)\.)\w+?$", None),
     (
         "envoy.cluster_name",
         r"^cluster\.((.*?)\.)(?:upstream_|lb_|membership_|max_host_weight|bind_errors|original_dst_|retry_or_shadow_abandoned|assignment_|update_|version|outlier_detection|circuit_breakers|default\.|internal\.|external\.|canary\.|ssl\.|http1\.|http2\.|http3\.|tcp_|init_fetch|zone\.|health_check|warming_state|ext_authz|ratelimit|client_ssl|grpc|redis|mongo|thrift|dubbo)",
         None,
     ),
-    (
-        "envoy.http_conn_manager_prefix",
-        r"^listener(?=\.).*?\.http\.((.*?)\.)",
-        Some(".http."),
-    ),
+    ("envoy.http_conn_manager_prefix", r"^listener(?=\.).*?\.http\.((.*?)\.)", Some(".http.")),
     ("envoy.http_conn_manager_prefix", r"^http\.((.*?)\.)", None),
-    (
-        "envoy.listener_address",
-        r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)",
-        None,
-    ),
+    ("envoy.listener_address", r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)", None),
     ("envoy.virtual_host", r"^vhost\.((.*?)\.)", None),
-    (
-        "envoy.rds_route_config",
-        r"^http(?=\.).*?\.rds\.((.*?)\.)\w+?$",
-        Some(".rds."),
-    ),
-    (
-        "envoy.worker_id",
-        r"^listener_manager\.((worker_\d+)\.)",
-        Some("listener_manager.worker_"),
-    ),
+    ("envoy.rds_route_config", r"^http(?=\.).*?\.rds\.((.*?)\.)\w+?$", Some(".rds.")),
+    ("envoy.worker_id", r"^listener_manager\.((worker_\d+)\.)", Some("listener_manager.worker_")),
 ];
 
 impl Default for TagExtractors {
@@ -97,13 +57,8 @@ impl TagExtractors {
     pub fn new(use_defaults: bool, custom: &[(String, String)]) -> Result<Self, String> {
         let mut v = Vec::new();
         for (name, re) in custom {
-            let regex =
-                Regex::new(re).map_err(|e| format!("stats_tags {name}: invalid regex: {e}"))?;
-            v.push(TagExtractor {
-                name: name.clone(),
-                regex,
-                substr: None,
-            });
+            let regex = Regex::new(re).map_err(|e| format!("stats_tags {name}: invalid regex: {e}"))?;
+            v.push(TagExtractor { name: name.clone(), regex, substr: None });
         }
         if use_defaults {
             for (name, re, substr) in DEFAULTS {
@@ -111,11 +66,7 @@ impl TagExtractors {
                     continue;
                 }
                 let regex = Regex::new(re).map_err(|e| format!("default tag {name}: {e}"))?;
-                v.push(TagExtractor {
-                    name: (*name).to_string(),
-                    regex,
-                    substr: *substr,
-                });
+                v.push(TagExtractor { name: (*name).to_string(), regex, substr: *substr });
             }
         }
         Ok(TagExtractors(v))
@@ -127,17 +78,15 @@ impl TagExtractors {
         let mut removed: Vec<(usize, usize)> = Vec::new();
         for t in &self.0 {
             if let Some(s) = t.substr
-                && !name.contains(s) {
-                    continue;
-                }
+                && !name.contains(s)
+            {
+                continue;
+            }
             let Ok(Some(caps)) = t.regex.captures(name) else {
                 continue;
             };
             let Some(remove) = caps.get(1) else { continue };
-            if removed
-                .iter()
-                .any(|&(a, b)| remove.start() < b && a < remove.end())
-            {
+            if removed.iter().any(|&(a, b)| remove.start() < b && a < remove.end()) {
                 continue;
             }
             let value = caps.get(2).unwrap_or(remove);
@@ -168,16 +117,9 @@ mod tests {
     #[test]
     fn default_extraction_matches_envoy() {
         let t = TagExtractors::default();
-        let (n, tags) =
-            t.extract("cluster.outbound|80||svc.ns.svc.cluster.local.upstream_rq_total");
+        let (n, tags) = t.extract("cluster.outbound|80||svc.ns.svc.cluster.local.upstream_rq_total");
         assert_eq!(n, "cluster.upstream_rq_total");
-        assert_eq!(
-            tags,
-            [(
-                "envoy.cluster_name".to_string(),
-                "outbound|80||svc.ns.svc.cluster.local".to_string()
-            )]
-        );
+        assert_eq!(tags, [("envoy.cluster_name".to_string(), "outbound|80||svc.ns.svc.cluster.local".to_string())]);
         let (n, tags) = t.extract("http.ingress_http.downstream_rq_2xx");
         assert_eq!(n, "http.downstream_rq_xx");
         assert_eq!(tags.len(), 2);

@@ -11,11 +11,9 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster as ClusterProto, cluster};
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    HttpProtocolOptions, http_protocol_options,
-};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 
-use super::host::{Host, HostSet, PriorityHosts};
+use super::host::{Endpoint, Host, HostSet, PriorityHosts};
 use super::lb::{LbPolicy, LbState};
 use crate::config::{BuildCtx, ConfigError, duration};
 use crate::stats::{CodeStats, Counter, Gauge, Histogram, Store};
@@ -145,12 +143,7 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3,
-        }
+        Thresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
     }
 }
 
@@ -208,22 +201,17 @@ impl Cluster {
             .is_some_and(|t| t.name != "envoy.transport_sockets.raw_buffer" && !t.name.is_empty())
             || !p.transport_socket_matches.is_empty()
         {
-            return Err(ConfigError::new(
-                "transport_socket",
-                "upstream TLS transport sockets are not supported yet",
-            ));
+            return Err(ConfigError::new("transport_socket", "upstream TLS transport sockets are not supported yet"));
         }
         let protocol = upstream_protocol(p)?;
-        let mut max_requests_per_connection = p
-            .max_requests_per_connection
-            .map(|v| v.value)
-            .filter(|v| *v > 0);
+        let mut max_requests_per_connection = p.max_requests_per_connection.map(|v| v.value).filter(|v| *v > 0);
         let mut idle_timeout = Some(Duration::from_secs(3600));
         let mut common = p.common_http_protocol_options;
         if let Some(opts) = protocol_options(p)?
-            && opts.common_http_protocol_options.is_some() {
-                common = opts.common_http_protocol_options;
-            }
+            && opts.common_http_protocol_options.is_some()
+        {
+            common = opts.common_http_protocol_options;
+        }
         if let Some(c) = &common {
             if let Some(t) = &c.idle_timeout {
                 let d = duration(t);
@@ -235,20 +223,21 @@ impl Cluster {
         }
         let mut thresholds = Thresholds::default();
         if let Some(cb) = &p.circuit_breakers
-            && let Some(t) = cb.thresholds.iter().find(|t| t.priority == 0) {
-                if let Some(v) = t.max_connections {
-                    thresholds.max_connections = v.value;
-                }
-                if let Some(v) = t.max_pending_requests {
-                    thresholds.max_pending_requests = v.value;
-                }
-                if let Some(v) = t.max_requests {
-                    thresholds.max_requests = v.value;
-                }
-                if let Some(v) = t.max_retries {
-                    thresholds.max_retries = v.value;
-                }
+            && let Some(t) = cb.thresholds.iter().find(|t| t.priority == 0)
+        {
+            if let Some(v) = t.max_connections {
+                thresholds.max_connections = v.value;
             }
+            if let Some(v) = t.max_pending_requests {
+                thresholds.max_pending_requests = v.value;
+            }
+            if let Some(v) = t.max_requests {
+                thresholds.max_requests = v.value;
+            }
+            if let Some(v) = t.max_retries {
+                thresholds.max_retries = v.value;
+            }
+        }
         let dns_family = match cluster::DnsLookupFamily::try_from(p.dns_lookup_family) {
             Ok(cluster::DnsLookupFamily::Auto) => DnsFamily::Auto,
             Ok(cluster::DnsLookupFamily::V4Only) => DnsFamily::V4Only,
@@ -260,22 +249,14 @@ impl Cluster {
         if !p.health_checks.is_empty() {
             tracing::warn!(cluster = %p.name, "active health checks are not supported yet; hosts are treated as healthy");
         }
-        let stat_name = if p.alt_stat_name.is_empty() {
-            p.name.as_str()
-        } else {
-            p.alt_stat_name.as_str()
-        };
+        let stat_name = if p.alt_stat_name.is_empty() { p.name.as_str() } else { p.alt_stat_name.as_str() };
         let stats = ClusterStats::new(&cx.stats, stat_name);
         let mut c = Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             name: p.name.as_str().into(),
             discovery,
             lb,
-            connect_timeout: p
-                .connect_timeout
-                .as_ref()
-                .map(duration)
-                .unwrap_or(Duration::from_secs(5)),
+            connect_timeout: p.connect_timeout.as_ref().map(duration).unwrap_or(Duration::from_secs(5)),
             protocol,
             max_requests_per_connection,
             idle_timeout,
@@ -298,8 +279,7 @@ impl Cluster {
         match discovery {
             DiscoveryType::Static => {
                 let cla = p.load_assignment.clone().unwrap_or_default();
-                c.set_load_assignment(&cla)
-                    .map_err(|e| e.within("load_assignment"))?;
+                c.set_load_assignment(&cla).map_err(|e| e.within("load_assignment"))?;
             }
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
                 let cla = p.load_assignment.clone().unwrap_or_default();
@@ -314,17 +294,12 @@ impl Cluster {
                 let literal: Option<Vec<(SocketAddr, &DnsTarget)>> = c
                     .dns_targets
                     .iter()
-                    .map(|t| {
-                        t.host
-                            .parse::<std::net::IpAddr>()
-                            .ok()
-                            .map(|ip| (SocketAddr::new(ip, t.port), t))
-                    })
+                    .map(|t| t.host.parse::<std::net::IpAddr>().ok().map(|ip| (SocketAddr::new(ip, t.port), t)))
                     .collect();
                 if let Some(l) = literal {
                     let hosts = l
                         .into_iter()
-                        .map(|(a, t)| (a, t.host.clone(), t.weight, t.priority, None))
+                        .map(|(a, t)| Endpoint::ip(a, t.host.clone(), t.weight, t.priority, None))
                         .collect();
                     c.set_hosts(hosts);
                 }
@@ -339,10 +314,7 @@ impl Cluster {
                 c.eds_service_name = Some(name);
             }
             DiscoveryType::OriginalDst => {
-                return Err(ConfigError::new(
-                    "type",
-                    "ORIGINAL_DST clusters are not supported yet",
-                ));
+                return Err(ConfigError::new("type", "ORIGINAL_DST clusters are not supported yet"));
             }
         }
         Ok(c)
@@ -357,20 +329,28 @@ impl Cluster {
                 let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &le.host_identifier else {
                     return Err(ConfigError::new(f, "named endpoints are not supported"));
                 };
-                let addr =
-                    socket_address_of(ep.address.as_ref(), &format!("{f}.endpoint.address"))?;
                 let weight = le.load_balancing_weight.map(|w| w.value).unwrap_or(1);
                 // EDS health: UNHEALTHY(2), DRAINING(3), TIMEOUT(4) are not used for traffic.
                 if matches!(le.health_status, 2..=4) {
                     continue;
                 }
-                hosts.push((
-                    addr,
-                    ep.hostname.clone(),
-                    weight,
-                    lle.priority,
-                    le.metadata.clone(),
-                ));
+                let field = format!("{f}.endpoint.address");
+                if let Some(address::Address::Pipe(p)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                    if p.path.is_empty() {
+                        return Err(ConfigError::new(field, "pipe path must not be empty"));
+                    }
+                    hosts.push(Endpoint {
+                        address: SocketAddr::from(([0, 0, 0, 0], 0)),
+                        pipe: Some(p.path.clone().into()),
+                        hostname: ep.hostname.clone(),
+                        weight,
+                        priority: lle.priority,
+                        metadata: le.metadata.clone(),
+                    });
+                    continue;
+                }
+                let addr = socket_address_of(ep.address.as_ref(), &field)?;
+                hosts.push(Endpoint::ip(addr, ep.hostname.clone(), weight, lle.priority, le.metadata.clone()));
             }
         }
         self.set_hosts(hosts);
@@ -378,42 +358,22 @@ impl Cluster {
     }
 
     /// Publishes a new host set, keeping the identity of hosts that did not change.
-    pub fn set_hosts(
-        &self,
-        hosts: Vec<(
-            SocketAddr,
-            String,
-            u32,
-            u32,
-            Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
-        )>,
-    ) {
+    pub fn set_hosts(&self, hosts: Vec<Endpoint>) {
         let previous = self.hosts.load();
-        let all: Vec<Arc<Host>> = hosts
-            .into_iter()
-            .map(|(a, name, w, p, md)| HostSet::reuse(&previous, a, &name, w, p, md))
-            .collect();
+        let all: Vec<Arc<Host>> = hosts.into_iter().map(|ep| HostSet::reuse(&previous, ep)).collect();
         let mut levels: Vec<u32> = all.iter().map(|h| h.priority).collect();
         levels.sort_unstable();
         levels.dedup();
         let priorities = levels
             .into_iter()
             .map(|p| {
-                let hosts: Vec<Arc<Host>> =
-                    all.iter().filter(|h| h.priority == p).cloned().collect();
-                PriorityHosts {
-                    priority: p,
-                    lb: LbState::build(self.lb, &hosts),
-                    hosts,
-                }
+                let hosts: Vec<Arc<Host>> = all.iter().filter(|h| h.priority == p).cloned().collect();
+                PriorityHosts { priority: p, lb: LbState::build(self.lb, &hosts), hosts }
             })
             .collect();
-        let changed = previous.all.len() != all.len()
-            || previous.all.iter().zip(&all).any(|(a, b)| a.id != b.id);
+        let changed = previous.all.len() != all.len() || previous.all.iter().zip(&all).any(|(a, b)| a.id != b.id);
         self.stats.membership_total.set(all.len() as i64);
-        self.stats
-            .membership_healthy
-            .set(all.iter().filter(|h| h.healthy()).count() as i64);
+        self.stats.membership_healthy.set(all.iter().filter(|h| h.healthy()).count() as i64);
         if changed {
             self.stats.membership_change.inc();
         }
@@ -421,13 +381,8 @@ impl Cluster {
     }
 
     pub fn needs_dns(&self) -> bool {
-        matches!(
-            self.discovery,
-            DiscoveryType::StrictDns | DiscoveryType::LogicalDns
-        ) && self
-            .dns_targets
-            .iter()
-            .any(|t| t.host.parse::<std::net::IpAddr>().is_err())
+        matches!(self.discovery, DiscoveryType::StrictDns | DiscoveryType::LogicalDns)
+            && self.dns_targets.iter().any(|t| t.host.parse::<std::net::IpAddr>().is_err())
     }
 }
 
@@ -458,8 +413,9 @@ fn socket_address_parts(
     match a.and_then(|a| a.address.as_ref()) {
         Some(address::Address::SocketAddress(sa)) => {
             let port = match sa.port_specifier {
-                Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p)
-                    .map_err(|_| ConfigError::new(field, format!("invalid port {p}")))?,
+                Some(socket_address::PortSpecifier::PortValue(p)) => {
+                    u16::try_from(p).map_err(|_| ConfigError::new(field, format!("invalid port {p}")))?
+                }
                 Some(socket_address::PortSpecifier::NamedPort(_)) => {
                     return Err(ConfigError::new(field, "named ports are not supported"));
                 }
@@ -467,10 +423,9 @@ fn socket_address_parts(
             };
             Ok((sa.address.clone(), port))
         }
-        Some(address::Address::Pipe(_)) => Err(ConfigError::new(
-            field,
-            "unix pipe upstream addresses are not supported yet",
-        )),
+        Some(address::Address::Pipe(_)) => {
+            Err(ConfigError::new(field, "unix pipe upstream addresses are not supported yet"))
+        }
         Some(_) => Err(ConfigError::new(field, "unsupported address type")),
         None => Err(ConfigError::new(field, "address is required")),
     }
@@ -482,9 +437,8 @@ pub fn socket_address_of(
     field: &str,
 ) -> Result<SocketAddr, ConfigError> {
     let (host, port) = socket_address_parts(a, field)?;
-    let ip: std::net::IpAddr = host
-        .parse()
-        .map_err(|_| ConfigError::new(field, format!("malformed IP address: {host}")))?;
+    let ip: std::net::IpAddr =
+        host.parse().map_err(|_| ConfigError::new(field, format!("malformed IP address: {host}")))?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -493,12 +447,7 @@ fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, Con
     match p.typed_extension_protocol_options.get(KEY) {
         Some(any) => xds_client::any::unpack::<HttpProtocolOptions>(any)
             .map(Some)
-            .map_err(|e| {
-                ConfigError::new(
-                    format!("typed_extension_protocol_options[{KEY}]"),
-                    e.to_string(),
-                )
-            }),
+            .map_err(|e| ConfigError::new(format!("typed_extension_protocol_options[{KEY}]"), e.to_string())),
         None => Ok(None),
     }
 }
@@ -522,7 +471,10 @@ fn upstream_protocol(p: &ClusterProto) -> Result<UpstreamProtocol, ConfigError> 
                     UpstreamProtocol::Http2
                 }
                 Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http3ProtocolOptions(_)) => {
-                    return Err(ConfigError::new("typed_extension_protocol_options", "HTTP/3 upstreams are not supported"));
+                    return Err(ConfigError::new(
+                        "typed_extension_protocol_options",
+                        "HTTP/3 upstreams are not supported",
+                    ));
                 }
                 _ => UpstreamProtocol::Http1,
             },
@@ -551,8 +503,7 @@ pub async fn resolve_dns(c: &Cluster) -> bool {
     let mut hosts = Vec::new();
     let mut any = false;
     for t in &c.dns_targets {
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((t.host.as_str(), t.port)).await
-        {
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
             Ok(a) => a.collect(),
             Err(e) => {
                 tracing::debug!(cluster = %c.name, host = %t.host, "DNS resolution failed: {e}");
@@ -564,13 +515,10 @@ pub async fn resolve_dns(c: &Cluster) -> bool {
             continue;
         }
         any = true;
-        let picked = if c.discovery == DiscoveryType::LogicalDns {
-            picked.into_iter().take(1).collect()
-        } else {
-            picked
-        };
+        let picked =
+            if c.discovery == DiscoveryType::LogicalDns { picked.into_iter().take(1).collect() } else { picked };
         for a in picked {
-            hosts.push((a, t.host.clone(), t.weight, t.priority, None));
+            hosts.push(Endpoint::ip(a, t.host.clone(), t.weight, t.priority, None));
         }
     }
     c.stats.update_attempt.inc();

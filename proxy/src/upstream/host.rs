@@ -18,6 +18,8 @@ static NEXT_HOST_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Host {
     pub id: u64,
     pub address: SocketAddr,
+    /// A unix socket path (`pipe` endpoints); `address` is then unspecified.
+    pub pipe: Option<std::path::PathBuf>,
     /// The endpoint's hostname (DNS name or EDS `hostname`), for `auto_host_rewrite`.
     pub hostname: Arc<str>,
     pub weight: u32,
@@ -29,16 +31,11 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(
-        address: SocketAddr,
-        hostname: &str,
-        weight: u32,
-        priority: u32,
-        metadata: Option<Metadata>,
-    ) -> Self {
+    pub fn new(address: SocketAddr, hostname: &str, weight: u32, priority: u32, metadata: Option<Metadata>) -> Self {
         Host {
             id: NEXT_HOST_ID.fetch_add(1, Ordering::Relaxed),
             address,
+            pipe: None,
             hostname: hostname.into(),
             weight: weight.max(1),
             priority,
@@ -58,7 +55,10 @@ impl Host {
 
     /// The string Envoy hashes for ring hash / maglev and prints in `/clusters`.
     pub fn address_string(&self) -> String {
-        self.address.to_string()
+        match &self.pipe {
+            Some(p) => p.display().to_string(),
+            None => self.address.to_string(),
+        }
     }
 }
 
@@ -76,6 +76,23 @@ impl ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An endpoint as config describes it, before it becomes a host.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub pipe: Option<std::path::PathBuf>,
+    pub hostname: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub metadata: Option<Metadata>,
+}
+
+impl Endpoint {
+    pub fn ip(address: SocketAddr, hostname: String, weight: u32, priority: u32, metadata: Option<Metadata>) -> Self {
+        Endpoint { address, pipe: None, hostname, weight, priority, metadata }
     }
 }
 
@@ -101,23 +118,19 @@ impl HostSet {
     }
 
     /// Reuses hosts of `previous` with the same address (keeping their identity and pools).
-    pub fn reuse(
-        previous: &HostSet,
-        address: SocketAddr,
-        hostname: &str,
-        weight: u32,
-        priority: u32,
-        metadata: Option<Metadata>,
-    ) -> Arc<Host> {
+    pub fn reuse(previous: &HostSet, ep: Endpoint) -> Arc<Host> {
         if let Some(h) = previous.all.iter().find(|h| {
-            h.address == address
-                && h.weight == weight.max(1)
-                && h.priority == priority
-                && &*h.hostname == hostname
-                && h.metadata == metadata
+            h.address == ep.address
+                && h.pipe == ep.pipe
+                && h.weight == ep.weight.max(1)
+                && h.priority == ep.priority
+                && *h.hostname == *ep.hostname
+                && h.metadata == ep.metadata
         }) {
             return h.clone();
         }
-        Arc::new(Host::new(address, hostname, weight, priority, metadata))
+        let mut h = Host::new(ep.address, &ep.hostname, ep.weight, ep.priority, ep.metadata);
+        h.pipe = ep.pipe;
+        Arc::new(h)
     }
 }

@@ -27,23 +27,17 @@ impl LbPolicy {
             Ok(P::RoundRobin) => LbPolicy::RoundRobin,
             Ok(P::LeastRequest) => {
                 let choice_count = match &c.lb_config {
-                    Some(cluster::LbConfig::LeastRequestLbConfig(l)) => {
-                        l.choice_count.map(|c| c.value).unwrap_or(2)
-                    }
+                    Some(cluster::LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map(|c| c.value).unwrap_or(2),
                     _ => 2,
                 };
-                LbPolicy::LeastRequest {
-                    choice_count: choice_count.max(2),
-                }
+                LbPolicy::LeastRequest { choice_count: choice_count.max(2) }
             }
             Ok(P::Random) => LbPolicy::Random,
             Ok(P::RingHash) => {
                 let (min_ring, max_ring) = match &c.lb_config {
                     Some(cluster::LbConfig::RingHashLbConfig(r)) => (
                         r.minimum_ring_size.map(|v| v.value).unwrap_or(1024),
-                        r.maximum_ring_size
-                            .map(|v| v.value)
-                            .unwrap_or(8 * 1024 * 1024),
+                        r.maximum_ring_size.map(|v| v.value).unwrap_or(8 * 1024 * 1024),
                     ),
                     _ => (1024, 8 * 1024 * 1024),
                 };
@@ -53,16 +47,11 @@ impl LbPolicy {
                         "minimum_ring_size > maximum_ring_size",
                     ));
                 }
-                LbPolicy::RingHash {
-                    min_ring,
-                    max_ring: max_ring.min(8 * 1024 * 1024),
-                }
+                LbPolicy::RingHash { min_ring, max_ring: max_ring.min(8 * 1024 * 1024) }
             }
             Ok(P::Maglev) => {
                 let table_size = match &c.lb_config {
-                    Some(cluster::LbConfig::MaglevLbConfig(m)) => {
-                        m.table_size.map(|v| v.value).unwrap_or(65537)
-                    }
+                    Some(cluster::LbConfig::MaglevLbConfig(m)) => m.table_size.map(|v| v.value).unwrap_or(65537),
                     _ => 65537,
                 };
                 LbPolicy::Maglev { table_size }
@@ -75,10 +64,7 @@ impl LbPolicy {
                 ));
             }
             Err(_) => {
-                return Err(ConfigError::new(
-                    format!("{field}.lb_policy"),
-                    "unknown lb_policy",
-                ));
+                return Err(ConfigError::new(format!("{field}.lb_policy"), "unknown lb_policy"));
             }
         })
     }
@@ -108,15 +94,10 @@ impl LbState {
                 let weighted = hosts.windows(2).any(|w| w[0].weight != w[1].weight);
                 let schedule = weighted.then(|| weighted_schedule(hosts));
                 // Start at a random offset so proxies do not all hit the first host first.
-                LbState::RoundRobin {
-                    schedule,
-                    next: AtomicU64::new(fastrand::u64(..)),
-                }
+                LbState::RoundRobin { schedule, next: AtomicU64::new(fastrand::u64(..)) }
             }
             LbPolicy::LeastRequest { .. } | LbPolicy::Random => LbState::Plain,
-            LbPolicy::RingHash { min_ring, max_ring } => {
-                LbState::Ring(build_ring(hosts, min_ring, max_ring))
-            }
+            LbPolicy::RingHash { min_ring, max_ring } => LbState::Ring(build_ring(hosts, min_ring, max_ring)),
             LbPolicy::Maglev { table_size } => LbState::Maglev(build_maglev(hosts, table_size)),
         }
     }
@@ -125,10 +106,7 @@ impl LbState {
 /// An interleaved schedule where each host appears proportionally to its weight (smooth
 /// weighted round robin), bounded in length.
 fn weighted_schedule(hosts: &[Arc<Host>]) -> Vec<u32> {
-    let g = hosts
-        .iter()
-        .fold(0u64, |g, h| gcd(g, h.weight as u64))
-        .max(1);
+    let g = hosts.iter().fold(0u64, |g, h| gcd(g, h.weight as u64)).max(1);
     let mut weights: Vec<i64> = hosts.iter().map(|h| (h.weight as u64 / g) as i64).collect();
     let total: i64 = weights.iter().sum();
     if total > 10_000 {
@@ -165,10 +143,7 @@ fn build_ring(hosts: &[Arc<Host>], min_ring: u64, max_ring: u64) -> Vec<(u64, u3
         return Vec::new();
     }
     let total: u64 = hosts.iter().map(|h| h.weight as u64).sum();
-    let min_norm = hosts
-        .iter()
-        .map(|h| h.weight as f64 / total as f64)
-        .fold(f64::MAX, f64::min);
+    let min_norm = hosts.iter().map(|h| h.weight as f64 / total as f64).fold(f64::MAX, f64::min);
     let scale = ((min_ring as f64 * min_norm).ceil() / min_norm).min(max_ring as f64);
     let mut ring = Vec::with_capacity(scale as usize + hosts.len());
     let mut current = 0.0;
@@ -238,12 +213,7 @@ fn build_maglev(hosts: &[Arc<Host>], table_size: u64) -> Vec<u32> {
 
 /// Picks a host from a host set. `hash` is the request's hash key (for hash policies);
 /// `avoid` lists hosts to skip when the previous-hosts retry predicate is on.
-pub fn choose(
-    policy: LbPolicy,
-    set: &HostSet,
-    hash: Option<u64>,
-    avoid: &[u64],
-) -> Option<Arc<Host>> {
+pub fn choose(policy: LbPolicy, set: &HostSet, hash: Option<u64>, avoid: &[u64]) -> Option<Arc<Host>> {
     let level = pick_priority(set)?;
     let hosts = &level.hosts;
     let pick = |i: usize| hosts.get(i % hosts.len()).cloned();
@@ -260,8 +230,7 @@ pub fn choose(
             for _ in 0..choice_count {
                 let h = &hosts[fastrand::usize(..hosts.len())];
                 if best.is_none_or(|b| {
-                    h.active_requests.load(Ordering::Relaxed)
-                        < b.active_requests.load(Ordering::Relaxed)
+                    h.active_requests.load(Ordering::Relaxed) < b.active_requests.load(Ordering::Relaxed)
                 }) {
                     best = Some(h);
                 }
@@ -334,32 +303,15 @@ mod tests {
         let hosts: Vec<Arc<Host>> = weights
             .iter()
             .enumerate()
-            .map(|(i, w)| {
-                Arc::new(Host::new(
-                    format!("10.0.0.{}:80", i + 1).parse().unwrap(),
-                    "",
-                    *w,
-                    0,
-                    None,
-                ))
-            })
+            .map(|(i, w)| Arc::new(Host::new(format!("10.0.0.{}:80", i + 1).parse().unwrap(), "", *w, 0, None)))
             .collect();
         HostSet {
             all: hosts.clone(),
-            priorities: vec![PriorityHosts {
-                priority: 0,
-                lb: LbState::build(policy, &hosts),
-                hosts,
-            }],
+            priorities: vec![PriorityHosts { priority: 0, lb: LbState::build(policy, &hosts), hosts }],
         }
     }
 
-    fn counts(
-        policy: LbPolicy,
-        weights: &[u32],
-        n: usize,
-        hash: impl Fn(usize) -> Option<u64>,
-    ) -> Vec<usize> {
+    fn counts(policy: LbPolicy, weights: &[u32], n: usize, hash: impl Fn(usize) -> Option<u64>) -> Vec<usize> {
         let s = set(policy, weights);
         let mut c = vec![0; weights.len()];
         for i in 0..n {
@@ -372,33 +324,19 @@ mod tests {
 
     #[test]
     fn round_robin_weighted_and_unweighted() {
-        assert_eq!(
-            counts(LbPolicy::RoundRobin, &[1, 1, 1], 300, |_| None),
-            [100, 100, 100]
-        );
-        assert_eq!(
-            counts(LbPolicy::RoundRobin, &[1, 3], 400, |_| None),
-            [100, 300]
-        );
+        assert_eq!(counts(LbPolicy::RoundRobin, &[1, 1, 1], 300, |_| None), [100, 100, 100]);
+        assert_eq!(counts(LbPolicy::RoundRobin, &[1, 3], 400, |_| None), [100, 300]);
     }
 
     #[test]
     fn hash_lbs_are_consistent_and_spread() {
-        for p in [
-            LbPolicy::RingHash {
-                min_ring: 1024,
-                max_ring: 8 << 20,
-            },
-            LbPolicy::Maglev { table_size: 65537 },
-        ] {
+        for p in [LbPolicy::RingHash { min_ring: 1024, max_ring: 8 << 20 }, LbPolicy::Maglev { table_size: 65537 }] {
             let s = set(p, &[1, 1, 1, 1]);
             let a = choose(p, &s, Some(12345), &[]).unwrap();
             for _ in 0..10 {
                 assert_eq!(choose(p, &s, Some(12345), &[]).unwrap().id, a.id);
             }
-            let c = counts(p, &[1, 1, 1, 1], 4000, |i| {
-                Some(hash_key(format!("k{i}").as_bytes()))
-            });
+            let c = counts(p, &[1, 1, 1, 1], 4000, |i| Some(hash_key(format!("k{i}").as_bytes())));
             assert!(c.iter().all(|&x| x > 700), "{p:?} {c:?}");
         }
     }
@@ -408,10 +346,7 @@ mod tests {
         let s = set(LbPolicy::RoundRobin, &[1, 1]);
         let a = choose(LbPolicy::RoundRobin, &s, None, &[]).unwrap();
         for _ in 0..10 {
-            assert_ne!(
-                choose(LbPolicy::RoundRobin, &s, None, &[a.id]).unwrap().id,
-                a.id
-            );
+            assert_ne!(choose(LbPolicy::RoundRobin, &s, None, &[a.id]).unwrap().id, a.id);
         }
     }
 }

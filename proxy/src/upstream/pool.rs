@@ -46,15 +46,8 @@ struct Entry {
 
 /// A connection leased for one request.
 pub enum Lease {
-    H1 {
-        sender: http1::SendRequest<RequestBody>,
-        served: u32,
-        key: PoolKey,
-        max: Option<u32>,
-    },
-    H2 {
-        sender: http2::SendRequest<RequestBody>,
-    },
+    H1 { sender: http1::SendRequest<RequestBody>, served: u32, key: PoolKey, max: Option<u32> },
+    H2 { sender: http2::SendRequest<RequestBody> },
 }
 
 /// The pools of one worker.
@@ -69,17 +62,8 @@ impl Pools {
     }
 
     /// Gets a ready connection to `host`, reusing an idle one when possible.
-    pub async fn acquire(
-        self: &Rc<Self>,
-        cluster: &Cluster,
-        host: &Arc<Host>,
-        h2: bool,
-    ) -> Result<Lease, ResetReason> {
-        let key = PoolKey {
-            cluster: cluster.id,
-            host: host.id,
-            h2,
-        };
+    pub async fn acquire(self: &Rc<Self>, cluster: &Cluster, host: &Arc<Host>, h2: bool) -> Result<Lease, ResetReason> {
+        let key = PoolKey { cluster: cluster.id, host: host.id, h2 };
         if h2 {
             return self.acquire_h2(cluster, host, key).await;
         }
@@ -95,12 +79,7 @@ impl Pools {
             if c.sender.ready().await.is_err() {
                 continue;
             }
-            return Ok(Lease::H1 {
-                sender: c.sender,
-                served: c.served,
-                key,
-                max: cluster.max_requests_per_connection,
-            });
+            return Ok(Lease::H1 { sender: c.sender, served: c.served, key, max: cluster.max_requests_per_connection });
         }
         let io = connect(cluster, host).await?;
         let (sender, conn) = http1::Builder::new()
@@ -115,12 +94,7 @@ impl Pools {
             drop(active);
             destroy.inc();
         });
-        Ok(Lease::H1 {
-            sender,
-            served: 0,
-            key,
-            max: cluster.max_requests_per_connection,
-        })
+        Ok(Lease::H1 { sender, served: 0, key, max: cluster.max_requests_per_connection })
     }
 
     async fn acquire_h2(
@@ -134,9 +108,7 @@ impl Pools {
                 let mut entries = self.entries.borrow_mut();
                 let e = entries.entry(key).or_default();
                 if let Some((s, served)) = &mut e.h2 {
-                    let exhausted = cluster
-                        .max_requests_per_connection
-                        .is_some_and(|m| *served >= m);
+                    let exhausted = cluster.max_requests_per_connection.is_some_and(|m| *served >= m);
                     if !s.is_closed() && !exhausted {
                         *served += 1;
                         return Ok(Lease::H2 { sender: s.clone() });
@@ -196,22 +168,12 @@ impl Pools {
     }
 
     /// Returns an HTTP/1.1 connection after its response ended.
-    pub fn release(
-        &self,
-        key: PoolKey,
-        sender: http1::SendRequest<RequestBody>,
-        served: u32,
-        max: Option<u32>,
-    ) {
+    pub fn release(&self, key: PoolKey, sender: http1::SendRequest<RequestBody>, served: u32, max: Option<u32>) {
         if sender.is_closed() || max.is_some_and(|m| served >= m) {
             return;
         }
         let mut entries = self.entries.borrow_mut();
-        entries.entry(key).or_default().idle.push(IdleH1 {
-            sender,
-            since: Instant::now(),
-            served,
-        });
+        entries.entry(key).or_default().idle.push(IdleH1 { sender, since: Instant::now(), served });
     }
 
     /// Drops every pool of a cluster that no longer exists or changed (its connections close
@@ -221,15 +183,75 @@ impl Pools {
     }
 }
 
-async fn connect(cluster: &Cluster, host: &Host) -> Result<TokioIo<TcpStream>, ResetReason> {
+/// A connected upstream transport.
+pub enum UpstreamIo {
+    Tcp(TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            UpstreamIo::Tcp($s) => $e,
+            UpstreamIo::Unix($s) => $e,
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        both!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        both!(self, s => std::pin::Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+async fn connect(cluster: &Cluster, host: &Host) -> Result<TokioIo<UpstreamIo>, ResetReason> {
     cluster.stats.upstream_cx_total.inc();
-    let fut = TcpStream::connect(host.address);
-    let stream = match tokio::time::timeout(
-        cluster.connect_timeout.max(Duration::from_millis(1)),
-        fut,
-    )
-    .await
-    {
+    let fut = async {
+        match &host.pipe {
+            Some(p) => tokio::net::UnixStream::connect(p).await.map(UpstreamIo::Unix),
+            None => TcpStream::connect(host.address).await.map(|s| {
+                let _ = s.set_nodelay(true);
+                UpstreamIo::Tcp(s)
+            }),
+        }
+    };
+    let stream = match tokio::time::timeout(cluster.connect_timeout.max(Duration::from_millis(1)), fut).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(target: "remora::upstream", cluster = %cluster.name, host = %host.address, "connect failed: {e}");
@@ -242,6 +264,5 @@ async fn connect(cluster: &Cluster, host: &Host) -> Result<TokioIo<TcpStream>, R
             return Err(ResetReason::ConnectTimeout);
         }
     };
-    let _ = stream.set_nodelay(true);
     Ok(TokioIo::new(stream))
 }

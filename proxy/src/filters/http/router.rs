@@ -18,8 +18,7 @@ pub struct RouterConfig {
 
 impl RouterConfig {
     pub fn from_any(any: &Any, field: &str) -> Result<Self, ConfigError> {
-        let r: Router =
-            xds_client::any::unpack(any).map_err(|e| ConfigError::new(field, e.to_string()))?;
+        let r: Router = xds_client::any::unpack(any).map_err(|e| ConfigError::new(field, e.to_string()))?;
         Ok(RouterConfig {
             suppress_envoy_headers: r.suppress_envoy_headers,
             respect_expected_rq_timeout: r.respect_expected_rq_timeout,

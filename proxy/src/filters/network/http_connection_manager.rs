@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::{BuildCtx, ConfigError, duration};
-use crate::filters::http::{FilterAction, FilterChain, FilterCtx};
+use crate::filters::http::{ConnInfo, FilterAction, FilterChain, RequestCtx, RouteRef};
 use crate::formatter::FormatContext;
 use crate::http::body::ResponseBody;
 use crate::http::exec::LocalExec;
@@ -31,8 +31,7 @@ use crate::stats::{CodeStats, Counter, Gauge, GaugeGuard, Histogram};
 use crate::worker::WorkerCtx;
 
 pub const NAME: &str = "envoy.filters.network.http_connection_manager";
-pub const TYPE: &str =
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -128,14 +127,9 @@ pub struct HttpConnectionManager {
 
 impl HttpConnectionManager {
     pub fn from_proto(p: &HcmProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
-        use http_connection_manager::{
-            CodecType, RouteSpecifier, ServerHeaderTransformation as SHT,
-        };
+        use http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation as SHT};
         if p.stat_prefix.is_empty() {
-            return Err(ConfigError::new(
-                "stat_prefix",
-                "value length must be at least 1 characters",
-            ));
+            return Err(ConfigError::new("stat_prefix", "value length must be at least 1 characters"));
         }
         let codec = match CodecType::try_from(p.codec_type) {
             Ok(CodecType::Auto) => Codec::Auto,
@@ -149,21 +143,14 @@ impl HttpConnectionManager {
             Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
                 RouteTable::from_proto(rc, cx, true).map_err(|e| e.within("route_config"))?,
             )),
-            Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds {
-                name: rds.route_config_name.clone(),
-                table: Arc::new(ArcSwapOption::empty()),
-            },
+            Some(RouteSpecifier::Rds(rds)) => {
+                RouteSource::Rds { name: rds.route_config_name.clone(), table: Arc::new(ArcSwapOption::empty()) }
+            }
             Some(RouteSpecifier::ScopedRoutes(_)) => {
-                return Err(ConfigError::new(
-                    "scoped_routes",
-                    "scoped routes are not supported",
-                ));
+                return Err(ConfigError::new("scoped_routes", "scoped routes are not supported"));
             }
             None => {
-                return Err(ConfigError::new(
-                    "route_specifier",
-                    "one of route_config or rds is required",
-                ));
+                return Err(ConfigError::new("route_specifier", "one of route_config or rds is required"));
             }
         };
         let filters = FilterChain::from_proto(&p.http_filters, cx, "http_filters")?;
@@ -172,16 +159,10 @@ impl HttpConnectionManager {
             Ok(SHT::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
             Ok(SHT::PassThrough) => ServerHeader::PassThrough,
         };
-        let server_name = if p.server_name.is_empty() {
-            "envoy"
-        } else {
-            p.server_name.as_str()
-        };
+        let server_name = if p.server_name.is_empty() { "envoy" } else { p.server_name.as_str() };
         let common = p.common_http_protocol_options.as_ref();
         if !p.upgrade_configs.is_empty() {
-            tracing::debug!(
-                "upgrade_configs: upgrades are forwarded by hyper only for h1 websocket-style upgrades"
-            );
+            tracing::debug!("upgrade_configs: upgrades are forwarded by hyper only for h1 websocket-style upgrades");
         }
         let hcm = HttpConnectionManager {
             stat_prefix: p.stat_prefix.clone(),
@@ -197,26 +178,17 @@ impl HttpConnectionManager {
             via: if p.via.is_empty() {
                 None
             } else {
-                Some(
-                    HeaderValue::from_str(&p.via)
-                        .map_err(|_| ConfigError::new("via", "invalid header value"))?,
-                )
+                Some(HeaderValue::from_str(&p.via).map_err(|_| ConfigError::new("via", "invalid header value"))?)
             },
             generate_request_id: p.generate_request_id.map(|b| b.value).unwrap_or(true),
             preserve_external_request_id: p.preserve_external_request_id,
             always_set_request_id_in_response: p.always_set_request_id_in_response,
-            accept_http_10: p
-                .http_protocol_options
-                .as_ref()
-                .is_some_and(|o| o.accept_http_10),
+            accept_http_10: p.http_protocol_options.as_ref().is_some_and(|o| o.accept_http_10),
             stream_idle_timeout: match &p.stream_idle_timeout {
                 None => Some(Duration::from_secs(300)),
                 Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
             },
-            idle_timeout: common
-                .and_then(|c| c.idle_timeout.as_ref())
-                .map(duration)
-                .filter(|d| !d.is_zero()),
+            idle_timeout: common.and_then(|c| c.idle_timeout.as_ref()).map(duration).filter(|d| !d.is_zero()),
             max_concurrent_streams: p
                 .http2_protocol_options
                 .as_ref()
@@ -224,9 +196,7 @@ impl HttpConnectionManager {
                 .map(|v| v.value),
             strip_any_host_port: matches!(
                 p.strip_port_mode,
-                Some(http_connection_manager::StripPortMode::StripAnyHostPort(
-                    true
-                ))
+                Some(http_connection_manager::StripPortMode::StripAnyHostPort(true))
             ),
             stats: HcmStats::new(cx, &p.stat_prefix),
         };
@@ -251,6 +221,7 @@ pub struct ConnCtx {
     pub remote: SocketAddr,
     pub local: SocketAddr,
     pub scheme: &'static str,
+    pub conn: ConnInfo,
 }
 
 /// Serves HTTP on an accepted connection until it closes or the server drains.
@@ -273,6 +244,7 @@ pub async fn serve<IO>(
         remote,
         local,
         scheme: "http",
+        conn: ConnInfo::default(),
     });
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let cx = cx.clone();
@@ -280,11 +252,7 @@ pub async fn serve<IO>(
     });
     let io = TokioIo::new(io);
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(None);
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -341,9 +309,7 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     let status = resp.status().as_u16();
     stats.downstream_rq.record(status, false);
     stats.downstream_rq_completed.inc();
-    stats
-        .downstream_rq_time
-        .record(start.elapsed().as_secs_f64() * 1000.0);
+    stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
     drop(active);
     resp
 }
@@ -377,15 +343,9 @@ fn is_internal(ip: std::net::IpAddr) -> bool {
 async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody> {
     let hcm = &cx.hcm;
     if req.version() == Version::HTTP_10 && !hcm.accept_http_10 {
-        let mut r = LocalReply::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "Upgrade Required",
-            "",
-            "low_version",
-        )
-        .into_response();
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let mut r =
+            LocalReply::new(StatusCode::UPGRADE_REQUIRED, "Upgrade Required", "", "low_version").into_response();
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
     let (mut parts, body) = req.into_parts();
@@ -393,21 +353,11 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
     // :authority (h2) or Host (h1).
     let authority: String = match parts.uri.authority() {
         Some(a) => a.as_str().to_string(),
-        None => parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
+        None => parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
     };
     if authority.is_empty() {
-        return LocalReply::new(
-            StatusCode::BAD_REQUEST,
-            "missing host header",
-            "DPE",
-            "missing_host_header",
-        )
-        .into_response();
+        return LocalReply::new(StatusCode::BAD_REQUEST, "missing host header", "DPE", "missing_host_header")
+            .into_response();
     }
 
     // x-forwarded-for and the effective downstream address.
@@ -416,11 +366,7 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
     if hcm.use_remote_address {
         if !hcm.skip_xff_append {
             let ip = cx.remote.ip().to_string();
-            let v = match parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
+            let v = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
                 _ => ip,
             };
@@ -430,9 +376,7 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
         }
         internal = is_internal(cx.remote.ip());
         if internal {
-            parts
-                .headers
-                .insert("x-envoy-internal", HeaderValue::from_static("true"));
+            parts.headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
         } else {
             parts.headers.remove("x-envoy-internal");
         }
@@ -444,19 +388,13 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
     }
     // x-forwarded-proto
     if hcm.use_remote_address || !parts.headers.contains_key("x-forwarded-proto") {
-        parts.headers.insert(
-            "x-forwarded-proto",
-            HeaderValue::from_static(if cx.scheme == "https" {
-                "https"
-            } else {
-                "http"
-            }),
-        );
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static(if cx.scheme == "https" { "https" } else { "http" }));
     }
     // x-request-id
     if hcm.generate_request_id
-        && (!parts.headers.contains_key("x-request-id")
-            || (!internal && !hcm.preserve_external_request_id))
+        && (!parts.headers.contains_key("x-request-id") || (!internal && !hcm.preserve_external_request_id))
     {
         let id = uuid::Uuid::new_v4();
         let mut buf = uuid::Uuid::encode_buffer();
@@ -471,9 +409,10 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
 
     let mut resp = route_and_forward(cx, &mut parts, body, &authority, downstream_remote).await;
     if hcm.always_set_request_id_in_response
-        && let Some(id) = request_id {
-            resp.headers_mut().insert("x-request-id", id);
-        }
+        && let Some(id) = request_id
+    {
+        resp.headers_mut().insert("x-request-id", id);
+    }
     resp
 }
 
@@ -493,60 +432,94 @@ async fn route_and_forward(
     downstream_remote: SocketAddr,
 ) -> Response<ResponseBody> {
     let hcm = &cx.hcm;
-    let Some(table) = hcm.route_table() else {
-        hcm.stats.no_route.inc();
-        return LocalReply::no_route().into_response();
-    };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query.as_str(), None),
-    };
-    let host_for_match = if hcm.strip_any_host_port {
-        strip_port(authority)
-    } else {
-        authority
-    };
-    let Some(vhost) = table.virtual_host(host_for_match) else {
-        hcm.stats.no_route.inc();
-        return LocalReply::no_route().into_response();
-    };
-    let method = parts.method.as_str().to_string();
+    let table = hcm.route_table();
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let scheme = parts.uri.scheme_str().unwrap_or(cx.scheme).to_string();
-    let input = MatchInput {
-        headers: RequestHeaders {
-            method: &method,
-            path: &path_and_query,
-            authority,
-            scheme: &scheme,
-            headers: &parts.headers,
-        },
-        path,
-        query,
-        random: fastrand::u64(0..1_000_000),
-        is_connect: parts.method == http::Method::CONNECT,
-    };
-    let Some((route, matched_len)) = vhost.route(&input) else {
-        hcm.stats.no_route.inc();
-        return LocalReply::no_route().into_response();
-    };
+    let matched = table.as_deref().and_then(|t| {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query.as_str(), None),
+        };
+        let host_for_match = if hcm.strip_any_host_port { strip_port(authority) } else { authority };
+        let vhost = t.virtual_host(host_for_match)?;
+        let input = MatchInput {
+            headers: RequestHeaders {
+                method: parts.method.as_str(),
+                path: &path_and_query,
+                authority,
+                scheme: &scheme,
+                headers: &parts.headers,
+            },
+            path,
+            query,
+            random: fastrand::u64(0..1_000_000),
+            is_connect: parts.method == http::Method::CONNECT,
+        };
+        let (route, len) = vhost.route(&input)?;
+        Some((RouteRef { table: t, vhost, route }, len))
+    });
 
-    let fcx = FilterCtx {
+    // HTTP filters run before the router, whether or not a route matched (as in Envoy).
+    let mut rcx = RequestCtx {
         remote: downstream_remote,
+        direct_remote: cx.remote,
         local: cx.local,
-        route_name: Some(&route.name),
+        conn: &cx.conn,
+        route: matched.map(|m| m.0),
+        stat_prefix: &hcm.stat_prefix,
+        state: http::Extensions::new(),
     };
-    for f in &hcm.filters.filters {
-        if let FilterAction::Respond(reply) = f.on_request(&fcx, parts) {
-            return reply.into_response();
+    let filters = &hcm.filters.filters;
+    let mut answered_by = filters.len();
+    let mut early: Option<Response<ResponseBody>> = None;
+    for (i, f) in filters.iter().enumerate() {
+        match f.on_request(&mut rcx, parts) {
+            FilterAction::Continue => {}
+            FilterAction::Delay(d) => tokio::time::sleep(d).await,
+            FilterAction::Respond(reply) => {
+                answered_by = i;
+                early = Some(reply.into_response());
+                break;
+            }
         }
     }
+    let resp = match early {
+        Some(r) => r,
+        None => match matched {
+            None => {
+                hcm.stats.no_route.inc();
+                LocalReply::no_route().into_response()
+            }
+            Some((rr, matched_len)) => {
+                act(cx, parts, body, rr, matched_len, authority, downstream_remote, &path_and_query).await
+            }
+        },
+    };
+    // Response path: the filters before the one that answered, in reverse order.
+    let (mut rparts, mut rbody) = resp.into_parts();
+    for f in filters[..answered_by].iter().rev() {
+        f.on_response(&mut rcx, &mut rparts);
+    }
+    for f in filters[..answered_by].iter().rev() {
+        rbody = f.wrap_body(&mut rcx, &rparts, rbody);
+    }
+    Response::from_parts(rparts, rbody)
+}
 
+/// Carries out the matched route's action.
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    cx: &ConnCtx,
+    parts: &mut http::request::Parts,
+    body: Incoming,
+    rr: RouteRef<'_>,
+    matched_len: usize,
+    authority: &str,
+    downstream_remote: SocketAddr,
+    path_and_query: &str,
+) -> Response<ResponseBody> {
+    let hcm = &cx.hcm;
+    let RouteRef { table, vhost, route } = rr;
     let format_cx = FormatContext {
         downstream_remote: Some(downstream_remote),
         downstream_direct_remote: Some(cx.remote),
@@ -554,6 +527,9 @@ async fn route_and_forward(
         protocol: Some(protocol_name(parts.version)),
         route_name: Some(&route.name),
         hostname: Some(&cx.worker.shared.hostname),
+        peer_uri_san: cx.conn.peer_uri_sans.first().map(String::as_str),
+        local_uri_san: cx.conn.local_uri_sans.first().map(String::as_str),
+        server_name: cx.conn.sni.as_deref(),
         ..Default::default()
     };
     let mut resp = match &route.action {
@@ -562,35 +538,27 @@ async fn route_and_forward(
             let mut r = Response::new(ResponseBody::full(d.body.clone()));
             *r.status_mut() = d.status;
             if !d.body.is_empty() {
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
-            r.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(d.body.len()));
+            r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(d.body.len()));
             r
         }
         Action::Redirect(rd) => {
             hcm.stats.rq_redirect.inc();
-            let loc = rd.location(
-                &scheme_for_redirect(parts, cx),
-                authority,
-                &path_and_query,
-                matched_len,
-            );
+            let loc = rd.location(&scheme_for_redirect(parts, cx), authority, path_and_query, matched_len);
             let mut r = Response::new(ResponseBody::empty());
             *r.status_mut() = rd.status;
             if let Ok(v) = HeaderValue::from_str(&loc) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            r.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
             r
         }
         Action::NonForwarding => LocalReply::no_route().into_response(),
         Action::Route(action) => {
             let req = crate::filters::http::router::forward::Forward {
                 cx,
-                table: &table,
+                table,
                 vhost,
                 route,
                 action,
@@ -602,11 +570,8 @@ async fn route_and_forward(
             return req.run(parts, body).await;
         }
     };
-    let format_cx = FormatContext {
-        request_headers: Some(&parts.headers),
-        ..format_cx
-    };
-    apply_response_mutations(&table, vhost, route, None, resp.headers_mut(), &format_cx);
+    let format_cx = FormatContext { request_headers: Some(&parts.headers), ..format_cx };
+    apply_response_mutations(table, vhost, route, None, resp.headers_mut(), &format_cx);
     resp
 }
 
@@ -619,19 +584,12 @@ pub fn apply_response_mutations(
     headers: &mut http::HeaderMap,
     fcx: &FormatContext<'_>,
 ) {
-    let mut levels = [
-        weighted,
-        Some(&route.response_headers),
-        Some(&vhost.response_headers),
-        Some(&table.response_headers),
-    ];
+    let mut levels =
+        [weighted, Some(&route.response_headers), Some(&vhost.response_headers), Some(&table.response_headers)];
     if table.most_specific_header_mutations_wins {
         levels.reverse();
     }
-    let cx = FormatContext {
-        response_headers: None,
-        ..*fcx
-    };
+    let cx = FormatContext { response_headers: None, ..*fcx };
     for m in levels.into_iter().flatten() {
         if !m.is_empty() {
             m.apply(headers, &cx);
@@ -648,25 +606,14 @@ pub fn apply_request_mutations(
     headers: &mut http::HeaderMap,
     fcx: &FormatContext<'_>,
 ) {
-    let mut levels = [
-        weighted,
-        Some(&route.request_headers),
-        Some(&vhost.request_headers),
-        Some(&table.request_headers),
-    ];
+    let mut levels =
+        [weighted, Some(&route.request_headers), Some(&vhost.request_headers), Some(&table.request_headers)];
     if table.most_specific_header_mutations_wins {
         levels.reverse();
     }
     // Substitutions read the request headers as they were before any mutation.
-    let original = levels
-        .iter()
-        .flatten()
-        .any(|m| !m.is_empty())
-        .then(|| headers.clone());
-    let cx = FormatContext {
-        request_headers: original.as_ref(),
-        ..*fcx
-    };
+    let original = levels.iter().flatten().any(|m| !m.is_empty()).then(|| headers.clone());
+    let cx = FormatContext { request_headers: original.as_ref(), ..*fcx };
     for m in levels.into_iter().flatten() {
         if !m.is_empty() {
             m.apply(headers, &cx);

@@ -11,15 +11,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, 
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::filters::network::http_connection_manager::{
-    ConnCtx, apply_request_mutations, apply_response_mutations,
-};
+use crate::filters::network::http_connection_manager::{ConnCtx, apply_request_mutations, apply_response_mutations};
 use crate::formatter::FormatContext;
 use crate::http::body::{ReplayBody, RequestBody, ResponseBody};
 use crate::http::local_reply::LocalReply;
-use crate::router::action::{
-    ClusterSpecifier, HashPolicy, HostRewrite, RouteAction, WeightedCluster,
-};
+use crate::router::action::{ClusterSpecifier, HashPolicy, HostRewrite, RouteAction, WeightedCluster};
 use crate::router::retry::{ResetReason, RetryPolicy, parse_retry_on};
 use crate::router::route::Route;
 use crate::router::{RouteTable, VirtualHost};
@@ -32,14 +28,8 @@ use crate::upstream::pool::Lease;
 const RETRY_BUFFER_LIMIT: usize = 1 << 20;
 
 /// Hop-by-hop headers never forwarded.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-];
+const HOP_BY_HOP: [&str; 6] =
+    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "proxy-authenticate"];
 
 /// One routed request on its way upstream.
 pub struct Forward<'a> {
@@ -82,8 +72,7 @@ impl Forward<'_> {
         let mut weighted: Option<&WeightedCluster> = None;
         let cluster_name: &str = match &action.cluster {
             ClusterSpecifier::Name(n) => n,
-            ClusterSpecifier::Header(h) => match parts.headers.get(h).and_then(|v| v.to_str().ok())
-            {
+            ClusterSpecifier::Header(h) => match parts.headers.get(h).and_then(|v| v.to_str().ok()) {
                 Some(n) => n,
                 None => {
                     hcm.stats.no_route.inc();
@@ -119,30 +108,24 @@ impl Forward<'_> {
         let suppress = hcm.filters.router.suppress_envoy_headers;
         let mut timeout = action.timeout;
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
-        if let Some(ms) = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms") { timeout = (ms > 0).then(|| Duration::from_millis(ms)); }
-        if let Some(ms) =
-            take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-per-try-timeout-ms")
-        {
-            policy
-                .get_or_insert_with(RetryPolicy::default)
-                .per_try_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        if let Some(ms) = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms") {
+            timeout = (ms > 0).then(|| Duration::from_millis(ms));
         }
-        if let Some(on) = parts
-            .headers
-            .remove("x-envoy-retry-on")
-            .and_then(|v| v.to_str().ok().map(parse_retry_on))
-        {
+        if let Some(ms) = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-per-try-timeout-ms") {
+            policy.get_or_insert_with(RetryPolicy::default).per_try_timeout =
+                (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(on) = parts.headers.remove("x-envoy-retry-on").and_then(|v| v.to_str().ok().map(parse_retry_on)) {
             policy.get_or_insert_with(RetryPolicy::default).retry_on |= on;
         }
         if let Some(n) = take_header_ms(&mut parts.headers, "x-envoy-max-retries")
-            && let Some(p) = policy.as_mut() {
-                p.num_retries = n as u32;
-            }
-        for h in [
-            "x-envoy-retriable-status-codes",
-            "x-envoy-retriable-header-names",
-            "x-envoy-hedge-on-per-try-timeout",
-        ] {
+            && let Some(p) = policy.as_mut()
+        {
+            p.num_retries = n as u32;
+        }
+        for h in
+            ["x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-hedge-on-per-try-timeout"]
+        {
             parts.headers.remove(h);
         }
         let policy = policy.filter(|p| p.retry_on != 0 && p.num_retries > 0);
@@ -151,16 +134,14 @@ impl Forward<'_> {
         // Upstream request headers.
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let new_path = rewrite_path(action, path_and_query, self.matched_len);
-        if new_path.is_some() && !suppress
-            && let Ok(v) = HeaderValue::from_str(path_and_query) {
-                headers.insert("x-envoy-original-path", v);
-            }
+        if new_path.is_some()
+            && !suppress
+            && let Ok(v) = HeaderValue::from_str(path_and_query)
+        {
+            headers.insert("x-envoy-original-path", v);
+        }
         let path_and_query = new_path.unwrap_or_else(|| path_and_query.to_string());
         apply_request_mutations(
             self.table,
@@ -172,10 +153,7 @@ impl Forward<'_> {
         );
         let expected = per_try.or(timeout);
         if let (Some(t), false) = (expected, suppress) {
-            headers.insert(
-                "x-envoy-expected-rq-timeout-ms",
-                HeaderValue::from(t.as_millis() as u64),
-            );
+            headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
         }
         let mut authority = self.authority.to_string();
         let literal = weighted.and_then(|w| w.host_rewrite.as_ref());
@@ -184,15 +162,13 @@ impl Forward<'_> {
                 authority = h.to_str().unwrap_or(self.authority).to_string();
                 true
             }
-            (None, HostRewrite::Header(name)) => {
-                match headers.get(name).and_then(|v| v.to_str().ok()) {
-                    Some(v) if !v.is_empty() => {
-                        authority = v.to_string();
-                        true
-                    }
-                    _ => false,
+            (None, HostRewrite::Header(name)) => match headers.get(name).and_then(|v| v.to_str().ok()) {
+                Some(v) if !v.is_empty() => {
+                    authority = v.to_string();
+                    true
                 }
-            }
+                _ => false,
+            },
             (None, HostRewrite::PathRegex(re, sub)) => {
                 let p = path_and_query.split('?').next().unwrap_or("");
                 authority = re.replace_all(p, sub.as_str()).into_owned();
@@ -210,11 +186,7 @@ impl Forward<'_> {
         };
 
         // Hash key for ring hash / maglev.
-        let hash = if cluster.lb.uses_hash() {
-            self.hash_key(&headers, &path_and_query)
-        } else {
-            None
-        };
+        let hash = if cluster.lb.uses_hash() { self.hash_key(&headers, &path_and_query) } else { None };
 
         // The body: replayable when retries may happen.
         let mut replay: Option<ReplayBody> = None;
@@ -236,11 +208,7 @@ impl Forward<'_> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let avoid: &[u64] = if policy.as_ref().is_some_and(|p| p.avoid_previous_hosts) {
-                &attempted
-            } else {
-                &[]
-            };
+            let avoid: &[u64] = if policy.as_ref().is_some_and(|p| p.avoid_previous_hosts) { &attempted } else { &[] };
             let host = {
                 let set = cluster.hosts.load();
                 lb::choose(cluster.lb, &set, hash, avoid)
@@ -256,10 +224,8 @@ impl Forward<'_> {
                 None => match replay.as_ref().and_then(ReplayBody::replay) {
                     Some(b) => RequestBody::Replay(b),
                     None => {
-                        return self.reply(
-                            weighted,
-                            LocalReply::upstream_reset(ResetReason::LocalReset.envoy_text(), "UR"),
-                        );
+                        return self
+                            .reply(weighted, LocalReply::upstream_reset(ResetReason::LocalReset.envoy_text(), "UR"));
                     }
                 },
             };
@@ -267,10 +233,7 @@ impl Forward<'_> {
             if self.vhost.include_attempt_count_in_request {
                 hdrs.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
             }
-            if matches!(action.host_rewrite, HostRewrite::Auto)
-                && literal.is_none()
-                && !host.hostname.is_empty()
-            {
+            if matches!(action.host_rewrite, HostRewrite::Auto) && literal.is_none() && !host.hostname.is_empty() {
                 if action.append_x_forwarded_host && attempt == 1 {
                     append_x_forwarded_host(&mut hdrs, self.authority);
                 }
@@ -279,20 +242,13 @@ impl Forward<'_> {
             let req = match build_request(parts, hdrs, &authority, &path_and_query, h2, body) {
                 Ok(r) => r,
                 Err(_) => {
-                    return LocalReply::new(
-                        http::StatusCode::BAD_REQUEST,
-                        "",
-                        "DPE",
-                        "invalid_request",
-                    )
-                    .into_response();
+                    return LocalReply::new(http::StatusCode::BAD_REQUEST, "", "DPE", "invalid_request")
+                        .into_response();
                 }
             };
             stats.upstream_rq_total.inc();
             let started = Instant::now();
-            let outcome = self
-                .attempt(&cluster, &host, h2, req, per_try, deadline)
-                .await;
+            let outcome = self.attempt(&cluster, &host, h2, req, per_try, deadline).await;
             let retry_allowed = |p: &RetryPolicy| {
                 retries_done < p.num_retries
                     && (body_is_empty || replay.as_ref().is_some_and(ReplayBody::can_replay))
@@ -318,9 +274,7 @@ impl Forward<'_> {
                             stats.upstream_rq_retry_success.inc();
                         }
                     }
-                    return self.respond(
-                        resp, lease, active, &cluster, &host, started, attempt, weighted, suppress,
-                    );
+                    return self.respond(resp, lease, active, &cluster, &host, started, attempt, weighted, suppress);
                 }
                 Err(AttemptError::GlobalTimeout) => {
                     stats.upstream_rq_timeout.inc();
@@ -329,19 +283,19 @@ impl Forward<'_> {
                 Err(AttemptError::PerTryTimeout) => {
                     stats.upstream_rq_per_try_timeout.inc();
                     if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout())
-                        && retry_allowed(p) && self.take_retry_budget(&cluster) {
-                            retries_done += 1;
-                            stats.upstream_rq_retry.inc();
-                            self.backoff(p, retries_done, deadline).await;
-                            continue;
-                        }
+                        && retry_allowed(p)
+                        && self.take_retry_budget(&cluster)
+                    {
+                        retries_done += 1;
+                        stats.upstream_rq_retry.inc();
+                        self.backoff(p, retries_done, deadline).await;
+                        continue;
+                    }
                     stats.upstream_rq_timeout.inc();
                     return self.reply(weighted, LocalReply::upstream_timeout());
                 }
                 Err(AttemptError::Reset(reason)) => {
-                    if reason != ResetReason::ConnectFailure
-                        && reason != ResetReason::ConnectTimeout
-                    {
+                    if reason != ResetReason::ConnectFailure && reason != ResetReason::ConnectTimeout {
                         stats.upstream_rq_rx_reset.inc();
                     }
                     if let Some(p) = policy.as_ref().filter(|p| p.retry_on_reset(reason)) {
@@ -355,10 +309,8 @@ impl Forward<'_> {
                             stats.upstream_rq_retry_limit_exceeded.inc();
                         }
                     }
-                    return self.reply(
-                        weighted,
-                        LocalReply::upstream_reset(reason.envoy_text(), reason.response_flag()),
-                    );
+                    return self
+                        .reply(weighted, LocalReply::upstream_reset(reason.envoy_text(), reason.response_flag()));
                 }
             }
         }
@@ -404,36 +356,14 @@ impl Forward<'_> {
         let rq_active = crate::stats::GaugeGuard::new(&cluster.stats.upstream_rq_active);
         let pools = self.cx.worker.pools.clone();
         let fut = async {
-            let lease = pools
-                .acquire(cluster, host, h2)
-                .await
-                .map_err(AttemptError::Reset)?;
+            let lease = pools.acquire(cluster, host, h2).await.map_err(AttemptError::Reset)?;
             match lease {
-                Lease::H1 {
-                    mut sender,
-                    served,
-                    key,
-                    max,
-                } => {
-                    let resp = sender
-                        .send_request(req)
-                        .await
-                        .map_err(|e| AttemptError::Reset(classify(&e)))?;
-                    Ok((
-                        resp,
-                        Some(Lease::H1 {
-                            sender,
-                            served: served + 1,
-                            key,
-                            max,
-                        }),
-                    ))
+                Lease::H1 { mut sender, served, key, max } => {
+                    let resp = sender.send_request(req).await.map_err(|e| AttemptError::Reset(classify(&e)))?;
+                    Ok((resp, Some(Lease::H1 { sender, served: served + 1, key, max })))
                 }
                 Lease::H2 { mut sender } => {
-                    let resp = sender
-                        .send_request(req)
-                        .await
-                        .map_err(|e| AttemptError::Reset(classify(&e)))?;
+                    let resp = sender.send_request(req).await.map_err(|e| AttemptError::Reset(classify(&e)))?;
                     Ok((resp, None))
                 }
             }
@@ -475,21 +405,14 @@ impl Forward<'_> {
         let status = resp.status().as_u16();
         stats.upstream_rq.record(status, true);
         stats.upstream_rq_completed.inc();
-        stats
-            .upstream_rq_time
-            .record(elapsed.as_secs_f64() * 1000.0);
+        stats.upstream_rq_time.record(elapsed.as_secs_f64() * 1000.0);
         let (mut rparts, body) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         if !suppress {
-            rparts.headers.insert(
-                "x-envoy-upstream-service-time",
-                HeaderValue::from(elapsed.as_millis() as u64),
-            );
+            rparts.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(elapsed.as_millis() as u64));
         }
         if self.vhost.include_attempt_count_in_response {
-            rparts
-                .headers
-                .insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+            rparts.headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
         }
         let fcx = FormatContext {
             upstream_remote: Some(host.address),
@@ -505,21 +428,13 @@ impl Forward<'_> {
             &fcx,
         );
         let on_end: Option<crate::http::body::OnEnd> = match lease {
-            Some(Lease::H1 {
-                sender,
-                served,
-                key,
-                max,
-            }) => {
+            Some(Lease::H1 { sender, served, key, max }) => {
                 let pools = self.cx.worker.pools.clone();
                 Some(Box::new(move || pools.release(key, sender, served, max)))
             }
             _ => None,
         };
-        Response::from_parts(
-            rparts,
-            ResponseBody::upstream(body, on_end, Box::new(active)),
-        )
+        Response::from_parts(rparts, ResponseBody::upstream(body, on_end, Box::new(active)))
     }
 
     fn hash_key(&self, headers: &HeaderMap, path_and_query: &str) -> Option<u64> {
@@ -527,19 +442,16 @@ impl Forward<'_> {
         for p in &self.action.hash_policy {
             let (v, terminal): (Option<u64>, bool) = match p {
                 HashPolicy::Header { name, terminal } => {
-                    let vals: Vec<&[u8]> =
-                        headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+                    let vals: Vec<&[u8]> = headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
                     let v = (!vals.is_empty()).then(|| hash_key(&vals.join(&b","[..])));
                     (v, *terminal)
                 }
-                HashPolicy::Cookie { name, terminal } => (
-                    cookie(headers, name).map(|c| hash_key(c.as_bytes())),
-                    *terminal,
-                ),
-                HashPolicy::SourceIp { terminal } => (
-                    Some(hash_key(self.downstream_remote.ip().to_string().as_bytes())),
-                    *terminal,
-                ),
+                HashPolicy::Cookie { name, terminal } => {
+                    (cookie(headers, name).map(|c| hash_key(c.as_bytes())), *terminal)
+                }
+                HashPolicy::SourceIp { terminal } => {
+                    (Some(hash_key(self.downstream_remote.ip().to_string().as_bytes())), *terminal)
+                }
                 HashPolicy::QueryParameter { name, terminal } => {
                     let q = path_and_query.split_once('?').map(|x| x.1).unwrap_or("");
                     let v = q.split('&').find_map(|kv| {
@@ -577,8 +489,7 @@ impl Drop for ClusterRequest {
 }
 
 fn take_header_ms(h: &mut HeaderMap, name: &str) -> Option<u64> {
-    h.remove(name)
-        .and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse().ok()))
+    h.remove(name).and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse().ok()))
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -587,12 +498,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .map(str::to_ascii_lowercase)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|v| v.split(',').map(str::trim).map(str::to_ascii_lowercase).collect::<Vec<_>>())
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .filter(|n| n != header::TE)
         .collect();
@@ -602,9 +508,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in HOP_BY_HOP {
         h.remove(n);
     }
-    if h.get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
+    if h.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
         h.remove(header::TE);
     }
 }
@@ -644,11 +548,7 @@ fn build_request(
     body: RequestBody,
 ) -> Result<Request<RequestBody>, http::Error> {
     let uri = if h2 {
-        Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path_and_query)
-            .build()?
+        Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build()?
     } else {
         Uri::builder().path_and_query(path_and_query).build()?
     };
@@ -660,25 +560,18 @@ fn build_request(
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
-    *req.version_mut() = if h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
+    *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
     *req.headers_mut() = headers;
     Ok(req)
 }
 
 fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            v.split(';').map(str::trim).find_map(|kv| {
-                let (k, val) = kv.split_once('=')?;
-                (k == name).then_some(val)
-            })
+    h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+        v.split(';').map(str::trim).find_map(|kv| {
+            let (k, val) = kv.split_once('=')?;
+            (k == name).then_some(val)
         })
+    })
 }
 
 /// Maps a hyper client error to Envoy's reset reason.
