@@ -169,20 +169,7 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
             text(StatusCode::OK, "OK\n")
         }
         "/drain_listeners" => {
-            let graceful = has("graceful");
-            let control = st.control.clone();
-            // inboundonly: remora's static listeners carry no direction yet; all are drained.
-            let _ = has("inboundonly");
-            shared.stats.gauge("listener_manager.total_listeners_draining").set(1);
-            let _ = control.shared.drain.send(true);
-            if graceful {
-                tokio::spawn(async move {
-                    tokio::time::sleep(control.drain_time).await;
-                    let _ = control.listeners_stop.send(true);
-                });
-            } else {
-                let _ = control.listeners_stop.send(true);
-            }
+            st.control.drain_listeners(has("inboundonly"), has("graceful"));
             text(StatusCode::OK, "OK\n")
         }
         "/healthcheck/fail" => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 
 use crate::cli::Options;
-use crate::config::{BuildCtx, ConfigError, NodeInfo, Snapshot};
+use crate::config::{BuildCtx, ConfigError, NodeInfo};
 use crate::listener::Listener;
 use crate::stats::Store;
 use crate::stats::tags::TagExtractors;
@@ -20,7 +20,9 @@ pub struct ServerConfig {
     pub node: Arc<NodeInfo>,
     pub admin: Option<SocketAddr>,
     pub stats: Arc<Store>,
-    pub snapshot: Snapshot,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub listeners: Vec<Arc<Listener>>,
+    pub cx: BuildCtx,
     pub bootstrap: Bootstrap,
 }
 
@@ -89,23 +91,24 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         }
     }
     let cx = BuildCtx { stats: stats.clone(), cluster_names: Arc::new(cluster_names), node: node.clone() };
-    let mut snapshot = Snapshot::default();
+    let mut clusters = Vec::new();
     for (i, c) in sr.clusters.iter().enumerate() {
         let cl = Cluster::from_proto(c, &cx).map_err(|e| e.within(&format!("static_resources.clusters[{i}]")))?;
-        snapshot.clusters.insert(cl.name.clone(), Arc::new(cl));
+        clusters.push(Arc::new(cl));
     }
+    let mut listeners = Vec::new();
     let mut names = HashSet::new();
     for (i, l) in sr.listeners.iter().enumerate() {
         let field = format!("static_resources.listeners[{i}]");
         if !l.name.is_empty() && !names.insert(l.name.clone()) {
             return Err(ConfigError::new(field, format!("error adding listener named '{}': duplicate", l.name)));
         }
-        snapshot.listeners.push(Arc::new(Listener::from_proto(l, &cx).map_err(|e| e.within(&field))?));
+        listeners.push(Arc::new(Listener::from_proto(l, &cx).map_err(|e| e.within(&field))?));
     }
     if !sr.secrets.is_empty() {
         return Err(ConfigError::new("static_resources.secrets", "static secrets are not supported yet"));
     }
-    Ok(ServerConfig { node, admin, stats, snapshot, bootstrap: b.clone() })
+    Ok(ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap: b.clone() })
 }
 
 /// Envoy watches disk runtime layers at start-up and fails if they cannot be watched.

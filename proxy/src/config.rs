@@ -5,6 +5,8 @@
 //! handles) is compiled here, once; a snapshot is built whole and validated before it is
 //! published, so traffic never sees half-applied config.
 
+pub mod manager;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::config::{BuildCtx, ConfigError};
 use crate::filters::network::http_connection_manager::{self as hcm, HttpConnectionManager};
@@ -43,6 +44,12 @@ pub struct Listener {
     pub default_chain: Option<NetworkChain>,
     pub stats: ListenerStats,
     pub proto: ListenerProto,
+    /// Inbound listeners are the ones `/drain_listeners?inboundonly` drains.
+    pub inbound: bool,
+    /// Turned on to stop accepting (listener removed, replaced or the server shutting down).
+    pub stop: watch::Sender<bool>,
+    /// Turned on to make open connections finish gracefully.
+    pub drain: watch::Sender<bool>,
 }
 
 /// Listener filters that need no work from us yet (they only add information we do not read).
@@ -54,6 +61,12 @@ const PASSIVE_LISTENER_FILTERS: &[&str] = &[
 ];
 
 impl Listener {
+    /// Stops accepting and asks open connections to finish.
+    pub fn shut(&self) {
+        self.stop.send_replace(true);
+        self.drain.send_replace(true);
+    }
+
     pub fn from_proto(p: &ListenerProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
         let address = socket_address_of(p.address.as_ref(), "address")?;
         for (i, lf) in p.listener_filters.iter().enumerate() {
@@ -90,6 +103,9 @@ impl Listener {
                 no_filter_chain_match: c("no_filter_chain_match"),
             },
             proto: p.clone(),
+            inbound: p.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
+            stop: watch::channel(false).0,
+            drain: watch::channel(false).0,
         })
     }
 
@@ -109,7 +125,10 @@ impl Listener {
             return;
         };
         match &chain.terminal {
-            Terminal::Http(h) => hcm::serve(h.clone(), stream, worker, remote, local).await,
+            Terminal::Http(h) => {
+                let conn = crate::filters::http::ConnInfo::default();
+                hcm::serve(h.clone(), stream, worker, remote, local, self.drain.subscribe(), conn, "http").await
+            }
         }
         self.stats.downstream_cx_destroy.inc();
     }

@@ -13,8 +13,9 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::bootstrap::{self, ServerConfig};
 use crate::cli::{Mode, Options};
+use crate::config::manager::ConfigManager;
 use crate::stats::Gauge;
-use crate::worker::{self, Command, Shared, WorkerHandle};
+use crate::worker::{self, Shared};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -83,9 +84,9 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
 /// Handles the admin API and signals use to control the server.
 pub struct Control {
     pub shared: Arc<Shared>,
+    pub manager: Arc<ConfigManager>,
     pub state: Gauge,
     pub shutdown: watch::Sender<bool>,
-    pub listeners_stop: watch::Sender<bool>,
     pub drain_time: Duration,
     pub started: Instant,
 }
@@ -96,6 +97,30 @@ impl Control {
     pub fn begin_shutdown(&self) {
         self.state.set(state::DRAINING);
         let _ = self.shutdown.send(true);
+    }
+
+    /// `/drain_listeners`: connections of the (inbound) listeners finish gracefully; the listeners
+    /// stop accepting at once, or after the drain time when `graceful`.
+    pub fn drain_listeners(self: &Arc<Self>, inbound_only: bool, graceful: bool) {
+        let listeners: Vec<_> =
+            self.manager.all_listeners().into_iter().filter(|l| !inbound_only || l.inbound).collect();
+        self.shared.stats.gauge("listener_manager.total_listeners_draining").set(listeners.len() as i64);
+        for l in &listeners {
+            l.drain.send_replace(true);
+        }
+        if graceful {
+            let t = self.drain_time;
+            tokio::spawn(async move {
+                tokio::time::sleep(t).await;
+                for l in listeners {
+                    l.stop.send_replace(true);
+                }
+            });
+        } else {
+            for l in listeners {
+                l.stop.send_replace(true);
+            }
+        }
     }
 }
 
@@ -112,7 +137,7 @@ fn serve(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) 
 }
 
 async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
-    let ServerConfig { node, admin, stats, snapshot, bootstrap } = config;
+    let ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap } = config;
     let server_state = stats.gauge("server.state");
     server_state.set(state::INITIALIZING);
     stats.gauge("server.live").set(0);
@@ -122,41 +147,36 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     workers_started.set(0);
     let (drain_tx, _) = watch::channel(false);
     let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(snapshot),
+        snapshot: ArcSwap::from_pointee(crate::config::Snapshot::default()),
         stats: stats.clone(),
         hostname: node.hostname.clone(),
         drain: drain_tx,
         connections: AtomicUsize::new(0),
     });
+    let n = opts.workers();
+    let workers = match worker::start(n, shared.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("cannot start workers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let manager = ConfigManager::new(shared.clone(), cx, workers.iter().map(|w| w.tx.clone()).collect());
 
-    // DNS clusters: resolve once before serving (Envoy's cluster init), then refresh.
-    let snap = shared.snapshot.load_full();
+    // DNS clusters resolve once before serving (Envoy's cluster initialisation).
     let mut initial = Vec::new();
-    for c in snap.clusters.values().filter(|c| c.needs_dns()) {
+    for c in clusters.iter().filter(|c| c.needs_dns()) {
         let c = c.clone();
-        initial.push(tokio::spawn(async move {
-            crate::upstream::cluster::resolve_dns(&c).await;
-            let refresh = c.dns_refresh;
-            let weak = Arc::downgrade(&c);
-            drop(c);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(refresh).await;
-                    let Some(c) = weak.upgrade() else { break };
-                    crate::upstream::cluster::resolve_dns(&c).await;
-                }
-            });
-        }));
+        initial.push(tokio::spawn(async move { crate::upstream::cluster::resolve_dns(&c).await }));
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(initial)).await;
 
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
-    let (listeners_stop, _) = watch::channel(false);
     let control = Arc::new(Control {
         shared: shared.clone(),
+        manager: manager.clone(),
         state: server_state.clone(),
         shutdown: shutdown_tx,
-        listeners_stop,
         drain_time: Duration::from_secs(opts.drain_time_s),
         started: Instant::now(),
     });
@@ -181,19 +201,10 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         }
     }
 
-    let n = opts.workers();
-    let workers = match worker::start(n, shared.clone()) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("cannot start workers: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    if let Err(e) = start_listeners(&snap, &workers, &control) {
+    if let Err(e) = manager.install_static(clusters, listeners) {
         eprintln!("{e}");
         return ExitCode::from(1);
     }
-    drop(snap);
     workers_started.set(1);
     server_state.set(state::LIVE);
     stats.gauge("server.live").set(1);
@@ -219,7 +230,9 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     }
     control.begin_shutdown();
     // Stop accepting, ask connections to finish, wait for them (bounded by --drain-time-s).
-    let _ = control.listeners_stop.send(true);
+    for l in manager.all_listeners() {
+        l.shut();
+    }
     let _ = shared.drain.send(true);
     let deadline = Instant::now() + control.drain_time;
     while shared.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
@@ -228,19 +241,4 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     drop(workers);
     tracing::info!(target: "remora::server", "exiting");
     ExitCode::SUCCESS
-}
-
-fn start_listeners(snap: &crate::config::Snapshot, workers: &[WorkerHandle], control: &Control) -> Result<(), String> {
-    for l in &snap.listeners {
-        if !l.bind_to_port {
-            continue;
-        }
-        let sockets = worker::bind_reuseport(l.address, workers.len(), 1024)
-            .map_err(|e| format!("cannot bind '{}': {e}", l.address))?;
-        for (w, s) in workers.iter().zip(sockets) {
-            let _ =
-                w.tx.send(Command::Listen { listener: l.clone(), socket: s, stop: control.listeners_stop.subscribe() });
-        }
-    }
-    Ok(())
 }

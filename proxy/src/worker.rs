@@ -36,7 +36,7 @@ pub struct WorkerCtx {
 
 pub enum Command {
     /// Accept on `socket` for `listener` until `stop` turns true.
-    Listen { listener: Arc<Listener>, socket: std::net::TcpListener, stop: watch::Receiver<bool> },
+    Listen { listener: Arc<Listener>, socket: std::net::TcpListener },
     /// Drop pools of clusters that are gone.
     RetainClusters(Arc<dyn Fn(u64) -> bool + Send + Sync>),
 }
@@ -73,7 +73,8 @@ fn run(index: usize, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comman
     local.block_on(&rt, async move {
         while let Some(cmd) = rx.recv().await {
             match cmd {
-                Command::Listen { listener, socket, stop } => {
+                Command::Listen { listener, socket } => {
+                    let stop = listener.stop.subscribe();
                     tokio::task::spawn_local(accept_loop(listener, socket, stop, ctx.clone()));
                 }
                 Command::RetainClusters(live) => ctx.pools.retain_clusters(&*live),

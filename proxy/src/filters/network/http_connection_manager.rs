@@ -17,6 +17,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 
 use crate::config::{BuildCtx, ConfigError, duration};
 use crate::filters::http::{ConnInfo, FilterAction, FilterChain, RequestCtx, RouteRef};
@@ -222,30 +223,27 @@ pub struct ConnCtx {
     pub local: SocketAddr,
     pub scheme: &'static str,
     pub conn: ConnInfo,
+    pub drain: watch::Receiver<bool>,
 }
 
 /// Serves HTTP on an accepted connection until it closes or the server drains.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<IO>(
     hcm: Arc<HttpConnectionManager>,
     io: IO,
     worker: Rc<WorkerCtx>,
     remote: SocketAddr,
     local: SocketAddr,
+    mut drain: watch::Receiver<bool>,
+    conn: ConnInfo,
+    scheme: &'static str,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     let _active = GaugeGuard::new(&stats.downstream_cx_active);
-    let mut drain = worker.drain.clone();
-    let cx = Rc::new(ConnCtx {
-        hcm: hcm.clone(),
-        worker: worker.clone(),
-        remote,
-        local,
-        scheme: "http",
-        conn: ConnInfo::default(),
-    });
+    let cx = Rc::new(ConnCtx { hcm: hcm.clone(), worker, remote, local, scheme, conn, drain: drain.clone() });
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let cx = cx.clone();
         async move { Ok::<_, Infallible>(handle(req, cx).await) }
@@ -327,7 +325,7 @@ fn finalize_response(cx: &ConnCtx, resp: &mut Response<ResponseBody>, is_h1: boo
         }
         ServerHeader::PassThrough => {}
     }
-    if is_h1 && *cx.worker.drain.borrow() {
+    if is_h1 && *cx.drain.borrow() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
