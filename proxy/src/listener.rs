@@ -1,30 +1,44 @@
-//! Listeners: translation of `envoy.config.listener.v3.Listener` and the accept loop each worker
-//! runs on its own SO_REUSEPORT socket.
+//! Listeners: translation of `envoy.config.listener.v3.Listener`, and what happens to an accepted
+//! connection: listener filters (original_dst, tls_inspector, http_inspector), the
+//! `use_original_dst` hand-off to the listener owning the original destination, filter chain
+//! selection, then the chain's terminal network filter.
+
+pub mod filter_chain;
+pub mod http_inspector;
+pub mod original_dst;
+pub mod tls_inspector;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter as NetworkFilterProto, FilterChain as FilterChainProto, Listener as ListenerProto, filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as TcpProxyProto;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::config::{BuildCtx, ConfigError};
+use crate::config::{BuildCtx, ConfigError, duration};
+use crate::filters::http::ConnInfo;
 use crate::filters::network::http_connection_manager::{self as hcm, HttpConnectionManager};
+use crate::filters::network::tcp_proxy::{self, TcpProxy};
 use crate::stats::{Counter, Gauge, GaugeGuard};
 use crate::upstream::cluster::socket_address_of;
 use crate::worker::WorkerCtx;
+use filter_chain::{ChainMatch, ConnFacts};
 
 /// What a filter chain does with a connection.
 pub enum Terminal {
     Http(Arc<HttpConnectionManager>),
+    Tcp(Arc<TcpProxy>),
 }
 
 pub struct NetworkChain {
     pub name: String,
+    pub matcher: ChainMatch,
     pub terminal: Terminal,
 }
 
@@ -33,6 +47,15 @@ pub struct ListenerStats {
     pub downstream_cx_active: Gauge,
     pub downstream_cx_destroy: Counter,
     pub no_filter_chain_match: Counter,
+    pub downstream_listener_filter_error: Counter,
+}
+
+/// Which listener filters are configured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ListenerFilters {
+    pub original_dst: bool,
+    pub tls_inspector: bool,
+    pub http_inspector: bool,
 }
 
 /// A compiled listener.
@@ -40,8 +63,13 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub bind_to_port: bool,
+    pub use_original_dst: bool,
+    pub listener_filters: ListenerFilters,
+    pub listener_filters_timeout: Option<Duration>,
+    pub continue_on_listener_filters_timeout: bool,
     pub chains: Vec<NetworkChain>,
     pub default_chain: Option<NetworkChain>,
+    matchers: Vec<ChainMatch>,
     pub stats: ListenerStats,
     pub proto: ListenerProto,
     /// Inbound listeners are the ones `/drain_listeners?inboundonly` drains.
@@ -52,29 +80,34 @@ pub struct Listener {
     pub drain: watch::Sender<bool>,
 }
 
-/// Listener filters that need no work from us yet (they only add information we do not read).
-const PASSIVE_LISTENER_FILTERS: &[&str] = &[
-    "envoy.filters.listener.tls_inspector",
-    "envoy.filters.listener.http_inspector",
-    "envoy.listener.tls_inspector",
-    "envoy.listener.http_inspector",
-];
-
 impl Listener {
-    /// Stops accepting and asks open connections to finish.
-    pub fn shut(&self) {
-        self.stop.send_replace(true);
-        self.drain.send_replace(true);
-    }
-
     pub fn from_proto(p: &ListenerProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
         let address = socket_address_of(p.address.as_ref(), "address")?;
-        for (i, lf) in p.listener_filters.iter().enumerate() {
-            if !PASSIVE_LISTENER_FILTERS.contains(&lf.name.as_str()) {
-                return Err(ConfigError::new(
-                    format!("listener_filters[{i}]"),
-                    format!("listener filter {} is not supported yet", lf.name),
-                ));
+        let mut lf = ListenerFilters::default();
+        for (i, f) in p.listener_filters.iter().enumerate() {
+            let t = match &f.config_type {
+                Some(envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(a)) => {
+                    xds_client::any::effective_type_name(a)
+                }
+                _ => String::new(),
+            };
+            match (f.name.as_str(), t.as_str()) {
+                (_, "envoy.extensions.filters.listener.original_dst.v3.OriginalDst")
+                | ("envoy.filters.listener.original_dst" | "envoy.listener.original_dst", "") => lf.original_dst = true,
+                (_, "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector")
+                | ("envoy.filters.listener.tls_inspector" | "envoy.listener.tls_inspector", "") => {
+                    lf.tls_inspector = true
+                }
+                (_, "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector")
+                | ("envoy.filters.listener.http_inspector" | "envoy.listener.http_inspector", "") => {
+                    lf.http_inspector = true
+                }
+                (n, t) => {
+                    return Err(ConfigError::new(
+                        format!("listener_filters[{i}]"),
+                        format!("listener filter {n} ({t}) is not supported"),
+                    ));
+                }
             }
         }
         let mut chains = Vec::new();
@@ -88,19 +121,45 @@ impl Listener {
         if chains.is_empty() && default_chain.is_none() {
             return Err(ConfigError::new("filter_chains", "no filter chains specified"));
         }
+        // Chains with identical matches are ambiguous (Envoy rejects them).
+        for i in 0..p.filter_chains.len() {
+            for j in 0..i {
+                if p.filter_chains[i].filter_chain_match == p.filter_chains[j].filter_chain_match {
+                    return Err(ConfigError::new(
+                        format!("filter_chains[{i}]"),
+                        format!(
+                            "error adding listener '{}': filter chain '{}' has the same matching rules defined as '{}'",
+                            p.name, p.filter_chains[i].name, p.filter_chains[j].name
+                        ),
+                    ));
+                }
+            }
+        }
+        // Chains that match on SNI/ALPN/transport need the TLS (or HTTP) inspector to see them;
+        // without it they can only match the empty values, as in Envoy.
+        let matchers = chains.iter().map(|c| c.matcher.clone()).collect();
         let stat_addr = stat_address(address);
         let c = |n: &str| cx.stats.counter(&format!("listener.{stat_addr}.{n}"));
         Ok(Listener {
             name: p.name.clone(),
             address,
             bind_to_port: p.bind_to_port.map(|b| b.value).unwrap_or(true),
+            use_original_dst: p.use_original_dst.map(|b| b.value).unwrap_or(false),
+            listener_filters: lf,
+            listener_filters_timeout: match &p.listener_filters_timeout {
+                None => Some(Duration::from_secs(15)),
+                Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+            },
+            continue_on_listener_filters_timeout: p.continue_on_listener_filters_timeout,
             chains,
             default_chain,
+            matchers,
             stats: ListenerStats {
                 downstream_cx_total: c("downstream_cx_total"),
                 downstream_cx_active: cx.stats.gauge(&format!("listener.{stat_addr}.downstream_cx_active")),
                 downstream_cx_destroy: c("downstream_cx_destroy"),
                 no_filter_chain_match: c("no_filter_chain_match"),
+                downstream_listener_filter_error: c("downstream_listener_filter_error"),
             },
             proto: p.clone(),
             inbound: p.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
@@ -109,26 +168,94 @@ impl Listener {
         })
     }
 
-    /// The filter chain for a connection (filter_chain_match support comes with the sidecar work).
-    fn select_chain(&self) -> Option<&NetworkChain> {
-        self.chains.first().or(self.default_chain.as_ref())
+    /// Stops accepting and asks open connections to finish.
+    pub fn shut(&self) {
+        self.stop.send_replace(true);
+        self.drain.send_replace(true);
     }
 
     /// Serves one accepted connection on this worker.
     pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, worker: Rc<WorkerCtx>) {
+        let _ = stream.set_nodelay(true);
+        let mut local = stream.local_addr().unwrap_or(self.address);
+        let mut restored = false;
+        if self.listener_filters.original_dst
+            && let Some(dst) = original_dst::original_dst(&stream, local)
+        {
+            restored = dst != local;
+            local = dst;
+        }
+        // use_original_dst: hand the connection to the listener owning the original destination
+        // (exact address, then the wildcard address on that port); its listener filters run.
+        if self.use_original_dst && restored {
+            let snap = worker.shared.snapshot.load();
+            let target = snap
+                .listeners
+                .iter()
+                .find(|l| l.address == local && !Arc::ptr_eq(l, &self))
+                .or_else(|| {
+                    snap.listeners.iter().find(|l| {
+                        l.address.port() == local.port() && l.address.ip().is_unspecified() && !Arc::ptr_eq(l, &self)
+                    })
+                })
+                .cloned();
+            drop(snap);
+            if let Some(t) = target {
+                return t.serve_accepted(stream, remote, local, worker).await;
+            }
+        }
+        self.serve_accepted(stream, remote, local, worker).await
+    }
+
+    /// Runs this listener's inspectors, picks the filter chain and runs it.
+    async fn serve_accepted(
+        self: Arc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        local: SocketAddr,
+        worker: Rc<WorkerCtx>,
+    ) {
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(self.address);
-        let Some(chain) = self.select_chain() else {
+        let timeout = self.listener_filters_timeout.unwrap_or(Duration::from_secs(3600));
+        let mut transport = "raw_buffer";
+        let mut sni = None;
+        let mut alpn: Vec<String> = Vec::new();
+        if self.listener_filters.tls_inspector
+            && let Some(h) = tls_inspector::inspect(&stream, timeout).await
+        {
+            transport = "tls";
+            sni = h.server_name;
+            alpn = h.alpn;
+        }
+        if self.listener_filters.http_inspector
+            && transport == "raw_buffer"
+            && let Some(p) = http_inspector::inspect(&stream, timeout).await
+        {
+            alpn = vec![p.to_string()];
+        }
+        let facts = ConnFacts {
+            local: Some(local),
+            remote: Some(remote),
+            direct_remote: Some(remote),
+            server_name: sni.as_deref(),
+            transport_protocol: transport,
+            application_protocols: &alpn,
+        };
+        let chain = match filter_chain::select(&self.matchers, &facts) {
+            Some(i) => self.chains.get(i),
+            None => self.default_chain.as_ref(),
+        };
+        let Some(chain) = chain else {
             self.stats.no_filter_chain_match.inc();
             return;
         };
+        let conn = ConnInfo { sni, alpn: alpn.first().cloned(), ..Default::default() };
         match &chain.terminal {
             Terminal::Http(h) => {
-                let conn = crate::filters::http::ConnInfo::default();
                 hcm::serve(h.clone(), stream, worker, remote, local, self.drain.subscribe(), conn, "http").await
             }
+            Terminal::Tcp(t) => t.serve(stream, worker, Some(local)).await,
         }
         self.stats.downstream_cx_destroy.inc();
     }
@@ -148,6 +275,10 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
     {
         return Err(ConfigError::new("transport_socket", format!("transport socket {} is not supported yet", ts.name)));
     }
+    let matcher = match &fc.filter_chain_match {
+        Some(m) => ChainMatch::from_proto(m, "filter_chain_match")?,
+        None => ChainMatch::default(),
+    };
     if fc.filters.is_empty() {
         return Err(ConfigError::new("filters", "a filter chain needs at least one network filter"));
     }
@@ -157,15 +288,26 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
         if terminal.is_some() {
             return Err(ConfigError::new(field, "a terminal filter must be the last filter in the chain"));
         }
-        terminal = Some(build_network_filter(f, cx).map_err(|e| e.within(&field))?);
+        terminal = build_network_filter(f, cx).map_err(|e| e.within(&field))?;
     }
     let Some(terminal) = terminal else {
-        return Err(ConfigError::new("filters", "no terminal filter"));
+        return Err(ConfigError::new("filters", "the last filter of a chain must be a terminal filter"));
     };
-    Ok(NetworkChain { name: fc.name.clone(), terminal })
+    Ok(NetworkChain { name: fc.name.clone(), matcher, terminal })
 }
 
-fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Terminal, ConfigError> {
+/// Istio's network filters that only add telemetry; skipping them changes nothing on the wire
+/// except the metadata exchange handshake, which is negotiated by ALPN.
+const TELEMETRY_ONLY: &[&str] = &[
+    "istio.stats",
+    "envoy.filters.network.metadata_exchange",
+    "istio.metadata_exchange",
+    "envoy.tcp.metadataexchange.config.MetadataExchange",
+    "stats.PluginConfig",
+];
+
+/// Builds a network filter: Some(terminal) for terminal filters, None for skipped ones.
+fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Option<Terminal>, ConfigError> {
     let any = match &f.config_type {
         Some(filter::ConfigType::TypedConfig(a)) => a,
         _ => {
@@ -176,13 +318,19 @@ fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Termina
         }
     };
     let type_name = xds_client::any::effective_type_name(any);
+    let unpack_err = |e: xds_client::any::AnyError| ConfigError::new("typed_config", e.to_string());
     match type_name.as_str() {
         hcm::TYPE => {
-            let p: HcmProto =
-                xds_client::any::unpack(any).map_err(|e| ConfigError::new("typed_config", e.to_string()))?;
+            let p: HcmProto = xds_client::any::unpack(any).map_err(unpack_err)?;
             let h = HttpConnectionManager::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
-            Ok(Terminal::Http(Arc::new(h)))
+            Ok(Some(Terminal::Http(Arc::new(h))))
         }
+        tcp_proxy::TYPE => {
+            let p: TcpProxyProto = xds_client::any::unpack(any).map_err(unpack_err)?;
+            let t = TcpProxy::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
+            Ok(Some(Terminal::Tcp(Arc::new(t))))
+        }
+        t if TELEMETRY_ONLY.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => Ok(None),
         t => Err(ConfigError::new(
             "typed_config",
             format!("Didn't find a registered implementation for '{}' with type URL: '{t}'", f.name),

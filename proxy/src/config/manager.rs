@@ -684,6 +684,7 @@ fn rds_slots(l: &Listener) -> Vec<(String, Arc<ArcSwapOption<RouteTable>>)> {
                 RouteSource::Rds { name, table } => Some((name.clone(), table.clone())),
                 RouteSource::Static(_) => None,
             },
+            Terminal::Tcp(_) => None,
         })
         .collect()
 }

@@ -160,6 +160,8 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     pub idle_timeout: Option<Duration>,
     pub thresholds: Thresholds,
+    /// `upstream_bind_config.source_address`: the local IP upstream connections come from.
+    pub upstream_bind: Option<std::net::IpAddr>,
     pub hosts: ArcSwap<HostSet>,
     pub dns_targets: Vec<DnsTarget>,
     pub dns_refresh: Duration,
@@ -168,6 +170,8 @@ pub struct Cluster {
     pub stats: ClusterStats,
     pub active_requests: AtomicU32,
     pub active_retries: AtomicU32,
+    /// ORIGINAL_DST hosts by address, reused while connections to them come and go.
+    original_dst_hosts: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Host>>>,
     /// The proto it was built from (for `/config_dump` and change detection).
     pub proto: ClusterProto,
 }
@@ -251,31 +255,39 @@ impl Cluster {
         }
         let stat_name = if p.alt_stat_name.is_empty() { p.name.as_str() } else { p.alt_stat_name.as_str() };
         let stats = ClusterStats::new(&cx.stats, stat_name);
-        let mut c = Cluster {
-            id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-            name: p.name.as_str().into(),
-            discovery,
-            lb,
-            connect_timeout: p.connect_timeout.as_ref().map(duration).unwrap_or(Duration::from_secs(5)),
-            protocol,
-            max_requests_per_connection,
-            idle_timeout,
-            thresholds,
-            hosts: ArcSwap::from_pointee(HostSet::default()),
-            dns_targets: Vec::new(),
-            dns_refresh: p
-                .dns_refresh_rate
-                .as_ref()
-                .map(duration)
-                .filter(|d| !d.is_zero())
-                .unwrap_or(Duration::from_secs(5)),
-            dns_family,
-            eds_service_name: None,
-            stats,
-            active_requests: AtomicU32::new(0),
-            active_retries: AtomicU32::new(0),
-            proto: p.clone(),
-        };
+        let mut c =
+            Cluster {
+                id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
+                name: p.name.as_str().into(),
+                discovery,
+                lb,
+                connect_timeout: p.connect_timeout.as_ref().map(duration).unwrap_or(Duration::from_secs(5)),
+                protocol,
+                max_requests_per_connection,
+                idle_timeout,
+                thresholds,
+                upstream_bind: match p.upstream_bind_config.as_ref().and_then(|b| b.source_address.as_ref()) {
+                    Some(sa) => Some(sa.address.parse().map_err(|_| {
+                        ConfigError::new("upstream_bind_config.source_address", "malformed IP address")
+                    })?),
+                    None => None,
+                },
+                hosts: ArcSwap::from_pointee(HostSet::default()),
+                dns_targets: Vec::new(),
+                dns_refresh: p
+                    .dns_refresh_rate
+                    .as_ref()
+                    .map(duration)
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_secs(5)),
+                dns_family,
+                eds_service_name: None,
+                stats,
+                active_requests: AtomicU32::new(0),
+                active_retries: AtomicU32::new(0),
+                original_dst_hosts: Default::default(),
+                proto: p.clone(),
+            };
         match discovery {
             DiscoveryType::Static => {
                 let cla = p.load_assignment.clone().unwrap_or_default();
@@ -314,7 +326,7 @@ impl Cluster {
                 c.eds_service_name = Some(name);
             }
             DiscoveryType::OriginalDst => {
-                return Err(ConfigError::new("type", "ORIGINAL_DST clusters are not supported yet"));
+                // Hosts are made per connection from its original destination.
             }
         }
         Ok(c)
@@ -378,6 +390,21 @@ impl Cluster {
             self.stats.membership_change.inc();
         }
         self.hosts.store(Arc::new(HostSet { all, priorities }));
+    }
+
+    /// The host for an ORIGINAL_DST connection to `addr` (cached so pools can be reused; hosts
+    /// nobody uses are dropped as the cache grows).
+    pub fn original_dst_host(&self, addr: SocketAddr) -> Arc<Host> {
+        let mut m = self.original_dst_hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = m.get(&addr) {
+            return h.clone();
+        }
+        if m.len() >= 1024 {
+            m.retain(|_, h| Arc::strong_count(h) > 1);
+        }
+        let h = Arc::new(Host::new(addr, "", 1, 0, None));
+        m.insert(addr, h.clone());
+        h
     }
 
     pub fn needs_dns(&self) -> bool {

@@ -10,14 +10,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioTimer;
 use tokio::sync::Notify;
 
 use super::cluster::Cluster;
+use super::connect::connect;
 use super::host::Host;
 use crate::http::body::RequestBody;
 use crate::http::exec::LocalExec;
@@ -181,88 +181,4 @@ impl Pools {
     pub fn retain_clusters(&self, live: &dyn Fn(u64) -> bool) {
         self.entries.borrow_mut().retain(|k, _| live(k.cluster));
     }
-}
-
-/// A connected upstream transport.
-pub enum UpstreamIo {
-    Tcp(TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-macro_rules! both {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            UpstreamIo::Tcp($s) => $e,
-            UpstreamIo::Unix($s) => $e,
-        }
-    };
-}
-
-impl tokio::io::AsyncRead for UpstreamIo {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        both!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl tokio::io::AsyncWrite for UpstreamIo {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        both!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
-    }
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        both!(self, s => std::pin::Pin::new(s).poll_write_vectored(cx, bufs))
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        both!(self, s => std::pin::Pin::new(s).poll_flush(cx))
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        both!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
-    }
-}
-
-async fn connect(cluster: &Cluster, host: &Host) -> Result<TokioIo<UpstreamIo>, ResetReason> {
-    cluster.stats.upstream_cx_total.inc();
-    let fut = async {
-        match &host.pipe {
-            Some(p) => tokio::net::UnixStream::connect(p).await.map(UpstreamIo::Unix),
-            None => TcpStream::connect(host.address).await.map(|s| {
-                let _ = s.set_nodelay(true);
-                UpstreamIo::Tcp(s)
-            }),
-        }
-    };
-    let stream = match tokio::time::timeout(cluster.connect_timeout.max(Duration::from_millis(1)), fut).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(target: "remora::upstream", cluster = %cluster.name, host = %host.address, "connect failed: {e}");
-            cluster.stats.upstream_cx_connect_fail.inc();
-            return Err(ResetReason::ConnectFailure);
-        }
-        Err(_) => {
-            cluster.stats.upstream_cx_connect_fail.inc();
-            cluster.stats.upstream_cx_connect_timeout.inc();
-            return Err(ResetReason::ConnectTimeout);
-        }
-    };
-    Ok(TokioIo::new(stream))
 }

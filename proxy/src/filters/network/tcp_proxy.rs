@@ -1,0 +1,199 @@
+//! `envoy.filters.network.tcp_proxy`: connects each downstream connection to a host of the
+//! configured cluster (or weighted clusters) and copies bytes both ways until either side closes
+//! or the idle timeout passes. ORIGINAL_DST clusters connect to the connection's original
+//! destination.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy as TcpProxyProto, tcp_proxy};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::{BuildCtx, ConfigError, duration};
+use crate::stats::{Counter, Gauge, GaugeGuard};
+use crate::upstream::cluster::DiscoveryType;
+use crate::upstream::connect::UpstreamIo;
+use crate::upstream::host::ActiveRequest;
+use crate::upstream::lb;
+use crate::worker::WorkerCtx;
+
+pub const TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+#[derive(Debug, Clone)]
+enum Target {
+    Cluster(Arc<str>),
+    Weighted(Vec<(Arc<str>, u32)>, u64),
+}
+
+pub struct TcpProxyStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_no_route: Counter,
+    pub downstream_cx_rx_bytes_total: Counter,
+    pub downstream_cx_tx_bytes_total: Counter,
+    pub idle_timeout: Counter,
+    pub upstream_flush_active: Gauge,
+}
+
+/// A compiled tcp_proxy.
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    target: Target,
+    idle_timeout: Option<Duration>,
+    max_connect_attempts: u32,
+    stats: TcpProxyStats,
+}
+
+impl TcpProxy {
+    pub fn from_proto(p: &TcpProxyProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
+        if p.stat_prefix.is_empty() {
+            return Err(ConfigError::new("stat_prefix", "value length must be at least 1 characters"));
+        }
+        let target = match &p.cluster_specifier {
+            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => Target::Cluster(c.as_str().into()),
+            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                let v: Vec<(Arc<str>, u32)> = w.clusters.iter().map(|c| (c.name.as_str().into(), c.weight)).collect();
+                let total: u64 = v.iter().map(|(_, w)| *w as u64).sum();
+                if total == 0 {
+                    return Err(ConfigError::new("weighted_clusters", "weights must sum to more than 0"));
+                }
+                Target::Weighted(v, total)
+            }
+            None => return Err(ConfigError::new("cluster_specifier", "a cluster or weighted_clusters is required")),
+        };
+        if p.tunneling_config.is_some() {
+            return Err(ConfigError::new("tunneling_config", "tunneling over HTTP is not supported"));
+        }
+        let pre = format!("tcp.{}.", p.stat_prefix);
+        let c = |n: &str| cx.stats.counter(&format!("{pre}{n}"));
+        Ok(TcpProxy {
+            stat_prefix: p.stat_prefix.clone(),
+            target,
+            idle_timeout: match &p.idle_timeout {
+                None => Some(Duration::from_secs(3600)),
+                Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+            },
+            max_connect_attempts: p.max_connect_attempts.map(|v| v.value).unwrap_or(1).max(1),
+            stats: TcpProxyStats {
+                downstream_cx_total: c("downstream_cx_total"),
+                downstream_cx_no_route: c("downstream_cx_no_route"),
+                downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+                downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
+                idle_timeout: c("idle_timeout"),
+                upstream_flush_active: cx.stats.gauge(&format!("{pre}upstream_flush_active")),
+            },
+        })
+    }
+
+    /// The cluster names this proxy may use (for validation and dumps).
+    pub fn clusters(&self) -> Vec<Arc<str>> {
+        match &self.target {
+            Target::Cluster(c) => vec![c.clone()],
+            Target::Weighted(v, _) => v.iter().map(|(c, _)| c.clone()).collect(),
+        }
+    }
+
+    /// Proxies one connection. `original_dst` is the pre-redirect destination, if known.
+    pub async fn serve<D>(&self, mut downstream: D, worker: Rc<WorkerCtx>, original_dst: Option<SocketAddr>)
+    where
+        D: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.stats.downstream_cx_total.inc();
+        let name = match &self.target {
+            Target::Cluster(c) => c.clone(),
+            Target::Weighted(v, total) => {
+                let mut x = fastrand::u64(..*total);
+                let mut pick = v[0].0.clone();
+                for (c, w) in v {
+                    if x < *w as u64 {
+                        pick = c.clone();
+                        break;
+                    }
+                    x -= *w as u64;
+                }
+                pick
+            }
+        };
+        let Some(cluster) = worker.shared.snapshot.load().cluster(&name).cloned() else {
+            self.stats.downstream_cx_no_route.inc();
+            return;
+        };
+        let mut attempts = 0;
+        let (upstream, _active) = loop {
+            attempts += 1;
+            let host = if cluster.discovery == DiscoveryType::OriginalDst {
+                original_dst.map(|a| cluster.original_dst_host(a))
+            } else {
+                lb::choose(cluster.lb, &cluster.hosts.load(), None, &[])
+            };
+            let Some(host) = host else {
+                cluster.stats.upstream_cx_none_healthy.inc();
+                return;
+            };
+            let active = ActiveRequest::new(&host);
+            match crate::upstream::connect::connect(&cluster, &host).await {
+                Ok(io) => break (io.into_inner(), active),
+                Err(_) if attempts < self.max_connect_attempts => continue,
+                Err(_) => return,
+            }
+        };
+        let _cx_active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+        let (rx, tx) = pump(&mut downstream, upstream, self.idle_timeout, &self.stats.idle_timeout).await;
+        self.stats.downstream_cx_rx_bytes_total.add(rx);
+        self.stats.downstream_cx_tx_bytes_total.add(tx);
+        cluster.stats.upstream_cx_tx_bytes_total.add(rx);
+        cluster.stats.upstream_cx_rx_bytes_total.add(tx);
+        cluster.stats.upstream_cx_destroy.inc();
+    }
+}
+
+/// Copies both ways with half-close, until both directions end or nothing moved for `idle`.
+/// Returns (downstream→upstream bytes, upstream→downstream bytes).
+pub async fn pump<D>(down: &mut D, mut up: UpstreamIo, idle: Option<Duration>, idle_counter: &Counter) -> (u64, u64)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut a = vec![0u8; 16 * 1024];
+    let mut b = vec![0u8; 16 * 1024];
+    let (mut down_open, mut up_open) = (true, true);
+    let (mut sent, mut received) = (0u64, 0u64);
+    let far = Duration::from_secs(365 * 24 * 3600);
+    loop {
+        if !down_open && !up_open {
+            break;
+        }
+        let sleep = tokio::time::sleep(idle.unwrap_or(far));
+        tokio::select! {
+            r = down.read(&mut a), if down_open => match r {
+                Ok(0) | Err(_) => {
+                    down_open = false;
+                    let _ = up.shutdown().await;
+                }
+                Ok(n) => {
+                    if up.write_all(&a[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                }
+            },
+            r = up.read(&mut b), if up_open => match r {
+                Ok(0) | Err(_) => {
+                    up_open = false;
+                    let _ = down.shutdown().await;
+                }
+                Ok(n) => {
+                    if down.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                    received += n as u64;
+                }
+            },
+            _ = sleep => {
+                idle_counter.inc();
+                break;
+            }
+        }
+    }
+    (sent, received)
+}

@@ -1,0 +1,111 @@
+//! Opening upstream transports: TCP (optionally from a bound source address, Istio's
+//! `upstream_bind_config` 127.0.0.6) or a unix socket, within the cluster's connect timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::cluster::Cluster;
+use super::host::Host;
+use crate::router::retry::ResetReason;
+
+/// Connects a TCP socket, first binding `source` (port 0) when set.
+pub async fn connect_tcp(addr: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    match source {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            sock.set_reuseaddr(true)?;
+            sock.bind(SocketAddr::new(ip, 0))?;
+            sock.connect(addr).await
+        }
+    }
+}
+
+/// A connected upstream transport.
+pub enum UpstreamIo {
+    Tcp(TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            UpstreamIo::Tcp($s) => $e,
+            UpstreamIo::Unix($s) => $e,
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        both!(self, s => std::pin::Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        both!(self, s => std::pin::Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => std::pin::Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Opens a transport to `host` within the cluster's connect timeout, counting the cluster's
+/// connection stats.
+pub async fn connect(cluster: &Cluster, host: &Host) -> Result<TokioIo<UpstreamIo>, ResetReason> {
+    cluster.stats.upstream_cx_total.inc();
+    let fut = async {
+        match &host.pipe {
+            Some(p) => tokio::net::UnixStream::connect(p).await.map(UpstreamIo::Unix),
+            None => connect_tcp(host.address, cluster.upstream_bind).await.map(|s| {
+                let _ = s.set_nodelay(true);
+                UpstreamIo::Tcp(s)
+            }),
+        }
+    };
+    let stream = match tokio::time::timeout(cluster.connect_timeout.max(Duration::from_millis(1)), fut).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(target: "remora::upstream", cluster = %cluster.name, host = %host.address, "connect failed: {e}");
+            cluster.stats.upstream_cx_connect_fail.inc();
+            return Err(ResetReason::ConnectFailure);
+        }
+        Err(_) => {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            cluster.stats.upstream_cx_connect_timeout.inc();
+            return Err(ResetReason::ConnectTimeout);
+        }
+    };
+    Ok(TokioIo::new(stream))
+}
