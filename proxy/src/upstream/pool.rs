@@ -90,7 +90,7 @@ impl Pools {
         let active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
         let destroy = cluster.stats.upstream_cx_destroy.clone();
         tokio::task::spawn_local(async move {
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
             drop(active);
             destroy.inc();
         });

@@ -123,6 +123,8 @@ pub struct HttpConnectionManager {
     pub idle_timeout: Option<Duration>,
     pub max_concurrent_streams: Option<u32>,
     pub strip_any_host_port: bool,
+    /// Enabled `upgrade_configs` types, lowercased (`websocket`, ...).
+    pub upgrades: Vec<String>,
     pub stats: HcmStats,
 }
 
@@ -162,9 +164,6 @@ impl HttpConnectionManager {
         };
         let server_name = if p.server_name.is_empty() { "envoy" } else { p.server_name.as_str() };
         let common = p.common_http_protocol_options.as_ref();
-        if !p.upgrade_configs.is_empty() {
-            tracing::debug!("upgrade_configs: upgrades are forwarded by hyper only for h1 websocket-style upgrades");
-        }
         let hcm = HttpConnectionManager {
             stat_prefix: p.stat_prefix.clone(),
             codec,
@@ -199,6 +198,12 @@ impl HttpConnectionManager {
                 p.strip_port_mode,
                 Some(http_connection_manager::StripPortMode::StripAnyHostPort(true))
             ),
+            upgrades: p
+                .upgrade_configs
+                .iter()
+                .filter(|u| u.enabled.map(|b| b.value).unwrap_or(true))
+                .map(|u| u.upgrade_type.to_ascii_lowercase())
+                .collect(),
             stats: HcmStats::new(cx, &p.stat_prefix),
         };
         Ok(hcm)

@@ -131,9 +131,23 @@ impl Forward<'_> {
         let policy = policy.filter(|p| p.retry_on != 0 && p.num_retries > 0);
         let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
 
+        // An HTTP/1.1 upgrade (WebSocket) the HCM allows keeps its Upgrade/Connection headers
+        // and joins the two connections after a 101.
+        let upgrade = upgrade_type(&parts.headers)
+            .filter(|t| hcm.upgrades.iter().any(|u| u == t))
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+
         // Upstream request headers.
         let mut headers = std::mem::take(&mut parts.headers);
+        let upgrade_headers =
+            upgrade.as_ref().map(|_| (headers.get(header::UPGRADE).cloned(), headers.get(header::CONNECTION).cloned()));
         strip_hop_by_hop(&mut headers);
+        if let Some((u, _)) = &upgrade_headers {
+            if let Some(u) = u {
+                headers.insert(header::UPGRADE, u.clone());
+            }
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let new_path = rewrite_path(action, path_and_query, self.matched_len);
         if new_path.is_some()
@@ -179,11 +193,12 @@ impl Forward<'_> {
         if host_rewrite_applied && action.append_x_forwarded_host {
             append_x_forwarded_host(&mut headers, self.authority);
         }
-        let h2 = match cluster.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
-        };
+        let h2 = upgrade.is_none()
+            && match cluster.protocol {
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
+            };
 
         // Hash key for ring hash / maglev.
         let hash = if cluster.lb.uses_hash() { self.hash_key(&headers, &path_and_query) } else { None };
@@ -272,6 +287,11 @@ impl Forward<'_> {
                             }
                         } else if retries_done > 0 {
                             stats.upstream_rq_retry_success.inc();
+                        }
+                    }
+                    if status == 101 {
+                        if let Some(down) = upgrade {
+                            return self.join_upgrade(resp, down, active, &cluster, started);
                         }
                     }
                     return self.respond(resp, lease, active, &cluster, &host, started, attempt, weighted, suppress);
@@ -437,6 +457,30 @@ impl Forward<'_> {
         Response::from_parts(rparts, ResponseBody::upstream(body, on_end, Box::new(active)))
     }
 
+    /// After an upstream `101 Switching Protocols`, splices the upgraded connections together.
+    fn join_upgrade(
+        &self,
+        mut resp: Response<Incoming>,
+        down: hyper::upgrade::OnUpgrade,
+        active: ActiveRequest,
+        cluster: &Arc<Cluster>,
+        started: Instant,
+    ) -> Response<ResponseBody> {
+        cluster.stats.upstream_rq.record(101, true);
+        cluster.stats.upstream_rq_completed.inc();
+        cluster.stats.upstream_rq_time.record(started.elapsed().as_secs_f64() * 1000.0);
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::task::spawn_local(async move {
+            let _active = active;
+            let (Ok(up), Ok(down)) = (up.await, down.await) else { return };
+            let mut up = hyper_util::rt::TokioIo::new(up);
+            let mut down = hyper_util::rt::TokioIo::new(down);
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        });
+        let (parts, _) = resp.into_parts();
+        Response::from_parts(parts, ResponseBody::empty())
+    }
+
     fn hash_key(&self, headers: &HeaderMap, path_and_query: &str) -> Option<u64> {
         let mut acc = None;
         for p in &self.action.hash_policy {
@@ -486,6 +530,19 @@ impl Drop for ClusterRequest {
     fn drop(&mut self) {
         self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The upgrade type of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: x`).
+fn upgrade_type(h: &HeaderMap) -> Option<String> {
+    let conn_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if !conn_upgrade {
+        return None;
+    }
+    h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase())
 }
 
 fn take_header_ms(h: &mut HeaderMap, name: &str) -> Option<u64> {
