@@ -289,10 +289,10 @@ impl Forward<'_> {
                             stats.upstream_rq_retry_success.inc();
                         }
                     }
-                    if status == 101 {
-                        if let Some(down) = upgrade {
-                            return self.join_upgrade(resp, down, active, &cluster, started);
-                        }
+                    if status == 101
+                        && let Some(down) = upgrade
+                    {
+                        return self.join_upgrade(resp, down, active, &cluster, started);
                     }
                     return self.respond(resp, lease, active, &cluster, &host, started, attempt, weighted, suppress);
                 }
