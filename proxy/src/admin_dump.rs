@@ -2,79 +2,174 @@
 //! and `/listeners` in Envoy's text and JSON formats.
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::admin::v3::{
-    BootstrapConfigDump, ClustersConfigDump, ConfigDump, ListenersConfigDump, clusters_config_dump,
-    listeners_config_dump,
-};
 use http::{Response, header};
 use http_body_util::Full;
-use prost::Name;
 
 use crate::admin::AdminState;
-use xds_client::any::pack;
 
-fn now() -> envoy_types::pb::google::protobuf::Timestamp {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    envoy_types::pb::google::protobuf::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+fn timestamp(t: std::time::SystemTime) -> serde_json::Value {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    // RFC 3339 in UTC, as protobuf's Timestamp JSON.
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (y, m, dd) = civil_from_days(days as i64);
+    serde_json::Value::String(format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    ))
 }
 
-/// Builds Envoy's `/config_dump` JSON.
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Renders one resource; a resource whose typed configs cannot be rendered (a type missing from
+/// the descriptor pool) becomes its name and the reason instead of failing the whole dump.
+fn render<T: prost::Message + prost::Name>(pool: &prost_reflect::DescriptorPool, msg: &T) -> serde_json::Value {
+    match xds_client::json::message_to_json(pool, msg) {
+        Ok(mut v) => {
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert("@type".into(), serde_json::Value::String(T::type_url()));
+            }
+            v
+        }
+        Err(e) => serde_json::json!({ "@type": T::type_url(), "error": e.to_string() }),
+    }
+}
+
+fn section(type_name: &str, mut fields: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    fields.insert("@type".into(), serde_json::Value::String(format!("type.googleapis.com/{type_name}")));
+    serde_json::Value::Object(fields)
+}
+
+/// Builds Envoy's `/config_dump` JSON: bootstrap, clusters, (endpoints), listeners, routes.
 pub fn config_dump(
     st: &AdminState,
     resource: Option<&str>,
     name_regex: Option<&str>,
-    _include_eds: bool,
+    include_eds: bool,
 ) -> Result<serde_json::Value, String> {
+    use serde_json::{Map, Value, json};
     let re = match name_regex {
         Some(r) if !r.is_empty() => Some(regex::Regex::new(r).map_err(|e| e.to_string())?),
         _ => None,
     };
     let keep = |n: &str| re.as_ref().is_none_or(|r| r.is_match(n));
-    let snap = st.control.shared.snapshot.load_full();
-    let boot = BootstrapConfigDump { bootstrap: Some(st.bootstrap.clone()), last_updated: Some(now()) };
-    let mut clusters = ClustersConfigDump::default();
-    let mut names: Vec<_> = snap.clusters.keys().cloned().collect();
-    names.sort();
-    for n in names {
-        if !keep(&n) {
-            continue;
-        }
-        if let Some(c) = snap.clusters.get(&n) {
-            clusters
-                .static_clusters
-                .push(clusters_config_dump::StaticCluster { cluster: Some(pack(&c.proto)), last_updated: Some(now()) });
-        }
-    }
-    let mut listeners = ListenersConfigDump::default();
-    for l in &snap.listeners {
-        if !keep(&l.name) {
-            continue;
-        }
-        listeners
-            .static_listeners
-            .push(listeners_config_dump::StaticListener { listener: Some(pack(&l.proto)), last_updated: Some(now()) });
-    }
-    let all = [pack(&boot), pack(&clusters), pack(&listeners)];
-    let configs: Vec<_> = match resource {
-        Some(r) if !r.is_empty() => {
-            // `?resource=static_clusters` etc.: the matching repeated field's entries.
-            let mut v = Vec::new();
-            match r {
-                "static_clusters" => v.extend(clusters.static_clusters.iter().filter_map(|c| c.cluster.clone())),
-                "static_listeners" => v.extend(listeners.static_listeners.iter().filter_map(|l| l.listener.clone())),
-                _ => return Err(format!("{r} not found in config dump")),
-            }
-            v
-        }
-        _ => all.to_vec(),
-    };
-    let dump = ConfigDump { configs };
+    let view = st.control.manager.dump();
+    let now = timestamp(std::time::SystemTime::now());
     let pool = xds_client::descriptors::pool();
-    let v = xds_client::json::message_to_json(&pool, &dump).map_err(|e| e.to_string());
+    let result = (|| {
+        let mut boot = Map::new();
+        boot.insert("bootstrap".into(), render(&pool, &st.bootstrap));
+        boot.insert("last_updated".into(), now.clone());
+
+        let static_clusters: Vec<Value> = view
+            .static_clusters
+            .iter()
+            .filter(|c| keep(&c.name))
+            .map(|c| json!({"cluster": render(&pool, c), "last_updated": now}))
+            .collect();
+        let active: Vec<Value> = view
+            .clusters
+            .iter()
+            .filter(|(_, c, w)| !w && keep(&c.name))
+            .map(|(v, c, _)| json!({"version_info": v, "cluster": render(&pool, c), "last_updated": now}))
+            .collect();
+        let warming: Vec<Value> = view
+            .clusters
+            .iter()
+            .filter(|(_, c, w)| *w && keep(&c.name))
+            .map(|(v, c, _)| json!({"version_info": v, "cluster": render(&pool, c), "last_updated": now}))
+            .collect();
+        let mut clusters = Map::new();
+        if !view.cds_version.is_empty() {
+            clusters.insert("version_info".into(), json!(view.cds_version));
+        }
+        clusters.insert("static_clusters".into(), json!(static_clusters));
+        clusters.insert("dynamic_active_clusters".into(), json!(active));
+        clusters.insert("dynamic_warming_clusters".into(), json!(warming));
+
+        let static_listeners: Vec<Value> = view
+            .static_listeners
+            .iter()
+            .filter(|l| keep(&l.name))
+            .map(|l| json!({"listener": render(&pool, l), "last_updated": now}))
+            .collect();
+        let dynamic_listeners: Vec<Value> = view
+            .listeners
+            .iter()
+            .filter(|(_, l, _)| keep(&l.name))
+            .map(|(v, l, w)| {
+                let state = json!({"version_info": v, "listener": render(&pool, l), "last_updated": now});
+                if *w {
+                    json!({"name": l.name, "warming_state": state})
+                } else {
+                    json!({"name": l.name, "active_state": state})
+                }
+            })
+            .collect();
+        let mut listeners = Map::new();
+        if !view.lds_version.is_empty() {
+            listeners.insert("version_info".into(), json!(view.lds_version));
+        }
+        listeners.insert("static_listeners".into(), json!(static_listeners));
+        listeners.insert("dynamic_listeners".into(), json!(dynamic_listeners));
+
+        let routes: Vec<Value> = view
+            .routes
+            .iter()
+            .filter(|(_, r, _)| keep(&r.name))
+            .map(
+                |(v, r, t)| json!({"version_info": v, "route_config": render(&pool, r), "last_updated": timestamp(*t)}),
+            )
+            .collect();
+        let mut route_section = Map::new();
+        route_section.insert("dynamic_route_configs".into(), json!(routes));
+
+        let mut configs = vec![
+            section("envoy.admin.v3.BootstrapConfigDump", boot),
+            section("envoy.admin.v3.ClustersConfigDump", clusters.clone()),
+        ];
+        if include_eds {
+            let eps: Vec<Value> = view
+                .endpoints
+                .iter()
+                .filter(|(_, c)| keep(&c.cluster_name))
+                .map(|(v, c)| json!({"version_info": v, "endpoint_config": render(&pool, c), "last_updated": now}))
+                .collect();
+            let mut m = Map::new();
+            m.insert("dynamic_endpoint_configs".into(), json!(eps));
+            configs.push(section("envoy.admin.v3.EndpointsConfigDump", m));
+        }
+        configs.push(section("envoy.admin.v3.ListenersConfigDump", listeners.clone()));
+        configs.push(section("envoy.admin.v3.RoutesConfigDump", route_section.clone()));
+        if let Some(r) = resource.filter(|r| !r.is_empty()) {
+            // `?resource=dynamic_active_clusters` etc.: that field's entries, flattened.
+            let found = [&clusters, &listeners, &route_section].into_iter().find_map(|m| m.get(r).cloned());
+            return match found {
+                Some(Value::Array(items)) => Ok(json!({ "configs": items })),
+                _ => Err(format!("{r} not found in config dump")),
+            };
+        }
+        Ok(json!({ "configs": configs }))
+    })();
     drop(pool);
     xds_client::descriptors::release_memory();
-    let _ = ConfigDump::full_name();
-    v
+    result
 }
 
 fn reply(body: String, json: bool) -> Response<Full<Bytes>> {

@@ -99,6 +99,8 @@ struct DynListener {
 struct RouteEntry {
     version: String,
     table: Arc<RouteTable>,
+    proto: RouteConfiguration,
+    updated: std::time::SystemTime,
 }
 
 #[derive(Default)]
@@ -532,7 +534,15 @@ impl ConfigManager {
                         continue;
                     }
                 };
-                st.routes.insert(name, RouteEntry { version: version.to_string(), table });
+                st.routes.insert(
+                    name,
+                    RouteEntry {
+                        version: version.to_string(),
+                        table,
+                        proto: rc,
+                        updated: std::time::SystemTime::now(),
+                    },
+                );
             }
             for n in removed {
                 st.routes.remove(n);
@@ -639,18 +649,26 @@ impl ConfigManager {
     /// Versions and resources for `/config_dump`.
     pub fn dump(&self) -> DumpView {
         let st = self.state();
-        DumpView {
+        let mut v = DumpView {
             cds_version: st.cds_version.clone(),
             lds_version: st.lds_version.clone(),
+            static_clusters: st.static_clusters.values().map(|c| c.proto.clone()).collect(),
             clusters: st.clusters.values().map(|d| (d.version.clone(), d.cluster.proto.clone(), d.warming)).collect(),
+            static_listeners: st.static_listeners.iter().map(|l| l.proto.clone()).collect(),
             listeners: st
-                .listeners
-                .values()
+                .listener_order
+                .iter()
+                .filter_map(|n| st.listeners.get(n))
                 .map(|d| (d.version.clone(), d.listener.proto.clone(), d.warming))
                 .collect(),
-            routes: st.routes.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect(),
+            routes: st.routes.values().map(|r| (r.version.clone(), r.proto.clone(), r.updated)).collect(),
             endpoints: st.endpoints.values().map(|(v, c)| (v.clone(), c.clone())).collect(),
-        }
+        };
+        v.static_clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        v.clusters.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        v.routes.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        v.endpoints.sort_by(|a, b| a.1.cluster_name.cmp(&b.1.cluster_name));
+        v
     }
 
     /// Every listener currently bound (static and dynamic, active and warming).
@@ -658,20 +676,19 @@ impl ConfigManager {
         let st = self.state();
         st.static_listeners.iter().cloned().chain(st.listeners.values().map(|d| d.listener.clone())).collect()
     }
-
-    /// The route table protos are not kept; the dump lists names and versions.
-    pub fn route_names(&self) -> Vec<(String, String)> {
-        self.state().routes.iter().map(|(n, r)| (n.clone(), r.version.clone())).collect()
-    }
 }
 
 /// A copy of the dynamic state for the admin API.
 pub struct DumpView {
     pub cds_version: String,
     pub lds_version: String,
+    pub static_clusters: Vec<ClusterProto>,
+    /// (version, cluster, warming)
     pub clusters: Vec<(String, ClusterProto, bool)>,
+    pub static_listeners: Vec<ListenerProto>,
+    /// (version, listener, warming)
     pub listeners: Vec<(String, ListenerProto, bool)>,
-    pub routes: Vec<(String, String)>,
+    pub routes: Vec<(String, RouteConfiguration, std::time::SystemTime)>,
     pub endpoints: Vec<(String, ClusterLoadAssignment)>,
 }
 
