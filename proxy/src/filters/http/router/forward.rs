@@ -244,7 +244,8 @@ impl Forward<'_> {
                     }
                 },
             };
-            let mut hdrs = headers.clone();
+            // Without a retry policy there is exactly one attempt: move the headers, do not copy.
+            let mut hdrs = if policy.is_some() { headers.clone() } else { std::mem::take(&mut headers) };
             if self.vhost.include_attempt_count_in_request {
                 hdrs.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
             }
