@@ -226,6 +226,7 @@ mod tests {
         BuildCtx {
             stats: Arc::new(crate::stats::Store::default()),
             cluster_names: Arc::new(Default::default()),
+            listener_stat_name: None,
             node: Arc::default(),
         }
     }

@@ -205,6 +205,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         eprintln!("{e}");
         return ExitCode::from(1);
     }
+    tokio::spawn(flush_server_stats(stats.clone(), shared.clone(), control.started));
     workers_started.set(1);
     server_state.set(state::LIVE);
     stats.gauge("server.live").set(1);
@@ -241,4 +242,36 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     drop(workers);
     tracing::info!(target: "remora::server", "exiting");
     ExitCode::SUCCESS
+}
+
+/// Refreshes the server-wide gauges Envoy keeps (uptime, memory, connections) every stats flush
+/// interval (5 s, Envoy's default).
+async fn flush_server_stats(stats: Arc<crate::stats::Store>, shared: Arc<Shared>, started: Instant) {
+    let uptime = stats.gauge("server.uptime");
+    let allocated = stats.gauge("server.memory_allocated");
+    let heap = stats.gauge("server.memory_heap_size");
+    let physical = stats.gauge("server.memory_physical_size");
+    let connections = stats.gauge("server.total_connections");
+    let parent = stats.gauge("server.parent_connections");
+    for (name, v) in [
+        ("server.hot_restart_epoch", 0),
+        ("server.hot_restart_generation", 1),
+        ("server.static_unknown_fields", 0),
+        ("server.dynamic_unknown_fields", 0),
+        ("runtime.num_layers", 0),
+        ("runtime.num_keys", 0),
+    ] {
+        stats.gauge(name).set(v);
+    }
+    stats.counter("runtime.load_success").inc();
+    loop {
+        let (rss, vsz) = crate::admin::memory();
+        uptime.set(started.elapsed().as_secs() as i64);
+        allocated.set(rss as i64);
+        heap.set(vsz as i64);
+        physical.set(rss as i64);
+        connections.set(shared.connections.load(Ordering::Relaxed) as i64);
+        parent.set(0);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }

@@ -141,6 +141,7 @@ pub struct ConfigManager {
     listener_added: Counter,
     listener_modified: Counter,
     listener_removed: Counter,
+    listener_create_success: Counter,
     cluster_added: Counter,
     cluster_modified: Counter,
     cluster_removed: Counter,
@@ -164,6 +165,7 @@ impl ConfigManager {
             listener_added: s.counter("listener_manager.listener_added"),
             listener_modified: s.counter("listener_manager.listener_modified"),
             listener_removed: s.counter("listener_manager.listener_removed"),
+            listener_create_success: s.counter("listener_manager.listener_create_success"),
             cluster_added: s.counter("cluster_manager.cluster_added"),
             cluster_modified: s.counter("cluster_manager.cluster_modified"),
             cluster_removed: s.counter("cluster_manager.cluster_removed"),
@@ -199,11 +201,14 @@ impl ConfigManager {
             let mut st = self.state();
             for c in clusters {
                 self.spawn_dns(&c);
+                self.cluster_added.inc();
                 st.static_clusters.insert(c.name.to_string(), c);
             }
         }
         for l in &listeners {
             self.start_listener(l)?;
+            self.listener_added.inc();
+            self.listener_create_success.inc();
             self.attach_routes(l);
         }
         self.state().static_listeners = listeners;

@@ -62,6 +62,17 @@ pub struct ClusterStats {
     pub upstream_rq_active: Gauge,
     pub upstream_rq_completed: Counter,
     pub upstream_rq: CodeStats,
+    pub external_upstream_rq: CodeStats,
+    pub internal_upstream_rq: CodeStats,
+    pub external_upstream_rq_completed: Counter,
+    pub internal_upstream_rq_completed: Counter,
+    pub lb_healthy_panic: Counter,
+    pub default_total_match_count: Counter,
+    pub warming_state: Gauge,
+    pub membership_degraded: Gauge,
+    pub membership_excluded: Gauge,
+    /// Circuit-breaker open gauges (always 0 until thresholds trip), for both priorities.
+    pub circuit_breakers: Vec<Gauge>,
     pub upstream_rq_time: Histogram,
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_per_try_timeout: Counter,
@@ -101,6 +112,40 @@ impl ClusterStats {
             upstream_rq_active: g("upstream_rq_active"),
             upstream_rq_completed: c("upstream_rq_completed"),
             upstream_rq: CodeStats::new(store, &format!("{p}upstream_rq")),
+            external_upstream_rq: CodeStats::new(store, &format!("{p}external.upstream_rq")),
+            internal_upstream_rq: CodeStats::new(store, &format!("{p}internal.upstream_rq")),
+            external_upstream_rq_completed: c("external.upstream_rq_completed"),
+            internal_upstream_rq_completed: c("internal.upstream_rq_completed"),
+            lb_healthy_panic: c("lb_healthy_panic"),
+            default_total_match_count: c("default.total_match_count"),
+            warming_state: {
+                let g = g("warming_state");
+                g.set(0);
+                g
+            },
+            membership_degraded: {
+                let g = g("membership_degraded");
+                g.set(0);
+                g
+            },
+            membership_excluded: {
+                let g = g("membership_excluded");
+                g.set(0);
+                g
+            },
+            circuit_breakers: ["default", "high"]
+                .iter()
+                .flat_map(|prio| {
+                    ["cx_open", "cx_pool_open", "rq_open", "rq_pending_open", "rq_retry_open"]
+                        .iter()
+                        .map(move |n| format!("circuit_breakers.{prio}.{n}"))
+                })
+                .map(|n| {
+                    let g = g(&n);
+                    g.set(0);
+                    g
+                })
+                .collect(),
             upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
@@ -384,8 +429,11 @@ impl Cluster {
             })
             .collect();
         let changed = previous.all.len() != all.len() || previous.all.iter().zip(&all).any(|(a, b)| a.id != b.id);
-        self.stats.membership_total.set(all.len() as i64);
-        self.stats.membership_healthy.set(all.iter().filter(|h| h.healthy()).count() as i64);
+        // Like Envoy, an empty cluster never touches its membership gauges.
+        if changed {
+            self.stats.membership_total.set(all.len() as i64);
+            self.stats.membership_healthy.set(all.iter().filter(|h| h.healthy()).count() as i64);
+        }
         if changed {
             self.stats.membership_change.inc();
         }

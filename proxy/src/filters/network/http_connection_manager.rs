@@ -74,7 +74,9 @@ pub struct HcmStats {
     pub no_route: Counter,
     pub no_cluster: Counter,
     pub rq_direct_response: Counter,
-    pub rq_redirect: Counter,
+    pub rq_total: Counter,
+    /// `listener.<address>.http.<prefix>.downstream_rq_<N>xx` and `_completed`.
+    pub listener_rq: Option<(CodeStats, Counter)>,
 }
 
 impl HcmStats {
@@ -98,7 +100,14 @@ impl HcmStats {
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_direct_response: c("rq_direct_response"),
-            rq_redirect: c("rq_redirect"),
+            rq_total: c("rq_total"),
+            listener_rq: cx.listener_stat_name.as_ref().map(|l| {
+                let lp = format!("listener.{l}.http.{prefix}.");
+                (
+                    CodeStats::new(&cx.stats, &format!("{lp}downstream_rq")),
+                    cx.stats.counter(&format!("{lp}downstream_rq_completed")),
+                )
+            }),
         }
     }
 }
@@ -312,6 +321,10 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     let status = resp.status().as_u16();
     stats.downstream_rq.record(status, false);
     stats.downstream_rq_completed.inc();
+    if let Some((codes, completed)) = &stats.listener_rq {
+        codes.record(status, false);
+        completed.inc();
+    }
     stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
     drop(active);
     resp
@@ -488,7 +501,10 @@ async fn route_and_forward(
     }
     let resp = match early {
         Some(r) => r,
-        None => match matched {
+        None => match {
+            hcm.stats.rq_total.inc();
+            matched
+        } {
             None => {
                 hcm.stats.no_route.inc();
                 LocalReply::no_route().into_response()
@@ -547,7 +563,7 @@ async fn act(
             r
         }
         Action::Redirect(rd) => {
-            hcm.stats.rq_redirect.inc();
+            hcm.stats.rq_direct_response.inc();
             let loc = rd.location(&scheme_for_redirect(parts, cx), authority, path_and_query, matched_len);
             let mut r = Response::new(ResponseBody::empty());
             *r.status_mut() = rd.status;

@@ -51,6 +51,33 @@ enum AttemptError {
 }
 
 impl Forward<'_> {
+    /// Counts a response (upstream or a local reply caused by the upstream) in the cluster's
+    /// `upstream_rq_<code>` stats, as Envoy's router does.
+    fn charge(&self, cluster: &Cluster, status: u16, internal: bool) {
+        let s = &cluster.stats;
+        s.upstream_rq.record(status, true);
+        s.upstream_rq_completed.inc();
+        if internal {
+            s.internal_upstream_rq.record(status, true);
+            s.internal_upstream_rq_completed.inc();
+        } else {
+            s.external_upstream_rq.record(status, true);
+            s.external_upstream_rq_completed.inc();
+        }
+    }
+
+    /// A local reply about the upstream: counted against the cluster, then sent.
+    fn cluster_reply(
+        &self,
+        cluster: &Cluster,
+        internal: bool,
+        weighted: Option<&WeightedCluster>,
+        r: LocalReply,
+    ) -> Response<ResponseBody> {
+        self.charge(cluster, r.status.as_u16(), internal);
+        self.reply(weighted, r)
+    }
+
     fn reply(&self, weighted: Option<&WeightedCluster>, r: LocalReply) -> Response<ResponseBody> {
         let mut resp = r.into_response();
         apply_response_mutations(
@@ -96,11 +123,12 @@ impl Forward<'_> {
             return self.reply(weighted, reply);
         };
         let stats = &cluster.stats;
+        let internal = parts.headers.get("x-envoy-internal").is_some_and(|v| v == "true");
 
         // Circuit breaker on concurrent requests.
         if cluster.active_requests.load(Ordering::Relaxed) >= cluster.thresholds.max_requests {
             stats.upstream_rq_pending_overflow.inc();
-            return self.reply(weighted, LocalReply::overflow());
+            return self.cluster_reply(&cluster, internal, weighted, LocalReply::overflow());
         }
         let _cluster_active = ClusterRequest::new(&cluster);
 
@@ -230,7 +258,10 @@ impl Forward<'_> {
             };
             let Some(host) = host else {
                 stats.upstream_cx_none_healthy.inc();
-                return self.reply(weighted, LocalReply::no_healthy_upstream());
+                if cluster.hosts.load().is_empty() {
+                    stats.lb_healthy_panic.inc();
+                }
+                return self.cluster_reply(&cluster, internal, weighted, LocalReply::no_healthy_upstream());
             };
             attempted.push(host.id);
             let body = match first_body.take() {
@@ -262,7 +293,6 @@ impl Forward<'_> {
                         .into_response();
                 }
             };
-            stats.upstream_rq_total.inc();
             let started = Instant::now();
             let outcome = self.attempt(&cluster, &host, h2, req, per_try, deadline).await;
             let retry_allowed = |p: &RetryPolicy| {
@@ -278,7 +308,7 @@ impl Forward<'_> {
                             if retry_allowed(p) && self.take_retry_budget(&cluster) {
                                 retries_done += 1;
                                 stats.upstream_rq_retry.inc();
-                                stats.upstream_rq.record(status, true);
+                                self.charge(&cluster, status, internal);
                                 drop(resp);
                                 self.backoff(p, retries_done, deadline).await;
                                 continue;
@@ -295,11 +325,12 @@ impl Forward<'_> {
                     {
                         return self.join_upgrade(resp, down, active, &cluster, started);
                     }
+                    self.charge(&cluster, status, internal);
                     return self.respond(resp, lease, active, &cluster, &host, started, attempt, weighted, suppress);
                 }
                 Err(AttemptError::GlobalTimeout) => {
                     stats.upstream_rq_timeout.inc();
-                    return self.reply(weighted, LocalReply::upstream_timeout());
+                    return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
                 }
                 Err(AttemptError::PerTryTimeout) => {
                     stats.upstream_rq_per_try_timeout.inc();
@@ -313,7 +344,7 @@ impl Forward<'_> {
                         continue;
                     }
                     stats.upstream_rq_timeout.inc();
-                    return self.reply(weighted, LocalReply::upstream_timeout());
+                    return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
                 }
                 Err(AttemptError::Reset(reason)) => {
                     if reason != ResetReason::ConnectFailure && reason != ResetReason::ConnectTimeout {
@@ -330,8 +361,12 @@ impl Forward<'_> {
                             stats.upstream_rq_retry_limit_exceeded.inc();
                         }
                     }
-                    return self
-                        .reply(weighted, LocalReply::upstream_reset(reason.envoy_text(), reason.response_flag()));
+                    return self.cluster_reply(
+                        &cluster,
+                        internal,
+                        weighted,
+                        LocalReply::upstream_reset(reason.envoy_text(), reason.response_flag()),
+                    );
                 }
             }
         }
@@ -374,10 +409,13 @@ impl Forward<'_> {
         deadline: Option<Instant>,
     ) -> Result<(Response<Incoming>, Option<Lease>, ActiveRequest), AttemptError> {
         let active = ActiveRequest::new(host);
-        let rq_active = crate::stats::GaugeGuard::new(&cluster.stats.upstream_rq_active);
         let pools = self.cx.worker.pools.clone();
+        let mut rq_active = None;
         let fut = async {
             let lease = pools.acquire(cluster, host, h2).await.map_err(AttemptError::Reset)?;
+            // Counted once the request goes out on a connection, as Envoy does.
+            cluster.stats.upstream_rq_total.inc();
+            rq_active = Some(crate::stats::GaugeGuard::new(&cluster.stats.upstream_rq_active));
             match lease {
                 Lease::H1 { mut sender, served, key, max } => {
                     let resp = sender.send_request(req).await.map_err(|e| AttemptError::Reset(classify(&e)))?;
@@ -423,9 +461,6 @@ impl Forward<'_> {
     ) -> Response<ResponseBody> {
         let elapsed = started.elapsed();
         let stats = &cluster.stats;
-        let status = resp.status().as_u16();
-        stats.upstream_rq.record(status, true);
-        stats.upstream_rq_completed.inc();
         stats.upstream_rq_time.record(elapsed.as_secs_f64() * 1000.0);
         let (mut rparts, body) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
@@ -467,8 +502,6 @@ impl Forward<'_> {
         cluster: &Arc<Cluster>,
         started: Instant,
     ) -> Response<ResponseBody> {
-        cluster.stats.upstream_rq.record(101, true);
-        cluster.stats.upstream_rq_completed.inc();
         cluster.stats.upstream_rq_time.record(started.elapsed().as_secs_f64() * 1000.0);
         let up = hyper::upgrade::on(&mut resp);
         tokio::task::spawn_local(async move {
