@@ -501,18 +501,18 @@ async fn route_and_forward(
     }
     let resp = match early {
         Some(r) => r,
-        None => match {
+        None => {
             hcm.stats.rq_total.inc();
-            matched
-        } {
-            None => {
-                hcm.stats.no_route.inc();
-                LocalReply::no_route().into_response()
+            match matched {
+                None => {
+                    hcm.stats.no_route.inc();
+                    LocalReply::no_route().into_response()
+                }
+                Some((rr, matched_len)) => {
+                    act(cx, parts, body, rr, matched_len, authority, downstream_remote, &path_and_query).await
+                }
             }
-            Some((rr, matched_len)) => {
-                act(cx, parts, body, rr, matched_len, authority, downstream_remote, &path_and_query).await
-            }
-        },
+        }
     };
     // Response path: the filters before the one that answered, in reverse order.
     let (mut rparts, mut rbody) = resp.into_parts();
