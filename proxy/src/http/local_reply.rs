@@ -61,7 +61,9 @@ impl LocalReply {
     /// Renders the reply. Like Envoy, a non-empty body gets `content-type: text/plain`.
     pub fn into_response(self) -> Response<ResponseBody> {
         let len = self.body.len();
+        let marker = LocalReplied { flag: self.flag, details: self.details, body: self.body.clone() };
         let mut r = Response::new(ResponseBody::full(self.body));
+        r.extensions_mut().insert(marker);
         *r.status_mut() = self.status;
         let h = r.headers_mut();
         *h = self.headers;
@@ -72,3 +74,48 @@ impl LocalReply {
         r
     }
 }
+
+/// Marks a response the proxy generated itself (read by the gRPC conversion and access logs).
+#[derive(Debug, Clone)]
+pub struct LocalReplied {
+    pub flag: &'static str,
+    pub details: &'static str,
+    pub body: Bytes,
+}
+
+/// Envoy's HTTP status to gRPC status mapping for local replies (`Grpc::Utility::httpToGrpcStatus`).
+pub fn grpc_status_for(http: u16) -> u32 {
+    match http {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// Turns a local reply to a gRPC request into a trailers-only gRPC response, as Envoy does:
+/// HTTP 200, `content-type: application/grpc`, `grpc-status` and `grpc-message` headers.
+pub fn to_grpc(resp: &mut Response<ResponseBody>) {
+    let Some(m) = resp.extensions().get::<LocalReplied>().cloned() else { return };
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return;
+    }
+    *resp.status_mut() = http::StatusCode::OK;
+    *resp.body_mut() = ResponseBody::empty();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(grpc_status_for(status)));
+    if !m.body.is_empty() {
+        let msg = percent_encoding::percent_encode(&m.body, GRPC_MESSAGE).to_string();
+        if let Ok(v) = HeaderValue::from_str(&msg) {
+            h.insert("grpc-message", v);
+        }
+    }
+    h.remove(header::CONTENT_LENGTH);
+}
+
+/// gRPC's percent-encoding set for `grpc-message`: everything outside printable ASCII, and `%`.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');

@@ -316,7 +316,15 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     }
     let active = GaugeGuard::new(&stats.downstream_rq_active);
     let is_h1 = req.version() != Version::HTTP_2;
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
     let mut resp = process(req, &cx).await;
+    if is_grpc {
+        crate::http::local_reply::to_grpc(&mut resp);
+    }
     finalize_response(&cx, &mut resp, is_h1);
     let status = resp.status().as_u16();
     stats.downstream_rq.record(status, false);
