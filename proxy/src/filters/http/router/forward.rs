@@ -135,6 +135,15 @@ impl Forward<'_> {
         // Envoy's x-envoy-* request controls (consumed here, never forwarded).
         let suppress = hcm.filters.router.suppress_envoy_headers;
         let mut timeout = action.timeout;
+        // grpc_timeout_header_max: a gRPC request's `grpc-timeout` replaces the route timeout,
+        // capped by the max (0 means no cap), as Envoy does.
+        if let Some(max) = action.max_grpc_timeout {
+            if let Some(t) =
+                parts.headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
+            {
+                timeout = Some(if max.is_zero() { t } else { t.min(max) });
+            }
+        }
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
         if let Some(ms) = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms") {
             timeout = (ms > 0).then(|| Duration::from_millis(ms));
@@ -564,6 +573,24 @@ impl Drop for ClusterRequest {
     fn drop(&mut self) {
         self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Parses a gRPC `grpc-timeout` value: digits then a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The upgrade type of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: x`).
