@@ -137,12 +137,11 @@ impl Forward<'_> {
         let mut timeout = action.timeout;
         // grpc_timeout_header_max: a gRPC request's `grpc-timeout` replaces the route timeout,
         // capped by the max (0 means no cap), as Envoy does.
-        if let Some(max) = action.max_grpc_timeout {
-            if let Some(t) =
+        if let Some(max) = action.max_grpc_timeout
+            && let Some(t) =
                 parts.headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
-            {
-                timeout = Some(if max.is_zero() { t } else { t.min(max) });
-            }
+        {
+            timeout = Some(if max.is_zero() { t } else { t.min(max) });
         }
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
         if let Some(ms) = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms") {
