@@ -90,7 +90,12 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
             ));
         }
     }
-    let cx = BuildCtx { stats: stats.clone(), cluster_names: Arc::new(cluster_names), node: node.clone() };
+    let cx = BuildCtx {
+        stats: stats.clone(),
+        cluster_names: Arc::new(cluster_names),
+        node: node.clone(),
+        http_stat_prefix: None,
+    };
     let mut clusters = Vec::new();
     for (i, c) in sr.clusters.iter().enumerate() {
         let cl = Cluster::from_proto(c, &cx).map_err(|e| e.within(&format!("static_resources.clusters[{i}]")))?;

@@ -39,12 +39,15 @@ impl ConfigError {
 }
 
 /// What translation needs from the server: the stat store and process-wide settings.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct BuildCtx {
     pub stats: Arc<Store>,
     /// Names of the clusters known when routes are built (Envoy's `validate_clusters`).
     pub cluster_names: Arc<std::collections::HashSet<String>>,
     pub node: Arc<NodeInfo>,
+    /// While an HCM's HTTP filters are built: its `stat_prefix` (filters name their stats
+    /// `http.<stat_prefix>.<filter>.*`).
+    pub http_stat_prefix: Option<Arc<str>>,
 }
 
 /// The node identity from the bootstrap and the command line.
