@@ -95,6 +95,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         cluster_names: Arc::new(cluster_names),
         node: node.clone(),
         listener_stat_name: None,
+        http_stat_prefix: None,
     };
     let mut clusters = Vec::new();
     for (i, c) in sr.clusters.iter().enumerate() {

@@ -39,7 +39,7 @@ impl ConfigError {
 }
 
 /// What translation needs from the server: the stat store and process-wide settings.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct BuildCtx {
     pub stats: Arc<Store>,
     /// Names of the clusters known when routes are built (Envoy's `validate_clusters`).
@@ -47,6 +47,9 @@ pub struct BuildCtx {
     pub node: Arc<NodeInfo>,
     /// While building a listener: its stat name (`0.0.0.0_8080`), for per-listener HTTP stats.
     pub listener_stat_name: Option<String>,
+    /// While an HCM's HTTP filters are built: its `stat_prefix` (filters name their stats
+    /// `http.<stat_prefix>.<filter>.*`).
+    pub http_stat_prefix: Option<Arc<str>>,
 }
 
 /// The node identity from the bootstrap and the command line.

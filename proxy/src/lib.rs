@@ -9,6 +9,7 @@
 // Envoy still accepts its deprecated fields, so remora translates them too.
 #![allow(deprecated)]
 
+pub mod access_log;
 pub mod admin;
 pub mod admin_dump;
 pub mod bootstrap;

@@ -29,7 +29,7 @@ pub struct VirtualHost {
     pub include_attempt_count_in_response: bool,
     pub per_filter: crate::filters::http::PerFilterConfigs,
     /// The deprecated `cors` field (the CORS filter reads it when no typed config is set).
-    pub cors: Option<envoy_types::pb::envoy::config::route::v3::CorsPolicy>,
+    pub cors: Option<Arc<crate::filters::http::cors::CorsPolicy>>,
 }
 
 /// A compiled `RouteConfiguration`.
@@ -83,6 +83,7 @@ impl RouteTable {
             ignore_port_in_host_matching: p.ignore_port_in_host_matching,
             per_filter: crate::filters::http::compile_per_filter(
                 &p.typed_per_filter_config,
+                cx,
                 "typed_per_filter_config",
             )?,
         };
@@ -204,9 +205,13 @@ fn compile_vhost(
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
         per_filter: crate::filters::http::compile_per_filter(
             &vh.typed_per_filter_config,
+            cx,
             &format!("{field}.typed_per_filter_config"),
         )?,
-        cors: vh.cors.clone(),
+        cors: match &vh.cors {
+            Some(c) => Some(crate::filters::http::cors::CorsPolicy::from_legacy(c, &format!("{field}.cors"))?),
+            None => None,
+        },
     })
 }
 
@@ -228,6 +233,7 @@ mod tests {
             cluster_names: Arc::new(Default::default()),
             listener_stat_name: None,
             node: Arc::default(),
+            http_stat_prefix: None,
         }
     }
 

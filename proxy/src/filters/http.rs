@@ -1,6 +1,10 @@
 //! HTTP filters: the phase trait every filter implements and the registry that turns an HCM's
 //! `http_filters` list into a chain. Envoy's names and type URLs key the registry.
 
+pub mod compressor;
+pub mod cors;
+pub mod fault;
+pub mod local_ratelimit;
 pub mod router;
 
 use std::sync::Arc;
@@ -21,6 +25,8 @@ pub enum FilterAction {
     Respond(LocalReply),
     /// Wait, then continue with the next filter (fault delays).
     Delay(std::time::Duration),
+    /// Wait, then answer (a fault delay followed by an abort).
+    DelayThen(std::time::Duration, Box<LocalReply>),
 }
 
 /// Connection facts filters may read (TLS fields are filled by the TLS transport socket).
@@ -72,17 +78,22 @@ impl RequestCtx<'_> {
     /// The most specific `typed_per_filter_config` for `filter_name` (route, then virtual host,
     /// then route configuration), if it has type `T`.
     pub fn per_route<T: 'static>(&self, filter_name: &str) -> Option<&T> {
-        let r = self.route?;
-        [&r.route.per_filter, &r.vhost.per_filter, &r.table.per_filter]
-            .into_iter()
-            .find_map(|m| m.get(filter_name))
-            .and_then(|c| c.downcast_ref::<T>())
+        per_route_of(self.route, filter_name)
     }
 
     /// True when the most specific per-filter config disables the filter.
     pub fn disabled(&self, filter_name: &str) -> bool {
         self.per_route::<Disabled>(filter_name).is_some()
     }
+}
+
+/// The most specific `typed_per_filter_config` of a route (borrowing the route, not the request).
+pub fn per_route_of<'a, T: 'static>(route: Option<RouteRef<'a>>, filter_name: &str) -> Option<&'a T> {
+    let r = route?;
+    [&r.route.per_filter, &r.vhost.per_filter, &r.table.per_filter]
+        .into_iter()
+        .find_map(|m| m.get(filter_name))
+        .and_then(|c| c.downcast_ref::<T>())
 }
 
 /// Marker stored for `envoy.config.route.v3.FilterConfig { disabled: true }`.
@@ -121,17 +132,130 @@ pub trait HttpFilter: Send + Sync {
 /// Builds a filter from its `typed_config`.
 pub type FilterFactory = fn(name: &str, any: &Any, cx: &BuildCtx) -> Result<Arc<dyn HttpFilter>, ConfigError>;
 /// Builds a per-route config from a `typed_per_filter_config` entry.
-pub type PerRouteFactory = fn(any: &Any) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError>;
+pub type PerRouteFactory = fn(any: &Any, cx: &BuildCtx) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError>;
 
 /// The HTTP filters remora implements, by the type of their `typed_config`.
-const FILTERS: &[(&str, FilterFactory)] = &[];
+const FILTERS: &[(&str, FilterFactory)] = &[
+    (cors::TYPE, cors::factory),
+    (fault::TYPE, fault::factory),
+    (local_ratelimit::TYPE, local_ratelimit::factory),
+    (compressor::TYPE, compressor::factory),
+];
 
 /// Per-route config types, by type name.
-const PER_ROUTE: &[(&str, PerRouteFactory)] = &[];
+const PER_ROUTE: &[(&str, PerRouteFactory)] = &[
+    (cors::PER_ROUTE_TYPE, cors::per_route_factory),
+    (fault::TYPE, fault::per_route_factory),
+    (local_ratelimit::TYPE, local_ratelimit::per_route_factory),
+    (compressor::PER_ROUTE_TYPE, compressor::per_route_factory),
+];
+
+/// A `FractionalPercent` as a share of one million (Envoy's `featureEnabled` without runtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Percent {
+    per_million: u64,
+}
+
+impl Percent {
+    pub const ALWAYS: Percent = Percent { per_million: 1_000_000 };
+    pub const NEVER: Percent = Percent { per_million: 0 };
+
+    pub fn from_proto(p: &envoy_types::pb::envoy::r#type::v3::FractionalPercent) -> Self {
+        use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+        let scale = match D::try_from(p.denominator) {
+            Ok(D::TenThousand) => 100,
+            Ok(D::Million) => 1,
+            Ok(D::Hundred) | Err(_) => 10_000,
+        };
+        Percent { per_million: (u64::from(p.numerator) * scale).min(1_000_000) }
+    }
+
+    /// `RuntimeFractionalPercent`: its default value (remora has no runtime overrides); unset is
+    /// `default`.
+    pub fn from_runtime(
+        p: Option<&envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>,
+        default: Percent,
+    ) -> Self {
+        match p {
+            Some(r) => r.default_value.as_ref().map(Percent::from_proto).unwrap_or(Percent::NEVER),
+            None => default,
+        }
+    }
+
+    /// `Percent` of a plain `envoy.type.v3.Percent` (0..=100, a double).
+    pub fn from_percent(v: f64) -> Self {
+        Percent { per_million: (v.clamp(0.0, 100.0) * 10_000.0).round() as u64 }
+    }
+
+    /// Draws a random number and says whether this request falls in the share.
+    pub fn sample(self) -> bool {
+        match self.per_million {
+            0 => false,
+            1_000_000.. => true,
+            n => fastrand::u64(0..1_000_000) < n,
+        }
+    }
+
+    /// The share for an explicit random value in 0..1_000_000.
+    pub fn contains(self, random: u64) -> bool {
+        random < self.per_million
+    }
+
+    pub fn per_million(self) -> u64 {
+        self.per_million
+    }
+
+    /// The same share with at most `numerator` of `denominator` (header-provided percentages).
+    pub fn capped(self, per_million: u64) -> Self {
+        Percent { per_million: self.per_million.min(per_million) }
+    }
+}
+
+/// Turns a filter's local reply into Envoy's gRPC form when the request is gRPC
+/// (`content-type: application/grpc*`): status 200, `grpc-status` (the given one, else mapped from
+/// the HTTP status) and `grpc-message` carrying the body, no body.
+pub fn grpc_local_reply(req: &http::HeaderMap, reply: &mut LocalReply, grpc_status: Option<u32>) {
+    let is_grpc = req.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !is_grpc {
+        return;
+    }
+    let code = grpc_status.unwrap_or(match reply.status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    });
+    reply.status = http::StatusCode::OK;
+    reply.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    reply.headers.insert("grpc-status", http::HeaderValue::from(code));
+    if let Ok(m) = http::HeaderValue::from_bytes(&reply.body) {
+        reply.headers.insert("grpc-message", m);
+    }
+    reply.body = bytes::Bytes::new();
+}
+
+/// Flags filters set on a request for the access log (Envoy's response flags, e.g. `DI`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FilterFlags(pub crate::access_log::ResponseFlags);
+
+impl RequestCtx<'_> {
+    /// Records an Envoy response flag for the access log.
+    pub fn set_response_flag(&mut self, flag: crate::access_log::ResponseFlags) {
+        match self.state.get_mut::<FilterFlags>() {
+            Some(f) => f.0 |= flag,
+            None => {
+                self.state.insert(FilterFlags(flag));
+            }
+        }
+    }
+}
 
 /// Compiles a `typed_per_filter_config` map.
 pub fn compile_per_filter(
     map: &std::collections::HashMap<String, Any>,
+    cx: &BuildCtx,
     field: &str,
 ) -> Result<PerFilterConfigs, ConfigError> {
     let mut out = PerFilterConfigs::new();
@@ -159,7 +283,7 @@ pub fn compile_per_filter(
         }
         match PER_ROUTE.iter().find(|(n, _)| *n == t) {
             Some((_, factory)) => {
-                out.insert(name.clone(), factory(&inner).map_err(|e| e.within(&f))?);
+                out.insert(name.clone(), factory(&inner, cx).map_err(|e| e.within(&f))?);
             }
             None if TELEMETRY_ONLY.contains(&name.as_str()) || TELEMETRY_TYPES.contains(&t.as_str()) => {}
             None => {

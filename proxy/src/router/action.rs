@@ -63,6 +63,8 @@ pub struct RouteAction {
     pub hash_policy: Vec<HashPolicy>,
     pub max_grpc_timeout: Option<Duration>,
     pub append_x_forwarded_host: bool,
+    /// The deprecated `cors` field (the CORS filter reads it when no typed config is set).
+    pub cors: Option<Arc<crate::filters::http::cors::CorsPolicy>>,
 }
 
 /// Converts an RE2 substitution (`\1`) into the regex crate's (`${1}`).
@@ -247,6 +249,10 @@ impl RouteAction {
                 .and_then(|m| m.grpc_timeout_header_max.as_ref())
                 .map(duration),
             append_x_forwarded_host: p.append_x_forwarded_host,
+            cors: match &p.cors {
+                Some(c) => Some(crate::filters::http::cors::CorsPolicy::from_legacy(c, &format!("{field}.cors"))?),
+                None => None,
+            },
         })
     }
 

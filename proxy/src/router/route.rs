@@ -271,6 +271,7 @@ impl Route {
             )?,
             per_filter: crate::filters::http::compile_per_filter(
                 &p.typed_per_filter_config,
+                cx,
                 &format!("{field}.typed_per_filter_config"),
             )?,
         })

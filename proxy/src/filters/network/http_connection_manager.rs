@@ -165,7 +165,8 @@ impl HttpConnectionManager {
                 return Err(ConfigError::new("route_specifier", "one of route_config or rds is required"));
             }
         };
-        let filters = FilterChain::from_proto(&p.http_filters, cx, "http_filters")?;
+        let fcx = BuildCtx { http_stat_prefix: Some(p.stat_prefix.as_str().into()), ..cx.clone() };
+        let filters = FilterChain::from_proto(&p.http_filters, &fcx, "http_filters")?;
         let server_header = match SHT::try_from(p.server_header_transformation) {
             Ok(SHT::Overwrite) | Err(_) => ServerHeader::Overwrite,
             Ok(SHT::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
@@ -500,6 +501,12 @@ async fn route_and_forward(
         match f.on_request(&mut rcx, parts) {
             FilterAction::Continue => {}
             FilterAction::Delay(d) => tokio::time::sleep(d).await,
+            FilterAction::DelayThen(d, reply) => {
+                tokio::time::sleep(d).await;
+                answered_by = i;
+                early = Some(reply.into_response());
+                break;
+            }
             FilterAction::Respond(reply) => {
                 answered_by = i;
                 early = Some(reply.into_response());
