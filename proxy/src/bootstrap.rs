@@ -71,7 +71,11 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         None => (true, Vec::new()),
     };
     let tags = TagExtractors::new(use_defaults, &custom).map_err(|e| ConfigError::new("stats_config.stats_tags", e))?;
-    let stats = Arc::new(Store::new(tags));
+    let matcher = match b.stats_config.as_ref().and_then(|s| s.stats_matcher.as_ref()) {
+        Some(m) => crate::stats::StatsMatcher::from_proto(m)?,
+        None => crate::stats::StatsMatcher::All,
+    };
+    let stats = Arc::new(Store::with_matcher(tags, matcher));
 
     check_runtime(b)?;
 

@@ -15,6 +15,47 @@ use std::sync::{Arc, Mutex};
 
 pub use histogram::Histogram;
 
+/// Envoy's `stats_config.stats_matcher`: which stat names are instantiated.
+#[derive(Debug, Default)]
+pub enum StatsMatcher {
+    #[default]
+    All,
+    None,
+    Include(Vec<crate::matcher::StringMatcher>),
+    Exclude(Vec<crate::matcher::StringMatcher>),
+}
+
+impl StatsMatcher {
+    pub fn accepts(&self, name: &str) -> bool {
+        match self {
+            StatsMatcher::All => true,
+            StatsMatcher::None => false,
+            StatsMatcher::Include(m) => m.iter().any(|m| m.matches(name)),
+            StatsMatcher::Exclude(m) => !m.iter().any(|m| m.matches(name)),
+        }
+    }
+
+    pub fn from_proto(
+        p: &envoy_types::pb::envoy::config::metrics::v3::StatsMatcher,
+    ) -> Result<Self, crate::config::ConfigError> {
+        use envoy_types::pb::envoy::config::metrics::v3::stats_matcher::StatsMatcher as S;
+        let list = |l: &envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher, f: &str| {
+            l.patterns
+                .iter()
+                .enumerate()
+                .map(|(i, m)| crate::matcher::StringMatcher::from_proto(m, &format!("{f}.patterns[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(match &p.stats_matcher {
+            None => StatsMatcher::All,
+            Some(S::RejectAll(true)) => StatsMatcher::None,
+            Some(S::RejectAll(false)) => StatsMatcher::All,
+            Some(S::InclusionList(l)) => StatsMatcher::Include(list(l, "stats_config.stats_matcher.inclusion_list")?),
+            Some(S::ExclusionList(l)) => StatsMatcher::Exclude(list(l, "stats_config.stats_matcher.exclusion_list")?),
+        })
+    }
+}
+
 /// A monotonically increasing count.
 #[derive(Clone, Debug)]
 pub struct Counter(Arc<AtomicU64>);
@@ -111,6 +152,7 @@ struct Registry {
 pub struct Store {
     inner: Mutex<Registry>,
     tags: tags::TagExtractors,
+    matcher: StatsMatcher,
 }
 
 /// One stat as rendered by the admin API.
@@ -130,7 +172,13 @@ pub struct Entry {
 
 impl Store {
     pub fn new(tags: tags::TagExtractors) -> Self {
-        Store { inner: Mutex::default(), tags }
+        Store { inner: Mutex::default(), tags, matcher: StatsMatcher::All }
+    }
+
+    /// A store that only instantiates the stats `matcher` accepts (bootstrap `stats_matcher`);
+    /// the others get detached handles that cost nothing and never show.
+    pub fn with_matcher(tags: tags::TagExtractors, matcher: StatsMatcher) -> Self {
+        Store { inner: Mutex::default(), tags, matcher }
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -139,6 +187,9 @@ impl Store {
 
     /// Returns the counter with this name, creating it at zero.
     pub fn counter(&self, name: &str) -> Counter {
+        if !self.matcher.accepts(name) {
+            return Counter::detached();
+        }
         let mut r = self.registry();
         if let Some(c) = r.counters.get(name) {
             return c.clone();
@@ -149,6 +200,9 @@ impl Store {
     }
 
     pub fn gauge(&self, name: &str) -> Gauge {
+        if !self.matcher.accepts(name) {
+            return Gauge::detached();
+        }
         let mut r = self.registry();
         if let Some(g) = r.gauges.get(name) {
             return g.clone();
@@ -159,6 +213,9 @@ impl Store {
     }
 
     pub fn histogram(&self, name: &str) -> Histogram {
+        if !self.matcher.accepts(name) {
+            return Histogram::new();
+        }
         let mut r = self.registry();
         if let Some(h) = r.histograms.get(name) {
             return h.clone();
@@ -259,6 +316,16 @@ impl CodeStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_matcher_inclusion_list() {
+        let m = StatsMatcher::Include(vec![crate::matcher::StringMatcher::Prefix("server".into(), false)]);
+        let s = Store::with_matcher(tags::TagExtractors::default(), m);
+        s.counter("server.live").inc();
+        s.counter("cluster.x.upstream_rq_total").inc();
+        let names: Vec<_> = s.entries().into_iter().map(|e| e.name.to_string()).collect();
+        assert_eq!(names, ["server.live"]);
+    }
 
     #[test]
     fn counters_and_gauges_share_handles_and_disappear_when_unreferenced() {
