@@ -85,6 +85,14 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
     };
 
     let sr = b.static_resources.clone().unwrap_or_default();
+    // Static secrets first: clusters and listeners may name them.
+    let secrets = Arc::new(crate::tls::SecretStore::default());
+    let mut static_secrets = Vec::new();
+    for (i, s) in sr.secrets.iter().enumerate() {
+        let f = format!("static_resources.secrets[{i}]");
+        static_secrets.push((s.name.clone(), crate::tls::secrets::Secret::from_proto(s, &f)?));
+    }
+    secrets.set(static_secrets);
     let mut cluster_names = HashSet::new();
     for (i, c) in sr.clusters.iter().enumerate() {
         if !cluster_names.insert(c.name.clone()) {
@@ -98,6 +106,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         stats: stats.clone(),
         cluster_names: Arc::new(cluster_names),
         node: node.clone(),
+        secrets: secrets.clone(),
         listener_stat_name: None,
         http_stat_prefix: None,
     };
@@ -115,9 +124,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         }
         listeners.push(Arc::new(Listener::from_proto(l, &cx).map_err(|e| e.within(&field))?));
     }
-    if !sr.secrets.is_empty() {
-        return Err(ConfigError::new("static_resources.secrets", "static secrets are not supported yet"));
-    }
+
     Ok(ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap: b.clone() })
 }
 

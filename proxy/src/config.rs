@@ -45,6 +45,8 @@ pub struct BuildCtx {
     /// Names of the clusters known when routes are built (Envoy's `validate_clusters`).
     pub cluster_names: Arc<std::collections::HashSet<String>>,
     pub node: Arc<NodeInfo>,
+    /// Named TLS secrets (static and SDS).
+    pub secrets: Arc<crate::tls::SecretStore>,
     /// While building a listener: its stat name (`0.0.0.0_8080`), for per-listener HTTP stats.
     pub listener_stat_name: Option<String>,
     /// While an HCM's HTTP filters are built: its `stat_prefix` (filters name their stats

@@ -24,6 +24,7 @@ pub mod matcher;
 pub mod router;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 

@@ -39,6 +39,8 @@ pub enum Terminal {
 pub struct NetworkChain {
     pub name: String,
     pub matcher: ChainMatch,
+    /// The downstream TLS transport socket (None: plaintext).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     pub terminal: Terminal,
 }
 
@@ -48,6 +50,11 @@ pub struct ListenerStats {
     pub downstream_cx_destroy: Counter,
     pub no_filter_chain_match: Counter,
     pub downstream_listener_filter_error: Counter,
+    pub ssl_handshake: Counter,
+    pub ssl_connection_error: Counter,
+    pub ssl_no_certificate: Counter,
+    pub ssl_fail_verify_error: Counter,
+    pub ssl_fail_verify_san: Counter,
 }
 
 /// Which listener filters are configured.
@@ -161,6 +168,11 @@ impl Listener {
                 downstream_cx_destroy: c("downstream_cx_destroy"),
                 no_filter_chain_match: c("no_filter_chain_match"),
                 downstream_listener_filter_error: c("downstream_listener_filter_error"),
+                ssl_handshake: c("ssl.handshake"),
+                ssl_connection_error: c("ssl.connection_error"),
+                ssl_no_certificate: c("ssl.no_certificate"),
+                ssl_fail_verify_error: c("ssl.fail_verify_error"),
+                ssl_fail_verify_san: c("ssl.fail_verify_san"),
             },
             proto: p.clone(),
             inbound: p.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
@@ -251,14 +263,80 @@ impl Listener {
             self.stats.no_filter_chain_match.inc();
             return;
         };
-        let conn = ConnInfo { sni, alpn: alpn.first().cloned(), ..Default::default() };
-        match &chain.terminal {
-            Terminal::Http(h) => {
-                hcm::serve(h.clone(), stream, worker, remote, local, self.drain.subscribe(), conn, "http").await
+        match &chain.tls {
+            None => {
+                let conn = ConnInfo { sni, alpn: alpn.first().cloned(), ..Default::default() };
+                self.run_terminal(chain, stream, conn, "http", remote, local, worker).await;
             }
-            Terminal::Tcp(t) => t.serve(stream, worker, Some(local)).await,
+            Some(tls) => {
+                let Some(s) = self.handshake(tls, stream).await else { return };
+                let conn = conn_info(s.get_ref().1, tls);
+                self.run_terminal(chain, s, conn, "https", remote, local, worker).await;
+            }
         }
         self.stats.downstream_cx_destroy.inc();
+    }
+
+    /// The server TLS handshake, counting Envoy's `ssl.*` listener stats on failure.
+    async fn handshake(
+        &self,
+        tls: &crate::tls::ServerTls,
+        stream: TcpStream,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let cfg = match tls.config() {
+            Ok(c) => c,
+            Err(e) => {
+                // Secrets not there yet (SDS): the connection is refused, as while Envoy warms.
+                tracing::debug!(target: "remora::listener", "listener {}: TLS not ready: {e}", self.name);
+                self.stats.ssl_connection_error.inc();
+                return None;
+            }
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+        match tokio::time::timeout(Duration::from_secs(15), accept).await {
+            Ok(Ok(s)) => {
+                self.stats.ssl_handshake.inc();
+                Some(s)
+            }
+            Ok(Err(e)) => {
+                self.stats.ssl_connection_error.inc();
+                match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
+                    Some(rustls::Error::NoCertificatesPresented) => self.stats.ssl_no_certificate.inc(),
+                    Some(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::ApplicationVerificationFailure,
+                    )) => self.stats.ssl_fail_verify_san.inc(),
+                    Some(rustls::Error::InvalidCertificate(_)) => self.stats.ssl_fail_verify_error.inc(),
+                    _ => {}
+                }
+                tracing::debug!(target: "remora::listener", "listener {}: TLS handshake failed: {e}", self.name);
+                None
+            }
+            Err(_) => {
+                self.stats.ssl_connection_error.inc();
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_terminal<IO>(
+        &self,
+        chain: &NetworkChain,
+        io: IO,
+        conn: ConnInfo,
+        scheme: &'static str,
+        remote: SocketAddr,
+        local: SocketAddr,
+        worker: Rc<WorkerCtx>,
+    ) where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match &chain.terminal {
+            Terminal::Http(h) => {
+                hcm::serve(h.clone(), io, worker, remote, local, self.drain.subscribe(), conn, scheme).await
+            }
+            Terminal::Tcp(t) => t.serve(io, worker, Some(local)).await,
+        }
     }
 }
 
@@ -270,12 +348,63 @@ pub fn stat_address(a: SocketAddr) -> String {
     }
 }
 
-fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, ConfigError> {
-    if let Some(ts) = &fc.transport_socket
-        && ts.name != "envoy.transport_sockets.raw_buffer"
-    {
-        return Err(ConfigError::new("transport_socket", format!("transport socket {} is not supported yet", ts.name)));
+/// What the peer presented, for filters, headers and logs.
+fn conn_info(s: &rustls::ServerConnection, tls: &crate::tls::ServerTls) -> ConnInfo {
+    let mut c = ConnInfo {
+        sni: s.server_name().map(str::to_string),
+        alpn: s.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned()),
+        tls_version: s.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            _ => "TLSv1.2",
+        }),
+        local_uri_sans: tls.local_uri_sans(),
+        ..Default::default()
+    };
+    if let Some(leaf) = s.peer_certificates().and_then(|c| c.first()) {
+        if let Some(sans) = crate::tls::verify::sans_of(leaf) {
+            c.peer_uri_sans = sans.uri;
+            c.peer_dns_sans = sans.dns;
+            c.peer_subject = Some(sans.subject);
+        }
+        c.peer_cert_sha256 = Some(crate::tls::verify::sha256_hex(leaf));
     }
+    c
+}
+
+/// A downstream transport socket: TLS (Some) or raw buffer (None).
+fn downstream_transport(
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+    cx: &BuildCtx,
+) -> Result<Option<Arc<crate::tls::ServerTls>>, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    let any = match &ts.config_type {
+        Some(ConfigType::TypedConfig(a)) => a,
+        None if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name.is_empty() => return Ok(None),
+        None => {
+            return Err(ConfigError::new(
+                "transport_socket",
+                format!("transport socket {} needs a typed_config", ts.name),
+            ));
+        }
+    };
+    match xds_client::any::effective_type_name(any).as_str() {
+        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => Ok(None),
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => {
+            let p: DownstreamTlsContext =
+                xds_client::any::unpack(any).map_err(|e| ConfigError::new("transport_socket", e.to_string()))?;
+            let t = crate::tls::ServerTls::from_proto(&p, cx.secrets.clone(), "transport_socket.typed_config")?;
+            Ok(Some(Arc::new(t)))
+        }
+        t => Err(ConfigError::new("transport_socket", format!("transport socket {} ({t}) is not supported", ts.name))),
+    }
+}
+
+fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, ConfigError> {
+    let tls = match &fc.transport_socket {
+        Some(ts) => downstream_transport(ts, cx)?,
+        None => None,
+    };
     let matcher = match &fc.filter_chain_match {
         Some(m) => ChainMatch::from_proto(m, "filter_chain_match")?,
         None => ChainMatch::default(),
@@ -294,7 +423,7 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
     let Some(terminal) = terminal else {
         return Err(ConfigError::new("filters", "the last filter of a chain must be a terminal filter"));
     };
-    Ok(NetworkChain { name: fc.name.clone(), matcher, terminal })
+    Ok(NetworkChain { name: fc.name.clone(), matcher, tls, terminal })
 }
 
 /// Istio's network filters that only add telemetry; skipping them changes nothing on the wire

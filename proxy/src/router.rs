@@ -234,6 +234,7 @@ mod tests {
             listener_stat_name: None,
             node: Arc::default(),
             http_stat_prefix: None,
+            secrets: Default::default(),
         }
     }
 

@@ -92,6 +92,8 @@ pub struct ClusterStats {
     pub upstream_cx_none_healthy: Counter,
     pub upstream_cx_max_requests: Counter,
     pub upstream_rq_rx_reset: Counter,
+    pub ssl_handshake: Counter,
+    pub ssl_connection_error: Counter,
     pub upstream_cx_rx_bytes_total: Counter,
     pub upstream_cx_tx_bytes_total: Counter,
     pub membership_total: Gauge,
@@ -165,6 +167,8 @@ impl ClusterStats {
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             upstream_cx_max_requests: c("upstream_cx_max_requests"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
+            ssl_handshake: c("ssl.handshake"),
+            ssl_connection_error: c("ssl.connection_error"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
             membership_total: g("membership_total"),
@@ -205,6 +209,10 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     pub idle_timeout: Option<Duration>,
     pub thresholds: Thresholds,
+    /// The cluster's `transport_socket` (None: plaintext).
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// `transport_socket_matches`: endpoint metadata match → transport (None: plaintext).
+    pub tls_matches: Vec<(envoy_types::pb::google::protobuf::Struct, Option<Arc<crate::tls::ClientTls>>)>,
     /// `upstream_bind_config.source_address`: the local IP upstream connections come from.
     pub upstream_bind: Option<std::net::IpAddr>,
     pub hosts: ArcSwap<HostSet>,
@@ -245,12 +253,18 @@ impl Cluster {
             }
         };
         let lb = LbPolicy::from_proto(p, "")?;
-        if p.transport_socket
-            .as_ref()
-            .is_some_and(|t| t.name != "envoy.transport_sockets.raw_buffer" && !t.name.is_empty())
-            || !p.transport_socket_matches.is_empty()
-        {
-            return Err(ConfigError::new("transport_socket", "upstream TLS transport sockets are not supported yet"));
+        let tls = match &p.transport_socket {
+            Some(ts) => upstream_transport(ts, cx, "transport_socket")?,
+            None => None,
+        };
+        let mut tls_matches = Vec::new();
+        for (i, m) in p.transport_socket_matches.iter().enumerate() {
+            let f = format!("transport_socket_matches[{i}]");
+            let t = match &m.transport_socket {
+                Some(ts) => upstream_transport(ts, cx, &format!("{f}.transport_socket"))?,
+                None => None,
+            };
+            tls_matches.push((m.r#match.clone().unwrap_or_default(), t));
         }
         let protocol = upstream_protocol(p)?;
         let mut max_requests_per_connection = p.max_requests_per_connection.map(|v| v.value).filter(|v| *v > 0);
@@ -311,6 +325,8 @@ impl Cluster {
                 max_requests_per_connection,
                 idle_timeout,
                 thresholds,
+                tls,
+                tls_matches,
                 upstream_bind: match p.upstream_bind_config.as_ref().and_then(|b| b.source_address.as_ref()) {
                     Some(sa) => Some(sa.address.parse().map_err(|_| {
                         ConfigError::new("upstream_bind_config.source_address", "malformed IP address")
@@ -455,6 +471,33 @@ impl Cluster {
         h
     }
 
+    /// The TLS context for connections to `host`: the first `transport_socket_matches` entry
+    /// whose match is a subset of the endpoint's `envoy.transport_socket_match` metadata, else
+    /// the cluster's transport socket.
+    pub fn tls_for(&self, host: &Host) -> Option<&Arc<crate::tls::ClientTls>> {
+        if !self.tls_matches.is_empty() {
+            let md = host.metadata.as_ref().and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"));
+            for (want, t) in &self.tls_matches {
+                let ok = want.fields.iter().all(|(k, v)| md.and_then(|m| m.fields.get(k)) == Some(v));
+                if ok {
+                    return t.as_ref();
+                }
+            }
+        }
+        self.tls.as_ref()
+    }
+
+    /// SDS secret names this cluster's TLS contexts need.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tls.iter().flat_map(|t| t.secret_names()).collect();
+        for t in self.tls_matches.iter().filter_map(|(_, t)| t.as_ref()) {
+            v.extend(t.secret_names());
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+
     pub fn needs_dns(&self) -> bool {
         matches!(self.discovery, DiscoveryType::StrictDns | DiscoveryType::LogicalDns)
             && self.dns_targets.iter().any(|t| t.host.parse::<std::net::IpAddr>().is_err())
@@ -515,6 +558,31 @@ pub fn socket_address_of(
     let ip: std::net::IpAddr =
         host.parse().map_err(|_| ConfigError::new(field, format!("malformed IP address: {host}")))?;
     Ok(SocketAddr::new(ip, port))
+}
+
+/// An upstream transport socket: TLS (Some) or raw buffer (None).
+fn upstream_transport(
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+    cx: &BuildCtx,
+    field: &str,
+) -> Result<Option<Arc<crate::tls::ClientTls>>, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+    let any = match &ts.config_type {
+        Some(ConfigType::TypedConfig(a)) => a,
+        None if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name.is_empty() => return Ok(None),
+        None => return Err(ConfigError::new(field, format!("transport socket {} needs a typed_config", ts.name))),
+    };
+    match xds_client::any::effective_type_name(any).as_str() {
+        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => Ok(None),
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => {
+            let p: UpstreamTlsContext =
+                xds_client::any::unpack(any).map_err(|e| ConfigError::new(field, e.to_string()))?;
+            let t = crate::tls::ClientTls::from_proto(&p, cx.secrets.clone(), &format!("{field}.typed_config"))?;
+            Ok(Some(Arc::new(t)))
+        }
+        t => Err(ConfigError::new(field, format!("transport socket {} ({t}) is not supported", ts.name))),
+    }
 }
 
 fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, ConfigError> {

@@ -28,6 +28,17 @@ pub async fn connect_tcp(addr: SocketAddr, source: Option<std::net::IpAddr>) -> 
 pub enum UpstreamIo {
     Tcp(TcpStream),
     Unix(tokio::net::UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpstreamIo {
+    /// The ALPN protocol the TLS handshake settled on, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            UpstreamIo::Tls(s) => s.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! both {
@@ -35,6 +46,7 @@ macro_rules! both {
         match $self.get_mut() {
             UpstreamIo::Tcp($s) => $e,
             UpstreamIo::Unix($s) => $e,
+            UpstreamIo::Tls($s) => $e,
         }
     };
 }
@@ -84,14 +96,46 @@ impl tokio::io::AsyncWrite for UpstreamIo {
 /// Opens a transport to `host` within the cluster's connect timeout, counting the cluster's
 /// connection stats.
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<TokioIo<UpstreamIo>, ResetReason> {
+    connect_with_alpn(cluster, host, None).await
+}
+
+/// Like [`connect`], offering `alpn` instead of the TLS context's list (Istio's ALPN override).
+pub async fn connect_with_alpn(
+    cluster: &Cluster,
+    host: &Host,
+    alpn: Option<&[Vec<u8>]>,
+) -> Result<TokioIo<UpstreamIo>, ResetReason> {
     cluster.stats.upstream_cx_total.inc();
+    cluster.stats.default_total_match_count.inc();
+    let tls = cluster.tls_for(host);
     let fut = async {
         match &host.pipe {
             Some(p) => tokio::net::UnixStream::connect(p).await.map(UpstreamIo::Unix),
-            None => connect_tcp(host.address, cluster.upstream_bind).await.map(|s| {
+            None => {
+                let s = connect_tcp(host.address, cluster.upstream_bind).await?;
                 let _ = s.set_nodelay(true);
-                UpstreamIo::Tcp(s)
-            }),
+                match tls {
+                    None => Ok(UpstreamIo::Tcp(s)),
+                    Some(t) => {
+                        let cfg = match alpn {
+                            Some(a) => t.config_with_alpn(a),
+                            None => t.config(),
+                        }
+                        .map_err(std::io::Error::other)?;
+                        let tls = tokio_rustls::TlsConnector::from(cfg).connect(t.server_name(), s).await;
+                        match tls {
+                            Ok(s) => {
+                                cluster.stats.ssl_handshake.inc();
+                                Ok(UpstreamIo::Tls(Box::new(s)))
+                            }
+                            Err(e) => {
+                                cluster.stats.ssl_connection_error.inc();
+                                Err(e)
+                            }
+                        }
+                    }
+                }
+            }
         }
     };
     let stream = match tokio::time::timeout(cluster.connect_timeout.max(Duration::from_millis(1)), fut).await {
