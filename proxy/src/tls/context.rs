@@ -350,7 +350,9 @@ impl ServerTls {
                 let subjects = v
                     .roots
                     .as_ref()
-                    .map(|r| r.roots.iter().map(|t| rustls::DistinguishedName::from(t.subject.to_vec())).collect())
+                    .map(|r| {
+                        r.roots.iter().map(|t| rustls::DistinguishedName::in_sequence(t.subject.as_ref())).collect()
+                    })
                     .unwrap_or_default();
                 builder.with_client_cert_verifier(Arc::new(DownstreamVerifier {
                     validation: v,
