@@ -25,6 +25,7 @@ use crate::config::{BuildCtx, ConfigError, duration};
 use crate::filters::http::ConnInfo;
 use crate::filters::network::http_connection_manager::{self as hcm, HttpConnectionManager};
 use crate::filters::network::tcp_proxy::{self, TcpProxy};
+use crate::filters::network::{NetworkCtx, NetworkFilter, rbac as network_rbac};
 use crate::stats::{Counter, Gauge, GaugeGuard};
 use crate::upstream::cluster::socket_address_of;
 use crate::worker::WorkerCtx;
@@ -39,6 +40,8 @@ pub enum Terminal {
 pub struct NetworkChain {
     pub name: String,
     pub matcher: ChainMatch,
+    /// Non-terminal filters (RBAC), run in order on the first bytes before the terminal filter.
+    pub filters: Vec<Arc<dyn NetworkFilter>>,
     pub terminal: Terminal,
 }
 
@@ -252,6 +255,18 @@ impl Listener {
             return;
         };
         let conn = ConnInfo { sni, alpn: alpn.first().cloned(), ..Default::default() };
+        // Non-terminal filters judge the connection on its first bytes. (A TLS transport socket
+        // must run them after the handshake, with the peer identity in `conn`.)
+        let ncx = NetworkCtx { remote, local, conn: &conn };
+        if !crate::filters::network::admit_plaintext(&chain.filters, &stream, &ncx, self.drain.subscribe()).await {
+            if let Terminal::Http(h) = &chain.terminal {
+                // Envoy creates the HCM at accept: it counts the connection it never served.
+                h.stats.downstream_cx_total.inc();
+                h.stats.downstream_cx_destroy.inc();
+            }
+            self.stats.downstream_cx_destroy.inc();
+            return;
+        }
         match &chain.terminal {
             Terminal::Http(h) => {
                 hcm::serve(h.clone(), stream, worker, remote, local, self.drain.subscribe(), conn, "http").await
@@ -284,17 +299,22 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
         return Err(ConfigError::new("filters", "a filter chain needs at least one network filter"));
     }
     let mut terminal = None;
+    let mut filters = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let field = format!("filters[{i}]");
         if terminal.is_some() {
             return Err(ConfigError::new(field, "a terminal filter must be the last filter in the chain"));
         }
-        terminal = build_network_filter(f, cx).map_err(|e| e.within(&field))?;
+        match build_network_filter(f, cx).map_err(|e| e.within(&field))? {
+            Built::Terminal(t) => terminal = Some(t),
+            Built::Filter(nf) => filters.push(nf),
+            Built::Skip => {}
+        }
     }
     let Some(terminal) = terminal else {
         return Err(ConfigError::new("filters", "the last filter of a chain must be a terminal filter"));
     };
-    Ok(NetworkChain { name: fc.name.clone(), matcher, terminal })
+    Ok(NetworkChain { name: fc.name.clone(), matcher, filters, terminal })
 }
 
 /// Istio's network filters that only add telemetry; skipping them changes nothing on the wire
@@ -307,8 +327,15 @@ const TELEMETRY_ONLY: &[&str] = &[
     "stats.PluginConfig",
 ];
 
-/// Builds a network filter: Some(terminal) for terminal filters, None for skipped ones.
-fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Option<Terminal>, ConfigError> {
+/// What a network filter entry becomes.
+enum Built {
+    Terminal(Terminal),
+    Filter(Arc<dyn NetworkFilter>),
+    Skip,
+}
+
+/// Builds a network filter: terminal filters, non-terminal ones (RBAC), or skipped ones.
+fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Built, ConfigError> {
     let any = match &f.config_type {
         Some(filter::ConfigType::TypedConfig(a)) => a,
         _ => {
@@ -324,14 +351,18 @@ fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Option<
         hcm::TYPE => {
             let p: HcmProto = xds_client::any::unpack(any).map_err(unpack_err)?;
             let h = HttpConnectionManager::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
-            Ok(Some(Terminal::Http(Arc::new(h))))
+            Ok(Built::Terminal(Terminal::Http(Arc::new(h))))
         }
         tcp_proxy::TYPE => {
             let p: TcpProxyProto = xds_client::any::unpack(any).map_err(unpack_err)?;
             let t = TcpProxy::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
-            Ok(Some(Terminal::Tcp(Arc::new(t))))
+            Ok(Built::Terminal(Terminal::Tcp(Arc::new(t))))
         }
-        t if TELEMETRY_ONLY.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => Ok(None),
+        network_rbac::TYPE => Ok(Built::Filter(network_rbac::factory(&f.name, any, cx)?)),
+        // Istio's `istio_authn` stores the peer's and the local SPIFFE principal as filter state
+        // for RBAC; remora's RBAC engine reads them straight from the connection's TLS facts.
+        "io.istio.network.authn.Config" => Ok(Built::Skip),
+        t if TELEMETRY_ONLY.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => Ok(Built::Skip),
         t => Err(ConfigError::new(
             "typed_config",
             format!("Didn't find a registered implementation for '{}' with type URL: '{t}'", f.name),

@@ -66,7 +66,7 @@ impl FilterStateKey {
     }
 
     pub fn value(self, conn: &ConnInfo) -> Option<&str> {
-        if !(conn.peer_certificate_presented() || !conn.peer_uri_sans.is_empty()) {
+        if !conn.peer_certificate_presented() && conn.peer_uri_sans.is_empty() {
             return None;
         }
         let sans = match self {

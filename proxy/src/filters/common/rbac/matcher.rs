@@ -339,7 +339,8 @@ impl DataInput {
                     ));
                 }
                 let h: HttpRequestHeaderMatchInput = xds_client::any::unpack(any).map_err(unpack_err)?;
-                if h.header_name.is_empty() || http::HeaderName::from_bytes(h.header_name.as_bytes()).is_err() {
+                let bare = h.header_name.strip_prefix(':').unwrap_or(&h.header_name);
+                if http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
                     return Err(ConfigError::new(
                         format!("{field}.typed_config.header_name"),
                         format!("invalid header name {:?}", h.header_name),
