@@ -266,14 +266,15 @@ pub fn stat_prefix_join(prefix: &str, token: &str) -> String {
 }
 
 /// The RBAC filters' counters: `<prefix>rbac.[<rules_prefix>.]allowed|denied` and
-/// `<prefix>rbac.[<shadow_prefix>.]shadow_allowed|shadow_denied`, plus, with per-rule stats,
-/// `...policy.<name>.allowed|denied|shadow_allowed|shadow_denied` created on first use.
+/// `<prefix>rbac.[<shadow_prefix>.]shadow_allowed|shadow_denied`, plus, for engines with
+/// per-rule stats, `...policy.<name>.allowed|denied|shadow_allowed|shadow_denied` created on
+/// first use.
 pub struct RbacStats {
     pub allowed: Counter,
     pub denied: Counter,
     pub shadow_allowed: Counter,
     pub shadow_denied: Counter,
-    per_policy: Option<PerPolicyStats>,
+    per_policy: PerPolicyStats,
 }
 
 struct PerPolicyStats {
@@ -287,7 +288,7 @@ struct PerPolicyStats {
 impl RbacStats {
     /// `prefix` is the filter's scope: `http.<hcm stat_prefix>.` or the network filter's
     /// `stat_prefix`.
-    pub fn new(store: &Arc<Store>, prefix: &str, rules_prefix: &str, shadow_prefix: &str, per_policy: bool) -> Self {
+    pub fn new(store: &Arc<Store>, prefix: &str, rules_prefix: &str, shadow_prefix: &str) -> Self {
         let base = stat_prefix_join(prefix, "rbac.");
         let rules = stat_prefix_join(&base, rules_prefix);
         let shadow = stat_prefix_join(&base, shadow_prefix);
@@ -297,26 +298,27 @@ impl RbacStats {
             denied: c(&rules, "denied"),
             shadow_allowed: c(&shadow, "shadow_allowed"),
             shadow_denied: c(&shadow, "shadow_denied"),
-            per_policy: per_policy.then(|| PerPolicyStats {
+            per_policy: PerPolicyStats {
                 store: store.clone(),
                 rules_prefix: stat_prefix_join(&rules, "policy."),
                 shadow_prefix: stat_prefix_join(&shadow, "policy."),
                 counters: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 insert: Mutex::new(()),
-            }),
+            },
         }
     }
 
-    /// Counts one enforced (`shadow == false`) or shadow decision.
-    pub fn record(&self, d: &Decision, shadow: bool) {
+    /// Counts one enforced (`shadow == false`) or shadow decision, and its policy's counter when
+    /// the deciding engine has per-rule stats (`track_per_rule_stats`).
+    pub fn record(&self, d: &Decision, shadow: bool, per_rule: bool) {
         match (shadow, d.allowed) {
             (false, true) => self.allowed.inc(),
             (false, false) => self.denied.inc(),
             (true, true) => self.shadow_allowed.inc(),
             (true, false) => self.shadow_denied.inc(),
         }
-        if let (Some(pp), Some(policy)) = (&self.per_policy, &d.policy) {
-            pp.counter(policy, shadow, d.allowed).inc();
+        if per_rule && let Some(policy) = &d.policy {
+            self.per_policy.counter(policy, shadow, d.allowed).inc();
         }
     }
 }

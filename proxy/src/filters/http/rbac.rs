@@ -6,7 +6,8 @@
 //!
 //! Stats: `http.<hcm prefix>.rbac.[<rules_stat_prefix>.]allowed|denied`,
 //! `http.<hcm prefix>.rbac.[<shadow_rules_stat_prefix>.]shadow_allowed|shadow_denied`, and with
-//! `track_per_rule_stats` the `...policy.<name>.<result>` counters. Dynamic metadata (namespace
+//! `track_per_rule_stats` (of the filter, or of the per-route override that decided) the
+//! `...policy.<name>.<result>` counters. Dynamic metadata (namespace
 //! `envoy.filters.http.rbac`): `<rules_stat_prefix>enforced_effective_policy_id`,
 //! `<rules_stat_prefix>enforced_engine_result`, `<shadow_rules_stat_prefix>shadow_effective_policy_id`,
 //! `<shadow_rules_stat_prefix>shadow_engine_result`; a LOG engine sets `envoy.common`
@@ -42,6 +43,9 @@ pub const DENIED_BODY: &str = "RBAC: access denied";
 pub struct RbacEngines {
     pub enforced: Option<Arc<Engine>>,
     pub shadow: Option<Arc<Engine>>,
+    /// `track_per_rule_stats` of the config these engines come from (a per-route override
+    /// decides for itself; the counters keep the filter's stat prefixes).
+    pub per_rule_stats: bool,
 }
 
 impl RbacEngines {
@@ -62,6 +66,7 @@ impl RbacEngines {
                 &f("shadow_rules"),
                 &f("shadow_matcher"),
             )?,
+            per_rule_stats: p.track_per_rule_stats,
         })
     }
 }
@@ -106,7 +111,6 @@ pub struct RbacFilter {
     engines: RbacEngines,
     rules_stat_prefix: String,
     shadow_rules_stat_prefix: String,
-    per_rule_stats: bool,
     keys: MetadataKeys,
     store: Arc<Store>,
     /// Made on the first request, when the owning HCM's stat prefix is known.
@@ -122,7 +126,6 @@ impl RbacFilter {
             engines: RbacEngines::from_proto(p, "")?,
             rules_stat_prefix: rp.clone(),
             shadow_rules_stat_prefix: sp.clone(),
-            per_rule_stats: p.track_per_rule_stats,
             keys: MetadataKeys {
                 enforced_policy: format!("{rp}enforced_effective_policy_id"),
                 enforced_result: format!("{rp}enforced_engine_result"),
@@ -142,7 +145,6 @@ impl RbacFilter {
                 &format!("http.{hcm_prefix}."),
                 &self.rules_stat_prefix,
                 &self.shadow_rules_stat_prefix,
-                self.per_rule_stats,
             )
         })
     }
@@ -201,7 +203,7 @@ impl HttpFilter for RbacFilter {
         let md = crate::filters::common::metadata_mut(&mut cx.state);
         if let Some(d) = &shadow {
             tracing::debug!(target: "remora::rbac", "shadow {}", result_str(d.allowed));
-            stats.record(d, true);
+            stats.record(d, true, engines.per_rule_stats);
             if let Some(p) = &d.policy {
                 md.set_string(METADATA_NAMESPACE, self.keys.shadow_policy.as_str(), p.as_ref());
             }
@@ -217,7 +219,7 @@ impl HttpFilter for RbacFilter {
             md.set_string(METADATA_NAMESPACE, self.keys.enforced_policy.as_str(), p.as_ref());
         }
         md.set_string(METADATA_NAMESPACE, self.keys.enforced_result.as_str(), result_str(d.allowed));
-        stats.record(&d, false);
+        stats.record(&d, false, engines.per_rule_stats);
         if d.allowed {
             tracing::debug!(target: "remora::rbac", "enforced allowed");
             FilterAction::Continue

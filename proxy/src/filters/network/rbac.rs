@@ -77,7 +77,7 @@ impl NetworkRbac {
             )?,
             enforcement,
             delay_deny: p.delay_deny.as_ref().map(duration).filter(|d| !d.is_zero()),
-            stats: RbacStats::new(&cx.stats, &p.stat_prefix, "", &p.shadow_rules_stat_prefix, false),
+            stats: RbacStats::new(&cx.stats, &p.stat_prefix, "", &p.shadow_rules_stat_prefix),
         })
     }
 
@@ -95,7 +95,7 @@ impl NetworkRbac {
         if let Some(e) = &self.shadow {
             let d = e.evaluate(&input);
             tracing::debug!(target: "remora::rbac", "connection from {}: shadow allowed={}", cx.remote, d.allowed);
-            self.stats.record(&d, true);
+            self.stats.record(&d, true, false);
         }
         match &self.enforced {
             None => true,
@@ -105,7 +105,7 @@ impl NetworkRbac {
                     target: "remora::rbac",
                     "connection from {}: allowed={} ({})", cx.remote, d.allowed, d.policy.as_deref().unwrap_or("no policy")
                 );
-                self.stats.record(&d, false);
+                self.stats.record(&d, false, false);
                 d.allowed
             }
         }
