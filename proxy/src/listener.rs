@@ -258,7 +258,16 @@ impl Listener {
         // Non-terminal filters judge the connection on its first bytes. (A TLS transport socket
         // must run them after the handshake, with the peer identity in `conn`.)
         let ncx = NetworkCtx { remote, local, conn: &conn };
-        if !crate::filters::network::admit_plaintext(&chain.filters, &stream, &ncx, self.drain.subscribe()).await {
+        let client_first = matches!(chain.terminal, Terminal::Http(_));
+        if !crate::filters::network::admit_plaintext(
+            &chain.filters,
+            &stream,
+            &ncx,
+            client_first,
+            self.drain.subscribe(),
+        )
+        .await
+        {
             if let Terminal::Http(h) = &chain.terminal {
                 // Envoy creates the HCM at accept: it counts the connection it never served.
                 h.stats.downstream_cx_total.inc();

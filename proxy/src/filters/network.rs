@@ -30,10 +30,11 @@ pub enum NetworkAction {
     },
 }
 
-/// A read filter placed before the terminal filter. The listener calls `on_data` once, when the
-/// connection's first bytes have arrived (after the TLS handshake for TLS connections), the
-/// point where Envoy's read filters first run; filters run in chain order and the first `Close`
-/// ends the connection before the terminal filter sees it.
+/// A read filter placed before the terminal filter. The listener calls `on_data` once per
+/// connection (after the TLS handshake for TLS connections): for HTTP when the first bytes have
+/// arrived, the point where Envoy's read filters first run; for tcp_proxy at once (see
+/// `admit_plaintext`). Filters run in chain order and the first `Close` ends the connection
+/// before the terminal filter sees it.
 pub trait NetworkFilter: Send + Sync {
     fn name(&self) -> &str;
 
@@ -51,33 +52,28 @@ pub fn run_filters(filters: &[std::sync::Arc<dyn NetworkFilter>], cx: &NetworkCt
     NetworkAction::Continue
 }
 
-/// For a plaintext connection: waits for its first bytes (without consuming them), then runs the
-/// filters. Returns true when the terminal filter should get the connection. A connection that
-/// closes (or the listener drains) before sending anything is not judged, as in Envoy, and
-/// returns false. A closed connection's pending bytes are read first, so the peer sees a FIN
+/// For a plaintext connection: runs the filters and returns true when the terminal filter should
+/// get the connection. A closed connection's pending bytes are read first, so the peer sees a FIN
 /// (Envoy's close after reading), not a reset.
+///
+/// With `wait_for_data` (client-first terminals: HTTP) the filters run when the first bytes have
+/// arrived (peeked, not consumed), as Envoy's read filters do, and a connection that closes (or
+/// the listener drains) before sending anything is not judged and returns false. Without it
+/// (tcp_proxy, where the upstream may speak first) they run at once: the verdict is the same, as
+/// nothing they read depends on the data, and a server-first protocol is not held up waiting for
+/// a client byte that never comes.
 pub async fn admit_plaintext(
     filters: &[std::sync::Arc<dyn NetworkFilter>],
     stream: &tokio::net::TcpStream,
     cx: &NetworkCtx<'_>,
+    wait_for_data: bool,
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     if filters.is_empty() {
         return true;
     }
-    let mut b = [0u8; 1];
-    loop {
-        tokio::select! {
-            r = stream.peek(&mut b) => match r {
-                Ok(n) if n > 0 => break,
-                _ => return false,
-            },
-            changed = drain.changed() => {
-                if changed.is_err() || *drain.borrow() {
-                    return false;
-                }
-            }
-        }
+    if wait_for_data && !first_bytes(stream, &mut drain).await {
+        return false;
     }
     match run_filters(filters, cx) {
         NetworkAction::Continue => true,
@@ -93,6 +89,21 @@ pub async fn admit_plaintext(
                 }
             }
             false
+        }
+    }
+}
+
+/// Waits until the connection has data to read (not consuming it): false on EOF, error or drain.
+async fn first_bytes(stream: &tokio::net::TcpStream, drain: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    let mut b = [0u8; 1];
+    loop {
+        tokio::select! {
+            r = stream.peek(&mut b) => return matches!(r, Ok(n) if n > 0),
+            changed = drain.changed() => {
+                if changed.is_err() || *drain.borrow() {
+                    return false;
+                }
+            }
         }
     }
 }

@@ -85,7 +85,7 @@ impl RbacPerRoute {
 }
 
 /// The `typed_per_filter_config` factory.
-pub fn per_route_factory(any: &Any) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError> {
+pub fn per_route_factory(any: &Any, _cx: &BuildCtx) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError> {
     let p: RbacPerRouteProto = xds_client::any::unpack(any).map_err(|e| ConfigError::new("", e.to_string()))?;
     Ok(Arc::new(RbacPerRoute::from_proto(&p)?))
 }
@@ -113,7 +113,8 @@ pub struct RbacFilter {
     shadow_rules_stat_prefix: String,
     keys: MetadataKeys,
     store: Arc<Store>,
-    /// Made on the first request, when the owning HCM's stat prefix is known.
+    /// Made with the filter when the owning HCM's stat prefix is known at build time (always,
+    /// inside an HCM), else on the first request.
     stats: OnceLock<RbacStats>,
 }
 
@@ -121,6 +122,10 @@ impl RbacFilter {
     pub fn from_proto(name: &str, p: &RbacProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
         let rp = &p.rules_stat_prefix;
         let sp = &p.shadow_rules_stat_prefix;
+        let stats = match &cx.http_stat_prefix {
+            Some(hcm) => OnceLock::from(RbacStats::new(&cx.stats, &format!("http.{hcm}."), rp, sp)),
+            None => OnceLock::new(),
+        };
         Ok(RbacFilter {
             name: name.to_string(),
             engines: RbacEngines::from_proto(p, "")?,
@@ -133,7 +138,7 @@ impl RbacFilter {
                 shadow_result: format!("{sp}shadow_engine_result"),
             },
             store: cx.stats.clone(),
-            stats: OnceLock::new(),
+            stats,
         })
     }
 

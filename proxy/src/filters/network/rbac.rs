@@ -4,9 +4,9 @@
 //! enforced.
 //!
 //! Wiring: the listener builds it as a non-terminal `NetworkFilter` of the filter chain and calls
-//! `on_data` once the first bytes of the connection have arrived (after the TLS handshake), as
-//! Envoy's read filter does; `Close` means close without forwarding anything (after
-//! `delay_deny`, if set).
+//! `on_data` once per connection, after the TLS handshake: for HTTP when the first bytes have
+//! arrived, as Envoy's read filter does, for tcp_proxy at once; `Close` means close without
+//! forwarding anything (after `delay_deny`, if set).
 //!
 //! Stats: `<stat_prefix>.rbac.allowed|denied` and
 //! `<stat_prefix>.rbac.[<shadow_rules_stat_prefix>.]shadow_allowed|shadow_denied` (a stat prefix
@@ -15,8 +15,10 @@
 //! Differences from Envoy, by design: the verdict is made once per connection for both
 //! enforcement types (remora has no filter that changes a connection's RBAC inputs later, so
 //! CONTINUOUS cannot change the verdict; Envoy re-counts `allowed` on every read with CONTINUOUS);
-//! a denied connection never reaches the terminal filter (Envoy's tcp_proxy may already have
-//! connected upstream when the first byte arrives).
+//! a denied connection never reaches the terminal filter (Envoy's tcp_proxy has already connected
+//! upstream, and may have relayed a server-first greeting, when the client's first byte gets the
+//! connection closed); in front of tcp_proxy the verdict (and its count) comes at accept, not on
+//! the client's first byte, so server-first protocols are not held up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,7 +138,7 @@ mod tests {
         )
         .map_err(|e| ConfigError::new("json", e.to_string()))?;
         let store = Arc::new(Store::default());
-        let cx = BuildCtx { stats: store.clone(), cluster_names: Default::default(), node: Default::default() };
+        let cx = BuildCtx { stats: store.clone(), ..Default::default() };
         Ok((NetworkRbac::from_proto(NAME, &p, &cx)?, store))
     }
 

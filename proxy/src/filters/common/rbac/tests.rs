@@ -652,8 +652,8 @@ fn every_rbac_config_in_the_istio_dumps_compiles() {
     let pool = xds_client::descriptors::pool();
     let cx = crate::config::BuildCtx {
         stats: Arc::new(Store::default()),
-        cluster_names: Arc::default(),
-        node: Arc::default(),
+        http_stat_prefix: Some("inbound_0.0.0.0_80".into()),
+        ..Default::default()
     };
     let mut total = 0;
     let mut files: Vec<_> = std::fs::read_dir(dir.join("istio")).unwrap().flatten().map(|e| e.path()).collect();

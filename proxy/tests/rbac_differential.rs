@@ -5,22 +5,22 @@
 //! The bootstrap has an HTTP listener whose `envoy.filters.http.rbac` allows some methods, paths,
 //! headers and source addresses (direct peer, x-forwarded-for, destination port) and denies the
 //! rest, with shadow rules, rule/shadow stat prefixes, per-rule stats, a LOG filter and per-route
-//! overrides; and two listeners with `envoy.filters.network.rbac` (an allow list and Istio's
-//! deny-all `rules: {}`).
+//! overrides; two HTTP listeners with `envoy.filters.network.rbac` (an allow list and Istio's
+//! deny-all `rules: {}`); and two tcp_proxy listeners behind network RBAC (allowed and denied).
 //!
-//! Needs curl, the remora binary (`cargo build -p remora`; or `$REMORA_BIN`) and Envoy
-//! (`$ENVOY_BIN`, `/tmp/envoyvenv/bin/envoy` or `envoy` on the PATH); skipped without Envoy.
-//! Run: `cargo test -p tests --test rbac_differential -- --nocapture`.
+//! Needs curl and Envoy (`$ENVOY_BIN`, `/tmp/envoyvenv/bin/envoy` or `envoy` on the PATH);
+//! skipped without Envoy. Run: `cargo test -p remora --test rbac_differential -- --nocapture`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
+use common::{free_port, tcp_echo};
 
 fn envoy_bin() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("ENVOY_BIN") {
@@ -31,17 +31,6 @@ fn envoy_bin() -> Option<PathBuf> {
         return Some(venv);
     }
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("envoy")).find(|p| p.exists())
-}
-
-fn remora_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("REMORA_BIN") {
-        return p.into();
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
-    let bin = target.join("debug/remora");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p remora` first (or set REMORA_BIN)", bin.display());
-    bin
 }
 
 struct Proc(Child);
@@ -58,6 +47,13 @@ struct Ports {
     http: u16,
     net_allow: u16,
     net_deny: u16,
+    tcp_allow: u16,
+    tcp_deny: u16,
+    /// The upstreams of the tcp_proxy listeners: an echo server that speaks first, one that
+    /// does not (what a denied client could see differs from Envoy for a server-first upstream:
+    /// Envoy connects upstream before judging).
+    echo: u16,
+    echo_silent: u16,
 }
 
 fn bootstrap(p: &Ports) -> String {
@@ -231,12 +227,51 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  - name: tcp-allow
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {tcp_allow}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: tcp4.
+          rules: {{policies: {{lo: {{permissions: [{{destination_ip: {{address_prefix: 127.0.0.1, prefix_len: 32}}}}], principals: [{{any: true}}]}}}}}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: echo4
+          cluster: echo
+  - name: tcp-deny
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {tcp_deny}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: tcp5.
+          rules: {{action: DENY, policies: {{lo: {{permissions: [{{any: true}}], principals: [{{direct_remote_ip: {{address_prefix: 127.0.0.0, prefix_len: 8}}}}]}}}}}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: echo5
+          cluster: echo_silent
+  clusters:
+  - name: echo
+    connect_timeout: 1s
+    load_assignment: {{cluster_name: echo, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {echo}}}}}}}}}]}}]}}
+  - name: echo_silent
+    connect_timeout: 1s
+    load_assignment: {{cluster_name: echo_silent, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {echo_silent}}}}}}}}}]}}]}}
 "#,
         admin = p.admin,
         http = p.http,
         http_end = u32::from(p.http) + 1,
         net_allow = p.net_allow,
         net_deny = p.net_deny,
+        tcp_allow = p.tcp_allow,
+        tcp_deny = p.tcp_deny,
+        echo = p.echo,
+        echo_silent = p.echo_silent,
         open = direct("open"),
         override = direct("override"),
         ok = direct("ok"),
@@ -329,7 +364,12 @@ fn wait_ready(admin: u16, http: u16) -> bool {
 /// filters (Envoy counts connections the network filter closed).
 fn rbac_stats(admin: u16) -> BTreeMap<String, String> {
     let out = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{admin}/stats")]).output().expect("curl");
-    let hcm = ["http.ing2.downstream_cx_total", "http.ing3.downstream_cx_total", "http.ing3.downstream_rq_total"];
+    let hcm = [
+        "http.ing2.downstream_cx_total",
+        "http.ing3.downstream_cx_total",
+        "http.ing3.downstream_rq_total",
+        "tcp.echo4.downstream_cx_total",
+    ];
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once(": "))
@@ -338,13 +378,50 @@ fn rbac_stats(admin: u16) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A raw TCP exchange: connect, send `ping\n`, read until EOF or a second of silence.
+fn tcp_exchange(port: u16) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return "connect failed".into() };
+    s.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+    let _ = s.write_all(b"ping\n");
+    let mut out = Vec::new();
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => {
+                out.extend_from_slice(b"<eof>");
+                break;
+            }
+            Ok(n) => out.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                out.extend_from_slice(b"<reset>");
+                break;
+            }
+            Err(_) => break,
+        }
+        if out.ends_with(b"ping\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
 struct Run {
     answers: Vec<(i32, String, String)>,
+    tcp: Vec<String>,
     stats: BTreeMap<String, String>,
 }
 
-fn run(bin: &Path, extra: &[&str], dir: &Path, label: &str) -> Run {
-    let ports = Ports { admin: free_port(), http: free_port(), net_allow: free_port(), net_deny: free_port() };
+fn run(bin: &Path, extra: &[&str], dir: &Path, label: &str, echo: (u16, u16)) -> Run {
+    let ports = Ports {
+        admin: free_port(),
+        http: free_port(),
+        net_allow: free_port(),
+        net_deny: free_port(),
+        tcp_allow: free_port(),
+        tcp_deny: free_port(),
+        echo: echo.0,
+        echo_silent: echo.1,
+    };
     let cfg = dir.join(format!("{label}.yaml"));
     std::fs::write(&cfg, bootstrap(&ports)).expect("write bootstrap");
     let log = std::fs::File::create(dir.join(format!("{label}.log"))).expect("log file");
@@ -360,7 +437,9 @@ fn run(bin: &Path, extra: &[&str], dir: &Path, label: &str) -> Run {
     let _proc = Proc(child);
     assert!(wait_ready(ports.admin, ports.http), "{label} did not become ready (see {})", dir.display());
     let answers = cases().iter().map(|c| send(c, &ports)).collect();
-    Run { answers, stats: rbac_stats(ports.admin) }
+    let tcp = vec![tcp_exchange(ports.tcp_allow), tcp_exchange(ports.tcp_deny)];
+    std::thread::sleep(Duration::from_millis(200));
+    Run { answers, tcp, stats: rbac_stats(ports.admin) }
 }
 
 #[test]
@@ -369,11 +448,12 @@ fn rbac_matches_envoy() {
         eprintln!("envoy not found (set ENVOY_BIN): skipping the RBAC differential test");
         return;
     };
-    let remora = remora_bin();
+    let remora = PathBuf::from(env!("CARGO_BIN_EXE_remora"));
+    let echo = (tcp_echo("hello\n"), tcp_echo(""));
     let dir = std::env::temp_dir().join(format!("remora-rbac-diff-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let e = run(&envoy, &["--disable-hot-restart"], &dir, "envoy");
-    let r = run(&remora, &["--disable-hot-restart"], &dir, "remora");
+    let e = run(&envoy, &["--disable-hot-restart"], &dir, "envoy", echo);
+    let r = run(&remora, &["--disable-hot-restart"], &dir, "remora", echo);
     let mut diffs = Vec::new();
     for (c, (a, b)) in cases().iter().zip(e.answers.iter().zip(&r.answers)) {
         eprintln!("{:<28} envoy {:?}  remora {:?}", c.name, a, b);
@@ -381,6 +461,13 @@ fn rbac_matches_envoy() {
             diffs.push(format!("{}: envoy {a:?} remora {b:?}", c.name));
         }
     }
+    for (name, (a, b)) in ["tcp allowed", "tcp denied"].iter().zip(e.tcp.iter().zip(&r.tcp)) {
+        eprintln!("{name:<28} envoy {a:?}  remora {b:?}");
+        if a != b {
+            diffs.push(format!("{name}: envoy {a:?} remora {b:?}"));
+        }
+    }
+    assert_eq!(e.tcp[0], "hello\nping\n");
     // Sanity: the config really allows and denies.
     assert_eq!(e.answers[0].1, "200");
     assert_eq!(e.answers[1], (0, "403".into(), "RBAC: access denied".into()));
