@@ -321,6 +321,11 @@ fn cases() -> Vec<Case> {
         case("disabled per route", "POST", "/open/x"),
         case("override allows", "GET", "/override"),
         case("override denies", "PUT", "/override"),
+        Case {
+            h2: true,
+            headers: &["content-type: application/grpc", "te: trailers"],
+            ..case("grpc denied", "POST", "/public/g")
+        },
         Case { port: |p| p.net_allow, ..case("net allow .1", "GET", "/") },
         Case { port: |p| p.net_allow, source: "127.0.0.2", ..case("net deny .2", "GET", "/") },
         Case { port: |p| p.net_deny, ..case("net deny all", "GET", "/") },
@@ -331,7 +336,17 @@ fn cases() -> Vec<Case> {
 fn send(c: &Case, ports: &Ports) -> (i32, String, String) {
     let url = format!("http://127.0.0.1:{}{}", (c.port)(ports), c.path);
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "5", "-X", c.method, "--interface", c.source, "-w", "\n%{http_code}"]);
+    cmd.args([
+        "-s",
+        "-m",
+        "5",
+        "-X",
+        c.method,
+        "--interface",
+        c.source,
+        "-w",
+        "\n%{http_code} %header{grpc-status} %header{grpc-message}",
+    ]);
     if c.h2 {
         cmd.arg("--http2-prior-knowledge");
     }
@@ -469,8 +484,8 @@ fn rbac_matches_envoy() {
     }
     assert_eq!(e.tcp[0], "hello\nping\n");
     // Sanity: the config really allows and denies.
-    assert_eq!(e.answers[0].1, "200");
-    assert_eq!(e.answers[1], (0, "403".into(), "RBAC: access denied".into()));
+    assert_eq!(e.answers[0].1.trim(), "200");
+    assert_eq!(e.answers[1], (0, "403  ".into(), "RBAC: access denied".into()));
     for k in e.stats.keys().chain(r.stats.keys()) {
         let (a, b) = (e.stats.get(k), r.stats.get(k));
         if a != b {
