@@ -40,7 +40,8 @@ pub enum Terminal {
 pub struct NetworkChain {
     pub name: String,
     pub matcher: ChainMatch,
-    /// Non-terminal filters (RBAC), run in order on the first bytes before the terminal filter.
+    /// Non-terminal filters (RBAC), run in order before the terminal filter (on the first bytes
+    /// for HTTP, at accept for tcp_proxy).
     pub filters: Vec<Arc<dyn NetworkFilter>>,
     pub terminal: Terminal,
 }
@@ -255,8 +256,8 @@ impl Listener {
             return;
         };
         let conn = ConnInfo { sni, alpn: alpn.first().cloned(), ..Default::default() };
-        // Non-terminal filters judge the connection on its first bytes. (A TLS transport socket
-        // must run them after the handshake, with the peer identity in `conn`.)
+        // Non-terminal filters judge the connection (HTTP: on its first bytes). A TLS transport
+        // socket must run them after the handshake, with the peer identity in `conn`.
         let ncx = NetworkCtx { remote, local, conn: &conn };
         let client_first = matches!(chain.terminal, Terminal::Http(_));
         if !crate::filters::network::admit_plaintext(
