@@ -25,6 +25,7 @@ use crate::config::{BuildCtx, ConfigError, duration};
 use crate::filters::http::ConnInfo;
 use crate::filters::network::http_connection_manager::{self as hcm, HttpConnectionManager};
 use crate::filters::network::tcp_proxy::{self, TcpProxy};
+use crate::filters::network::{NetworkAction, NetworkCtx, NetworkFilter, rbac as network_rbac};
 use crate::stats::{Counter, Gauge, GaugeGuard};
 use crate::upstream::cluster::socket_address_of;
 use crate::worker::WorkerCtx;
@@ -41,6 +42,9 @@ pub struct NetworkChain {
     pub matcher: ChainMatch,
     /// The downstream TLS transport socket (None: plaintext).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Non-terminal filters (RBAC), run in order before the terminal filter (on the first bytes
+    /// for plaintext HTTP, at accept for tcp_proxy, after the handshake for TLS).
+    pub filters: Vec<Arc<dyn NetworkFilter>>,
     pub terminal: Terminal,
 }
 
@@ -266,13 +270,47 @@ impl Listener {
         match &chain.tls {
             None => {
                 let conn = ConnInfo { sni, alpn: alpn.first().cloned(), ..Default::default() };
+                // Non-terminal filters judge the connection (HTTP: on its first bytes).
+                let ncx = NetworkCtx { remote, local, conn: &conn };
+                let client_first = matches!(chain.terminal, Terminal::Http(_));
+                let admitted = crate::filters::network::admit_plaintext(
+                    &chain.filters,
+                    &stream,
+                    &ncx,
+                    client_first,
+                    self.drain.subscribe(),
+                )
+                .await;
+                if !admitted {
+                    self.count_refused(chain);
+                    return;
+                }
                 self.run_terminal(chain, stream, conn, "http", remote, local, worker).await;
             }
             Some(tls) => {
                 let Some(s) = self.handshake(tls, stream).await else { return };
                 let conn = conn_info(s.get_ref().1, tls);
+                // After the handshake the filters see the peer's identity.
+                let ncx = NetworkCtx { remote, local, conn: &conn };
+                if let NetworkAction::Close { delay } = crate::filters::network::run_filters(&chain.filters, &ncx) {
+                    if let Some(d) = delay {
+                        tokio::time::sleep(d).await;
+                    }
+                    self.count_refused(chain);
+                    return;
+                }
                 self.run_terminal(chain, s, conn, "https", remote, local, worker).await;
             }
+        }
+        self.stats.downstream_cx_destroy.inc();
+    }
+
+    /// A connection a network filter refused: Envoy creates the HCM at accept, so it counts the
+    /// connection it never served.
+    fn count_refused(&self, chain: &NetworkChain) {
+        if let Terminal::Http(h) = &chain.terminal {
+            h.stats.downstream_cx_total.inc();
+            h.stats.downstream_cx_destroy.inc();
         }
         self.stats.downstream_cx_destroy.inc();
     }
@@ -413,17 +451,22 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
         return Err(ConfigError::new("filters", "a filter chain needs at least one network filter"));
     }
     let mut terminal = None;
+    let mut filters = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let field = format!("filters[{i}]");
         if terminal.is_some() {
             return Err(ConfigError::new(field, "a terminal filter must be the last filter in the chain"));
         }
-        terminal = build_network_filter(f, cx).map_err(|e| e.within(&field))?;
+        match build_network_filter(f, cx).map_err(|e| e.within(&field))? {
+            Built::Terminal(t) => terminal = Some(t),
+            Built::Filter(nf) => filters.push(nf),
+            Built::Skip => {}
+        }
     }
     let Some(terminal) = terminal else {
         return Err(ConfigError::new("filters", "the last filter of a chain must be a terminal filter"));
     };
-    Ok(NetworkChain { name: fc.name.clone(), matcher, tls, terminal })
+    Ok(NetworkChain { name: fc.name.clone(), matcher, tls, filters, terminal })
 }
 
 /// Istio's network filters that only add telemetry; skipping them changes nothing on the wire
@@ -436,8 +479,15 @@ const TELEMETRY_ONLY: &[&str] = &[
     "stats.PluginConfig",
 ];
 
-/// Builds a network filter: Some(terminal) for terminal filters, None for skipped ones.
-fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Option<Terminal>, ConfigError> {
+/// What a network filter entry becomes.
+enum Built {
+    Terminal(Terminal),
+    Filter(Arc<dyn NetworkFilter>),
+    Skip,
+}
+
+/// Builds a network filter: terminal filters, non-terminal ones (RBAC), or skipped ones.
+fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Built, ConfigError> {
     let any = match &f.config_type {
         Some(filter::ConfigType::TypedConfig(a)) => a,
         _ => {
@@ -453,14 +503,18 @@ fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Option<
         hcm::TYPE => {
             let p: HcmProto = xds_client::any::unpack(any).map_err(unpack_err)?;
             let h = HttpConnectionManager::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
-            Ok(Some(Terminal::Http(Arc::new(h))))
+            Ok(Built::Terminal(Terminal::Http(Arc::new(h))))
         }
         tcp_proxy::TYPE => {
             let p: TcpProxyProto = xds_client::any::unpack(any).map_err(unpack_err)?;
             let t = TcpProxy::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
-            Ok(Some(Terminal::Tcp(Arc::new(t))))
+            Ok(Built::Terminal(Terminal::Tcp(Arc::new(t))))
         }
-        t if TELEMETRY_ONLY.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => Ok(None),
+        network_rbac::TYPE => Ok(Built::Filter(network_rbac::factory(&f.name, any, cx)?)),
+        // Istio's `istio_authn` stores the peer's and the local SPIFFE principal as filter state
+        // for RBAC; remora's RBAC engine reads them straight from the connection's TLS facts.
+        "io.istio.network.authn.Config" => Ok(Built::Skip),
+        t if TELEMETRY_ONLY.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => Ok(Built::Skip),
         t => Err(ConfigError::new(
             "typed_config",
             format!("Didn't find a registered implementation for '{}' with type URL: '{t}'", f.name),

@@ -1,7 +1,16 @@
 //! Envoy's string and header matchers, compiled once at config time.
 
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher as HeaderMatcherProto, header_matcher};
-use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher as StringMatcherProto, string_matcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    MetadataMatcher as MetadataMatcherProto, PathMatcher as PathMatcherProto, RegexMatcher,
+    StringMatcher as StringMatcherProto, ValueMatcher as ValueMatcherProto, metadata_matcher, path_matcher,
+    string_matcher, value_matcher,
+};
+use envoy_types::pb::google::protobuf::{Struct as PbStruct, Value as PbValue, value::Kind};
+use envoy_types::pb::xds::r#type::matcher::v3::StringMatcher as XdsStringMatcher;
 use http::HeaderMap;
 
 use crate::config::ConfigError;
@@ -154,7 +163,16 @@ impl HeaderMatcher {
     }
 
     pub fn matches(&self, req: &RequestHeaders<'_>) -> bool {
-        let value = req.get(&self.name);
+        self.matches_value(req.get(&self.name))
+    }
+
+    /// The header name this matcher reads (lowercase).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Matches the (comma-joined) value of the header, `None` when the request lacks it.
+    pub fn matches_value(&self, value: Option<std::borrow::Cow<'_, str>>) -> bool {
         let value = match (value, self.treat_missing_as_empty) {
             (Some(v), _) => Some(v),
             (None, true) => Some(std::borrow::Cow::Borrowed("")),
@@ -169,6 +187,223 @@ impl HeaderMatcher {
         };
         result != self.invert
     }
+}
+
+// === impl StringMatcher (xds) ===
+
+impl StringMatcher {
+    /// Compiles the `xds.type.matcher.v3.StringMatcher` used by the unified matcher API (same
+    /// semantics as Envoy's own StringMatcher).
+    pub fn from_xds(p: &XdsStringMatcher, field: &str) -> Result<Self, ConfigError> {
+        use envoy_types::pb::xds::r#type::matcher::v3::string_matcher::MatchPattern as X;
+        use string_matcher::MatchPattern as P;
+        let pattern = match &p.match_pattern {
+            Some(X::Exact(s)) => P::Exact(s.clone()),
+            Some(X::Prefix(s)) => P::Prefix(s.clone()),
+            Some(X::Suffix(s)) => P::Suffix(s.clone()),
+            Some(X::Contains(s)) => P::Contains(s.clone()),
+            Some(X::SafeRegex(r)) => P::SafeRegex(RegexMatcher { regex: r.regex.clone(), ..Default::default() }),
+            Some(X::Custom(c)) => {
+                return Err(ConfigError::new(field, format!("custom string matcher {} is not supported", c.name)));
+            }
+            None => return Err(ConfigError::new(field, "StringMatcher needs a match_pattern")),
+        };
+        StringMatcher::from_proto(
+            &StringMatcherProto { match_pattern: Some(pattern), ignore_case: p.ignore_case },
+            field,
+        )
+    }
+}
+
+// === impl IpRange ===
+
+/// A CIDR range as RBAC and the IP input matcher read `envoy.config.core.v3.CidrRange`: an unset
+/// `prefix_len` is 0 (the whole address family) and a length beyond the family's width is clamped
+/// to it, as Envoy does. IPv4-mapped IPv6 addresses are compared as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    net: IpAddr,
+    len: u8,
+}
+
+impl IpRange {
+    pub fn from_proto(c: &CidrRange, field: &str) -> Result<Self, ConfigError> {
+        let ip: IpAddr = c.address_prefix.parse().map_err(|_| {
+            ConfigError::new(field, format!("Failed to create CIDR range: malformed IP address: {}", c.address_prefix))
+        })?;
+        let ip = ip.to_canonical();
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = c.prefix_len.map(|v| v.value).unwrap_or(0).min(max) as u8;
+        Ok(IpRange { net: ip, len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                (u32::from(a) & mask) == (u32::from(b) & mask)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                (u128::from(a) & mask) == (u128::from(b) & mask)
+            }
+            _ => false,
+        }
+    }
+}
+
+// === impl PathMatcher ===
+
+/// A compiled `envoy.type.matcher.v3.PathMatcher`: a StringMatcher on the request path without
+/// its query string and fragment.
+#[derive(Debug, Clone)]
+pub struct PathMatcher(StringMatcher);
+
+impl PathMatcher {
+    pub fn from_proto(p: &PathMatcherProto, field: &str) -> Result<Self, ConfigError> {
+        match &p.rule {
+            Some(path_matcher::Rule::Path(m)) => {
+                Ok(PathMatcher(StringMatcher::from_proto(m, &format!("{field}.path"))?))
+            }
+            None => Err(ConfigError::new(field, "PathMatcher needs a path")),
+        }
+    }
+
+    /// `path` is the `:path` value (query and fragment are ignored).
+    pub fn matches(&self, path: &str) -> bool {
+        let end = path.find(['?', '#']).unwrap_or(path.len());
+        self.0.matches(&path[..end])
+    }
+}
+
+// === impl ValueMatcher ===
+
+/// A compiled `envoy.type.matcher.v3.ValueMatcher` over a `google.protobuf.Value`.
+#[derive(Debug, Clone)]
+pub enum ValueMatcher {
+    Null,
+    DoubleExact(f64),
+    DoubleRange(f64, f64),
+    String(StringMatcher),
+    Bool(bool),
+    Present(bool),
+    /// `list_match.one_of`: some element of a list value matches.
+    ListOneOf(Box<ValueMatcher>),
+    Or(Vec<ValueMatcher>),
+}
+
+impl ValueMatcher {
+    pub fn from_proto(p: &ValueMatcherProto, field: &str) -> Result<Self, ConfigError> {
+        use envoy_types::pb::envoy::r#type::matcher::v3::{double_matcher, list_matcher};
+        use value_matcher::MatchPattern as P;
+        Ok(match &p.match_pattern {
+            Some(P::NullMatch(_)) => ValueMatcher::Null,
+            Some(P::DoubleMatch(d)) => match &d.match_pattern {
+                Some(double_matcher::MatchPattern::Exact(v)) => ValueMatcher::DoubleExact(*v),
+                Some(double_matcher::MatchPattern::Range(r)) => ValueMatcher::DoubleRange(r.start, r.end),
+                None => return Err(ConfigError::new(format!("{field}.double_match"), "a match_pattern is required")),
+            },
+            Some(P::StringMatch(m)) => {
+                ValueMatcher::String(StringMatcher::from_proto(m, &format!("{field}.string_match"))?)
+            }
+            Some(P::BoolMatch(b)) => ValueMatcher::Bool(*b),
+            Some(P::PresentMatch(b)) => ValueMatcher::Present(*b),
+            Some(P::ListMatch(l)) => match &l.match_pattern {
+                Some(list_matcher::MatchPattern::OneOf(v)) => ValueMatcher::ListOneOf(Box::new(
+                    ValueMatcher::from_proto(v, &format!("{field}.list_match.one_of"))?,
+                )),
+                None => return Err(ConfigError::new(format!("{field}.list_match"), "one_of is required")),
+            },
+            Some(P::OrMatch(o)) => {
+                if o.value_matchers.len() < 2 {
+                    return Err(ConfigError::new(
+                        format!("{field}.or_match.value_matchers"),
+                        "value must contain at least 2 item(s)",
+                    ));
+                }
+                ValueMatcher::Or(
+                    o.value_matchers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| ValueMatcher::from_proto(v, &format!("{field}.or_match.value_matchers[{i}]")))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            None => return Err(ConfigError::new(field, "ValueMatcher needs a match_pattern")),
+        })
+    }
+
+    /// `None` is an absent value (Envoy's `KIND_NOT_SET`).
+    pub fn matches(&self, v: Option<&PbValue>) -> bool {
+        let kind = v.and_then(|v| v.kind.as_ref());
+        match (self, kind) {
+            (ValueMatcher::Null, Some(Kind::NullValue(_))) => true,
+            (ValueMatcher::DoubleExact(x), Some(Kind::NumberValue(n))) => x == n,
+            (ValueMatcher::DoubleRange(lo, hi), Some(Kind::NumberValue(n))) => lo <= n && n < hi,
+            (ValueMatcher::String(m), Some(Kind::StringValue(s))) => m.matches(s),
+            (ValueMatcher::Bool(b), Some(Kind::BoolValue(x))) => b == x,
+            (ValueMatcher::Present(want), k) => *want && k.is_some(),
+            (ValueMatcher::ListOneOf(m), Some(Kind::ListValue(l))) => l.values.iter().any(|e| m.matches(Some(e))),
+            (ValueMatcher::Or(ms), _) => ms.iter().any(|m| m.matches(v)),
+            _ => false,
+        }
+    }
+}
+
+// === impl MetadataMatcher ===
+
+/// A compiled `envoy.type.matcher.v3.MetadataMatcher`: the value at `path` inside the metadata
+/// of `filter`, matched by a ValueMatcher (a missing value is "not set", never "null").
+#[derive(Debug, Clone)]
+pub struct MetadataMatcher {
+    pub filter: String,
+    path: Vec<String>,
+    value: ValueMatcher,
+    invert: bool,
+}
+
+impl MetadataMatcher {
+    pub fn from_proto(p: &MetadataMatcherProto, field: &str) -> Result<Self, ConfigError> {
+        use metadata_matcher::path_segment::Segment;
+        if p.filter.is_empty() {
+            return Err(ConfigError::new(format!("{field}.filter"), "value length must be at least 1 characters"));
+        }
+        if p.path.is_empty() {
+            return Err(ConfigError::new(format!("{field}.path"), "value must contain at least 1 item(s)"));
+        }
+        let mut path = Vec::with_capacity(p.path.len());
+        for (i, seg) in p.path.iter().enumerate() {
+            match &seg.segment {
+                Some(Segment::Key(k)) if !k.is_empty() => path.push(k.clone()),
+                _ => {
+                    return Err(ConfigError::new(format!("{field}.path[{i}]"), "a non-empty key is required"));
+                }
+            }
+        }
+        let value = match &p.value {
+            Some(v) => ValueMatcher::from_proto(v, &format!("{field}.value"))?,
+            None => return Err(ConfigError::new(format!("{field}.value"), "value is required")),
+        };
+        Ok(MetadataMatcher { filter: p.filter.clone(), path, value, invert: p.invert })
+    }
+
+    /// Matches the metadata struct of this matcher's filter (`None` when the filter set none).
+    pub fn matches(&self, filter_metadata: Option<&PbStruct>) -> bool {
+        self.value.matches(filter_metadata.and_then(|s| struct_path(s, &self.path))) != self.invert
+    }
+}
+
+/// The value at a path of keys in a Struct, descending through nested structs.
+pub fn struct_path<'a>(s: &'a PbStruct, path: &[String]) -> Option<&'a PbValue> {
+    let (last, parents) = path.split_last()?;
+    let mut cur = s;
+    for k in parents {
+        match cur.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StructValue(inner)) => cur = inner,
+            _ => return None,
+        }
+    }
+    cur.fields.get(last)
 }
 
 #[cfg(test)]

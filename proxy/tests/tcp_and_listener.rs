@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! tcp_proxy, filter chain selection by the HTTP inspector's verdict, WebSocket upgrades and
 //! graceful drain on SIGTERM, through the real remora binary on loopback.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! TLS transport sockets end to end: an mTLS sidecar pair inside one remora (outbound listener:
 //! plaintext in, mTLS out; inbound listener: mTLS in with SPIFFE SAN checks) and real curl as
 //! the client, with the refusals counted in Envoy's `ssl.*` stats.

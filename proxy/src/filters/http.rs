@@ -5,6 +5,7 @@ pub mod compressor;
 pub mod cors;
 pub mod fault;
 pub mod local_ratelimit;
+pub mod rbac;
 pub mod router;
 
 use std::sync::Arc;
@@ -140,6 +141,7 @@ const FILTERS: &[(&str, FilterFactory)] = &[
     (fault::TYPE, fault::factory),
     (local_ratelimit::TYPE, local_ratelimit::factory),
     (compressor::TYPE, compressor::factory),
+    (rbac::TYPE, rbac::factory),
 ];
 
 /// Per-route config types, by type name.
@@ -148,6 +150,7 @@ const PER_ROUTE: &[(&str, PerRouteFactory)] = &[
     (fault::TYPE, fault::per_route_factory),
     (local_ratelimit::TYPE, local_ratelimit::per_route_factory),
     (compressor::PER_ROUTE_TYPE, compressor::per_route_factory),
+    (rbac::PER_ROUTE_TYPE, rbac::per_route_factory),
 ];
 
 /// A `FractionalPercent` as a share of one million (Envoy's `featureEnabled` without runtime).

@@ -1,4 +1,109 @@
-//! Network filters: the terminal filter of a filter chain decides what a connection becomes.
+//! Network filters: the terminal filter of a filter chain decides what a connection becomes;
+//! non-terminal filters before it (`NetworkFilter`, e.g. RBAC) may close the connection first.
 
 pub mod http_connection_manager;
+pub mod rbac;
 pub mod tcp_proxy;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::filters::http::ConnInfo;
+
+/// What a non-terminal network filter sees of a connection.
+pub struct NetworkCtx<'a> {
+    /// The peer address (the TCP peer; PROXY protocol would change it).
+    pub remote: SocketAddr,
+    /// The local address after original_dst restoration.
+    pub local: SocketAddr,
+    /// SNI, ALPN and the TLS peer identity (filled after the handshake).
+    pub conn: &'a ConnInfo,
+}
+
+/// A non-terminal network filter's verdict on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkAction {
+    Continue,
+    /// Close the connection without passing it on, after `delay` if set.
+    Close {
+        delay: Option<Duration>,
+    },
+}
+
+/// A read filter placed before the terminal filter. The listener calls `on_data` once per
+/// connection (after the TLS handshake for TLS connections): for HTTP when the first bytes have
+/// arrived, the point where Envoy's read filters first run; for tcp_proxy at once (see
+/// `admit_plaintext`). Filters run in chain order and the first `Close` ends the connection
+/// before the terminal filter sees it.
+pub trait NetworkFilter: Send + Sync {
+    fn name(&self) -> &str;
+
+    fn on_data(&self, cx: &NetworkCtx<'_>) -> NetworkAction;
+}
+
+/// Runs the non-terminal filters in order; the first `Close` wins.
+pub fn run_filters(filters: &[std::sync::Arc<dyn NetworkFilter>], cx: &NetworkCtx<'_>) -> NetworkAction {
+    for f in filters {
+        if let NetworkAction::Close { delay } = f.on_data(cx) {
+            tracing::debug!(target: "remora::network", "{} closed the connection from {}", f.name(), cx.remote);
+            return NetworkAction::Close { delay };
+        }
+    }
+    NetworkAction::Continue
+}
+
+/// For a plaintext connection: runs the filters and returns true when the terminal filter should
+/// get the connection. A closed connection's pending bytes are read first, so the peer sees a FIN
+/// (Envoy's close after reading), not a reset.
+///
+/// With `wait_for_data` (client-first terminals: HTTP) the filters run when the first bytes have
+/// arrived (peeked, not consumed), as Envoy's read filters do, and a connection that closes (or
+/// the listener drains) before sending anything is not judged and returns false. Without it
+/// (tcp_proxy, where the upstream may speak first) they run at once: the verdict is the same, as
+/// nothing they read depends on the data, and a server-first protocol is not held up waiting for
+/// a client byte that never comes.
+pub async fn admit_plaintext(
+    filters: &[std::sync::Arc<dyn NetworkFilter>],
+    stream: &tokio::net::TcpStream,
+    cx: &NetworkCtx<'_>,
+    wait_for_data: bool,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    if filters.is_empty() {
+        return true;
+    }
+    if wait_for_data && !first_bytes(stream, &mut drain).await {
+        return false;
+    }
+    match run_filters(filters, cx) {
+        NetworkAction::Continue => true,
+        NetworkAction::Close { delay } => {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            let mut buf = [0u8; 4096];
+            for _ in 0..64 {
+                match stream.try_read(&mut buf) {
+                    Ok(n) if n > 0 => continue,
+                    _ => break,
+                }
+            }
+            false
+        }
+    }
+}
+
+/// Waits until the connection has data to read (not consuming it): false on EOF, error or drain.
+async fn first_bytes(stream: &tokio::net::TcpStream, drain: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    let mut b = [0u8; 1];
+    loop {
+        tokio::select! {
+            r = stream.peek(&mut b) => return matches!(r, Ok(n) if n > 0),
+            changed = drain.changed() => {
+                if changed.is_err() || *drain.borrow() {
+                    return false;
+                }
+            }
+        }
+    }
+}
