@@ -1,6 +1,7 @@
 //! Differential tests of the HTTP filters and access logs: the same bootstrap runs through the
 //! real Envoy and remora against the same upstream, and what curl sees must match.
 //! Skipped (with a message) when no Envoy binary is installed.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod support;
 
