@@ -31,17 +31,6 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
-fn wait_port(port: u16, deadline: Duration) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    }
-    false
-}
-
 /// A running proxy; killed on drop.
 pub struct Proxy {
     pub name: &'static str,
@@ -93,9 +82,28 @@ pub fn start_pair(test: &str, bootstrap: &str, upstream: u16) -> Option<(Proxy, 
 }
 
 fn start(test: &str, name: &'static str, bin: &std::path::Path, bootstrap: &str, upstream: u16) -> Proxy {
-    let dir = std::env::temp_dir().join(format!("remora-diff-{test}-{name}-{}", std::process::id()));
+    // Ports are picked free and may be taken by someone else before the proxy binds: retry.
+    let mut last = String::new();
+    for attempt in 0..3 {
+        match try_start(test, name, bin, bootstrap, upstream, attempt) {
+            Ok(p) => return p,
+            Err(e) => last = e,
+        }
+    }
+    panic!("{name} did not start: {last}");
+}
+
+fn try_start(
+    test: &str,
+    name: &'static str,
+    bin: &std::path::Path,
+    bootstrap: &str,
+    upstream: u16,
+    attempt: u32,
+) -> Result<Proxy, String> {
+    let dir = std::env::temp_dir().join(format!("remora-diff-{test}-{name}-{}-{attempt}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let (port, admin) = (free_port(), free_port());
     let cfg = bootstrap
         .replace("{PORT}", &port.to_string())
@@ -103,19 +111,28 @@ fn start(test: &str, name: &'static str, bin: &std::path::Path, bootstrap: &str,
         .replace("{UPSTREAM}", &upstream.to_string())
         .replace("{DIR}", &dir.display().to_string());
     let path = dir.join("bootstrap.yaml");
-    std::fs::write(&path, cfg).expect("write bootstrap");
+    std::fs::write(&path, cfg).map_err(|e| e.to_string())?;
+    let log = |f: &str| std::fs::File::create(dir.join(f)).map(Stdio::from).map_err(|e| e.to_string());
     let child = Command::new(bin)
         .arg("-c")
         .arg(&path)
         .args(["--concurrency", "1", "-l", "warning", "--file-flush-interval-msec", "50", "--disable-hot-restart"])
-        .stdout(Stdio::from(std::fs::File::create(dir.join("stdout.log")).expect("stdout log")))
-        .stderr(Stdio::from(std::fs::File::create(dir.join("stderr.log")).expect("stderr log")))
+        .stdout(log("stdout.log")?)
+        .stderr(log("stderr.log")?)
         .spawn()
-        .expect("start proxy");
-    let p = Proxy { name, port, admin, child, dir };
-    assert!(wait_port(port, Duration::from_secs(20)), "{name} did not listen on {port}: {}", p.stderr());
-    assert!(wait_port(admin, Duration::from_secs(10)), "{name} admin did not listen");
-    p
+        .map_err(|e| e.to_string())?;
+    let mut p = Proxy { name, port, admin, child, dir };
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() && TcpStream::connect(("127.0.0.1", admin)).is_ok() {
+            return Ok(p);
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            return Err(format!("exited with {status}: {}", p.stderr()));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    Err(format!("not listening on {port}: {}", p.stderr()))
 }
 
 impl Proxy {
