@@ -35,6 +35,21 @@ const FILE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 
+/// Access loggers that send telemetry to a collector; remora skips them.
+const TELEMETRY_ONLY: &[&str] = &[
+    "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+    "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
+    "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+    "envoy.extensions.access_loggers.wasm.v3.WasmAccessLog",
+];
+
+fn warn_skipped(name: &str, type_name: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(target: "remora::access_log", "skipping telemetry-only access logger {name} ({type_name})");
+    });
+}
+
 /// A JSON log template: keys in order, each a formatted string, a literal or a nested object.
 #[derive(Debug, Clone)]
 enum JsonNode {
@@ -196,9 +211,22 @@ impl AccessLog {
         Ok(AccessLog { name: p.name.clone(), filter, format, omit_empty, sink })
     }
 
-    /// Compiles a list of `access_log` entries.
+    /// Compiles a list of `access_log` entries. Loggers that only ship telemetry elsewhere
+    /// (gRPC access log service, OpenTelemetry, Wasm) are skipped with a warning: they change
+    /// nothing a client sees (DESIGN: telemetry-only extensions).
     pub fn list_from_proto(list: &[AccessLogProto], field: &str) -> Result<Vec<AccessLog>, ConfigError> {
-        list.iter().enumerate().map(|(i, a)| AccessLog::from_proto(a, &format!("{field}[{i}]"))).collect()
+        let mut out = Vec::with_capacity(list.len());
+        for (i, a) in list.iter().enumerate() {
+            if let Some(access_log::ConfigType::TypedConfig(any)) = &a.config_type {
+                let t = xds_client::any::effective_type_name(any);
+                if TELEMETRY_ONLY.contains(&t.as_str()) {
+                    warn_skipped(&a.name, &t);
+                    continue;
+                }
+            }
+            out.push(AccessLog::from_proto(a, &format!("{field}[{i}]"))?);
+        }
+        Ok(out)
     }
 
     /// Formats and queues the line for one finished request, if the filter lets it through.

@@ -99,3 +99,19 @@ fn json_keeps_types() {
     let v = render_json(&nodes, &entry_cx(&facts, &h), false);
     assert_eq!(v, serde_json::json!({"code": 503, "path": "/p", "up": null, "mixed": "GET -"}));
 }
+
+#[test]
+fn telemetry_loggers_are_skipped() {
+    let otel = AccessLogProto {
+        name: "envoy.access_loggers.open_telemetry".into(),
+        filter: None,
+        config_type: Some(access_log::ConfigType::TypedConfig(envoy_types::pb::google::protobuf::Any {
+            type_url:
+                "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig"
+                    .into(),
+            value: Vec::new(),
+        })),
+    };
+    let logs = AccessLog::list_from_proto(&[otel, file_log(std::path::Path::new("/dev/null"), None)], "a").unwrap();
+    assert_eq!(logs.len(), 1);
+}
