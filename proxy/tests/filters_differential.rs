@@ -307,6 +307,8 @@ fn compressor_matches_envoy() {
         ("vary merged", "/?n=500&h=vary:origin", &["-H", "accept-encoding: gzip"]),
         ("HEAD", "/?n=500", &["-I", "-H", "accept-encoding: gzip"]),
         ("204", "/?n=0&s=204", &["-H", "accept-encoding: gzip"]),
+        ("h2 br", "/?n=5000&chunked=1", &["--http2-prior-knowledge", "-H", "accept-encoding: br"]),
+        ("h2 zstd", "/?n=700", &["--http2-prior-knowledge", "-H", "accept-encoding: zstd"]),
     ];
     for (what, path, args) in cases {
         let e = curl(&[*args, &[pair.0.url(path).as_str()]].concat());
@@ -405,6 +407,7 @@ fn access_log_matches_envoy() {
         ("/limited", &["-H", "x-request-id: r4", "-H", "user-agent: t4"]),
         ("/nothing", &["-H", "x-request-id: r5", "-H", "user-agent: t5"]),
         ("/up/post", &["-H", "x-request-id: r6", "-H", "user-agent: t6", "-d", "0123456789"]),
+        ("/up/h2?n=3000", &["--http2-prior-knowledge", "-H", "x-request-id: r7", "-H", "user-agent: t7"]),
     ];
     for (path, args) in requests {
         same(path, &pair, path, args);
