@@ -425,3 +425,55 @@ fn access_log_matches_envoy() {
     let json = |p: &support::Proxy| read(p, "json.log").replace(&p.port.to_string(), "PORT");
     assert_eq!(json(&pair.0), json(&pair.1), "json format");
 }
+
+#[test]
+fn legacy_cors_and_descriptors_match_envoy() {
+    // The deprecated `cors` field on the virtual host and route, and a descriptor bucket
+    // selected by the filter's own `rate_limits`.
+    let vhost = r#"              cors:
+                allow_origin_string_match: [{prefix: "https://good"}]
+                allow_methods: "GET,POST"
+                expose_headers: "x-vh""#;
+    let routes = r#"              - match: {prefix: "/route-cors"}
+                route:
+                  cluster: backend
+                  cors:
+                    allow_origin_string_match: [{exact: "https://route.com"}]
+                    max_age: "30"
+"#
+    .to_string()
+        + ROUTE_ALL;
+    let filters = r#"          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: desc
+              token_bucket: {max_tokens: 100, tokens_per_fill: 100, fill_interval: 60s}
+              filter_enabled: {default_value: {numerator: 100, denominator: HUNDRED}}
+              filter_enforced: {default_value: {numerator: 100, denominator: HUNDRED}}
+              enable_x_ratelimit_headers: DRAFT_VERSION_03
+              rate_limits:
+              - actions:
+                - request_headers: {header_name: x-client, descriptor_key: client}
+              descriptors:
+              - entries: [{key: client, value: slow}]
+                token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}"#;
+    let up = upstream();
+    let Some(pair) = start_pair("legacy", &bootstrap("", vhost, &routes, filters), up) else { return };
+    let pre = ["-X", "OPTIONS", "-H", "access-control-request-method: PUT"];
+    same("vhost cors preflight", &pair, "/x", &[&pre[..], &["-H", "origin: https://good.com"]].concat());
+    same("vhost cors simple", &pair, "/x", &["-H", "origin: https://good.com"]);
+    same("vhost cors rejected", &pair, "/x", &["-H", "origin: https://bad.com"]);
+    let r =
+        same("route cors preflight", &pair, "/route-cors", &[&pre[..], &["-H", "origin: https://route.com"]].concat());
+    assert_eq!(r.header("access-control-max-age"), Some("30"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET,POST"), "falls back to the vhost");
+    same("descriptor: first", &pair, "/x", &["-H", "x-client: slow"]);
+    let r = same("descriptor: limited", &pair, "/x", &["-H", "x-client: slow"]);
+    assert_eq!(r.status, 429);
+    let r = same("other client: default bucket", &pair, "/x", &["-H", "x-client: fast"]);
+    assert_eq!(r.status, 200);
+    same("no descriptor", &pair, "/x", &[]);
+}
