@@ -89,6 +89,8 @@ pub struct Listener {
     pub stop: watch::Sender<bool>,
     /// Turned on to make open connections finish gracefully.
     pub drain: watch::Sender<bool>,
+    /// The listener's `access_log` (connections without a matching filter chain, flag `NR`).
+    pub access_logs: Arc<[crate::access_log::AccessLog]>,
 }
 
 impl Listener {
@@ -182,6 +184,7 @@ impl Listener {
             inbound: p.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
             stop: watch::channel(false).0,
             drain: watch::channel(false).0,
+            access_logs: crate::access_log::AccessLog::list_from_proto(&p.access_log, "access_log")?.into(),
         })
     }
 
@@ -232,6 +235,7 @@ impl Listener {
         local: SocketAddr,
         worker: Rc<WorkerCtx>,
     ) {
+        let accepted = (std::time::SystemTime::now(), std::time::Instant::now());
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
         let timeout = self.listener_filters_timeout.unwrap_or(Duration::from_secs(3600));
@@ -265,6 +269,14 @@ impl Listener {
         };
         let Some(chain) = chain else {
             self.stats.no_filter_chain_match.inc();
+            crate::access_log::log_connection(
+                &self.access_logs,
+                remote,
+                local,
+                sni.as_deref(),
+                crate::access_log::ResponseFlags::NO_ROUTE_FOUND,
+                accepted,
+            );
             return;
         };
         match &chain.tls {

@@ -47,6 +47,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         println!("remora version: {VERSION}/1.40.0-compatible/Clean/RELEASE/rustls");
         return ExitCode::SUCCESS;
     }
+    crate::access_log::set_flush_interval(opts.file_flush_interval_msec);
     let logs = match crate::logging::init(&opts.log_level, opts.component_log_level.as_deref()) {
         Ok(l) => l,
         Err(e) => {
@@ -211,6 +212,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     stats.gauge("server.live").set(1);
     tracing::info!(target: "remora::server", "all listeners started; {n} workers");
     if opts.mode == Mode::InitOnly {
+        crate::access_log::flush_all();
         return ExitCode::SUCCESS;
     }
 
@@ -240,6 +242,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(workers);
+    crate::access_log::flush_all();
     tracing::info!(target: "remora::server", "exiting");
     ExitCode::SUCCESS
 }

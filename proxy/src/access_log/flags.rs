@@ -138,5 +138,6 @@ mod tests {
         assert_eq!(f.long_string(), "DelayInjected,FaultInjected");
         assert_eq!(ResponseFlags::from_short("NR"), Some(ResponseFlags::NO_ROUTE_FOUND));
         assert!(ResponseFlags::from_short("XX").is_none());
+        assert_eq!(ResponseFlags::RATE_LIMITED.short_string(), "RL");
     }
 }

@@ -71,6 +71,7 @@ impl LocalReply {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        crate::access_log::ResponseInfo::mark_local_reply(r.extensions_mut(), self.flag, self.details);
         r
     }
 }

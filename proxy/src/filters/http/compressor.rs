@@ -474,7 +474,7 @@ impl HttpFilter for CompressorFilter {
             || resp.status == http::StatusCode::NO_CONTENT
             || resp.status == http::StatusCode::NOT_MODIFIED
             || resp.status.is_informational();
-        let accept_ok = enabled_and_big_enough && {
+        let accept_ok = !end_stream && enabled_and_big_enough && {
             match &reg.accept_encoding {
                 None => {
                     c.stats.no_accept_header.inc();

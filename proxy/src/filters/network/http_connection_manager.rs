@@ -135,6 +135,8 @@ pub struct HttpConnectionManager {
     /// Enabled `upgrade_configs` types, lowercased (`websocket`, ...).
     pub upgrades: Vec<String>,
     pub stats: HcmStats,
+    /// `access_log`: written when each request ends (see `access_log::request`).
+    pub access_logs: Arc<[crate::access_log::AccessLog]>,
 }
 
 impl HttpConnectionManager {
@@ -215,6 +217,7 @@ impl HttpConnectionManager {
                 .map(|u| u.upgrade_type.to_ascii_lowercase())
                 .collect(),
             stats: HcmStats::new(cx, &p.stat_prefix),
+            access_logs: crate::access_log::AccessLog::list_from_proto(&p.access_log, "access_log")?.into(),
         };
         Ok(hcm)
     }
@@ -322,11 +325,17 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
+    let logged = (!hcm.access_logs.is_empty()).then(|| {
+        (std::time::SystemTime::now(), crate::access_log::request::LoggedRequest::minimal(&req), req.version())
+    });
     let mut resp = process(req, &cx).await;
     if is_grpc {
         crate::http::local_reply::to_grpc(&mut resp);
     }
     finalize_response(&cx, &mut resp, is_h1);
+    if let Some((start_time, fallback, version)) = logged {
+        resp = log_on_end(&cx, resp, fallback, version, start, start_time);
+    }
     let status = resp.status().as_u16();
     stats.downstream_rq.record(status, false);
     stats.downstream_rq_completed.inc();
@@ -337,6 +346,29 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
     drop(active);
     resp
+}
+
+/// Arranges for the access logs to be written when the response body ends.
+fn log_on_end(
+    cx: &ConnCtx,
+    resp: Response<ResponseBody>,
+    fallback: crate::access_log::request::LoggedRequest,
+    version: Version,
+    start: Instant,
+    start_time: std::time::SystemTime,
+) -> Response<ResponseBody> {
+    let conn = crate::access_log::request::LoggedConn {
+        downstream_remote: Some(cx.remote),
+        downstream_direct_remote: Some(cx.remote),
+        downstream_local: Some(cx.local),
+        server_name: cx.conn.sni.clone(),
+        peer_uri_san: cx.conn.peer_uri_sans.first().cloned(),
+        local_uri_san: cx.conn.local_uri_sans.first().cloned(),
+        tls_version: cx.conn.tls_version,
+        hostname: Some(cx.worker.shared.hostname.as_str().into()),
+    };
+    let logs = cx.hcm.access_logs.clone();
+    crate::access_log::request::wrap(resp, logs, Some(fallback), conn, protocol_name(version), start, start_time)
 }
 
 fn finalize_response(cx: &ConnCtx, resp: &mut Response<ResponseBody>, is_h1: bool) {
@@ -514,6 +546,8 @@ async fn route_and_forward(
             }
         }
     }
+    let logged = (!hcm.access_logs.is_empty())
+        .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, &scheme));
     let resp = match early {
         Some(r) => r,
         None => {
@@ -537,7 +571,38 @@ async fn route_and_forward(
     for f in filters[..answered_by].iter().rev() {
         rbody = f.wrap_body(&mut rcx, &rparts, rbody);
     }
+    if let Some(req) = logged {
+        note_for_log(&mut rparts.extensions, &rcx, req);
+    }
     Response::from_parts(rparts, rbody)
+}
+
+/// What the access log needs from routing and the filters, in the response's extensions.
+fn note_for_log(ext: &mut http::Extensions, rcx: &RequestCtx<'_>, req: crate::access_log::request::LoggedRequest) {
+    use crate::access_log::ResponseInfo;
+    use crate::router::action::ClusterSpecifier;
+    let mut info = ext.remove::<ResponseInfo>().unwrap_or_default();
+    if let Some(f) = rcx.state.get::<crate::filters::http::FilterFlags>() {
+        info.flags |= f.0;
+    }
+    if let Some(r) = rcx.route {
+        match &r.route.action {
+            Action::Route(a) => {
+                if info.upstream_cluster.is_none()
+                    && let ClusterSpecifier::Name(n) = &a.cluster
+                {
+                    info.upstream_cluster = Some(n.clone());
+                }
+            }
+            Action::Direct(_) | Action::Redirect(_) if info.details.is_none() => {
+                info.details = Some("direct_response".into());
+            }
+            _ => {}
+        }
+        ext.insert(crate::access_log::request::LoggedRoute { route_name: Some(r.route.name.clone()) });
+    }
+    ext.insert(info);
+    ext.insert(req);
 }
 
 /// Carries out the matched route's action.

@@ -472,6 +472,15 @@ impl Forward<'_> {
         stats.upstream_rq_time.record(elapsed.as_secs_f64() * 1000.0);
         let (mut rparts, body) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
+        if !self.cx.hcm.access_logs.is_empty() {
+            rparts.extensions.insert(crate::access_log::ResponseInfo {
+                details: Some("via_upstream".into()),
+                upstream_host: Some(host.address),
+                upstream_cluster: Some(cluster.name.clone()),
+                first_upstream_byte: Some(Instant::now()),
+                ..Default::default()
+            });
+        }
         if !suppress {
             rparts.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(elapsed.as_millis() as u64));
         }
