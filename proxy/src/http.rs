@@ -3,3 +3,4 @@
 pub mod body;
 pub mod exec;
 pub mod local_reply;
+pub mod path;

@@ -132,6 +132,9 @@ pub struct HttpConnectionManager {
     pub idle_timeout: Option<Duration>,
     pub max_concurrent_streams: Option<u32>,
     pub strip_any_host_port: bool,
+    pub normalize_path: bool,
+    pub merge_slashes: bool,
+    pub escaped_slashes: crate::http::path::EscapedSlashes,
     /// Enabled `upgrade_configs` types, lowercased (`websocket`, ...).
     pub upgrades: Vec<String>,
     pub stats: HcmStats,
@@ -206,6 +209,18 @@ impl HttpConnectionManager {
                 .as_ref()
                 .and_then(|o| o.max_concurrent_streams)
                 .map(|v| v.value),
+            normalize_path: p.normalize_path.map(|b| b.value).unwrap_or(false),
+            merge_slashes: p.merge_slashes,
+            escaped_slashes: {
+                use crate::http::path::EscapedSlashes as E;
+                use http_connection_manager::PathWithEscapedSlashesAction as A;
+                match A::try_from(p.path_with_escaped_slashes_action) {
+                    Ok(A::RejectRequest) => E::Reject,
+                    Ok(A::UnescapeAndRedirect) => E::UnescapeAndRedirect,
+                    Ok(A::UnescapeAndForward) => E::UnescapeAndForward,
+                    _ => E::Keep,
+                }
+            },
             strip_any_host_port: matches!(
                 p.strip_port_mode,
                 Some(http_connection_manager::StripPortMode::StripAnyHostPort(true))
@@ -406,6 +421,35 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
         return r;
     }
     let (mut parts, body) = req.into_parts();
+
+    // Path normalisation happens before anything looks at the path (routes, RBAC).
+    if hcm.normalize_path || hcm.merge_slashes || hcm.escaped_slashes != crate::http::path::EscapedSlashes::Keep {
+        use crate::http::path::{Normalized, normalize};
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        match normalize(pq, hcm.normalize_path, hcm.merge_slashes, hcm.escaped_slashes) {
+            Normalized::Unchanged => {}
+            Normalized::Rewritten(p) => {
+                let mut up = parts.uri.clone().into_parts();
+                up.path_and_query = p.parse().ok();
+                if let Ok(u) = http::Uri::from_parts(up) {
+                    parts.uri = u;
+                }
+            }
+            Normalized::Redirect(p) => {
+                let mut r = LocalReply::new(StatusCode::TEMPORARY_REDIRECT, "", "", "path_normalization_redirect");
+                if let Ok(v) = HeaderValue::from_str(&p) {
+                    r.headers.insert(header::LOCATION, v);
+                }
+                return r.into_response();
+            }
+            Normalized::Reject => {
+                // Envoy treats it as a protocol error: 400 and the connection closes.
+                let mut r = LocalReply::new(StatusCode::BAD_REQUEST, "", "", "path_normalization_failed");
+                r.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r.into_response();
+            }
+        }
+    }
 
     // :authority (h2) or Host (h1).
     let authority: String = match parts.uri.authority() {
