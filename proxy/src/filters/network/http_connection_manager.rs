@@ -684,6 +684,13 @@ async fn act(
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
             r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(d.body.len()));
+            // Envoy points a 201 or 3xx direct response at the request's own URL.
+            if d.status == StatusCode::CREATED || d.status.is_redirection() {
+                let loc = format!("{}://{authority}{path_and_query}", scheme_for_redirect(parts, cx));
+                if let Ok(v) = HeaderValue::from_str(&loc) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+            }
             r
         }
         Action::Redirect(rd) => {
