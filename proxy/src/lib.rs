@@ -27,5 +27,6 @@ pub mod stats;
 pub mod tls;
 pub mod upstream;
 pub mod worker;
+pub mod xds;
 
 pub use server::run;

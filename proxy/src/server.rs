@@ -139,6 +139,7 @@ fn serve(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) 
 
 async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
     let ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap } = config;
+    let bootstrap_dynamic = bootstrap.dynamic_resources.clone().unwrap_or_default();
     let server_state = stats.gauge("server.state");
     server_state.set(state::INITIALIZING);
     stats.gauge("server.live").set(0);
@@ -208,6 +209,15 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     }
     tokio::spawn(flush_server_stats(stats.clone(), shared.clone(), control.started));
     workers_started.set(1);
+    // Dynamic resources: the server goes LIVE once the first CDS and LDS were applied (or
+    // their initial fetch timed out), as Envoy's init manager does.
+    let initial = start_dynamic(&bootstrap_dynamic, &manager);
+    if !initial.is_empty() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && !initial.iter().all(|c| c.value() > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     server_state.set(state::LIVE);
     stats.gauge("server.live").set(1);
     tracing::info!(target: "remora::server", "all listeners started; {n} workers");
@@ -277,4 +287,22 @@ async fn flush_server_stats(stats: Arc<crate::stats::Store>, shared: Arc<Shared>
         parent.set(0);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// Starts the bootstrap's dynamic sources; returns the counters whose first increment means
+/// the initial fetch is done (CDS, LDS).
+fn start_dynamic(
+    d: &envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources,
+    manager: &Arc<ConfigManager>,
+) -> Vec<crate::stats::Counter> {
+    let mut waits = Vec::new();
+    if let Some(p) = d.cds_config.as_ref().and_then(crate::xds::file_source) {
+        crate::xds::watch_file(manager.clone(), p, crate::xds::CLUSTER);
+        waits.push(manager.cds.update_attempt.clone());
+    }
+    if let Some(p) = d.lds_config.as_ref().and_then(crate::xds::file_source) {
+        crate::xds::watch_file(manager.clone(), p, crate::xds::LISTENER);
+        waits.push(manager.lds.update_attempt.clone());
+    }
+    waits
 }

@@ -123,6 +123,7 @@ struct State {
 pub struct Interest {
     pub eds: BTreeSet<String>,
     pub rds: BTreeSet<String>,
+    pub sds: BTreeSet<String>,
 }
 
 pub struct ConfigManager {
@@ -134,6 +135,7 @@ pub struct ConfigManager {
     pub lds: UpdateStats,
     pub eds: UpdateStats,
     pub rds: UpdateStats,
+    pub sds: UpdateStats,
     active_clusters: Gauge,
     warming_clusters: Gauge,
     total_listeners_active: Gauge,
@@ -158,6 +160,7 @@ impl ConfigManager {
             lds: UpdateStats::new(&cx, "listener_manager.lds"),
             eds: UpdateStats::new(&cx, "cluster_manager.eds"),
             rds: UpdateStats::new(&cx, "http.rds"),
+            sds: UpdateStats::new(&cx, "sds"),
             active_clusters: s.gauge("cluster_manager.active_clusters"),
             warming_clusters: s.gauge("cluster_manager.warming_clusters"),
             total_listeners_active: s.gauge("listener_manager.total_listeners_active"),
@@ -251,7 +254,7 @@ impl ConfigManager {
                     continue;
                 }
             };
-            let mut warming = false;
+            let mut warming = !cluster.secret_names().iter().all(|n| self.cx.secrets.contains(n));
             if cluster.discovery == DiscoveryType::Eds {
                 let svc = cluster.eds_service_name.clone().unwrap_or_default();
                 match st.endpoints.get(&svc) {
@@ -339,7 +342,6 @@ impl ConfigManager {
     ) -> Result<(), Vec<ResourceError>> {
         let mut errors = Vec::new();
         let mut st = self.state();
-        let mut promoted = false;
         for cla in resources {
             let svc = cla.cluster_name.clone();
             let targets: Vec<Arc<Cluster>> = st
@@ -361,19 +363,13 @@ impl ConfigManager {
             if !ok {
                 continue;
             }
-            for d in st.clusters.values_mut() {
-                if d.warming && d.cluster.eds_service_name.as_deref() == Some(svc.as_str()) {
-                    d.warming = false;
-                    promoted = true;
-                }
-            }
             st.endpoints.insert(svc, (version.to_string(), cla));
         }
         for n in removed {
             st.endpoints.remove(n);
         }
         drop(st);
-        if promoted {
+        if self.promote(&mut errors) {
             self.publish();
         }
         self.eds.record(errors.is_empty());
@@ -436,7 +432,7 @@ impl ConfigManager {
                     ));
                     continue;
                 }
-                let warming = !self.routes_ready(&st, &l);
+                let warming = !self.listener_ready(&st, &l);
                 let mut previous = None;
                 if let Some(old) = st.listeners.get(&name) {
                     self.listener_modified.inc();
@@ -489,8 +485,92 @@ impl ConfigManager {
     }
 
     /// True when every RDS route config the listener's HCMs name has arrived.
-    fn routes_ready(&self, st: &State, l: &Listener) -> bool {
+    fn listener_ready(&self, st: &State, l: &Listener) -> bool {
         rds_names(l).iter().all(|n| st.routes.contains_key(n))
+            && listener_secrets(l).iter().all(|n| self.cx.secrets.contains(n))
+    }
+
+    fn cluster_ready(&self, st: &State, c: &Cluster) -> bool {
+        let endpoints = match (&c.discovery, &c.eds_service_name) {
+            (DiscoveryType::Eds, Some(s)) => st.endpoints.contains_key(s),
+            _ => true,
+        };
+        endpoints && c.secret_names().iter().all(|n| self.cx.secrets.contains(n))
+    }
+
+    /// Activates warming clusters and listeners whose dependencies (endpoints, routes, secrets)
+    /// have all arrived. Returns true when something changed.
+    fn promote(&self, errors: &mut Vec<ResourceError>) -> bool {
+        let mut activated = Vec::new();
+        let mut changed = false;
+        {
+            let mut st = self.state();
+            let ready_clusters: Vec<String> = st
+                .clusters
+                .iter()
+                .filter(|(_, d)| d.warming && self.cluster_ready(&st, &d.cluster))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in ready_clusters {
+                if let Some(d) = st.clusters.get_mut(&n) {
+                    d.warming = false;
+                    changed = true;
+                }
+            }
+            let ready: Vec<String> = st
+                .listeners
+                .iter()
+                .filter(|(_, d)| d.warming && self.listener_ready(&st, &d.listener))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in ready {
+                if let Some(d) = st.listeners.get_mut(&n) {
+                    d.warming = false;
+                    activated.push((d.listener.clone(), d.previous.take()));
+                }
+            }
+        }
+        for (l, previous) in activated {
+            changed = true;
+            if let Err(e) = self.start_listener(&l) {
+                errors.push(ResourceError::new(&l.name, e));
+            }
+            // The version it replaces stops accepting and drains now.
+            if let Some(p) = previous {
+                p.shut();
+            }
+        }
+        changed
+    }
+
+    // === secrets (SDS) ===
+
+    /// Applies SDS secrets: the next handshakes use them; waiting clusters and listeners warm up.
+    pub fn apply_secrets(
+        self: &Arc<Self>,
+        _version: &str,
+        resources: Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>,
+        removed: &[String],
+    ) -> Result<(), Vec<ResourceError>> {
+        let mut errors = Vec::new();
+        let mut good = Vec::new();
+        for s in resources {
+            match crate::tls::secrets::Secret::from_proto(&s, &s.name) {
+                Ok(v) => good.push((s.name.clone(), v)),
+                Err(e) => errors.push(ResourceError::new(&s.name, e)),
+            }
+        }
+        if !good.is_empty() {
+            self.cx.secrets.set(good);
+        }
+        if !removed.is_empty() {
+            self.cx.secrets.remove(removed);
+        }
+        if self.promote(&mut errors) {
+            self.publish();
+        }
+        self.sds.record(errors.is_empty());
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
     /// Points the listener's RDS HCMs at the route tables we already have.
@@ -524,7 +604,6 @@ impl ConfigManager {
         removed: &[String],
     ) -> Result<(), Vec<ResourceError>> {
         let mut errors = Vec::new();
-        let mut activated = Vec::new();
         {
             let mut st = self.state();
             let names: HashSet<String> = st.clusters.keys().chain(st.static_clusters.keys()).cloned().collect();
@@ -565,28 +644,8 @@ impl ConfigManager {
                     }
                 }
             }
-            let ready: Vec<String> = st
-                .listeners
-                .iter()
-                .filter(|(_, d)| d.warming && rds_names(&d.listener).iter().all(|n| st.routes.contains_key(n)))
-                .map(|(n, _)| n.clone())
-                .collect();
-            for n in ready {
-                if let Some(d) = st.listeners.get_mut(&n) {
-                    d.warming = false;
-                    activated.push((d.listener.clone(), d.previous.take()));
-                }
-            }
         }
-        for (l, previous) in activated {
-            if let Err(e) = self.start_listener(&l) {
-                errors.push(ResourceError::new(&l.name, e));
-            }
-            // The version it replaces stops accepting and drains now.
-            if let Some(p) = previous {
-                p.shut();
-            }
-        }
+        self.promote(&mut errors);
         self.publish();
         self.rds.record(errors.is_empty());
         if errors.is_empty() { Ok(()) } else { Err(errors) }
@@ -625,9 +684,11 @@ impl ConfigManager {
             if let Some(s) = &c.eds_service_name {
                 interest.eds.insert(s.clone());
             }
+            interest.sds.extend(c.secret_names());
         }
         for l in st.static_listeners.iter().chain(st.listeners.values().map(|d| &d.listener)) {
             interest.rds.extend(rds_names(l));
+            interest.sds.extend(listener_secrets(l));
         }
         self.active_clusters.set(snap.clusters.len() as i64);
         self.warming_clusters.set(warming_clusters);
@@ -709,6 +770,20 @@ fn rds_slots(l: &Listener) -> Vec<(String, Arc<ArcSwapOption<RouteTable>>)> {
             Terminal::Tcp(_) => None,
         })
         .collect()
+}
+
+/// SDS secret names the listener's TLS filter chains need.
+fn listener_secrets(l: &Listener) -> Vec<String> {
+    let mut v: Vec<String> = l
+        .chains
+        .iter()
+        .chain(l.default_chain.iter())
+        .filter_map(|c| c.tls.as_ref())
+        .flat_map(|t| t.secret_names())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 fn rds_names(l: &Listener) -> Vec<String> {
