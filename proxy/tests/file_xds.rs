@@ -56,10 +56,10 @@ fn replace(path: &std::path::Path, text: &str) {
 fn wait_for(port: u16, path: &str, want: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Some((200, b)) = http_get(port, path) {
-            if b == want {
-                return true;
-            }
+        if let Some((200, b)) = http_get(port, path)
+            && b == want
+        {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
