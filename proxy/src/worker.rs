@@ -71,6 +71,14 @@ fn run(index: usize, shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Comman
     let drain = shared.drain.subscribe();
     let ctx = Rc::new(WorkerCtx { index, pools: Pools::new(), shared, drain });
     local.block_on(&rt, async move {
+        let sweeper = ctx.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let snap = sweeper.shared.snapshot.load_full();
+                sweeper.pools.sweep(&snap);
+            }
+        });
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Listen { listener, socket } => {

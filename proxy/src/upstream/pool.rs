@@ -181,4 +181,24 @@ impl Pools {
     pub fn retain_clusters(&self, live: &dyn Fn(u64) -> bool) {
         self.entries.borrow_mut().retain(|k, _| live(k.cluster));
     }
+
+    /// Periodic sweep: drops pools of hosts that left their cluster (EDS/DNS churn) and idle
+    /// HTTP/1.1 connections past the cluster's idle timeout.
+    pub fn sweep(&self, snapshot: &crate::config::Snapshot) {
+        let clusters: HashMap<u64, &Arc<Cluster>> = snapshot.clusters.values().map(|c| (c.id, c)).collect();
+        let mut entries = self.entries.borrow_mut();
+        entries.retain(|k, e| {
+            let Some(c) = clusters.get(&k.cluster) else { return false };
+            let hosts = c.hosts.load();
+            let live =
+                hosts.all.iter().any(|h| h.id == k.host) || c.discovery == super::cluster::DiscoveryType::OriginalDst;
+            if !live {
+                return false;
+            }
+            if let Some(t) = c.idle_timeout {
+                e.idle.retain(|i| i.since.elapsed() <= t && !i.sender.is_closed());
+            }
+            !(e.idle.is_empty() && e.h2.is_none() && e.h2_connecting.is_none())
+        });
+    }
 }
