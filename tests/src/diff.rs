@@ -566,10 +566,8 @@ impl Normaliser {
                 // the earlier attempts took: keep only its order of magnitude.
                 if let Some(v) = headers.get_mut("x-envoy-expected-rq-timeout-ms") {
                     for x in v.iter_mut() {
-                        if let Ok(ms) = x.parse::<u64>() {
-                            if ms >= 1000 {
-                                *x = format!("<={}", ms.div_ceil(1000) * 1000);
-                            }
+                        if let Ok(ms @ 1000..) = x.parse::<u64>() {
+                            *x = format!("<={}", ms.div_ceil(1000) * 1000);
                         }
                     }
                 }
