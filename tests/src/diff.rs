@@ -476,6 +476,28 @@ struct Normaliser {
     ports: BTreeMap<u16, String>,
 }
 
+/// The host's first non-loopback IPv4 address: Envoy uses it in place of a loopback peer address
+/// when `use_remote_address` is set (so it shows up in x-forwarded-for). None if there is none.
+pub fn local_ipv4() -> Option<String> {
+    static IP: OnceLock<Option<String>> = OnceLock::new();
+    IP.get_or_init(|| {
+        let out = std::process::Command::new("ip").args(["-o", "-4", "addr", "show"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let addr = l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+            let ip = addr.split('/').next()?;
+            (!ip.starts_with("127.")).then(|| ip.to_string())
+        })
+    })
+    .clone()
+}
+
+/// Whether Envoy treats `ip` as an internal address (RFC 1918 or loopback).
+pub fn is_internal_ipv4(ip: &str) -> bool {
+    let o: Vec<u8> = ip.split('.').filter_map(|x| x.parse().ok()).collect();
+    matches!(o.as_slice(), [10, ..] | [127, ..] | [192, 168, ..])
+        || matches!(o.as_slice(), [172, b, ..] if (16..32).contains(b))
+}
+
 /// The lowest port the OS hands out for `bind(0)` / outgoing connections.
 fn ephemeral_low() -> u16 {
     static LOW: OnceLock<u16> = OnceLock::new();
@@ -506,6 +528,14 @@ impl Normaliser {
     fn text(&self, s: &str) -> String {
         static UUID: OnceLock<Regex> = OnceLock::new();
         static PORT: OnceLock<Regex> = OnceLock::new();
+        let local;
+        let s = match local_ipv4() {
+            Some(ip) => {
+                local = s.replace(&ip, "<local-ip>");
+                local.as_str()
+            }
+            None => s,
+        };
         let s = re(&UUID, r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
             .replace_all(s, "<uuid>");
         re(&PORT, r":(\d{2,5})\b")
@@ -581,11 +611,16 @@ impl Normaliser {
                 body_len: j.get("body_len").and_then(Value::as_u64).unwrap_or(0),
             }
         });
+        let mut resp_headers = self.headers(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), ignore);
+        if seen.is_some() {
+            // The echo body's length follows from what the upstream saw, compared above.
+            resp_headers.remove("content-length");
+        }
         Exact {
             status: r.status,
             curl_exit: if r.status == 0 { r.curl_exit } else { 0 },
             upstream: r.header("x-echo-upstream").map(str::to_string),
-            resp_headers: self.headers(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), ignore),
+            resp_headers,
             body: if seen.is_some() { None } else { Some(self.text(&r.body_str())) },
             seen,
             attempts,
