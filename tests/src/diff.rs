@@ -54,6 +54,7 @@ pub enum Check {
 enum Expect {
     Status(u16),
     Upstream(Option<String>),
+    Served,
     Path(String),
     Authority(String),
     Version(String),
@@ -79,6 +80,7 @@ pub struct Case {
     known_diff: Option<String>,
     ignore_headers: Vec<String>,
     keyed: bool,
+    any_upstream: bool,
 }
 
 impl Case {
@@ -92,6 +94,7 @@ impl Case {
             known_diff: None,
             ignore_headers: Vec::new(),
             keyed: true,
+            any_upstream: false,
         }
     }
     pub fn listener(mut self, name: &str) -> Case {
@@ -125,6 +128,11 @@ impl Case {
     }
     pub fn expect_upstream(mut self, u: &str) -> Case {
         self.expects.push(Expect::Upstream(Some(u.into())));
+        self
+    }
+    /// Some upstream (whichever) served the request.
+    pub fn expect_upstream_any(mut self) -> Case {
+        self.expects.push(Expect::Served);
         self
     }
     /// No upstream served the request (a local reply).
@@ -192,6 +200,12 @@ impl Case {
     /// Leave response header `name` out of the comparison (say why in the case).
     pub fn ignore_header(mut self, name: &str) -> Case {
         self.ignore_headers.push(name.to_ascii_lowercase());
+        self
+    }
+    /// Which upstream served is legitimately random here (for instance a hash of an OS-chosen
+    /// address): compare only that one did.
+    pub fn any_upstream(mut self) -> Case {
+        self.any_upstream = true;
         self
     }
     /// Do not add `x-echo-key` (the upstream then keys attempts by `x-request-id`).
@@ -424,7 +438,14 @@ impl Suite {
         }
         match &case.check {
             Check::Exact => match curl(port, &req) {
-                Ok(resp) => Outcome::Exact(norm.exact(&resp, ups.attempts(&key), &case.ignore_headers)),
+                Ok(resp) => {
+                    let mut x = norm.exact(&resp, ups.attempts(&key), &case.ignore_headers);
+                    if case.any_upstream && x.upstream.is_some() {
+                        x.upstream = Some("<any>".into());
+                        x.resp_headers.insert("x-echo-upstream".into(), vec!["<any>".into()]);
+                    }
+                    Outcome::Exact(x)
+                }
                 Err(e) => Outcome::Error(format!("{e:#}")),
             },
             Check::Distribution { n, .. } => match curl_repeat(port, &req, *n) {
@@ -555,6 +576,11 @@ impl Normaliser {
         match name {
             "date" => "<date>".into(),
             "x-envoy-upstream-service-time" if value.chars().all(|c| c.is_ascii_digit()) => "<ms>".into(),
+            // A generated hash-policy cookie: its value hashes OS-chosen addresses.
+            "set-cookie" => {
+                static COOKIE: OnceLock<Regex> = OnceLock::new();
+                re(&COOKIE, r#"^([^=]+)="?[0-9a-fA-F]{8,}"?"#).replace(value, "$1=<hash>").into_owned()
+            }
             _ => self.text(value),
         }
     }
@@ -733,6 +759,7 @@ fn check_expects(case: &Case, o: &Outcome) -> Vec<String> {
                     Expect::Upstream(u) if &x.upstream != u => {
                         errs.push(format!("upstream {:?} (want {u:?})", x.upstream))
                     }
+                    Expect::Served if x.upstream.is_none() => errs.push("no upstream served it".into()),
                     Expect::Path(p) => match &x.seen {
                         Some(s) if &s.path == p => {}
                         s => errs.push(format!("path {:?} (want {p:?})", s.as_ref().map(|s| &s.path))),

@@ -261,14 +261,19 @@ impl Proxy {
                     "{} exited before ready ({status}); log {}:\n{}",
                     self.kind.name(),
                     self.log.display(),
-                    self.log()
+                    self.log_summary()
                 );
             }
             if let Ok((200, _)) = http_get(self.admin_port, "/ready") {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{} not ready after {timeout:?}; log {}:\n{}", self.kind.name(), self.log.display(), self.log());
+                bail!(
+                    "{} not ready after {timeout:?}; log {}:\n{}",
+                    self.kind.name(),
+                    self.log.display(),
+                    self.log_summary()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -293,6 +298,17 @@ impl Proxy {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// The log's error lines and its last lines: enough to see why a start failed.
+    pub fn log_summary(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let mut out: Vec<&str> =
+            lines.iter().copied().filter(|l| l.contains("critical") || l.contains("[error]")).take(20).collect();
+        out.push("...");
+        out.extend(lines.iter().skip(lines.len().saturating_sub(25)));
+        out.join("\n")
+    }
+
     /// The process log so far (stdout and stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
