@@ -3,8 +3,9 @@
 //! (SIGTERM, then SIGKILL) and reaped on drop.
 //!
 //! Templates use `{{name}}` placeholders: `{{port:NAME}}` picks a free loopback port the first
-//! time NAME is seen (the same port for every later use), any other name comes from the
-//! variables the caller supplies (for instance `{{upstream:a}}`, the port of echo upstream `a`).
+//! time NAME is seen (the same port for every later use); `{{closed_port:NAME}}` is a loopback
+//! port that refuses connections (bound, never listening, held until the proxy stops, so no
+//! other socket can take it); any other name comes from the variables the caller supplies (for instance `{{upstream:a}}`, the port of echo upstream `a`).
 //! An unknown placeholder is an error, never left in the file.
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,7 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -135,6 +136,15 @@ pub fn free_port() -> u16 {
 pub struct Vars {
     values: BTreeMap<String, String>,
     ports: BTreeMap<String, u16>,
+    closed: BTreeMap<String, (u16, Arc<socket2::Socket>)>,
+}
+
+/// A loopback port that refuses connections: a socket bound to it that never listens.
+fn closed_port() -> anyhow::Result<(u16, Arc<socket2::Socket>)> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let port = s.local_addr()?.as_socket().map(|a| a.port()).ok_or_else(|| anyhow!("no port"))?;
+    Ok((port, Arc::new(s)))
 }
 
 impl Vars {
@@ -152,6 +162,15 @@ impl Vars {
     pub fn ports(&self) -> &BTreeMap<String, u16> {
         &self.ports
     }
+    /// The ports allocated for `{{closed_port:NAME}}`.
+    pub fn closed_ports(&self) -> impl Iterator<Item = (&str, u16)> {
+        self.closed.iter().map(|(k, (p, _))| (k.as_str(), *p))
+    }
+    /// Forgets the allocated ports, so the next render picks new ones.
+    pub fn reset_ports(&mut self) {
+        self.ports.clear();
+        self.closed.clear();
+    }
     pub fn values(&self) -> &BTreeMap<String, String> {
         &self.values
     }
@@ -165,7 +184,12 @@ impl Vars {
             let after = &rest[start + 2..];
             let end = after.find("}}").ok_or_else(|| anyhow!("unterminated {{{{ in template"))?;
             let name = after[..end].trim();
-            if let Some(p) = name.strip_prefix("port:") {
+            if let Some(p) = name.strip_prefix("closed_port:") {
+                if !self.closed.contains_key(p) {
+                    self.closed.insert(p.to_string(), closed_port()?);
+                }
+                out.push_str(&self.closed[p].0.to_string());
+            } else if let Some(p) = name.strip_prefix("port:") {
                 let port = *self.ports.entry(p.to_string()).or_insert_with(free_port);
                 out.push_str(&port.to_string());
             } else if let Some(v) = self.values.get(name) {
@@ -225,7 +249,21 @@ fn scratch_dir(kind: Kind) -> anyhow::Result<PathBuf> {
 impl Proxy {
     /// Renders `template` with `vars` (which must make `{{port:admin}}` the admin port), starts
     /// `kind` on it and waits for `/ready`.
-    pub fn start(kind: Kind, template: &str, mut vars: Vars, opts: &Options) -> anyhow::Result<Proxy> {
+    pub fn start(kind: Kind, template: &str, vars: Vars, opts: &Options) -> anyhow::Result<Proxy> {
+        // A port picked by `free_port` is released before the proxy binds it, so another socket
+        // may take it in between: start again on fresh ports when that happens.
+        let mut attempt = 0;
+        loop {
+            let mut v = vars.clone();
+            v.reset_ports();
+            match Proxy::start_once(kind, template, v, opts) {
+                Err(e) if attempt < 3 && is_bind_failure(&format!("{e:#}")) => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn start_once(kind: Kind, template: &str, mut vars: Vars, opts: &Options) -> anyhow::Result<Proxy> {
         let bin = match kind {
             Kind::Envoy => envoy_bin().ok_or_else(|| anyhow!("no envoy binary (set ENVOY_BIN)"))?,
             Kind::Remora => remora_bin_or_build()?,
@@ -344,6 +382,11 @@ impl Drop for Proxy {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+fn is_bind_failure(err: &str) -> bool {
+    let e = err.to_ascii_lowercase();
+    e.contains("address already in use") || e.contains("cannot bind") || e.contains("eaddrinuse")
 }
 
 /// A minimal HTTP/1.1 GET with `Connection: close` to 127.0.0.1:`port`: (status, body).
