@@ -6,6 +6,16 @@
 //! - `process`: start Envoy or remora on a rendered bootstrap template, wait for `/ready`.
 //! - `client`: curl over HTTP/1.1 and h2c.
 //! - `diff`: the differential harness.
+//!
+//! Running: `scripts/test` (everything), or `cargo test -p tests` with
+//! - `ENVOY_BIN`: the reference Envoy (else `envoy` on PATH, the venv of
+//!   `scripts/install-test-deps`, or /tmp/envoyvenv/bin/envoy);
+//! - `REMORA_BIN`: the remora binary (else `<target>/debug/remora`; the diff suites compare
+//!   Envoy with itself only when it is missing, unless `REMORA_DIFF_REQUIRE=1`);
+//! - `REMORA_TESTDATA`: the shared test data (default `<workspace>/../shared/testdata`);
+//! - `REMORA_DIFF_SELF_CHECK=0`: skip the second Envoy run; `REMORA_DIFF_DUMP=1`: print every
+//!   reference outcome; `REMORA_KEEP_LOGS=1`: keep proxy logs under $TMPDIR/remora-tests;
+//!   `REMORA_TEST_LOG_LEVEL`: the proxies' `-l` (default info).
 
 pub mod client;
 pub mod diff;
