@@ -1,0 +1,131 @@
+//! `--mode validate` verdicts: for every Envoy example bootstrap and every Istio golden bootstrap
+//! in the shared test data, remora must reach Envoy 1.40's verdict (exit code). Envoy's verdicts
+//! are recorded below, so the test still checks remora where Envoy is not installed; where Envoy
+//! is installed the recorded verdicts are checked against it too.
+//!
+//! The test data lives in `REMORA_TESTDATA`, by default `<workspace>/../shared/testdata`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Envoy 1.40's `--mode validate` exit code per file (0 accepted, 1 rejected).
+const ENVOY_VERDICTS: &[(&str, i32)] = &[
+    ("envoy-examples/cors_backend_envoy.yaml", 0),
+    ("envoy-examples/double-proxy_envoy-backend.yaml", 1),
+    ("envoy-examples/double-proxy_envoy-frontend.yaml", 1),
+    ("envoy-examples/dynamic-config-cp_envoy.yaml", 0),
+    ("envoy-examples/envoy_configs_envoy-demo.yaml", 1),
+    ("envoy-examples/envoy_configs_envoyproxy_io_proxy.yaml", 1),
+    ("envoy-examples/fault-injection_envoy.yaml", 1),
+    ("envoy-examples/front-proxy_envoy.yaml", 0),
+    ("envoy-examples/front-proxy_service-envoy.yaml", 0),
+    ("envoy-examples/grpc-bridge_server_envoy-proxy.yaml", 0),
+    ("envoy-examples/local_ratelimit_envoy.yaml", 0),
+    ("envoy-examples/locality-load-balancing_envoy.yaml", 0),
+    ("envoy-examples/rbac_envoy.yaml", 0),
+    ("envoy-examples/route-mirror_envoy.yaml", 0),
+    ("envoy-examples/tls_envoy-http-https.yaml", 0),
+    ("envoy-examples/tls_envoy-https-http.yaml", 0),
+    ("envoy-examples/tls_envoy-https-https.yaml", 0),
+    ("envoy-examples/websocket_envoy-ws.yaml", 0),
+    ("istio/bootstrap/all_golden.json", 0),
+    ("istio/bootstrap/default_golden.json", 0),
+    ("istio/bootstrap/secure_metrics_golden.json", 0),
+    ("istio/bootstrap/xdsproxy_golden.json", 0),
+];
+
+fn testdata() -> PathBuf {
+    std::env::var_os("REMORA_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tests::workspace_dir().join("../shared/testdata"))
+}
+
+/// The files to check: `envoy-examples/*.yaml` and `istio/bootstrap/*_golden.json`, relative.
+fn files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for (dir, keep) in [
+        ("envoy-examples", (|n: &str| n.ends_with(".yaml")) as fn(&str) -> bool),
+        ("istio/bootstrap", |n: &str| n.ends_with("_golden.json")),
+    ] {
+        let Ok(rd) = std::fs::read_dir(root.join(dir)) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if keep(&name) {
+                out.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs `bin --mode validate -c path`: (exit code, stdout + stderr).
+fn validate(bin: &Path, path: &Path) -> (i32, String) {
+    let out = Command::new(bin)
+        .args(["--mode", "validate", "-c"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n        ")
+}
+
+#[test]
+fn validate_verdicts_match_envoy() {
+    let root = testdata();
+    assert!(
+        root.is_dir(),
+        "shared test data not found at {} (set REMORA_TESTDATA to ../shared/testdata)",
+        root.display()
+    );
+    let files = files(&root);
+    assert!(
+        files.len() >= ENVOY_VERDICTS.len(),
+        "expected at least {} bootstraps under {}, found {}: {files:?}",
+        ENVOY_VERDICTS.len(),
+        root.display(),
+        files.len()
+    );
+    for (f, _) in ENVOY_VERDICTS {
+        assert!(files.iter().any(|x| x == f), "recorded file {f} is missing from {}", root.display());
+    }
+    let envoy = tests::envoy_bin();
+    if envoy.is_none() {
+        eprintln!("NOTICE: no Envoy binary: checking remora against the recorded verdicts only");
+    }
+    let remora = tests::remora_bin_or_build().expect("the remora binary");
+
+    let mut failures = Vec::new();
+    for f in &files {
+        let path = root.join(f);
+        let recorded = ENVOY_VERDICTS.iter().find(|(n, _)| n == f).map(|(_, v)| *v);
+        let envoy_verdict = envoy.as_ref().map(|e| validate(e, &path));
+        if let (Some(want), Some((got, out))) = (recorded, &envoy_verdict)
+            && *got != want
+        {
+            failures.push(format!(
+                "{f}: Envoy now exits {got}, recorded {want}: update ENVOY_VERDICTS\n        {}",
+                last_lines(out, 3)
+            ));
+        }
+        let Some(want) = envoy_verdict.as_ref().map(|(c, _)| *c).or(recorded) else {
+            eprintln!("NOTICE: {f}: no recorded verdict and no Envoy: skipped");
+            continue;
+        };
+        let (got, out) = validate(&remora, &path);
+        if got != want {
+            failures.push(format!("{f}: remora exits {got}, Envoy {want}\n        {}", last_lines(&out, 4)));
+        } else if got == 0 && !out.contains(&format!("configuration '{}' OK", path.display())) {
+            failures.push(format!("{f}: remora accepted it without printing \"configuration '<path>' OK\": {out}"));
+        } else if got != 0 && out.trim().is_empty() {
+            failures.push(format!("{f}: remora rejected it without saying why"));
+        }
+        eprintln!("{f}: envoy {want}, remora {got}");
+    }
+    assert!(failures.is_empty(), "{} verdict mismatch(es):\n  {}", failures.len(), failures.join("\n  "));
+}
