@@ -169,6 +169,11 @@ impl Formatter {
         Ok(Formatter { segments })
     }
 
+    /// True when the output reads request headers (`%REQ(...)%`).
+    pub fn uses_request_headers(&self) -> bool {
+        self.segments.iter().any(|s| matches!(s, Segment::Command(Command::Req(..))))
+    }
+
     /// True when the output does not depend on the request.
     pub fn is_static(&self) -> bool {
         self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))

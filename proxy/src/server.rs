@@ -152,6 +152,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         snapshot: ArcSwap::from_pointee(crate::config::Snapshot::default()),
         stats: stats.clone(),
         hostname: node.hostname.clone(),
+        local_address: local_address(opts.local_address_ip_version),
         drain: drain_tx,
         connections: AtomicUsize::new(0),
     });
@@ -305,4 +306,19 @@ fn start_dynamic(
         waits.push(manager.lds.update_attempt.clone());
     }
     waits
+}
+
+/// The host's primary address (the source of its default route), for the IP version asked.
+fn local_address(v: crate::cli::IpVersion) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+    let (bind, probe, fallback): (&str, &str, IpAddr) = match v {
+        crate::cli::IpVersion::V4 => ("0.0.0.0:0", "192.0.2.1:53", IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        crate::cli::IpVersion::V6 => ("[::]:0", "[2001:db8::1]:53", IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    };
+    // connect() on UDP sends nothing; it only picks the route and so the source address.
+    UdpSocket::bind(bind)
+        .and_then(|s| s.connect(probe).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(fallback)
 }

@@ -20,6 +20,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub stats: Arc<Store>,
     pub hostname: String,
+    /// This host's address (Envoy's local_info address): replaces a loopback peer in XFF.
+    pub local_address: std::net::IpAddr,
     /// Set when connections should close gracefully (drain).
     pub drain: watch::Sender<bool>,
     /// Open downstream connections, for shutdown.

@@ -91,6 +91,11 @@ impl HeaderMutations {
         self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// True when a value reads the request headers (`%REQ(x)%`).
+    pub fn uses_request_headers(&self) -> bool {
+        self.add.iter().any(|a| a.value.uses_request_headers())
+    }
+
     /// Applies removals, then additions, to `headers`.
     pub fn apply(&self, headers: &mut HeaderMap, cx: &FormatContext<'_>) {
         for r in &self.remove {

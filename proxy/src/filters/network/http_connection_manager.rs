@@ -135,6 +135,8 @@ pub struct HttpConnectionManager {
     pub normalize_path: bool,
     pub merge_slashes: bool,
     pub escaped_slashes: crate::http::path::EscapedSlashes,
+    /// `internal_address_config` CIDRs (Envoy 1.40's default: none are internal).
+    pub internal_addresses: Vec<crate::listener::filter_chain::Cidr>,
     /// Enabled `upgrade_configs` types, lowercased (`websocket`, ...).
     pub upgrades: Vec<String>,
     pub stats: HcmStats,
@@ -225,6 +227,20 @@ impl HttpConnectionManager {
                 p.strip_port_mode,
                 Some(http_connection_manager::StripPortMode::StripAnyHostPort(true))
             ),
+            internal_addresses: match &p.internal_address_config {
+                Some(c) => c
+                    .cidr_ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        crate::listener::filter_chain::Cidr::from_proto(
+                            r,
+                            &format!("internal_address_config.cidr_ranges[{i}]"),
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            },
             upgrades: p
                 .upgrade_configs
                 .iter()
@@ -343,9 +359,21 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     let logged = (!hcm.access_logs.is_empty()).then(|| {
         (std::time::SystemTime::now(), crate::access_log::request::LoggedRequest::minimal(&req), req.version())
     });
+    use http_body::Body as _;
+    let had_body = !req.body().is_end_stream();
     let mut resp = process(req, &cx).await;
     if is_grpc {
         crate::http::local_reply::to_grpc(&mut resp);
+    }
+    if resp.extensions().get::<crate::http::local_reply::LocalReplied>().is_some() {
+        if !is_h1 && resp.body().is_end_stream() {
+            // Envoy's HTTP/2 local replies without a body carry no content-length.
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        if is_h1 && had_body {
+            // Answered without reading the request body: the connection cannot be reused.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     finalize_response(&cx, &mut resp, is_h1);
     if let Some((start_time, fallback, version)) = logged {
@@ -404,13 +432,6 @@ fn finalize_response(cx: &ConnCtx, resp: &mut Response<ResponseBody>, is_h1: boo
     }
 }
 
-fn is_internal(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xff00) == 0xfd00,
-    }
-}
-
 /// The request-side work: Envoy's header rules, routing, filters, then the action.
 async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody> {
     let hcm = &cx.hcm;
@@ -461,12 +482,19 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
             .into_response();
     }
 
-    // x-forwarded-for and the effective downstream address.
-    let mut downstream_remote = cx.remote;
-    let internal;
-    if hcm.use_remote_address {
+    // Envoy's request header rules (ConnectionManagerUtility::mutateRequestHeaders): the
+    // trusted downstream address, x-forwarded-for, internal or external, x-forwarded-proto.
+    parts.headers.remove("x-envoy-internal");
+    let (final_remote, allow_trusted_checks) = if hcm.use_remote_address {
+        let allow = !parts.headers.contains_key("x-forwarded-for");
+        let from_xff = match hcm.xff_num_trusted_hops {
+            0 => None,
+            n => xff_address(&parts.headers, n - 1).map(|(ip, _)| ip),
+        };
         if !hcm.skip_xff_append {
-            let ip = cx.remote.ip().to_string();
+            // A loopback peer is replaced by this host's address, as Envoy does.
+            let ip = if cx.remote.ip().is_loopback() { cx.worker.shared.local_address } else { cx.remote.ip() };
+            let ip = ip.to_string();
             let v = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
                 _ => ip,
@@ -475,27 +503,39 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
                 parts.headers.insert("x-forwarded-for", v);
             }
         }
-        internal = is_internal(cx.remote.ip());
-        if internal {
-            parts.headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
-        } else {
-            parts.headers.remove("x-envoy-internal");
-        }
+        let scheme = if cx.scheme == "https" { "https" } else { "http" };
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+        (Some(from_xff.map(|ip| SocketAddr::new(ip, 0)).unwrap_or(cx.remote)), allow)
     } else {
-        internal = true;
-        if let Some(addr) = xff_address(&parts.headers, hcm.xff_num_trusted_hops) {
-            downstream_remote = SocketAddr::new(addr, 0);
+        match xff_address(&parts.headers, hcm.xff_num_trusted_hops) {
+            Some((ip, single)) => (Some(SocketAddr::new(ip, 0)), single),
+            None => (None, false),
         }
+    };
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        let scheme = if cx.scheme == "https" { "https" } else { "http" };
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
-    // x-forwarded-proto
-    if hcm.use_remote_address || !parts.headers.contains_key("x-forwarded-proto") {
-        parts
-            .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static(if cx.scheme == "https" { "https" } else { "http" }));
+    let internal =
+        allow_trusted_checks && final_remote.is_some_and(|a| hcm.internal_addresses.iter().any(|c| c.contains(a.ip())));
+    let downstream_remote = final_remote.unwrap_or(cx.remote);
+    let edge = hcm.use_remote_address && !internal;
+    if internal {
+        parts.headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
+    } else {
+        if hcm.use_remote_address {
+            if let Ok(v) = HeaderValue::from_str(&downstream_remote.ip().to_string()) {
+                parts.headers.insert("x-envoy-external-address", v);
+            }
+        }
+        // External requests may not steer the proxy.
+        for h in ENVOY_CONTROL_HEADERS {
+            parts.headers.remove(*h);
+        }
     }
     // x-request-id
     if hcm.generate_request_id
-        && (!parts.headers.contains_key("x-request-id") || (!internal && !hcm.preserve_external_request_id))
+        && (!parts.headers.contains_key("x-request-id") || (edge && !hcm.preserve_external_request_id))
     {
         let id = uuid::Uuid::new_v4();
         let mut buf = uuid::Uuid::encode_buffer();
@@ -518,12 +558,33 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
 }
 
 /// The last XFF address (after trusting `trusted_hops` more), as Envoy's remote address.
-fn xff_address(h: &http::HeaderMap, trusted_hops: u32) -> Option<std::net::IpAddr> {
+/// Envoy's `getLastAddressFromXFF`: the address `skip` entries from the end, and whether XFF
+/// had a single entry (only then may it decide internal vs external).
+fn xff_address(h: &http::HeaderMap, skip: u32) -> Option<(std::net::IpAddr, bool)> {
     let v = h.get("x-forwarded-for")?.to_str().ok()?;
     let parts: Vec<&str> = v.split(',').map(str::trim).collect();
-    let idx = parts.len().checked_sub(1 + trusted_hops as usize)?;
-    parts.get(idx)?.parse().ok()
+    let idx = parts.len().checked_sub(1 + skip as usize)?;
+    let ip = parts.get(idx)?.parse().ok()?;
+    Some((ip, parts.len() == 1))
 }
+
+/// Envoy's x-envoy-* request controls, removed from external requests.
+const ENVOY_CONTROL_HEADERS: &[&str] = &[
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+];
 
 async fn route_and_forward(
     cx: &ConnCtx,
@@ -680,6 +741,11 @@ async fn act(
             hcm.stats.rq_direct_response.inc();
             let mut r = Response::new(ResponseBody::full(d.body.clone()));
             *r.status_mut() = d.status;
+            r.extensions_mut().insert(crate::http::local_reply::LocalReplied {
+                flag: "",
+                details: "direct_response",
+                body: d.body.clone(),
+            });
             if !d.body.is_empty() {
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
@@ -698,6 +764,11 @@ async fn act(
             let loc = rd.location(&scheme_for_redirect(parts, cx), authority, path_and_query, matched_len);
             let mut r = Response::new(ResponseBody::empty());
             *r.status_mut() = rd.status;
+            r.extensions_mut().insert(crate::http::local_reply::LocalReplied {
+                flag: "",
+                details: "direct_response",
+                body: bytes::Bytes::new(),
+            });
             if let Ok(v) = HeaderValue::from_str(&loc) {
                 r.headers_mut().insert(header::LOCATION, v);
             }

@@ -99,13 +99,8 @@ impl Forward<'_> {
         let mut weighted: Option<&WeightedCluster> = None;
         let cluster_name: &str = match &action.cluster {
             ClusterSpecifier::Name(n) => n,
-            ClusterSpecifier::Header(h) => match parts.headers.get(h).and_then(|v| v.to_str().ok()) {
-                Some(n) => n,
-                None => {
-                    hcm.stats.no_route.inc();
-                    return self.reply(None, LocalReply::no_route());
-                }
-            },
+            // A missing header names no cluster: Envoy answers 503 (cluster not found).
+            ClusterSpecifier::Header(h) => parts.headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or(""),
             ClusterSpecifier::Weighted { clusters, total } => {
                 let w = RouteAction::pick_weighted(clusters, *total, fastrand::u64(..));
                 weighted = Some(w);
@@ -115,15 +110,21 @@ impl Forward<'_> {
         let snapshot = self.cx.worker.shared.snapshot.load_full();
         let Some(cluster) = snapshot.cluster(cluster_name).cloned() else {
             hcm.stats.no_cluster.inc();
-            let reply = if matches!(action.cluster, ClusterSpecifier::Header(_)) {
-                LocalReply::no_route()
-            } else {
-                LocalReply::cluster_not_found()
-            };
-            return self.reply(weighted, reply);
+            return self.reply(weighted, LocalReply::cluster_not_found());
         };
         let stats = &cluster.stats;
         let internal = parts.headers.get("x-envoy-internal").is_some_and(|v| v == "true");
+        // Response header values may read request headers (`%REQ(x)%`): keep a copy then.
+        let request_headers = [
+            weighted.map(|w| &w.response_headers),
+            Some(&self.route.response_headers),
+            Some(&self.vhost.response_headers),
+            Some(&self.table.response_headers),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|m| m.uses_request_headers())
+        .then(|| parts.headers.clone());
 
         // Circuit breaker on concurrent requests.
         if cluster.active_requests.load(Ordering::Relaxed) >= cluster.thresholds.max_requests {
@@ -144,20 +145,26 @@ impl Forward<'_> {
             timeout = Some(if max.is_zero() { t } else { t.min(max) });
         }
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
-        if let Some(ms) = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms") {
-            timeout = (ms > 0).then(|| Duration::from_millis(ms));
-        }
-        if let Some(ms) = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-per-try-timeout-ms") {
-            policy.get_or_insert_with(RetryPolicy::default).per_try_timeout =
-                (ms > 0).then(|| Duration::from_millis(ms));
-        }
-        if let Some(on) = parts.headers.remove("x-envoy-retry-on").and_then(|v| v.to_str().ok().map(parse_retry_on)) {
-            policy.get_or_insert_with(RetryPolicy::default).retry_on |= on;
-        }
-        if let Some(n) = take_header_ms(&mut parts.headers, "x-envoy-max-retries")
-            && let Some(p) = policy.as_mut()
-        {
-            p.num_retries = n as u32;
+        // The client's controls are taken off every request, and only honoured on internal ones
+        // (`x-envoy-internal: true`), as Envoy does.
+        let rq_timeout = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms");
+        let per_try_timeout = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-per-try-timeout-ms");
+        let retry_on = parts.headers.remove("x-envoy-retry-on").and_then(|v| v.to_str().ok().map(parse_retry_on));
+        let max_retries = take_header_ms(&mut parts.headers, "x-envoy-max-retries");
+        if internal {
+            if let Some(ms) = rq_timeout {
+                timeout = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            if let Some(ms) = per_try_timeout {
+                policy.get_or_insert_with(RetryPolicy::default).per_try_timeout =
+                    (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            if let Some(on) = retry_on {
+                policy.get_or_insert_with(RetryPolicy::default).retry_on |= on;
+            }
+            if let (Some(n), Some(p)) = (max_retries, policy.as_mut()) {
+                p.num_retries = n as u32;
+            }
         }
         for h in
             ["x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-hedge-on-per-try-timeout"]
@@ -228,6 +235,11 @@ impl Forward<'_> {
         };
         if host_rewrite_applied && action.append_x_forwarded_host {
             append_x_forwarded_host(&mut headers, self.authority);
+        }
+        if host_rewrite_applied || matches!(action.host_rewrite, HostRewrite::Auto) {
+            if let Ok(v) = HeaderValue::from_str(self.authority) {
+                headers.insert("x-envoy-original-host", v);
+            }
         }
         let h2 = upgrade.is_none()
             && match cluster.protocol {
@@ -334,7 +346,17 @@ impl Forward<'_> {
                         return self.join_upgrade(resp, down, active, &cluster, started);
                     }
                     self.charge(&cluster, status, internal);
-                    return self.respond(resp, lease, active, &cluster, &host, started, attempt, weighted, suppress);
+                    return self.respond(
+                        resp,
+                        lease,
+                        active,
+                        (&cluster, &host),
+                        started,
+                        attempt,
+                        weighted,
+                        suppress,
+                        request_headers.as_ref(),
+                    );
                 }
                 Err(AttemptError::GlobalTimeout) => {
                     stats.upstream_rq_timeout.inc();
@@ -460,12 +482,12 @@ impl Forward<'_> {
         resp: Response<Incoming>,
         lease: Option<Lease>,
         active: ActiveRequest,
-        cluster: &Arc<Cluster>,
-        host: &Arc<Host>,
+        (cluster, host): (&Arc<Cluster>, &Arc<Host>),
         started: Instant,
         attempt: u32,
         weighted: Option<&WeightedCluster>,
         suppress: bool,
+        request_headers: Option<&HeaderMap>,
     ) -> Response<ResponseBody> {
         let elapsed = started.elapsed();
         let stats = &cluster.stats;
@@ -490,6 +512,7 @@ impl Forward<'_> {
         let fcx = FormatContext {
             upstream_remote: Some(host.address),
             upstream_cluster: Some(&cluster.name),
+            request_headers: request_headers.or(self.format_cx.request_headers),
             ..*self.format_cx
         };
         apply_response_mutations(
@@ -682,6 +705,21 @@ fn build_request(
         headers.remove(header::HOST);
     } else {
         headers.insert(header::HOST, HeaderValue::from_str(authority)?);
+        // Envoy's HTTP/1.1 codec states an empty body explicitly, except for methods that
+        // normally carry none.
+        if matches!(body, RequestBody::Empty)
+            && !headers.contains_key(header::CONTENT_LENGTH)
+            && !matches!(
+                parts.method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::DELETE
+                    | http::Method::CONNECT
+                    | http::Method::TRACE
+            )
+        {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
     }
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
