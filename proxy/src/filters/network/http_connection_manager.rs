@@ -523,10 +523,10 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
     if internal {
         parts.headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
     } else {
-        if hcm.use_remote_address {
-            if let Ok(v) = HeaderValue::from_str(&downstream_remote.ip().to_string()) {
-                parts.headers.insert("x-envoy-external-address", v);
-            }
+        if hcm.use_remote_address
+            && let Ok(v) = HeaderValue::from_str(&downstream_remote.ip().to_string())
+        {
+            parts.headers.insert("x-envoy-external-address", v);
         }
         // External requests may not steer the proxy.
         for h in ENVOY_CONTROL_HEADERS {

@@ -236,10 +236,10 @@ impl Forward<'_> {
         if host_rewrite_applied && action.append_x_forwarded_host {
             append_x_forwarded_host(&mut headers, self.authority);
         }
-        if host_rewrite_applied || matches!(action.host_rewrite, HostRewrite::Auto) {
-            if let Ok(v) = HeaderValue::from_str(self.authority) {
-                headers.insert("x-envoy-original-host", v);
-            }
+        if (host_rewrite_applied || matches!(action.host_rewrite, HostRewrite::Auto))
+            && let Ok(v) = HeaderValue::from_str(self.authority)
+        {
+            headers.insert("x-envoy-original-host", v);
         }
         let h2 = upgrade.is_none()
             && match cluster.protocol {
