@@ -102,14 +102,7 @@ fn discovery_and_protocols(s: &mut Suite) {
 
 #[test]
 fn diff_clusters() {
-    let mut s = Suite::new("clusters", "diff_clusters.yaml")
-        .upstreams(&["a", "b", "c"])
-        .known_diff(
-            "hash/*/hash-key-mapping/*",
-            "ring hash / maglev tables differ from Envoy's: with the same envoy.lb hash_key the \
-             same request key lands on another host",
-        )
-        .known_diff("hash/ring/cookie-generated/*", "remora does not send the hash-policy cookie (ttl set, none sent)");
+    let mut s = Suite::new("clusters", "diff_clusters.yaml").upstreams(&["a", "b", "c"]);
     load_balancing(&mut s);
     hashing(&mut s);
     discovery_and_protocols(&mut s);

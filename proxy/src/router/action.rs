@@ -44,10 +44,24 @@ pub enum HostRewrite {
 
 #[derive(Debug, Clone)]
 pub enum HashPolicy {
-    Header { name: HeaderName, terminal: bool },
-    Cookie { name: String, terminal: bool },
-    SourceIp { terminal: bool },
-    QueryParameter { name: String, terminal: bool },
+    Header {
+        name: HeaderName,
+        terminal: bool,
+    },
+    /// With a `ttl`, a missing cookie is generated and set on the response.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: String,
+        terminal: bool,
+    },
+    SourceIp {
+        terminal: bool,
+    },
+    QueryParameter {
+        name: String,
+        terminal: bool,
+    },
 }
 
 /// A compiled `RouteAction`.
@@ -224,7 +238,12 @@ impl RouteAction {
                         .map_err(|_| ConfigError::new(&f, "invalid header name"))?,
                     terminal,
                 },
-                Some(PS::Cookie(c)) => HashPolicy::Cookie { name: c.name.clone(), terminal },
+                Some(PS::Cookie(c)) => HashPolicy::Cookie {
+                    name: c.name.clone(),
+                    ttl: c.ttl.as_ref().map(duration),
+                    path: c.path.clone(),
+                    terminal,
+                },
                 Some(PS::ConnectionProperties(c)) if c.source_ip => HashPolicy::SourceIp { terminal },
                 Some(PS::ConnectionProperties(_)) => continue,
                 Some(PS::QueryParameter(q)) => HashPolicy::QueryParameter { name: q.name.clone(), terminal },

@@ -54,7 +54,21 @@ impl Host {
     }
 
     /// The string Envoy hashes for ring hash / maglev and prints in `/clusters`.
+    /// The key ring hash and maglev hash a host by: the endpoint's `envoy.lb` `hash_key`
+    /// metadata if set, else its address (as Envoy does).
     pub fn address_string(&self) -> String {
+        if let Some(k) = self
+            .metadata
+            .as_ref()
+            .and_then(|m| m.filter_metadata.get("envoy.lb"))
+            .and_then(|s| s.fields.get("hash_key"))
+            .and_then(|v| match &v.kind {
+                Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) if !s.is_empty() => Some(s),
+                _ => None,
+            })
+        {
+            return k.clone();
+        }
         match &self.pipe {
             Some(p) => p.display().to_string(),
             None => self.address.to_string(),

@@ -170,7 +170,11 @@ fn build_maglev(hosts: &[Arc<Host>], table_size: u64) -> Vec<u32> {
         return Vec::new();
     }
     let m = table_size.max(1);
-    let max_w = hosts.iter().map(|h| h.weight).max().unwrap_or(1) as f64;
+    // Envoy's weighting: normalised weights; a host takes a turn in an iteration once its
+    // running target (advanced by the largest weight per turn) allows it.
+    let total: f64 = hosts.iter().map(|h| h.weight as f64).sum();
+    let weights: Vec<f64> = hosts.iter().map(|h| h.weight as f64 / total).collect();
+    let max_w = weights.iter().cloned().fold(0.0, f64::max);
     let perms: Vec<(u64, u64)> = hosts
         .iter()
         .map(|h| {
@@ -186,15 +190,14 @@ fn build_maglev(hosts: &[Arc<Host>], table_size: u64) -> Vec<u32> {
     let mut filled = 0u64;
     let mut iteration = 1u64;
     while filled < m {
-        for (i, h) in hosts.iter().enumerate() {
+        for i in 0..hosts.len() {
             if filled >= m {
                 break;
             }
-            // Skip this host's turn until its weight has accumulated enough.
-            if (iteration as f64) * (h.weight as f64 / max_w) < target_weight[i] + 1.0 {
+            if (iteration as f64) * weights[i] < target_weight[i] {
                 continue;
             }
-            target_weight[i] += 1.0;
+            target_weight[i] += max_w;
             let (offset, skip) = perms[i];
             loop {
                 let c = (offset + next[i] * skip) % m;

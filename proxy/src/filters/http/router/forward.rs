@@ -249,7 +249,8 @@ impl Forward<'_> {
             };
 
         // Hash key for ring hash / maglev.
-        let hash = if cluster.lb.uses_hash() { self.hash_key(&headers, &path_and_query) } else { None };
+        let (hash, set_cookie) =
+            if cluster.lb.uses_hash() { self.hash_key(&headers, &path_and_query) } else { (None, None) };
 
         // The body: replayable when retries may happen.
         let mut replay: Option<ReplayBody> = None;
@@ -346,6 +347,10 @@ impl Forward<'_> {
                         return self.join_upgrade(resp, down, active, &cluster, started);
                     }
                     self.charge(&cluster, status, internal);
+                    let mut resp = resp;
+                    if let Some(c) = set_cookie {
+                        resp.headers_mut().append(header::SET_COOKIE, c);
+                    }
                     return self.respond(
                         resp,
                         lease,
@@ -555,8 +560,11 @@ impl Forward<'_> {
         Response::from_parts(parts, ResponseBody::empty())
     }
 
-    fn hash_key(&self, headers: &HeaderMap, path_and_query: &str) -> Option<u64> {
+    /// The request's hash for ring hash / maglev, and a `set-cookie` to send when a cookie
+    /// hash policy with a ttl found no cookie (Envoy generates one per connection).
+    fn hash_key(&self, headers: &HeaderMap, path_and_query: &str) -> (Option<u64>, Option<HeaderValue>) {
         let mut acc = None;
+        let mut set_cookie = None;
         for p in &self.action.hash_policy {
             let (v, terminal): (Option<u64>, bool) = match p {
                 HashPolicy::Header { name, terminal } => {
@@ -564,9 +572,22 @@ impl Forward<'_> {
                     let v = (!vals.is_empty()).then(|| hash_key(&vals.join(&b","[..])));
                     (v, *terminal)
                 }
-                HashPolicy::Cookie { name, terminal } => {
-                    (cookie(headers, name).map(|c| hash_key(c.as_bytes())), *terminal)
-                }
+                HashPolicy::Cookie { name, ttl, path, terminal } => match (cookie(headers, name), ttl) {
+                    (Some(c), _) => (Some(hash_key(c.as_bytes())), *terminal),
+                    (None, Some(ttl)) => {
+                        // Stable per connection: a hash of the peer and local addresses.
+                        let seed = format!("{}{}", self.cx.remote, self.cx.local);
+                        let value = format!("{:016x}", hash_key(seed.as_bytes()));
+                        let mut c = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs());
+                        if !path.is_empty() {
+                            c.push_str(&format!("; Path={path}"));
+                        }
+                        c.push_str("; HttpOnly");
+                        set_cookie = HeaderValue::from_str(&c).ok();
+                        (Some(hash_key(value.as_bytes())), *terminal)
+                    }
+                    (None, None) => (None, *terminal),
+                },
                 HashPolicy::SourceIp { terminal } => {
                     (Some(hash_key(self.downstream_remote.ip().to_string().as_bytes())), *terminal)
                 }
@@ -586,7 +607,7 @@ impl Forward<'_> {
                 }
             }
         }
-        acc
+        (acc, set_cookie)
     }
 }
 
