@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest_dir = PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_string()),
-    );
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_string()));
     let proto_dir = manifest_dir.join("proto");
     let file = proto_dir.join("istio/v1/auth/ca.proto");
     println!("cargo:rerun-if-changed={}", file.display());

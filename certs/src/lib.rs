@@ -14,14 +14,14 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-// pub mod ca;
-// pub mod dev_ca;
+pub mod ca;
+pub mod dev_ca;
 pub mod secret;
 pub mod spiffe;
 pub mod tls;
 
 #[cfg(any(test, feature = "test-util"))]
-mod test_util_disabled {}
+pub mod test_util;
 
 pub use secret::{DEFAULT_CERT_SECRET, ROOT_CA_SECRET, SecretStore};
 pub use spiffe::{SpiffeId, SpiffeIdError};

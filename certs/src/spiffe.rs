@@ -21,7 +21,9 @@ pub enum SpiffeIdError {
     TooLong(String),
     #[error("SPIFFE ID {0:?} has an empty trust domain")]
     EmptyTrustDomain(String),
-    #[error("SPIFFE ID {id:?}: trust domain has an invalid character {ch:?} (allowed: a-z 0-9 . - _)")]
+    #[error(
+        "SPIFFE ID {id:?}: trust domain has an invalid character {ch:?} (allowed: a-z 0-9 . - _)"
+    )]
     TrustDomainChar { id: String, ch: char },
     #[error("SPIFFE ID {0:?}: trust domain is longer than 255 bytes")]
     TrustDomainTooLong(String),

@@ -188,23 +188,31 @@ pub(crate) fn check_common_unsupported(
     common: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
     field: &str,
 ) -> Result<(), TlsError> {
-    let un = |name: &str, reason: &str| {
-        Err(TlsError::unsupported(format!("{field}.{name}"), reason))
-    };
+    let un =
+        |name: &str, reason: &str| Err(TlsError::unsupported(format!("{field}.{name}"), reason));
     if common.tls_certificate_provider_instance.is_some() {
         return un("tls_certificate_provider_instance", "certificate providers");
     }
     if common.tls_certificate_certificate_provider.is_some() {
-        return un("tls_certificate_certificate_provider", "certificate providers");
+        return un(
+            "tls_certificate_certificate_provider",
+            "certificate providers",
+        );
     }
-    if common.tls_certificate_certificate_provider_instance.is_some() {
+    if common
+        .tls_certificate_certificate_provider_instance
+        .is_some()
+    {
         return un(
             "tls_certificate_certificate_provider_instance",
             "certificate providers",
         );
     }
     if common.custom_tls_certificate_selector.is_some() {
-        return un("custom_tls_certificate_selector", "custom certificate selectors");
+        return un(
+            "custom_tls_certificate_selector",
+            "custom certificate selectors",
+        );
     }
     if common.custom_handshaker.is_some() {
         return un("custom_handshaker", "custom handshakers");
@@ -216,7 +224,9 @@ pub(crate) fn check_common_unsupported(
 }
 
 /// ALPN protocol names as bytes.
-pub(crate) fn alpn(common: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext) -> Vec<Vec<u8>> {
+pub(crate) fn alpn(
+    common: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
+) -> Vec<Vec<u8>> {
     common
         .alpn_protocols
         .iter()

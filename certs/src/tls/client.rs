@@ -80,14 +80,23 @@ impl ClientTlsConfig {
             None
         } else {
             if ctx.sni.len() > 255 || ctx.sni.contains('\0') {
-                return Err(TlsError::invalid("sni", "must be at most 255 bytes without NUL"));
+                return Err(TlsError::invalid(
+                    "sni",
+                    "must be at most 255 bytes without NUL",
+                ));
             }
             Some(ServerName::try_from(ctx.sni.clone()).map_err(|e| {
-                TlsError::invalid("sni", format!("{:?} is not a valid server name: {e}", ctx.sni))
+                TlsError::invalid(
+                    "sni",
+                    format!("{:?} is not a valid server name: {e}", ctx.sni),
+                )
             })?)
         };
 
-        let verifier = Arc::new(UpstreamVerifier::new(validation, ctx.auto_sni_san_validation));
+        let verifier = Arc::new(UpstreamVerifier::new(
+            validation,
+            ctx.auto_sni_san_validation,
+        ));
         let resolver = Arc::new(ClientCertResolver {
             source: sources.pop(),
         });

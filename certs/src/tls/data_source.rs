@@ -103,7 +103,11 @@ mod tests {
         assert_eq!(got.as_deref(), Some(&b"s"[..]));
         assert_eq!(read(None, "x").unwrap(), None);
         // PATH is set in every test environment.
-        let got = read(Some(&ds(Specifier::EnvironmentVariable("PATH".into()))), "x").unwrap();
+        let got = read(
+            Some(&ds(Specifier::EnvironmentVariable("PATH".into()))),
+            "x",
+        )
+        .unwrap();
         assert!(got.is_some());
     }
 

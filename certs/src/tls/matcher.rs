@@ -20,10 +20,22 @@ use super::TlsError;
 /// A compiled `envoy.type.matcher.v3.StringMatcher`.
 #[derive(Debug, Clone)]
 pub enum StringMatch {
-    Exact { value: String, ignore_case: bool },
-    Prefix { value: String, ignore_case: bool },
-    Suffix { value: String, ignore_case: bool },
-    Contains { value: String, ignore_case: bool },
+    Exact {
+        value: String,
+        ignore_case: bool,
+    },
+    Prefix {
+        value: String,
+        ignore_case: bool,
+    },
+    Suffix {
+        value: String,
+        ignore_case: bool,
+    },
+    Contains {
+        value: String,
+        ignore_case: bool,
+    },
     /// Anchored at both ends (Envoy's `safe_regex` is a full match).
     Regex(regex::Regex),
 }
@@ -43,7 +55,13 @@ impl StringMatch {
             }
         };
         // With ignore_case the configured value is lowercased once, the input on each match.
-        let norm = |v: &String| if ic { v.to_ascii_lowercase() } else { v.clone() };
+        let norm = |v: &String| {
+            if ic {
+                v.to_ascii_lowercase()
+            } else {
+                v.clone()
+            }
+        };
         Ok(match &m.match_pattern {
             None => {
                 return Err(TlsError::invalid(
@@ -93,12 +111,7 @@ impl StringMatch {
 
     /// Whether `input` matches.
     pub fn matches(&self, input: &str) -> bool {
-        fn cmp(
-            input: &str,
-            value: &str,
-            ic: bool,
-            f: impl Fn(&str, &str) -> bool,
-        ) -> bool {
+        fn cmp(input: &str, value: &str, ic: bool, f: impl Fn(&str, &str) -> bool) -> bool {
             if ic {
                 f(&input.to_ascii_lowercase(), value)
             } else {
@@ -287,10 +300,20 @@ mod tests {
         assert!(!m(MatchPattern::Exact("abc".into()), false).matches("ABC"));
         assert!(m(MatchPattern::Exact("abc".into()), true).matches("ABC"));
         assert!(m(MatchPattern::Exact("AbC".into()), true).matches("aBc"));
-        assert!(m(MatchPattern::Prefix("spiffe://cluster.local/".into()), false)
-            .matches("spiffe://cluster.local/ns/a/sa/b"));
-        assert!(!m(MatchPattern::Prefix("spiffe://cluster.local/".into()), false)
-            .matches("spiffe://other/ns/a/sa/b"));
+        assert!(
+            m(
+                MatchPattern::Prefix("spiffe://cluster.local/".into()),
+                false
+            )
+            .matches("spiffe://cluster.local/ns/a/sa/b")
+        );
+        assert!(
+            !m(
+                MatchPattern::Prefix("spiffe://cluster.local/".into()),
+                false
+            )
+            .matches("spiffe://other/ns/a/sa/b")
+        );
         assert!(m(MatchPattern::Suffix("/sa/b".into()), false).matches("spiffe://x/ns/a/sa/b"));
         assert!(m(MatchPattern::Suffix("/SA/B".into()), true).matches("spiffe://x/ns/a/sa/b"));
         assert!(m(MatchPattern::Contains("/ns/a/".into()), false).matches("spiffe://x/ns/a/sa/b"));
@@ -390,7 +413,9 @@ mod tests {
             matcher: Some(sm(MatchPattern::Exact("y".into()), false)),
             oid: "1.2.3".into(),
         }];
-        let e = compile_san_matchers(&bad, &[], "v").unwrap_err().to_string();
+        let e = compile_san_matchers(&bad, &[], "v")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("v.match_typed_subject_alt_names[0].san_type: not supported"),
             "{e}"

@@ -29,6 +29,7 @@ pub(crate) enum Side {
 }
 
 /// The compiled parameters.
+#[derive(Debug)]
 pub(crate) struct Params {
     pub provider: Arc<CryptoProvider>,
     pub versions: Vec<&'static SupportedProtocolVersion>,
@@ -119,14 +120,23 @@ pub(crate) fn compile(
 
     let proto = |v: i32, name: &str| {
         TlsProtocol::try_from(v).map_err(|_| {
-            TlsError::invalid(format!("{field}.{name}"), format!("unknown TLS version {v}"))
+            TlsError::invalid(
+                format!("{field}.{name}"),
+                format!("unknown TLS version {v}"),
+            )
         })
     };
-    let min = match proto(p.tls_minimum_protocol_version, "tls_minimum_protocol_version")? {
+    let min = match proto(
+        p.tls_minimum_protocol_version,
+        "tls_minimum_protocol_version",
+    )? {
         TlsProtocol::TlsAuto => 12,
         v => version_rank(v),
     };
-    let max = match proto(p.tls_maximum_protocol_version, "tls_maximum_protocol_version")? {
+    let max = match proto(
+        p.tls_maximum_protocol_version,
+        "tls_maximum_protocol_version",
+    )? {
         TlsProtocol::TlsAuto => match side {
             Side::Server => 13,
             Side::Client => 12,
@@ -162,9 +172,9 @@ pub(crate) fn compile(
             let f = format!("{field}.cipher_suites[{i}]");
             // "[A|B]" is an equal-preference group; keep its order.
             let inner = match entry.strip_prefix('[') {
-                Some(rest) => rest.strip_suffix(']').ok_or_else(|| {
-                    TlsError::invalid(&f, format!("unbalanced '[' in {entry:?}"))
-                })?,
+                Some(rest) => rest
+                    .strip_suffix(']')
+                    .ok_or_else(|| TlsError::invalid(&f, format!("unbalanced '[' in {entry:?}")))?,
                 None => entry.as_str(),
             };
             for name in inner.split(['|', ':']) {
@@ -338,7 +348,11 @@ mod tests {
     #[test]
     fn rejections_name_the_field() {
         let e = compile(
-            Some(&params(TlsProtocol::TlSv12, TlsProtocol::TlSv12, &["AES128-SHA"])),
+            Some(&params(
+                TlsProtocol::TlSv12,
+                TlsProtocol::TlSv12,
+                &["AES128-SHA"],
+            )),
             Side::Client,
             "common_tls_context.tls_params",
         )
@@ -349,7 +363,11 @@ mod tests {
             "{e}"
         );
         let e = compile(
-            Some(&params(TlsProtocol::TlsAuto, TlsProtocol::TlsAuto, &["BOGUS"])),
+            Some(&params(
+                TlsProtocol::TlsAuto,
+                TlsProtocol::TlsAuto,
+                &["BOGUS"],
+            )),
             Side::Client,
             "t",
         )
@@ -363,7 +381,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("t.tls_maximum_protocol_version: not supported"), "{e}");
+        assert!(
+            e.starts_with("t.tls_maximum_protocol_version: not supported"),
+            "{e}"
+        );
         let e = compile(
             Some(&params(TlsProtocol::TlSv13, TlsProtocol::TlSv12, &[])),
             Side::Client,
@@ -385,7 +406,11 @@ mod tests {
     #[test]
     fn tls13_only_with_unsupported_tls12_ciphers_is_fine() {
         let c = compile(
-            Some(&params(TlsProtocol::TlSv13, TlsProtocol::TlSv13, &["AES128-SHA"])),
+            Some(&params(
+                TlsProtocol::TlSv13,
+                TlsProtocol::TlSv13,
+                &["AES128-SHA"],
+            )),
             Side::Server,
             "t",
         )
@@ -401,7 +426,10 @@ mod tests {
         };
         let c = compile(Some(&p), Side::Server, "t").unwrap();
         assert_eq!(c.provider.kx_groups.len(), 1);
-        assert_eq!(c.provider.kx_groups[0].name(), rustls::NamedGroup::secp256r1);
+        assert_eq!(
+            c.provider.kx_groups[0].name(),
+            rustls::NamedGroup::secp256r1
+        );
         let p = TlsParameters {
             ecdh_curves: vec!["nope".into()],
             ..Default::default()

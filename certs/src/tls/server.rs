@@ -111,19 +111,19 @@ impl ServerTlsConfig {
             .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(resolver.clone());
         cfg.ignore_client_order = !ctx.prefer_client_ciphers;
-        let stateless_disabled = matches!(
+        let stateless_disabled =
+            matches!(
             ctx.session_ticket_keys_type,
             Some(downstream_tls_context::SessionTicketKeysType::DisableStatelessSessionResumption(
                 true
             ))
         );
         if !stateless_disabled {
-            cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|source| {
-                TlsError::Rustls {
+            cfg.ticketer =
+                rustls::crypto::ring::Ticketer::new().map_err(|source| TlsError::Rustls {
                     field: "session_ticket_keys".into(),
                     source,
-                }
-            })?;
+                })?;
         }
         if ctx.disable_stateful_session_resumption {
             cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -239,9 +239,8 @@ impl ResolvesServerCert for ServerCertResolver {
         // can use, then any usable one, then the first (as Envoy falls back to its default).
         let schemes = hello.signature_schemes();
         let current: Vec<_> = self.sources.iter().filter_map(|s| s.load()).collect();
-        let usable = |c: &&Arc<super::CertificateSecret>| {
-            c.certified.key.choose_scheme(schemes).is_some()
-        };
+        let usable =
+            |c: &&Arc<super::CertificateSecret>| c.certified.key.choose_scheme(schemes).is_some();
         if let Some(sni) = sni {
             if let Some(c) = current.iter().filter(usable).find(|c| {
                 c.identity()

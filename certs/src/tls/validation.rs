@@ -92,9 +92,8 @@ impl Validation {
 
 #[allow(deprecated)] // match_subject_alt_names is still what Istio sends
 fn compile(ctx: &CertificateValidationContext, field: &str) -> Result<Validation, TlsError> {
-    let unsupported = |name: &str, reason: &str| {
-        Err(TlsError::unsupported(format!("{field}.{name}"), reason))
-    };
+    let unsupported =
+        |name: &str, reason: &str| Err(TlsError::unsupported(format!("{field}.{name}"), reason));
     if ctx.ca_certificate_provider_instance.is_some() {
         return unsupported(
             "ca_certificate_provider_instance",
@@ -129,7 +128,10 @@ fn compile(ctx: &CertificateValidationContext, field: &str) -> Result<Validation
         return unsupported("crl", "certificate revocation lists");
     }
     if ctx.allow_expired_certificate {
-        return unsupported("allow_expired_certificate", "accepting expired certificates");
+        return unsupported(
+            "allow_expired_certificate",
+            "accepting expired certificates",
+        );
     }
     match TrustChainVerification::try_from(ctx.trust_chain_verification) {
         Ok(TrustChainVerification::VerifyTrustChain) => {}
@@ -177,11 +179,13 @@ fn compile(ctx: &CertificateValidationContext, field: &str) -> Result<Validation
                 })?;
             }
             let roots = Arc::new(store);
-            let client_chain =
-                WebPkiClientVerifier::builder_with_provider(roots.clone(), Arc::new(base_provider()))
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| TlsError::invalid(&ca_field, e.to_string()))?;
+            let client_chain = WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                Arc::new(base_provider()),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::invalid(&ca_field, e.to_string()))?;
             (Some(roots), Some(client_chain))
         }
     };
@@ -229,7 +233,10 @@ pub(crate) enum Current {
 
 pub(crate) fn sds_name(s: &SdsSecretConfig, field: &str) -> Result<String, TlsError> {
     if s.name.is_empty() {
-        return Err(TlsError::invalid(format!("{field}.name"), "must not be empty"));
+        return Err(TlsError::invalid(
+            format!("{field}.name"),
+            "must not be empty",
+        ));
     }
     Ok(s.name.clone())
 }
@@ -270,12 +277,15 @@ impl ValidationSource {
                 let default = c.default_validation_context.clone().unwrap_or_default();
                 // Reject unsupported fields in the default half now, not at the first handshake.
                 compile(&default, &format!("{f}.default_validation_context"))?;
-                let sds = c.validation_context_sds_secret_config.as_ref().ok_or_else(|| {
-                    TlsError::invalid(
-                        format!("{f}.validation_context_sds_secret_config"),
-                        "is required",
-                    )
-                })?;
+                let sds = c
+                    .validation_context_sds_secret_config
+                    .as_ref()
+                    .ok_or_else(|| {
+                        TlsError::invalid(
+                            format!("{f}.validation_context_sds_secret_config"),
+                            "is required",
+                        )
+                    })?;
                 let name = sds_name(sds, &format!("{f}.validation_context_sds_secret_config"))?;
                 ValidationSource::Combined(Box::new(Combined {
                     default,
@@ -405,7 +415,10 @@ impl fmt::Display for SanMismatch {
 
 impl std::error::Error for SanMismatch {}
 
-fn check_sans(end_entity: &CertificateDer<'_>, matchers: &[SanMatcher]) -> Result<(), rustls::Error> {
+fn check_sans(
+    end_entity: &CertificateDer<'_>,
+    matchers: &[SanMatcher],
+) -> Result<(), rustls::Error> {
     if matchers.is_empty() {
         return Ok(());
     }
@@ -414,7 +427,11 @@ fn check_sans(end_entity: &CertificateDer<'_>, matchers: &[SanMatcher]) -> Resul
     let sans: Vec<GeneralName<'_>> = match cert.subject_alternative_name() {
         Ok(Some(ext)) => ext.value.general_names.clone(),
         Ok(None) => Vec::new(),
-        Err(_) => return Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding)),
+        Err(_) => {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
+        }
     };
     if any_san_matches(matchers, &sans) {
         return Ok(());
