@@ -371,9 +371,11 @@ impl CaClient {
                 Ok(issued) => {
                     delay = self.cfg.retry_initial;
                     let at = issued.renew_at(self.cfg.renew_fraction);
+                    // Floor: a CA handing out nearly expired certificates must not make us spin.
                     let wait = at
                         .duration_since(SystemTime::now())
-                        .unwrap_or(Duration::ZERO);
+                        .unwrap_or(Duration::ZERO)
+                        .max(MIN_RENEW_WAIT);
                     tracing::info!(
                         identity = %self.cfg.identity,
                         renew_in_secs = wait.as_secs(),
@@ -399,6 +401,9 @@ impl CaClient {
         }
     }
 }
+
+/// Shortest wait between two successful renewals.
+const MIN_RENEW_WAIT: Duration = Duration::from_secs(1);
 
 /// `d` scaled by a random factor in [0.8, 1.2).
 fn jitter(d: Duration) -> Duration {

@@ -65,6 +65,15 @@ impl Validity {
         }
     }
 
+    /// From one second ago for `d` (short-lived certificates whose renewal time matters).
+    pub fn starting_now(d: Duration) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - time::Duration::seconds(1),
+            not_after: now + d,
+        }
+    }
+
     /// Valid from two days ago until yesterday: already expired.
     pub fn expired() -> Self {
         let now = OffsetDateTime::now_utc();

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -60,6 +61,8 @@ struct Inner {
     certs: Mutex<HashMap<String, Arc<Slot<CertificateSecret>>>>,
     validations: Mutex<HashMap<String, Arc<Slot<ValidationSecret>>>>,
     generation: watch::Sender<u64>,
+    /// Same count as `generation`, readable without a lock (session caches check it).
+    epoch: AtomicU64,
 }
 
 /// Named TLS secrets. Cheap to clone (all clones share the same secrets).
@@ -105,6 +108,7 @@ impl SecretStore {
                 certs: Mutex::new(HashMap::new()),
                 validations: Mutex::new(HashMap::new()),
                 generation,
+                epoch: AtomicU64::new(0),
             }),
         }
     }
@@ -118,7 +122,13 @@ impl SecretStore {
     }
 
     fn bump(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::Release);
         self.inner.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes on every update; one atomic load.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
     }
 
     /// Applies an SDS `Secret`. Errors (which name the secret and field) mean the update must

@@ -20,12 +20,20 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
-use crate::SpiffeId;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    TlsCertificate, UpstreamTlsContext, common_tls_context,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+
 use crate::ca::pb::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use crate::ca::pb::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::dev_ca::IssuedCert;
 use crate::dev_ca::{CaOptions, DevCa, Validity, WorkloadOptions};
+use crate::{DEFAULT_CERT_SECRET, ROOT_CA_SECRET, SecretStore, SpiffeId};
 
 /// What the test CA accepts.
 #[derive(Debug, Clone)]
@@ -132,7 +140,7 @@ impl IstioCertificateService for Svc {
             }
         }
         let requested = Duration::from_secs(body.validity_duration.max(1) as u64);
-        let validity = Validity::for_duration(requested.min(self.opts.max_validity));
+        let validity = Validity::starting_now(requested.min(self.opts.max_validity));
         let chain = self
             .ca
             .sign_csr(&body.csr, validity)
@@ -181,7 +189,7 @@ impl TestCaServer {
                 key_type: Default::default(),
             })
             .map_err(std::io::Error::other)?;
-        let store = crate::SecretStore::new();
+        let store = SecretStore::new();
         store
             .set_tls_certificate_pem(
                 "serving",
@@ -364,4 +372,124 @@ impl AsyncWrite for TlsConn {
     fn is_write_vectored(&self) -> bool {
         self.0.is_write_vectored()
     }
+}
+
+// === Istio-shaped TLS contexts ===
+
+/// An inline `DataSource`.
+pub fn inline(s: &str) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::InlineString(s.to_string())),
+        ..Default::default()
+    }
+}
+
+/// A `DataSource` naming a file.
+pub fn file(path: &std::path::Path) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::Filename(path.display().to_string())),
+        ..Default::default()
+    }
+}
+
+/// An SDS reference (the config source is irrelevant to the store).
+pub fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_string(),
+        sds_config: None,
+    }
+}
+
+/// A `TlsCertificate` with inline PEM.
+pub fn tls_certificate(issued: &IssuedCert) -> TlsCertificate {
+    TlsCertificate {
+        certificate_chain: Some(inline(&issued.chain_pem)),
+        private_key: Some(inline(&issued.key_pem)),
+        ..Default::default()
+    }
+}
+
+/// A `StringMatcher` of the given form.
+pub fn string_matcher(p: MatchPattern) -> StringMatcher {
+    StringMatcher {
+        ignore_case: false,
+        match_pattern: Some(p),
+    }
+}
+
+/// Combined validation: default context with untyped SAN matchers (as Istio sends) + SDS
+/// `ROOTCA`.
+pub fn combined_validation(sans: Vec<MatchPattern>) -> common_tls_context::ValidationContextType {
+    #[allow(deprecated)]
+    let default = CertificateValidationContext {
+        match_subject_alt_names: sans.into_iter().map(string_matcher).collect(),
+        ..Default::default()
+    };
+    common_tls_context::ValidationContextType::CombinedValidationContext(
+        common_tls_context::CombinedCertificateValidationContext {
+            default_validation_context: Some(default),
+            validation_context_sds_secret_config: Some(sds(ROOT_CA_SECRET)),
+            ..Default::default()
+        },
+    )
+}
+
+/// What istiod sends for an inbound mTLS filter chain: SDS `default`, client certificates
+/// required and matched by prefix `spiffe://<trust_domain>/`, SDS `ROOTCA`.
+pub fn istio_inbound_context(trust_domain: &str, alpn: &[&str]) -> DownstreamTlsContext {
+    DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+            tls_certificate_sds_secret_configs: vec![sds(DEFAULT_CERT_SECRET)],
+            validation_context_type: Some(combined_validation(vec![MatchPattern::Prefix(
+                format!("spiffe://{trust_domain}/"),
+            )])),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue {
+            value: true,
+        }),
+        ..Default::default()
+    }
+}
+
+/// What istiod sends for an outbound mTLS cluster: SDS `default`, the server must present
+/// `peer_spiffe` (exact) chained to SDS `ROOTCA`, ALPN `istio-peer-exchange`/`istio`.
+pub fn istio_outbound_context(peer_spiffe: &str, sni: &str) -> UpstreamTlsContext {
+    UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
+            tls_certificate_sds_secret_configs: vec![sds(DEFAULT_CERT_SECRET)],
+            validation_context_type: Some(combined_validation(vec![MatchPattern::Exact(
+                peer_spiffe.to_string(),
+            )])),
+            ..Default::default()
+        }),
+        sni: sni.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Puts `issued` into `store` as `default` (chain + key) and `ROOTCA` (its root).
+pub fn install(store: &SecretStore, issued: &IssuedCert) -> Result<(), crate::TlsError> {
+    store.set_trusted_ca_pem(ROOT_CA_SECRET, issued.root_pem.as_bytes())?;
+    store.set_tls_certificate_pem(
+        DEFAULT_CERT_SECRET,
+        issued.chain_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+    )
+}
+
+/// A new root CA (panics on failure: test helper).
+#[allow(clippy::expect_used)]
+pub fn new_root() -> DevCa {
+    DevCa::new_root(&CaOptions::default()).expect("generating a root CA")
+}
+
+/// A workload certificate for `spiffe` from `ca`, with `validity` (panics on failure).
+#[allow(clippy::expect_used)]
+pub fn workload(ca: &DevCa, spiffe: &str, validity: Validity) -> IssuedCert {
+    let mut opts = WorkloadOptions::spiffe(SpiffeId::parse(spiffe).expect("valid SPIFFE ID"));
+    opts.validity = validity;
+    ca.issue(&opts).expect("issuing a workload certificate")
 }

@@ -24,6 +24,7 @@ mod data_source;
 mod matcher;
 mod params;
 mod peer;
+mod resumption;
 mod server;
 mod validation;
 

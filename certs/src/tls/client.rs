@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::certificate::{CertSource, alpn, cert_sources, check_common_unsupported};
 use super::params::{self, Side};
+use super::resumption::ClientSessions;
 use super::validation::{UpstreamVerifier, ValidationSource};
 use super::{Readiness, TlsError};
 use crate::SecretStore;
@@ -110,10 +111,12 @@ impl ClientTlsConfig {
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(resolver.clone());
         cfg.alpn_protocols = alpn(common);
-        cfg.resumption = match ctx.max_session_keys.map(|v| v.value) {
-            Some(0) => Resumption::disabled(),
-            Some(n) => Resumption::in_memory_sessions(n as usize),
-            None => Resumption::in_memory_sessions(1),
+        // Envoy's default is one session key; the cache is dropped whenever secrets change, as
+        // Envoy's context rebuild does.
+        let size = ctx.max_session_keys.map_or(1, |v| v.value as usize);
+        cfg.resumption = match ClientSessions::new(store, size) {
+            Some(s) if size > 0 => Resumption::store(Arc::new(s)),
+            _ => Resumption::disabled(),
         };
         // Renegotiation is never performed by rustls; `allow_renegotiation` only permits it.
 

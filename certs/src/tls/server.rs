@@ -20,9 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::certificate::{CertSource, alpn, cert_sources, check_common_unsupported};
 use super::matcher::dns_name_match;
 use super::params::{self, Side};
+use super::resumption::{ServerSessions, Tickets};
 use super::validation::{DownstreamVerifier, ValidationSource};
 use super::{Readiness, TlsError};
 use crate::SecretStore;
+
+/// Session-ID cache entries per server config (rustls' default).
+const SERVER_SESSION_CACHE_SIZE: usize = 256;
 
 /// A compiled `DownstreamTlsContext`.
 #[derive(Debug)]
@@ -118,16 +122,18 @@ impl ServerTlsConfig {
                 true
             ))
         );
+        // Resumption state is dropped whenever secrets change, as Envoy's context rebuild does.
         if !stateless_disabled {
-            cfg.ticketer =
-                rustls::crypto::ring::Ticketer::new().map_err(|source| TlsError::Rustls {
-                    field: "session_ticket_keys".into(),
-                    source,
-                })?;
+            cfg.ticketer = Arc::new(Tickets::new(store)?);
         }
-        if ctx.disable_stateful_session_resumption {
-            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        }
+        cfg.session_storage = if ctx.disable_stateful_session_resumption {
+            Arc::new(rustls::server::NoServerSessionStorage {})
+        } else {
+            match ServerSessions::new(store, SERVER_SESSION_CACHE_SIZE) {
+                Some(s) => Arc::new(s),
+                None => Arc::new(rustls::server::NoServerSessionStorage {}),
+            }
+        };
         let without_alpn = Arc::new(cfg.clone());
         let alpn = alpn(common);
         cfg.alpn_protocols = alpn.clone();

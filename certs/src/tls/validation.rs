@@ -400,8 +400,14 @@ impl fmt::Debug for ValidationSource {
 
 // === SAN checks ===
 
-#[derive(Debug)]
+/// rustls shows certificate errors with `{:?}`, so Debug carries the readable message.
 struct SanMismatch(String);
+
+impl fmt::Debug for SanMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
 
 impl fmt::Display for SanMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
