@@ -132,12 +132,12 @@ impl IstioCertificateService for Svc {
         };
         let id = SpiffeId::parse(uri)
             .map_err(|e| Status::invalid_argument(format!("CSR URI SAN: {e}")))?;
-        if let Some(want) = &self.opts.identity {
-            if &id != want {
-                return Err(Status::permission_denied(format!(
-                    "caller may not request {id}"
-                )));
-            }
+        if let Some(want) = &self.opts.identity
+            && &id != want
+        {
+            return Err(Status::permission_denied(format!(
+                "caller may not request {id}"
+            )));
         }
         let requested = Duration::from_secs(body.validity_duration.max(1) as u64);
         let validity = Validity::starting_now(requested.min(self.opts.max_validity));

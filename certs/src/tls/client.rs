@@ -140,10 +140,10 @@ impl ClientTlsConfig {
     /// known (DNS clusters, or `hostname` on the endpoint); it is used only with
     /// `auto_host_sni`. Otherwise the configured `sni`, else no SNI at all.
     pub fn server_name(&self, host_name: Option<&str>) -> ServerName<'static> {
-        if self.auto_host_sni {
-            if let Some(name) = host_name.and_then(|h| ServerName::try_from(h.to_string()).ok()) {
-                return name;
-            }
+        if self.auto_host_sni
+            && let Some(name) = host_name.and_then(|h| ServerName::try_from(h.to_string()).ok())
+        {
+            return name;
         }
         self.sni.clone().unwrap_or_else(no_sni)
     }
@@ -170,10 +170,10 @@ impl ClientTlsConfig {
     /// Whether every secret this config names is present.
     pub fn readiness(&self) -> Readiness {
         let mut missing = Vec::new();
-        if let Some(s) = &self.resolver.source {
-            if s.load().is_none() {
-                missing.extend(s.secret_name().map(str::to_string));
-            }
+        if let Some(s) = &self.resolver.source
+            && s.load().is_none()
+        {
+            missing.extend(s.secret_name().map(str::to_string));
         }
         if !self.verifier.source.is_ready() {
             missing.extend(self.verifier.source.secret_name().map(str::to_string));

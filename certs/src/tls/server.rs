@@ -247,15 +247,15 @@ impl ResolvesServerCert for ServerCertResolver {
         let current: Vec<_> = self.sources.iter().filter_map(|s| s.load()).collect();
         let usable =
             |c: &&Arc<super::CertificateSecret>| c.certified.key.choose_scheme(schemes).is_some();
-        if let Some(sni) = sni {
-            if let Some(c) = current.iter().filter(usable).find(|c| {
+        if let Some(sni) = sni
+            && let Some(c) = current.iter().filter(usable).find(|c| {
                 c.identity()
                     .dns_sans
                     .iter()
                     .any(|san| dns_name_match(sni, san))
-            }) {
-                return Some(c.certified.clone());
-            }
+            })
+        {
+            return Some(c.certified.clone());
         }
         current
             .iter()

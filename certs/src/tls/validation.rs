@@ -1,6 +1,6 @@
-//! Peer certificate validation: `CertificateValidationContext` (static, SDS, or combined default
-//! + SDS) compiled into trust anchors and SAN matchers, and the rustls verifiers that apply it
-//! at handshake time, reading SDS values from the secret store on each handshake.
+//! Peer certificate validation: `CertificateValidationContext` (static, SDS, or combined
+//! default-plus-SDS) compiled into trust anchors and SAN matchers, and the rustls verifiers
+//! that apply it at handshake time, reading SDS values from the secret store on each handshake.
 //!
 //! Invariants:
 //! - SAN matchers are never applied without a trusted CA (Envoy rejects that config);
