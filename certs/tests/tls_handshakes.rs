@@ -865,3 +865,78 @@ fn mismatched_key_and_bad_sds_secrets_are_rejected() {
     let got: Arc<CertificateSecret> = store.tls_certificate("default").unwrap();
     assert_eq!(got.identity().spiffe.as_ref().unwrap().as_str(), CLIENT_ID);
 }
+
+#[tokio::test]
+async fn downstream_client_certificate_requirements_follow_envoy() {
+    let m = mesh();
+    let no_cert_client = {
+        let mut ctx = istio_outbound_context(SERVER_ID, "");
+        ctx.common_tls_context
+            .as_mut()
+            .unwrap()
+            .tls_certificate_sds_secret_configs
+            .clear();
+        ClientTlsConfig::from_proto(&ctx, &m.client_store).unwrap()
+    };
+    let server_with = |vc: CertificateValidationContext| {
+        let ctx = DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds(DEFAULT_CERT_SECRET)],
+                validation_context_type: Some(ValidationContextType::ValidationContext(vc)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Arc::new(ServerTlsConfig::from_proto(&ctx, &m.server_store).unwrap())
+    };
+    let ca_only = CertificateValidationContext {
+        trusted_ca: Some(inline(m.ca.cert_pem())),
+        ..Default::default()
+    };
+
+    // Trusted CA only, no require_client_certificate: a certificate is optional...
+    let server = server_with(ca_only.clone());
+    let (addr, task) = serve(server.clone(), 2).await;
+    exchange(&no_cert_client, addr).await.unwrap();
+    // ...but verified when presented.
+    exchange(&m.client, addr).await.unwrap();
+    let mut results = task.await.unwrap();
+    let with_cert = results.pop().unwrap().unwrap();
+    let without = results.pop().unwrap().unwrap();
+    assert!(without.peer.is_none());
+    assert_eq!(with_cert.peer.unwrap().spiffe.unwrap().as_str(), CLIENT_ID);
+
+    // SAN matchers make the certificate mandatory even without require_client_certificate.
+    #[allow(deprecated)]
+    let server = server_with(CertificateValidationContext {
+        match_subject_alt_names: vec![string_matcher(MatchPattern::Prefix(
+            "spiffe://cluster.local/".into(),
+        ))],
+        ..ca_only
+    });
+    let (addr, task) = serve(server, 1).await;
+    assert!(exchange(&no_cert_client, addr).await.is_err());
+    let err = task.await.unwrap().pop().unwrap().unwrap_err();
+    assert!(err.contains("peer sent no certificates"), "{err}");
+}
+
+#[tokio::test]
+async fn combined_context_without_any_ca_fails_handshakes_with_a_reason() {
+    let m = mesh();
+    // ROOTCA arrives without a trusted CA: the merged context would match SANs with nothing to
+    // chain to, which Envoy forbids. The handshake fails and says why.
+    #[allow(deprecated)]
+    let no_ca = CertificateValidationContext {
+        match_subject_alt_names: vec![string_matcher(MatchPattern::Exact(SERVER_ID.into()))],
+        ..Default::default()
+    };
+    m.client_store
+        .set_validation_context(ROOT_CA_SECRET, &no_ca)
+        .unwrap();
+    let (addr, _task) = serve(m.server.clone(), 1).await;
+    let err = exchange(&m.client, addr).await.unwrap_err();
+    assert!(
+        err.contains("SAN-based verification of peer certificates without trusted CA"),
+        "{err}"
+    );
+}
