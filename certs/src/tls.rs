@@ -63,10 +63,6 @@ pub enum TlsError {
         field: String,
         source: rustls::Error,
     },
-    /// A referenced secret has not arrived yet. Only returned by calls that need the secret now
-    /// (`from_proto` reports missing secrets as warming instead).
-    #[error("secret {name:?} has not been received yet")]
-    SecretNotReady { name: String },
 }
 
 impl TlsError {
