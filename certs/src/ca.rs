@@ -38,10 +38,7 @@ pub enum CaError {
     #[error("CA client configuration: {0}")]
     Config(String),
     #[error("reading token {}: {source}", path.display())]
-    Token {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Token { path: PathBuf, source: std::io::Error },
     #[error("making the CSR: {0}")]
     Csr(#[from] rcgen::Error),
     #[error("calling the CA: {0}")]
@@ -133,21 +130,13 @@ pub struct CaClient {
 }
 
 fn split_address(address: &str) -> Result<(String, u16), CaError> {
-    let rest = address
-        .strip_prefix("https://")
-        .unwrap_or(address)
-        .trim_end_matches('/');
+    let rest = address.strip_prefix("https://").unwrap_or(address).trim_end_matches('/');
     if rest.contains("://") {
-        return Err(CaError::Config(format!(
-            "address {address:?}: only https:// (or no scheme) is supported"
-        )));
+        return Err(CaError::Config(format!("address {address:?}: only https:// (or no scheme) is supported")));
     }
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| CaError::Config(format!("address {address:?} has no port")))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| CaError::Config(format!("address {address:?} has an invalid port")))?;
+    let (host, port) =
+        rest.rsplit_once(':').ok_or_else(|| CaError::Config(format!("address {address:?} has no port")))?;
+    let port: u16 = port.parse().map_err(|_| CaError::Config(format!("address {address:?} has an invalid port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(CaError::Config(format!("address {address:?} has no host")));
@@ -158,10 +147,7 @@ fn split_address(address: &str) -> Result<(String, u16), CaError> {
 impl CaClient {
     pub fn new(cfg: CaClientConfig) -> Result<Self, CaError> {
         if !(cfg.renew_fraction > 0.0 && cfg.renew_fraction < 1.0) {
-            return Err(CaError::Config(format!(
-                "renew_fraction {} must be between 0 and 1",
-                cfg.renew_fraction
-            )));
+            return Err(CaError::Config(format!("renew_fraction {} must be between 0 and 1", cfg.renew_fraction)));
         }
         let (host, port) = split_address(&cfg.address)?;
         let name = cfg.tls_server_name.clone().unwrap_or_else(|| host.clone());
@@ -176,9 +162,7 @@ impl CaClient {
             return Err(CaError::Config("CA root: no PEM certificate".into()));
         }
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| CaError::Config(format!("CA root: {e}")))?;
+            roots.add(c).map_err(|e| CaError::Config(format!("CA root: {e}")))?;
         }
         let mut tls = ClientConfig::builder_with_provider(Arc::new(base_provider()))
             .with_safe_default_protocol_versions()
@@ -205,11 +189,7 @@ impl CaClient {
                 Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
             }
         });
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         // The connector does TLS itself; "http" keeps tonic from wanting its own TLS, while the
         // origin makes requests carry :scheme https and the CA's authority.
         let origin: http::Uri = format!("https://{authority}")
@@ -221,10 +201,7 @@ impl CaClient {
             .connect_timeout(cfg.request_timeout)
             .timeout(cfg.request_timeout);
         let channel = endpoint.connect_with_connector_lazy(connect);
-        Ok(CaClient {
-            cfg: Arc::new(cfg),
-            client: IstioCertificateServiceClient::new(channel),
-        })
+        Ok(CaClient { cfg: Arc::new(cfg), client: IstioCertificateServiceClient::new(channel) })
     }
 
     pub fn config(&self) -> &CaClientConfig {
@@ -247,35 +224,25 @@ impl CaClient {
         if let Some(path) = &self.cfg.token_path {
             let token = tokio::fs::read_to_string(path)
                 .await
-                .map_err(|source| CaError::Token {
-                    path: path.clone(),
-                    source,
-                })?;
-            let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-                CaError::Config(format!("token in {} is not ASCII", path.display()))
-            })?;
+                .map_err(|source| CaError::Token { path: path.clone(), source })?;
+            let value = format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| CaError::Config(format!("token in {} is not ASCII", path.display())))?;
             req.metadata_mut().insert("authorization", value);
         }
         if !self.cfg.cluster_id.is_empty() {
-            let value = self.cfg.cluster_id.parse().map_err(|_| {
-                CaError::Config(format!("cluster id {:?} is not ASCII", self.cfg.cluster_id))
-            })?;
+            let value = self
+                .cfg
+                .cluster_id
+                .parse()
+                .map_err(|_| CaError::Config(format!("cluster id {:?} is not ASCII", self.cfg.cluster_id)))?;
             req.metadata_mut().insert("clusterid", value);
         }
-        let resp = self
-            .client
-            .clone()
-            .create_certificate(req)
-            .await?
-            .into_inner();
+        let resp = self.client.clone().create_certificate(req).await?.into_inner();
         self.check_response(resp.cert_chain, key.serialize_pem())
     }
 
-    fn check_response(
-        &self,
-        chain: Vec<String>,
-        key_pem: String,
-    ) -> Result<IssuedWorkloadCert, CaError> {
+    fn check_response(&self, chain: Vec<String>, key_pem: String) -> Result<IssuedWorkloadCert, CaError> {
         let bad = |m: String| CaError::Response(m);
         if chain.is_empty() {
             return Err(bad("empty cert_chain".into()));
@@ -290,27 +257,19 @@ impl CaClient {
             }
             ders.append(&mut certs);
         }
-        let leaf =
-            PeerIdentity::from_der(&ders[0]).map_err(|e| bad(format!("leaf certificate: {e}")))?;
+        let leaf = PeerIdentity::from_der(&ders[0]).map_err(|e| bad(format!("leaf certificate: {e}")))?;
         if leaf.spiffe.as_ref() != Some(&self.cfg.identity) {
-            return Err(bad(format!(
-                "leaf certificate is for {:?}, requested {}",
-                leaf.uri_sans, self.cfg.identity
-            )));
+            return Err(bad(format!("leaf certificate is for {:?}, requested {}", leaf.uri_sans, self.cfg.identity)));
         }
         // Root: the last element; a one-element answer is a self-signed leaf, which is useless.
-        let (root, rest) = ders
-            .split_last()
-            .ok_or_else(|| bad("empty cert_chain".into()))?;
+        let (root, rest) = ders.split_last().ok_or_else(|| bad("empty cert_chain".into()))?;
         if rest.is_empty() {
             return Err(bad("cert_chain has no root after the leaf".into()));
         }
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(root.clone())
-            .map_err(|e| bad(format!("root certificate: {e}")))?;
-        let parsed = rustls::server::ParsedCertificate::try_from(&rest[0])
-            .map_err(|e| bad(format!("leaf certificate: {e}")))?;
+        roots.add(root.clone()).map_err(|e| bad(format!("root certificate: {e}")))?;
+        let parsed =
+            rustls::server::ParsedCertificate::try_from(&rest[0]).map_err(|e| bad(format!("leaf certificate: {e}")))?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
             &roots,
@@ -318,11 +277,7 @@ impl CaClient {
             rustls_pki_types::UnixTime::now(),
             base_provider().signature_verification_algorithms.all,
         )
-        .map_err(|e| {
-            bad(format!(
-                "leaf does not verify against the returned root: {e}"
-            ))
-        })?;
+        .map_err(|e| bad(format!("leaf does not verify against the returned root: {e}")))?;
 
         let not_before = {
             let (_, c) = x509_parser::parse_x509_certificate(rest[0].as_ref())
@@ -352,11 +307,7 @@ impl CaClient {
         let issued = self.request().await?;
         // Root first, so a peer certificate from the new CA verifies as soon as ours is in use.
         store.set_trusted_ca_pem(&self.cfg.root_secret, issued.root_pem.as_bytes())?;
-        store.set_tls_certificate_pem(
-            &self.cfg.cert_secret,
-            issued.chain_pem.as_bytes(),
-            issued.key_pem.as_bytes(),
-        )?;
+        store.set_tls_certificate_pem(&self.cfg.cert_secret, issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())?;
         Ok(issued)
     }
 
@@ -372,10 +323,7 @@ impl CaClient {
                     delay = self.cfg.retry_initial;
                     let at = issued.renew_at(self.cfg.renew_fraction);
                     // Floor: a CA handing out nearly expired certificates must not make us spin.
-                    let wait = at
-                        .duration_since(SystemTime::now())
-                        .unwrap_or(Duration::ZERO)
-                        .max(MIN_RENEW_WAIT);
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).max(MIN_RENEW_WAIT);
                     tracing::info!(
                         identity = %self.cfg.identity,
                         renew_in_secs = wait.as_secs(),
@@ -420,14 +368,8 @@ mod tests {
             split_address("istiod.istio-system.svc:15012").unwrap(),
             ("istiod.istio-system.svc".to_string(), 15012)
         );
-        assert_eq!(
-            split_address("https://127.0.0.1:15012/").unwrap(),
-            ("127.0.0.1".to_string(), 15012)
-        );
-        assert_eq!(
-            split_address("[::1]:15012").unwrap(),
-            ("::1".to_string(), 15012)
-        );
+        assert_eq!(split_address("https://127.0.0.1:15012/").unwrap(), ("127.0.0.1".to_string(), 15012));
+        assert_eq!(split_address("[::1]:15012").unwrap(), ("::1".to_string(), 15012));
         assert!(split_address("http://x:1").is_err());
         assert!(split_address("x").is_err());
         assert!(split_address(":1").is_err());
@@ -448,11 +390,7 @@ mod tests {
 
     #[test]
     fn bad_fraction_is_rejected() {
-        let mut cfg = CaClientConfig::new(
-            "127.0.0.1:1",
-            Vec::new(),
-            SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap(),
-        );
+        let mut cfg = CaClientConfig::new("127.0.0.1:1", Vec::new(), SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap());
         cfg.renew_fraction = 1.5;
         assert!(matches!(CaClient::new(cfg), Err(CaError::Config(_))));
     }

@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-    SignatureAlgorithm,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
 };
 use time::OffsetDateTime;
 
@@ -33,19 +32,13 @@ pub enum DevCaError {
     #[error("generating certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DevCaError + '_ {
-    move |source| DevCaError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| DevCaError::Io { path: path.to_path_buf(), source }
 }
 
 /// When a certificate is valid.
@@ -59,37 +52,25 @@ impl Validity {
     /// From one minute ago (tolerates small clock skew) for `d`.
     pub fn for_duration(d: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
-        Validity {
-            not_before: now - time::Duration::minutes(1),
-            not_after: now + d,
-        }
+        Validity { not_before: now - time::Duration::minutes(1), not_after: now + d }
     }
 
     /// From one second ago for `d` (short-lived certificates whose renewal time matters).
     pub fn starting_now(d: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
-        Validity {
-            not_before: now - time::Duration::seconds(1),
-            not_after: now + d,
-        }
+        Validity { not_before: now - time::Duration::seconds(1), not_after: now + d }
     }
 
     /// Valid from two days ago until yesterday: already expired.
     pub fn expired() -> Self {
         let now = OffsetDateTime::now_utc();
-        Validity {
-            not_before: now - time::Duration::days(2),
-            not_after: now - time::Duration::days(1),
-        }
+        Validity { not_before: now - time::Duration::days(2), not_after: now - time::Duration::days(1) }
     }
 
     /// Valid from tomorrow for a day: not yet valid.
     pub fn not_yet_valid() -> Self {
         let now = OffsetDateTime::now_utc();
-        Validity {
-            not_before: now + time::Duration::days(1),
-            not_after: now + time::Duration::days(2),
-        }
+        Validity { not_before: now + time::Duration::days(1), not_after: now + time::Duration::days(2) }
     }
 }
 
@@ -133,9 +114,7 @@ pub struct DevCa {
 
 impl std::fmt::Debug for DevCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevCa")
-            .field("parents", &self.parents_pem.len())
-            .finish()
+        f.debug_struct("DevCa").field("parents", &self.parents_pem.len()).finish()
     }
 }
 
@@ -164,11 +143,7 @@ fn ca_params(opts: &CaOptions) -> CertificateParams {
     dn.push(DnType::CommonName, opts.common_name.clone());
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = opts.validity.not_before;
     params.not_after = opts.validity.not_after;
     params.serial_number = Some(random_serial());
@@ -207,22 +182,17 @@ impl WorkloadOptions {
         }
         params.distinguished_name = dn;
         if let Some(id) = &self.spiffe {
-            params
-                .subject_alt_names
-                .push(SanType::URI(id.as_str().try_into()?));
+            params.subject_alt_names.push(SanType::URI(id.as_str().try_into()?));
         }
         for d in &self.dns_names {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(d.as_str().try_into()?));
+            params.subject_alt_names.push(SanType::DnsName(d.as_str().try_into()?));
         }
         for ip in &self.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
         if params.subject_alt_names.is_empty() && self.common_name.is_none() {
             return Err(DevCaError::Invalid(
-                "a workload certificate needs a SPIFFE ID, a DNS name, an IP or a common name"
-                    .into(),
+                "a workload certificate needs a SPIFFE ID, a DNS name, an IP or a common name".into(),
             ));
         }
         workload_profile(&mut params, self.validity);
@@ -233,14 +203,8 @@ impl WorkloadOptions {
 /// Key usage, EKUs and validity of a workload (leaf) certificate, as Istio issues them.
 fn workload_profile(params: &mut CertificateParams, validity: Validity) {
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = validity.not_before;
     params.not_after = validity.not_after;
@@ -276,8 +240,7 @@ fn write_file(path: &Path, data: &str, private: bool) -> Result<(), DevCaError> 
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
     }
     #[cfg(not(unix))]
     let _ = private;
@@ -305,24 +268,14 @@ impl DevCa {
         let cert = params.signed_by(&key, &self.issuer)?;
         let mut parents_pem = vec![self.cert_pem.clone()];
         parents_pem.extend(self.parents_pem.iter().cloned());
-        Ok(DevCa {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            issuer: Issuer::new(params, key),
-            parents_pem,
-        })
+        Ok(DevCa { cert_pem: cert.pem(), key_pem: key.serialize_pem(), issuer: Issuer::new(params, key), parents_pem })
     }
 
     /// A root CA from its PEM certificate and key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, DevCaError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(DevCa {
-            cert_pem: cert_pem.to_string(),
-            key_pem: key_pem.to_string(),
-            issuer,
-            parents_pem: Vec::new(),
-        })
+        Ok(DevCa { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string(), issuer, parents_pem: Vec::new() })
     }
 
     /// Loads `root-cert.pem` and `root-key.pem` from `dir`.
@@ -376,22 +329,14 @@ impl DevCa {
     }
 
     /// Issues a workload certificate for an existing key (e.g. an RSA key made elsewhere).
-    pub fn issue_with_key_pem(
-        &self,
-        opts: &WorkloadOptions,
-        key_pem: &str,
-    ) -> Result<IssuedCert, DevCaError> {
+    pub fn issue_with_key_pem(&self, opts: &WorkloadOptions, key_pem: &str) -> Result<IssuedCert, DevCaError> {
         let key = KeyPair::from_pem(key_pem)?;
         let mut issued = self.issue_for_key(opts, &key)?;
         issued.key_pem = key_pem.to_string();
         Ok(issued)
     }
 
-    fn issue_for_key(
-        &self,
-        opts: &WorkloadOptions,
-        key: &KeyPair,
-    ) -> Result<IssuedCert, DevCaError> {
+    fn issue_for_key(&self, opts: &WorkloadOptions, key: &KeyPair) -> Result<IssuedCert, DevCaError> {
         let cert = opts.params()?.signed_by(key, &self.issuer)?;
         let cert_pem = cert.pem();
         Ok(IssuedCert {
@@ -482,9 +427,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some((i, 's')) => (&s[..i], 1),
         _ => (s, 1),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (use e.g. 90d, 24h, 30m, 45s)"))?;
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 90d, 24h, 30m, 45s)"))?;
     if n == 0 {
         return Err(format!("duration {s:?} must be positive"));
     }
@@ -501,11 +444,7 @@ pub fn run(args: &CertsArgs) -> Result<String, DevCaError> {
                 validity: Validity::for_duration(a.validity),
             })?;
             ca.write(&a.out)?;
-            Ok(format!(
-                "wrote {} and {}",
-                a.out.join(CA_CERT_FILE).display(),
-                a.out.join(CA_KEY_FILE).display()
-            ))
+            Ok(format!("wrote {} and {}", a.out.join(CA_CERT_FILE).display(), a.out.join(CA_KEY_FILE).display()))
         }
         CertsCommand::Workload(a) => {
             let ca = DevCa::load(&a.ca)?;
@@ -520,11 +459,7 @@ pub fn run(args: &CertsArgs) -> Result<String, DevCaError> {
                 dns_names: a.dns_names.clone(),
                 ips: a.ips.clone(),
                 common_name: None,
-                validity: if a.expired {
-                    Validity::expired()
-                } else {
-                    Validity::for_duration(a.validity)
-                },
+                validity: if a.expired { Validity::expired() } else { Validity::for_duration(a.validity) },
                 key_type: KeyType::EcdsaP256,
             };
             let issued = ca.issue(&opts)?;
@@ -562,21 +497,10 @@ mod tests {
     #[test]
     fn intermediate_chain_and_files_round_trip() {
         let root = DevCa::new_root(&CaOptions::default()).unwrap();
-        let inter = root
-            .new_intermediate(&CaOptions {
-                common_name: "Intermediate".into(),
-                ..CaOptions::default()
-            })
-            .unwrap();
-        let issued = inter
-            .issue(&WorkloadOptions::spiffe(
-                SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap(),
-            ))
-            .unwrap();
-        assert_eq!(
-            issued.chain_pem,
-            format!("{}{}", issued.cert_pem, inter.cert_pem())
-        );
+        let inter =
+            root.new_intermediate(&CaOptions { common_name: "Intermediate".into(), ..CaOptions::default() }).unwrap();
+        let issued = inter.issue(&WorkloadOptions::spiffe(SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap())).unwrap();
+        assert_eq!(issued.chain_pem, format!("{}{}", issued.cert_pem, inter.cert_pem()));
         assert_eq!(issued.root_pem, root.cert_pem());
 
         let dir = tempfile::tempdir().unwrap();
@@ -590,10 +514,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("90d").unwrap(),
-            Duration::from_secs(90 * 86400)
-        );
+        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86400));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));

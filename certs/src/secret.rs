@@ -23,10 +23,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use tokio::sync::watch;
 
-use crate::tls::{
-    CertificateSecret, TlsError, ValidationSecret, compile_tls_certificate,
-    compile_validation_secret,
-};
+use crate::tls::{CertificateSecret, TlsError, ValidationSecret, compile_tls_certificate, compile_validation_secret};
 
 /// Istio's name for the workload certificate secret.
 pub const DEFAULT_CERT_SECRET: &str = "default";
@@ -41,10 +38,7 @@ pub(crate) struct Slot<T> {
 
 impl<T> Slot<T> {
     fn new(name: &str) -> Self {
-        Slot {
-            name: name.to_string(),
-            value: ArcSwapOption::empty(),
-        }
+        Slot { name: name.to_string(), value: ArcSwapOption::empty() }
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -79,25 +73,18 @@ impl Default for SecretStore {
 
 impl fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretStore")
-            .field("generation", &*self.inner.generation.borrow())
-            .finish()
+        f.debug_struct("SecretStore").field("generation", &*self.inner.generation.borrow()).finish()
     }
 }
 
 fn slot_in<T>(map: &Mutex<HashMap<String, Arc<Slot<T>>>>, name: &str) -> Arc<Slot<T>> {
     // Only the config path locks; a poisoned map is still consistent (inserts are atomic).
     let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-    m.entry(name.to_string())
-        .or_insert_with(|| Arc::new(Slot::new(name)))
-        .clone()
+    m.entry(name.to_string()).or_insert_with(|| Arc::new(Slot::new(name))).clone()
 }
 
 fn inline(bytes: &[u8]) -> Option<DataSource> {
-    Some(DataSource {
-        specifier: Some(Specifier::InlineBytes(bytes.to_vec())),
-        ..Default::default()
-    })
+    Some(DataSource { specifier: Some(Specifier::InlineBytes(bytes.to_vec())), ..Default::default() })
 }
 
 impl SecretStore {
@@ -142,19 +129,15 @@ impl SecretStore {
             Some(secret::Type::TlsCertificate(c)) => {
                 self.set_tls_certificate_as(&secret.name, c, &format!("{field}.tls_certificate"))
             }
-            Some(secret::Type::ValidationContext(v)) => self.set_validation_context_as(
-                &secret.name,
-                v,
-                &format!("{field}.validation_context"),
-            ),
-            Some(secret::Type::SessionTicketKeys(_)) => Err(TlsError::unsupported(
-                format!("{field}.session_ticket_keys"),
-                "session ticket keys",
-            )),
-            Some(secret::Type::GenericSecret(_)) => Err(TlsError::unsupported(
-                format!("{field}.generic_secret"),
-                "generic secrets",
-            )),
+            Some(secret::Type::ValidationContext(v)) => {
+                self.set_validation_context_as(&secret.name, v, &format!("{field}.validation_context"))
+            }
+            Some(secret::Type::SessionTicketKeys(_)) => {
+                Err(TlsError::unsupported(format!("{field}.session_ticket_keys"), "session ticket keys"))
+            }
+            Some(secret::Type::GenericSecret(_)) => {
+                Err(TlsError::unsupported(format!("{field}.generic_secret"), "generic secrets"))
+            }
             None => Err(TlsError::invalid(&field, "has no type")),
         }
     }
@@ -164,12 +147,7 @@ impl SecretStore {
         self.set_tls_certificate_as(name, cert, &format!("secret {name:?}.tls_certificate"))
     }
 
-    fn set_tls_certificate_as(
-        &self,
-        name: &str,
-        cert: &TlsCertificate,
-        field: &str,
-    ) -> Result<(), TlsError> {
+    fn set_tls_certificate_as(&self, name: &str, cert: &TlsCertificate, field: &str) -> Result<(), TlsError> {
         let compiled = compile_tls_certificate(cert, field)?;
         self.cert_slot(name).value.store(Some(Arc::new(compiled)));
         self.bump();
@@ -177,26 +155,14 @@ impl SecretStore {
     }
 
     /// Sets the certificate `name` from PEM text (chain, leaf first; private key).
-    pub fn set_tls_certificate_pem(
-        &self,
-        name: &str,
-        chain_pem: &[u8],
-        key_pem: &[u8],
-    ) -> Result<(), TlsError> {
-        let cert = TlsCertificate {
-            certificate_chain: inline(chain_pem),
-            private_key: inline(key_pem),
-            ..Default::default()
-        };
+    pub fn set_tls_certificate_pem(&self, name: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+        let cert =
+            TlsCertificate { certificate_chain: inline(chain_pem), private_key: inline(key_pem), ..Default::default() };
         self.set_tls_certificate(name, &cert)
     }
 
     /// Sets (or replaces) the validation context named `name`.
-    pub fn set_validation_context(
-        &self,
-        name: &str,
-        ctx: &CertificateValidationContext,
-    ) -> Result<(), TlsError> {
+    pub fn set_validation_context(&self, name: &str, ctx: &CertificateValidationContext) -> Result<(), TlsError> {
         self.set_validation_context_as(name, ctx, &format!("secret {name:?}.validation_context"))
     }
 
@@ -207,19 +173,14 @@ impl SecretStore {
         field: &str,
     ) -> Result<(), TlsError> {
         let compiled = compile_validation_secret(ctx, field)?;
-        self.validation_slot(name)
-            .value
-            .store(Some(Arc::new(compiled)));
+        self.validation_slot(name).value.store(Some(Arc::new(compiled)));
         self.bump();
         Ok(())
     }
 
     /// Sets the validation context `name` to trust the PEM bundle `ca_pem` (Istio's `ROOTCA`).
     pub fn set_trusted_ca_pem(&self, name: &str, ca_pem: &[u8]) -> Result<(), TlsError> {
-        let ctx = CertificateValidationContext {
-            trusted_ca: inline(ca_pem),
-            ..Default::default()
-        };
+        let ctx = CertificateValidationContext { trusted_ca: inline(ca_pem), ..Default::default() };
         self.set_validation_context(name, &ctx)
     }
 
@@ -227,22 +188,10 @@ impl SecretStore {
     /// established connections are unaffected.
     pub fn remove(&self, name: &str) {
         let mut changed = false;
-        if let Some(s) = self
-            .inner
-            .certs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(s) = self.inner.certs.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             changed |= s.value.swap(None).is_some();
         }
-        if let Some(s) = self
-            .inner
-            .validations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(s) = self.inner.validations.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             changed |= s.value.swap(None).is_some();
         }
         if changed {
@@ -252,22 +201,12 @@ impl SecretStore {
 
     /// The current certificate named `name`.
     pub fn tls_certificate(&self, name: &str) -> Option<Arc<CertificateSecret>> {
-        self.inner
-            .certs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .and_then(|s| s.load())
+        self.inner.certs.lock().unwrap_or_else(|e| e.into_inner()).get(name).and_then(|s| s.load())
     }
 
     /// The current validation context named `name`.
     pub fn validation_context(&self, name: &str) -> Option<Arc<ValidationSecret>> {
-        self.inner
-            .validations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .and_then(|s| s.load())
+        self.inner.validations.lock().unwrap_or_else(|e| e.into_inner()).get(name).and_then(|s| s.load())
     }
 
     /// A receiver that changes whenever any secret is set or removed.

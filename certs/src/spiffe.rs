@@ -21,9 +21,7 @@ pub enum SpiffeIdError {
     TooLong(String),
     #[error("SPIFFE ID {0:?} has an empty trust domain")]
     EmptyTrustDomain(String),
-    #[error(
-        "SPIFFE ID {id:?}: trust domain has an invalid character {ch:?} (allowed: a-z 0-9 . - _)"
-    )]
+    #[error("SPIFFE ID {id:?}: trust domain has an invalid character {ch:?} (allowed: a-z 0-9 . - _)")]
     TrustDomainChar { id: String, ch: char },
     #[error("SPIFFE ID {0:?}: trust domain is longer than 255 bytes")]
     TrustDomainTooLong(String),
@@ -49,9 +47,7 @@ impl SpiffeId {
         if s.len() > MAX_LEN {
             return Err(SpiffeIdError::TooLong(err_id()));
         }
-        let rest = s
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| SpiffeIdError::Scheme(err_id()))?;
+        let rest = s.strip_prefix(SCHEME).ok_or_else(|| SpiffeIdError::Scheme(err_id()))?;
         let (td, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -62,36 +58,21 @@ impl SpiffeId {
         if td.len() > MAX_TRUST_DOMAIN_LEN {
             return Err(SpiffeIdError::TrustDomainTooLong(err_id()));
         }
-        if let Some(ch) = td
-            .chars()
-            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_'))
-        {
+        if let Some(ch) = td.chars().find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_')) {
             return Err(SpiffeIdError::TrustDomainChar { id: err_id(), ch });
         }
         if !path.is_empty() {
             validate_path(path).map_err(|e| match e {
-                PathErr::Reason(reason) => SpiffeIdError::Path {
-                    id: err_id(),
-                    reason,
-                },
+                PathErr::Reason(reason) => SpiffeIdError::Path { id: err_id(), reason },
                 PathErr::Char(ch) => SpiffeIdError::PathChar { id: err_id(), ch },
             })?;
         }
-        Ok(SpiffeId {
-            full: s.to_string(),
-            path_start: SCHEME.len() + td.len(),
-        })
+        Ok(SpiffeId { full: s.to_string(), path_start: SCHEME.len() + td.len() })
     }
 
     /// Builds Istio's workload identity `spiffe://<td>/ns/<ns>/sa/<sa>`.
-    pub fn istio(
-        trust_domain: &str,
-        namespace: &str,
-        service_account: &str,
-    ) -> Result<Self, SpiffeIdError> {
-        Self::parse(&format!(
-            "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-        ))
+    pub fn istio(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, SpiffeIdError> {
+        Self::parse(&format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"))
     }
 
     /// The trust domain, e.g. `cluster.local`.
@@ -146,10 +127,7 @@ fn validate_path(path: &str) -> Result<(), PathErr> {
         if seg == "." || seg == ".." {
             return Err(PathErr::Reason("has a '.' or '..' segment"));
         }
-        if let Some(ch) = seg
-            .chars()
-            .find(|c| !matches!(c, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_'))
-        {
+        if let Some(ch) = seg.chars().find(|c| !matches!(c, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_')) {
             return Err(PathErr::Char(ch));
         }
     }
@@ -200,10 +178,7 @@ mod tests {
         assert_eq!(id.namespace(), Some("default"));
         assert_eq!(id.service_account(), Some("foo"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/foo");
-        assert_eq!(
-            SpiffeId::istio("cluster.local", "default", "foo").unwrap(),
-            id
-        );
+        assert_eq!(SpiffeId::istio("cluster.local", "default", "foo").unwrap(), id);
     }
 
     #[test]
@@ -242,10 +217,7 @@ mod tests {
             assert!(SpiffeId::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let long = format!("spiffe://td/{}", "a".repeat(2100));
-        assert!(matches!(
-            SpiffeId::parse(&long),
-            Err(SpiffeIdError::TooLong(_))
-        ));
+        assert!(matches!(SpiffeId::parse(&long), Err(SpiffeIdError::TooLong(_))));
     }
 
     #[test]

@@ -22,14 +22,12 @@ use tonic::{Request, Response, Status};
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    TlsCertificate, UpstreamTlsContext, common_tls_context,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, TlsCertificate,
+    UpstreamTlsContext, common_tls_context,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 
-use crate::ca::pb::istio_certificate_service_server::{
-    IstioCertificateService, IstioCertificateServiceServer,
-};
+use crate::ca::pb::istio_certificate_service_server::{IstioCertificateService, IstioCertificateServiceServer};
 use crate::ca::pb::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::dev_ca::IssuedCert;
 use crate::dev_ca::{CaOptions, DevCa, Validity, WorkloadOptions};
@@ -83,32 +81,17 @@ impl IstioCertificateService for Svc {
         req: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         self.stats.requests.fetch_add(1, Ordering::SeqCst);
-        if self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if self.failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(Status::unavailable("injected failure"));
         }
         if let Some(token) = &self.opts.token {
-            let got = req
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
+            let got = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
             if got != Some(format!("Bearer {token}").as_str()) {
                 return Err(Status::unauthenticated("bad or missing bearer token"));
             }
         }
-        if let Some(c) = req
-            .metadata()
-            .get("clusterid")
-            .and_then(|v| v.to_str().ok())
-        {
-            self.stats
-                .cluster_ids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(c.to_string());
+        if let Some(c) = req.metadata().get("clusterid").and_then(|v| v.to_str().ok()) {
+            self.stats.cluster_ids.lock().unwrap_or_else(|e| e.into_inner()).push(c.to_string());
         }
         let body = req.into_inner();
         let csr = CertificateSigningRequestParams::from_pem(&body.csr)
@@ -126,29 +109,19 @@ impl IstioCertificateService for Svc {
             })
             .collect();
         let [uri] = uris.as_slice() else {
-            return Err(Status::invalid_argument(
-                "CSR must carry exactly one URI SAN",
-            ));
+            return Err(Status::invalid_argument("CSR must carry exactly one URI SAN"));
         };
-        let id = SpiffeId::parse(uri)
-            .map_err(|e| Status::invalid_argument(format!("CSR URI SAN: {e}")))?;
+        let id = SpiffeId::parse(uri).map_err(|e| Status::invalid_argument(format!("CSR URI SAN: {e}")))?;
         if let Some(want) = &self.opts.identity
             && &id != want
         {
-            return Err(Status::permission_denied(format!(
-                "caller may not request {id}"
-            )));
+            return Err(Status::permission_denied(format!("caller may not request {id}")));
         }
         let requested = Duration::from_secs(body.validity_duration.max(1) as u64);
         let validity = Validity::starting_now(requested.min(self.opts.max_validity));
-        let chain = self
-            .ca
-            .sign_csr(&body.csr, validity)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let chain = self.ca.sign_csr(&body.csr, validity).map_err(|e| Status::internal(e.to_string()))?;
         self.stats.issued.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(IstioCertificateResponse {
-            cert_chain: chain,
-        }))
+        Ok(Response::new(IstioCertificateResponse { cert_chain: chain }))
     }
 }
 
@@ -163,9 +136,7 @@ pub struct TestCaServer {
 
 impl std::fmt::Debug for TestCaServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestCaServer")
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("TestCaServer").field("addr", &self.addr).finish()
     }
 }
 
@@ -191,24 +162,18 @@ impl TestCaServer {
             .map_err(std::io::Error::other)?;
         let store = SecretStore::new();
         store
-            .set_tls_certificate_pem(
-                "serving",
-                serving.chain_pem.as_bytes(),
-                serving.key_pem.as_bytes(),
-            )
+            .set_tls_certificate_pem("serving", serving.chain_pem.as_bytes(), serving.key_pem.as_bytes())
             .map_err(std::io::Error::other)?;
         let certified = store
             .tls_certificate("serving")
             .ok_or_else(|| std::io::Error::other("serving certificate missing"))?
             .certified_key()
             .clone();
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
 
@@ -249,13 +214,7 @@ impl TestCaServer {
                 .await;
             accept_task.abort();
         });
-        Ok(TestCaServer {
-            addr,
-            ca,
-            opts,
-            stats,
-            shutdown: Some(shutdown_tx),
-        })
+        Ok(TestCaServer { addr, ca, opts, stats, shutdown: Some(shutdown_tx) })
     }
 
     /// `127.0.0.1:<port>`.
@@ -290,20 +249,13 @@ impl TestCaServer {
 
     /// `ClusterID` header values seen, in order.
     pub fn cluster_ids(&self) -> Vec<String> {
-        self.stats
-            .cluster_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.stats.cluster_ids.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A [`CaClientConfig`](crate::ca::CaClientConfig) pointing at this server.
     pub fn client_config(&self, identity: SpiffeId) -> crate::ca::CaClientConfig {
-        let mut cfg = crate::ca::CaClientConfig::new(
-            self.addr.to_string(),
-            self.root_pem().as_bytes().to_vec(),
-            identity,
-        );
+        let mut cfg =
+            crate::ca::CaClientConfig::new(self.addr.to_string(), self.root_pem().as_bytes().to_vec(), identity);
         cfg.tls_server_name = Some(self.opts.server_name.clone());
         cfg
     }
@@ -335,21 +287,13 @@ impl Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -378,26 +322,17 @@ impl AsyncWrite for TlsConn {
 
 /// An inline `DataSource`.
 pub fn inline(s: &str) -> DataSource {
-    DataSource {
-        specifier: Some(Specifier::InlineString(s.to_string())),
-        ..Default::default()
-    }
+    DataSource { specifier: Some(Specifier::InlineString(s.to_string())), ..Default::default() }
 }
 
 /// A `DataSource` naming a file.
 pub fn file(path: &std::path::Path) -> DataSource {
-    DataSource {
-        specifier: Some(Specifier::Filename(path.display().to_string())),
-        ..Default::default()
-    }
+    DataSource { specifier: Some(Specifier::Filename(path.display().to_string())), ..Default::default() }
 }
 
 /// An SDS reference (the config source is irrelevant to the store).
 pub fn sds(name: &str) -> SdsSecretConfig {
-    SdsSecretConfig {
-        name: name.to_string(),
-        sds_config: None,
-    }
+    SdsSecretConfig { name: name.to_string(), sds_config: None }
 }
 
 /// A `TlsCertificate` with inline PEM.
@@ -411,10 +346,7 @@ pub fn tls_certificate(issued: &IssuedCert) -> TlsCertificate {
 
 /// A `StringMatcher` of the given form.
 pub fn string_matcher(p: MatchPattern) -> StringMatcher {
-    StringMatcher {
-        ignore_case: false,
-        match_pattern: Some(p),
-    }
+    StringMatcher { ignore_case: false, match_pattern: Some(p) }
 }
 
 /// Combined validation: default context with untyped SAN matchers (as Istio sends) + SDS
@@ -441,14 +373,12 @@ pub fn istio_inbound_context(trust_domain: &str, alpn: &[&str]) -> DownstreamTls
         common_tls_context: Some(CommonTlsContext {
             alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             tls_certificate_sds_secret_configs: vec![sds(DEFAULT_CERT_SECRET)],
-            validation_context_type: Some(combined_validation(vec![MatchPattern::Prefix(
-                format!("spiffe://{trust_domain}/"),
-            )])),
+            validation_context_type: Some(combined_validation(vec![MatchPattern::Prefix(format!(
+                "spiffe://{trust_domain}/"
+            ))])),
             ..Default::default()
         }),
-        require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue {
-            value: true,
-        }),
+        require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         ..Default::default()
     }
 }
@@ -460,9 +390,7 @@ pub fn istio_outbound_context(peer_spiffe: &str, sni: &str) -> UpstreamTlsContex
         common_tls_context: Some(CommonTlsContext {
             alpn_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
             tls_certificate_sds_secret_configs: vec![sds(DEFAULT_CERT_SECRET)],
-            validation_context_type: Some(combined_validation(vec![MatchPattern::Exact(
-                peer_spiffe.to_string(),
-            )])),
+            validation_context_type: Some(combined_validation(vec![MatchPattern::Exact(peer_spiffe.to_string())])),
             ..Default::default()
         }),
         sni: sni.to_string(),
@@ -473,11 +401,7 @@ pub fn istio_outbound_context(peer_spiffe: &str, sni: &str) -> UpstreamTlsContex
 /// Puts `issued` into `store` as `default` (chain + key) and `ROOTCA` (its root).
 pub fn install(store: &SecretStore, issued: &IssuedCert) -> Result<(), crate::TlsError> {
     store.set_trusted_ca_pem(ROOT_CA_SECRET, issued.root_pem.as_bytes())?;
-    store.set_tls_certificate_pem(
-        DEFAULT_CERT_SECRET,
-        issued.chain_pem.as_bytes(),
-        issued.key_pem.as_bytes(),
-    )
+    store.set_tls_certificate_pem(DEFAULT_CERT_SECRET, issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())
 }
 
 /// A new root CA (panics on failure: test helper).

@@ -52,32 +52,19 @@ pub enum TlsError {
     Unsupported { field: String, reason: String },
     /// A `DataSource` names a file that cannot be read.
     #[error("{field}: reading {}: {source}", path.display())]
-    ReadFile {
-        field: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadFile { field: String, path: PathBuf, source: std::io::Error },
     /// rustls refused a value (key type, protocol versions, ...).
     #[error("{field}: {source}")]
-    Rustls {
-        field: String,
-        source: rustls::Error,
-    },
+    Rustls { field: String, source: rustls::Error },
 }
 
 impl TlsError {
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        TlsError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        TlsError::Invalid { field: field.into(), reason: reason.into() }
     }
 
     pub(crate) fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        TlsError::Unsupported {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        TlsError::Unsupported { field: field.into(), reason: reason.into() }
     }
 }
 

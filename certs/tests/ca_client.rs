@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certs::ca::{CaClient, CaError};
-use certs::test_util::{
-    TestCaOptions, TestCaServer, istio_inbound_context, istio_outbound_context,
-};
+use certs::test_util::{TestCaOptions, TestCaServer, istio_inbound_context, istio_outbound_context};
 use certs::{
-    ClientTlsConfig, DEFAULT_CERT_SECRET, PeerIdentity, ROOT_CA_SECRET, Readiness, SecretStore,
-    ServerTlsConfig, SpiffeId,
+    ClientTlsConfig, DEFAULT_CERT_SECRET, PeerIdentity, ROOT_CA_SECRET, Readiness, SecretStore, ServerTlsConfig,
+    SpiffeId,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,8 +44,7 @@ async fn issues_certificate_into_the_store_and_it_works_for_mtls() {
 
     let store = SecretStore::new();
     // Configs built before the certificate exists are warming.
-    let server =
-        ServerTlsConfig::from_proto(&istio_inbound_context("cluster.local", &[]), &store).unwrap();
+    let server = ServerTlsConfig::from_proto(&istio_inbound_context("cluster.local", &[]), &store).unwrap();
     assert!(!server.readiness().is_ready());
 
     let issued = client.refresh(&store).await.unwrap();
@@ -59,20 +56,12 @@ async fn issues_certificate_into_the_store_and_it_works_for_mtls() {
 
     let cert = store.tls_certificate(DEFAULT_CERT_SECRET).unwrap();
     assert_eq!(cert.identity().spiffe.as_ref().unwrap().as_str(), ID);
-    assert_eq!(
-        store
-            .validation_context(ROOT_CA_SECRET)
-            .unwrap()
-            .trusted_ca_count(),
-        1
-    );
+    assert_eq!(store.validation_context(ROOT_CA_SECRET).unwrap().trusted_ca_count(), 1);
     assert_eq!(server.readiness(), Readiness::Ready);
 
     // The issued certificate is usable for an Istio mTLS handshake with itself.
     let server = Arc::new(server);
-    let client_tls =
-        ClientTlsConfig::from_proto(&istio_outbound_context(ID, "outbound_.9080_._.pp"), &store)
-            .unwrap();
+    let client_tls = ClientTlsConfig::from_proto(&istio_outbound_context(ID, "outbound_.9080_._.pp"), &store).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let srv = tokio::spawn(async move {
@@ -93,13 +82,10 @@ async fn issues_certificate_into_the_store_and_it_works_for_mtls() {
 
 #[tokio::test]
 async fn wrong_token_and_wrong_identity_are_refused() {
-    let ca = TestCaServer::start(TestCaOptions {
-        token: Some("right".into()),
-        identity: Some(id()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let ca =
+        TestCaServer::start(TestCaOptions { token: Some("right".into()), identity: Some(id()), ..Default::default() })
+            .await
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
 
     let mut cfg = ca.client_config(id());
@@ -117,8 +103,7 @@ async fn wrong_token_and_wrong_identity_are_refused() {
     assert!(matches!(err, CaError::Token { .. }), "{err}");
     assert!(err.to_string().contains("missing-token"), "{err}");
 
-    let mut cfg = ca
-        .client_config(SpiffeId::parse("spiffe://cluster.local/ns/kube-system/sa/admin").unwrap());
+    let mut cfg = ca.client_config(SpiffeId::parse("spiffe://cluster.local/ns/kube-system/sa/admin").unwrap());
     cfg.token_path = Some(token_file(&dir, "right"));
     let err = CaClient::new(cfg).unwrap().request().await.unwrap_err();
     match err {
@@ -138,11 +123,7 @@ async fn untrusted_or_misnamed_ca_is_refused() {
     cfg.request_timeout = Duration::from_secs(5);
     let err = CaClient::new(cfg).unwrap().request().await.unwrap_err();
     assert!(matches!(err, CaError::Status(_)), "{err}");
-    assert_eq!(
-        ca.requests(),
-        0,
-        "the request must not reach an unverified CA"
-    );
+    assert_eq!(ca.requests(), 0, "the request must not reach an unverified CA");
 
     // Right root, but the certificate is not for the name we verify.
     let mut cfg = ca.client_config(id());
@@ -204,16 +185,10 @@ async fn run_retries_with_backoff_then_renews_at_half_life() {
     .await
     .unwrap();
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1000) && waited <= Duration::from_secs(4),
-        "renewed after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(1000) && waited <= Duration::from_secs(4), "renewed after {waited:?}");
     assert_eq!(second.identity().spiffe.as_ref().unwrap().as_str(), ID);
     assert_eq!(ca.issued(), 2);
 
     let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
 }

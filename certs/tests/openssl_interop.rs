@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certs::dev_ca::{CaOptions, DevCa, IssuedCert, Validity};
-use certs::test_util::{
-    install, istio_inbound_context, istio_outbound_context, new_root, workload,
-};
+use certs::test_util::{install, istio_inbound_context, istio_outbound_context, new_root, workload};
 use certs::{ClientTlsConfig, PeerIdentity, SecretStore, ServerTlsConfig};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -42,10 +40,7 @@ fn write(dir: &Path, name: &str, issued: &IssuedCert) -> PathBuf {
 /// Serves one connection: handshake, read a line, answer "pong <client spiffe>".
 async fn remora_server(
     server: Arc<ServerTlsConfig>,
-) -> (
-    SocketAddr,
-    tokio::task::JoinHandle<Result<Option<PeerIdentity>, String>>,
-) {
+) -> (SocketAddr, tokio::task::JoinHandle<Result<Option<PeerIdentity>, String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -54,17 +49,9 @@ async fn remora_server(
             let mut tls = server.accept(tcp).await.map_err(|e| e.to_string())?;
             let peer = PeerIdentity::from_connection(tls.get_ref().1);
             let mut line = String::new();
-            BufReader::new(&mut tls)
-                .read_line(&mut line)
-                .await
-                .map_err(|e| e.to_string())?;
-            let who = peer
-                .as_ref()
-                .and_then(|p| p.spiffe.as_ref())
-                .map_or("-".to_string(), |s| s.to_string());
-            tls.write_all(format!("pong {who}\n").as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
+            BufReader::new(&mut tls).read_line(&mut line).await.map_err(|e| e.to_string())?;
+            let who = peer.as_ref().and_then(|p| p.spiffe.as_ref()).map_or("-".to_string(), |s| s.to_string());
+            tls.write_all(format!("pong {who}\n").as_bytes()).await.map_err(|e| e.to_string())?;
             tls.shutdown().await.map_err(|e| e.to_string())?;
             Ok(peer)
         })
@@ -91,10 +78,7 @@ async fn s_client(addr: SocketAddr, args: &[String]) -> String {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"ping\n").await.unwrap();
     // -quiet implies -ign_eof: s_client exits when the server closes the connection.
-    let out = tokio::time::timeout(T, child.wait_with_output())
-        .await
-        .expect("s_client did not exit")
-        .unwrap();
+    let out = tokio::time::timeout(T, child.wait_with_output()).await.expect("s_client did not exit").unwrap();
     drop(stdin);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -124,17 +108,10 @@ fn setup() -> Setup {
     let ca = new_root();
     let store = SecretStore::new();
     install(&store, &workload(&ca, SERVER_ID, day())).unwrap();
-    let server = ServerTlsConfig::from_proto(
-        &istio_inbound_context("cluster.local", &["istio-peer-exchange", "istio"]),
-        &store,
-    )
-    .unwrap();
-    Setup {
-        _tmp: tmp,
-        dir,
-        ca,
-        server: Arc::new(server),
-    }
+    let server =
+        ServerTlsConfig::from_proto(&istio_inbound_context("cluster.local", &["istio-peer-exchange", "istio"]), &store)
+            .unwrap();
+    Setup { _tmp: tmp, dir, ca, server: Arc::new(server) }
 }
 
 #[tokio::test]
@@ -144,21 +121,9 @@ async fn s_client_with_valid_spiffe_certificate_is_accepted() {
     let root = d.join("root-cert.pem").display().to_string();
     for version in ["-tls1_2", "-tls1_3"] {
         let (addr, task) = remora_server(s.server.clone()).await;
-        let out = s_client(
-            addr,
-            &client_args(
-                &d,
-                &[
-                    version,
-                    "-CAfile",
-                    &root,
-                    "-verify_return_error",
-                    "-alpn",
-                    "istio",
-                ],
-            ),
-        )
-        .await;
+        let out =
+            s_client(addr, &client_args(&d, &[version, "-CAfile", &root, "-verify_return_error", "-alpn", "istio"]))
+                .await;
         assert_eq!(out, format!("pong {CLIENT_ID}\n"), "{version}");
         let peer = task.await.unwrap().unwrap().unwrap();
         assert_eq!(peer.spiffe.unwrap().as_str(), CLIENT_ID);
@@ -172,43 +137,25 @@ async fn s_client_refusals() {
         let d = write(&s.dir, "ok", &workload(&s.ca, CLIENT_ID, day()));
         d.join("root-cert.pem").display().to_string()
     };
-    let rogue = DevCa::new_root(&CaOptions {
-        common_name: "Rogue CA".into(),
-        ..Default::default()
-    })
-    .unwrap();
+    let rogue = DevCa::new_root(&CaOptions { common_name: "Rogue CA".into(), ..Default::default() }).unwrap();
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         ("no client certificate", vec![], "peer sent no certificates"),
         (
             "wrong trust domain",
             client_args(
-                &write(
-                    &s.dir,
-                    "wrong-td",
-                    &workload(&s.ca, "spiffe://evil.example/ns/default/sa/client", day()),
-                ),
+                &write(&s.dir, "wrong-td", &workload(&s.ca, "spiffe://evil.example/ns/default/sa/client", day())),
                 &[],
             ),
             "match no configured SAN matcher",
         ),
         (
             "expired",
-            client_args(
-                &write(
-                    &s.dir,
-                    "expired",
-                    &workload(&s.ca, CLIENT_ID, Validity::expired()),
-                ),
-                &[],
-            ),
+            client_args(&write(&s.dir, "expired", &workload(&s.ca, CLIENT_ID, Validity::expired())), &[]),
             "certificate expired",
         ),
         (
             "untrusted CA",
-            client_args(
-                &write(&s.dir, "rogue", &workload(&rogue, CLIENT_ID, day())),
-                &[],
-            ),
+            client_args(&write(&s.dir, "rogue", &workload(&rogue, CLIENT_ID, day())), &[]),
             "UnknownIssuer",
         ),
     ];
@@ -218,10 +165,7 @@ async fn s_client_refusals() {
         let out = s_client(addr, &args).await;
         assert!(!out.contains("pong"), "{name}: s_client got {out:?}");
         let err = task.await.unwrap().unwrap_err();
-        assert!(
-            err.contains(want),
-            "{name}: server error {err:?}, want {want:?}"
-        );
+        assert!(err.contains(want), "{name}: server error {err:?}, want {want:?}");
     }
 }
 
@@ -240,14 +184,7 @@ async fn s_server(args: &[String]) -> SServer {
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &addr.to_string(),
-            "-naccept",
-            "1",
-            "-rev",
-        ])
+        .args(["s_server", "-accept", &addr.to_string(), "-naccept", "1", "-rev"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -294,10 +231,7 @@ fn server_args(dir: &Path, require_client_cert: bool) -> Vec<String> {
 }
 
 /// Connects, sends "abc", expects "cba"; returns the server identity and ALPN.
-async fn remora_client(
-    client: &ClientTlsConfig,
-    addr: SocketAddr,
-) -> Result<(PeerIdentity, Option<Vec<u8>>), String> {
+async fn remora_client(client: &ClientTlsConfig, addr: SocketAddr) -> Result<(PeerIdentity, Option<Vec<u8>>), String> {
     tokio::time::timeout(T, async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let mut tls = client.connect(None, tcp).await.map_err(|e| e.to_string())?;
@@ -320,8 +254,7 @@ async fn remora_client(
 fn client_for(ca: &DevCa, peer: &str) -> ClientTlsConfig {
     let store = SecretStore::new();
     install(&store, &workload(ca, CLIENT_ID, day())).unwrap();
-    ClientTlsConfig::from_proto(&istio_outbound_context(peer, "server.default.svc"), &store)
-        .unwrap()
+    ClientTlsConfig::from_proto(&istio_outbound_context(peer, "server.default.svc"), &store).unwrap()
 }
 
 #[tokio::test]
@@ -334,10 +267,7 @@ async fn remora_client_to_s_server_with_mtls() {
     let (peer, alpn) = remora_client(&client, srv.addr).await.unwrap();
     assert_eq!(peer.spiffe.unwrap().as_str(), SERVER_ID);
     assert_eq!(alpn.as_deref(), Some(&b"istio-peer-exchange"[..]));
-    let status = tokio::time::timeout(T, srv.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::time::timeout(T, srv.child.wait()).await.unwrap().unwrap();
     assert!(status.success());
 }
 
@@ -345,53 +275,31 @@ async fn remora_client_to_s_server_with_mtls() {
 async fn remora_client_refusals_against_s_server() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = new_root();
-    let rogue = DevCa::new_root(&CaOptions {
-        common_name: "Rogue CA".into(),
-        ..Default::default()
-    })
-    .unwrap();
+    let rogue = DevCa::new_root(&CaOptions { common_name: "Rogue CA".into(), ..Default::default() }).unwrap();
 
     // The server presents an unexpected SPIFFE ID.
-    let d = write(
-        tmp.path(),
-        "other",
-        &workload(&ca, "spiffe://cluster.local/ns/x/sa/y", day()),
-    );
+    let d = write(tmp.path(), "other", &workload(&ca, "spiffe://cluster.local/ns/x/sa/y", day()));
     let srv = s_server(&server_args(&d, false)).await;
-    let err = remora_client(&client_for(&ca, SERVER_ID), srv.addr)
-        .await
-        .unwrap_err();
+    let err = remora_client(&client_for(&ca, SERVER_ID), srv.addr).await.unwrap_err();
     assert!(err.contains("match no configured SAN matcher"), "{err}");
 
     // The server's certificate is expired.
-    let d = write(
-        tmp.path(),
-        "expired",
-        &workload(&ca, SERVER_ID, Validity::expired()),
-    );
+    let d = write(tmp.path(), "expired", &workload(&ca, SERVER_ID, Validity::expired()));
     let srv = s_server(&server_args(&d, false)).await;
-    let err = remora_client(&client_for(&ca, SERVER_ID), srv.addr)
-        .await
-        .unwrap_err();
+    let err = remora_client(&client_for(&ca, SERVER_ID), srv.addr).await.unwrap_err();
     assert!(err.contains("certificate expired"), "{err}");
 
     // The server's certificate comes from a CA the client does not trust.
     let d = write(tmp.path(), "rogue", &workload(&rogue, SERVER_ID, day()));
     let srv = s_server(&server_args(&d, false)).await;
-    let err = remora_client(&client_for(&ca, SERVER_ID), srv.addr)
-        .await
-        .unwrap_err();
+    let err = remora_client(&client_for(&ca, SERVER_ID), srv.addr).await.unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
 
     // s_server requires a client certificate and the client has none.
     let d = write(tmp.path(), "strict", &workload(&ca, SERVER_ID, day()));
     let srv = s_server(&server_args(&d, true)).await;
     let mut ctx = istio_outbound_context(SERVER_ID, "");
-    ctx.common_tls_context
-        .as_mut()
-        .unwrap()
-        .tls_certificate_sds_secret_configs
-        .clear();
+    ctx.common_tls_context.as_mut().unwrap().tls_certificate_sds_secret_configs.clear();
     let store = SecretStore::new();
     install(&store, &workload(&ca, CLIENT_ID, day())).unwrap();
     let no_cert = ClientTlsConfig::from_proto(&ctx, &store).unwrap();
@@ -403,15 +311,8 @@ async fn remora_client_refusals_against_s_server() {
     let store = SecretStore::new();
     install(&store, &workload(&ca, CLIENT_ID, day())).unwrap();
     let rogue_cert = workload(&rogue, CLIENT_ID, day());
-    store
-        .set_tls_certificate_pem(
-            "default",
-            rogue_cert.chain_pem.as_bytes(),
-            rogue_cert.key_pem.as_bytes(),
-        )
-        .unwrap();
-    let rogue_client =
-        ClientTlsConfig::from_proto(&istio_outbound_context(SERVER_ID, ""), &store).unwrap();
+    store.set_tls_certificate_pem("default", rogue_cert.chain_pem.as_bytes(), rogue_cert.key_pem.as_bytes()).unwrap();
+    let rogue_client = ClientTlsConfig::from_proto(&istio_outbound_context(SERVER_ID, ""), &store).unwrap();
     let err = remora_client(&rogue_client, srv.addr).await.unwrap_err();
     assert!(err.contains("received fatal alert"), "{err}");
 }
@@ -419,20 +320,9 @@ async fn remora_client_refusals_against_s_server() {
 // === identity fields match OpenSSL ===
 
 async fn openssl_x509(pem: &str, args: &[&str]) -> String {
-    let mut child = Command::new("openssl")
-        .arg("x509")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pem.as_bytes())
-        .await
-        .unwrap();
+    let mut child =
+        Command::new("openssl").arg("x509").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(pem.as_bytes()).await.unwrap();
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
@@ -474,30 +364,15 @@ async fn subject_and_hash_match_openssl() {
     let subject = openssl_x509(&pem, &["-noout", "-subject", "-nameopt", "RFC2253"]).await;
     assert_eq!(format!("subject={}", id.subject), subject);
     let fp = openssl_x509(&pem, &["-noout", "-fingerprint", "-sha256"]).await;
-    let hex = fp
-        .split_once('=')
-        .unwrap()
-        .1
-        .replace(':', "")
-        .to_ascii_lowercase();
+    let hex = fp.split_once('=').unwrap().1.replace(':', "").to_ascii_lowercase();
     assert_eq!(id.sha256, hex);
-    assert_eq!(
-        id.spiffe.unwrap().as_str(),
-        "spiffe://cluster.local/ns/a/sa/b"
-    );
+    assert_eq!(id.spiffe.unwrap().as_str(), "spiffe://cluster.local/ns/a/sa/b");
     assert_eq!(id.dns_sans, vec!["svc.example.com".to_string()]);
     assert_eq!(id.ip_sans, vec!["10.1.2.3".to_string()]);
 
     // The dev CA's certificates too.
     let ca = new_root();
-    let subject = openssl_x509(
-        ca.cert_pem(),
-        &["-noout", "-subject", "-nameopt", "RFC2253"],
-    )
-    .await;
+    let subject = openssl_x509(ca.cert_pem(), &["-noout", "-subject", "-nameopt", "RFC2253"]).await;
     let der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
-    assert_eq!(
-        format!("subject={}", PeerIdentity::from_der(&der).unwrap().subject),
-        subject
-    );
+    assert_eq!(format!("subject={}", PeerIdentity::from_der(&der).unwrap().subject), subject);
 }

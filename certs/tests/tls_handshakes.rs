@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use certs::dev_ca::{KeyType, Validity, WorkloadOptions};
 use certs::test_util::{
-    file, inline, install, istio_inbound_context, istio_outbound_context, new_root, sds,
-    string_matcher, tls_certificate, workload,
+    file, inline, install, istio_inbound_context, istio_outbound_context, new_root, sds, string_matcher,
+    tls_certificate, workload,
 };
 use certs::tls::{CertificateSecret, Readiness};
 use certs::{
-    ClientTlsConfig, DEFAULT_CERT_SECRET, PeerIdentity, ROOT_CA_SECRET, SecretStore,
-    ServerTlsConfig, SpiffeId, TlsError,
+    ClientTlsConfig, DEFAULT_CERT_SECRET, PeerIdentity, ROOT_CA_SECRET, SecretStore, ServerTlsConfig, SpiffeId,
+    TlsError,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
-    TlsParameters, UpstreamTlsContext, common_tls_context::ValidationContextType,
-    subject_alt_name_matcher, tls_parameters::TlsProtocol,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher, TlsParameters,
+    UpstreamTlsContext, common_tls_context::ValidationContextType, subject_alt_name_matcher,
+    tls_parameters::TlsProtocol,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -46,10 +46,7 @@ struct Accepted {
 }
 
 /// Accepts `n` connections one after the other; each: handshake, read a line, answer "pong".
-async fn serve(
-    server: Arc<ServerTlsConfig>,
-    n: usize,
-) -> (SocketAddr, JoinHandle<Vec<Result<Accepted, String>>>) {
+async fn serve(server: Arc<ServerTlsConfig>, n: usize) -> (SocketAddr, JoinHandle<Vec<Result<Accepted, String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -67,10 +64,7 @@ async fn serve(
                     suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
                 };
                 let mut line = String::new();
-                BufReader::new(&mut tls)
-                    .read_line(&mut line)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                BufReader::new(&mut tls).read_line(&mut line).await.map_err(|e| e.to_string())?;
                 tls.write_all(b"pong\n").await.map_err(|e| e.to_string())?;
                 tls.shutdown().await.map_err(|e| e.to_string())?;
                 Ok(acc)
@@ -97,9 +91,7 @@ async fn exchange(
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
         tls.write_all(b"ping\n").await.map_err(|e| e.to_string())?;
         let mut buf = String::new();
-        tls.read_to_string(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
+        tls.read_to_string(&mut buf).await.map_err(|e| e.to_string())?;
         if buf != "pong\n" {
             return Err(format!("unexpected answer {buf:?}"));
         }
@@ -130,20 +122,11 @@ fn mesh() -> Mesh {
     )
     .unwrap();
     let client = ClientTlsConfig::from_proto(
-        &istio_outbound_context(
-            SERVER_ID,
-            "outbound_.8080_._.server.default.svc.cluster.local",
-        ),
+        &istio_outbound_context(SERVER_ID, "outbound_.8080_._.server.default.svc.cluster.local"),
         &client_store,
     )
     .unwrap();
-    Mesh {
-        ca,
-        server_store,
-        client_store,
-        server: Arc::new(server),
-        client,
-    }
+    Mesh { ca, server_store, client_store, server: Arc::new(server), client }
 }
 
 #[tokio::test]
@@ -166,10 +149,7 @@ async fn istio_mtls_handshake_exchanges_identities() {
 
     assert_eq!(alpn.as_deref(), Some(&b"istio-peer-exchange"[..]));
     assert_eq!(accepted.alpn.as_deref(), Some(&b"istio-peer-exchange"[..]));
-    assert_eq!(
-        accepted.sni.as_deref(),
-        Some("outbound_.8080_._.server.default.svc.cluster.local")
-    );
+    assert_eq!(accepted.sni.as_deref(), Some("outbound_.8080_._.server.default.svc.cluster.local"));
     // Envoy's client default maximum is TLS 1.2.
     assert_eq!(accepted.version, Some(rustls::ProtocolVersion::TLSv1_2));
 }
@@ -178,11 +158,7 @@ async fn istio_mtls_handshake_exchanges_identities() {
 async fn client_without_certificate_is_refused() {
     let m = mesh();
     let mut ctx = istio_outbound_context(SERVER_ID, "");
-    ctx.common_tls_context
-        .as_mut()
-        .unwrap()
-        .tls_certificate_sds_secret_configs
-        .clear();
+    ctx.common_tls_context.as_mut().unwrap().tls_certificate_sds_secret_configs.clear();
     let client = ClientTlsConfig::from_proto(&ctx, &m.client_store).unwrap();
     let (addr, server) = serve(m.server.clone(), 1).await;
     assert!(exchange(&client, addr).await.is_err());
@@ -205,9 +181,7 @@ async fn client_rejects_server_with_wrong_spiffe_id() {
 #[tokio::test]
 async fn server_rejects_client_from_other_trust_domain() {
     let m = mesh();
-    let server =
-        ServerTlsConfig::from_proto(&istio_inbound_context("other.domain", &[]), &m.server_store)
-            .unwrap();
+    let server = ServerTlsConfig::from_proto(&istio_inbound_context("other.domain", &[]), &m.server_store).unwrap();
     let (addr, server) = serve(Arc::new(server), 1).await;
     assert!(exchange(&m.client, addr).await.is_err());
     let err = server.await.unwrap().pop().unwrap().unwrap_err();
@@ -220,11 +194,7 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
     let ca = new_root();
     // Both sides trust `ca`; the client's certificate is expired.
     install(&m.server_store, &workload(&ca, SERVER_ID, day())).unwrap();
-    install(
-        &m.client_store,
-        &workload(&ca, CLIENT_ID, Validity::expired()),
-    )
-    .unwrap();
+    install(&m.client_store, &workload(&ca, CLIENT_ID, Validity::expired())).unwrap();
     let (addr, server) = serve(m.server.clone(), 1).await;
     assert!(exchange(&m.client, addr).await.is_err());
     let err = server.await.unwrap().pop().unwrap().unwrap_err();
@@ -232,11 +202,7 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
 
     // Now the server's certificate is not yet valid: the client refuses it.
     install(&m.client_store, &workload(&ca, CLIENT_ID, day())).unwrap();
-    install(
-        &m.server_store,
-        &workload(&ca, SERVER_ID, Validity::not_yet_valid()),
-    )
-    .unwrap();
+    install(&m.server_store, &workload(&ca, SERVER_ID, Validity::not_yet_valid())).unwrap();
     let (addr, _server) = serve(m.server.clone(), 1).await;
     let err = exchange(&m.client, addr).await.unwrap_err();
     assert!(err.contains("not valid yet"), "{err}");
@@ -268,20 +234,15 @@ async fn certificates_from_an_untrusted_ca_are_refused() {
 #[tokio::test]
 async fn warming_until_secrets_arrive() {
     let store = SecretStore::new();
-    let server = Arc::new(
-        ServerTlsConfig::from_proto(&istio_inbound_context("cluster.local", &[]), &store).unwrap(),
-    );
+    let server = Arc::new(ServerTlsConfig::from_proto(&istio_inbound_context("cluster.local", &[]), &store).unwrap());
     assert_eq!(
         server.readiness(),
-        Readiness::Warming {
-            missing: vec![DEFAULT_CERT_SECRET.into(), ROOT_CA_SECRET.into()]
-        }
+        Readiness::Warming { missing: vec![DEFAULT_CERT_SECRET.into(), ROOT_CA_SECRET.into()] }
     );
     let client_store = SecretStore::new();
     let ca = new_root();
     install(&client_store, &workload(&ca, CLIENT_ID, day())).unwrap();
-    let client =
-        ClientTlsConfig::from_proto(&istio_outbound_context(SERVER_ID, ""), &client_store).unwrap();
+    let client = ClientTlsConfig::from_proto(&istio_outbound_context(SERVER_ID, ""), &client_store).unwrap();
 
     // A handshake while warming fails cleanly (no certificate to present).
     let (addr, task) = serve(server.clone(), 1).await;
@@ -302,12 +263,7 @@ async fn warming_until_secrets_arrive() {
 
     // Removing a secret sends the config back to warming.
     store.remove(ROOT_CA_SECRET);
-    assert_eq!(
-        server.readiness(),
-        Readiness::Warming {
-            missing: vec![ROOT_CA_SECRET.into()]
-        }
-    );
+    assert_eq!(server.readiness(), Readiness::Warming { missing: vec![ROOT_CA_SECRET.into()] });
 }
 
 #[tokio::test]
@@ -335,10 +291,7 @@ async fn rotation_applies_to_next_handshake_and_open_connections_survive() {
             });
         }
     });
-    async fn open(
-        client: &ClientTlsConfig,
-        addr: SocketAddr,
-    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    async fn open(client: &ClientTlsConfig, addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
         let tcp = TcpStream::connect(addr).await.unwrap();
         client.connect(None, tcp).await.unwrap()
     }
@@ -349,9 +302,7 @@ async fn rotation_applies_to_next_handshake_and_open_connections_survive() {
         String::from_utf8(buf).unwrap()
     }
     fn server_sha(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> String {
-        PeerIdentity::from_connection(tls.get_ref().1)
-            .unwrap()
-            .sha256
+        PeerIdentity::from_connection(tls.get_ref().1).unwrap().sha256
     }
 
     let mut first = open(&m.client, addr).await;
@@ -359,19 +310,9 @@ async fn rotation_applies_to_next_handshake_and_open_connections_survive() {
     let old_sha = server_sha(&first);
     // Without a secret change, the next connection resumes the session.
     let resumed = open(&m.client, addr).await;
-    assert_eq!(
-        resumed.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed)
-    );
+    assert_eq!(resumed.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     assert_eq!(server_sha(&resumed), old_sha);
-    assert_eq!(
-        old_sha,
-        m.server_store
-            .tls_certificate(DEFAULT_CERT_SECRET)
-            .unwrap()
-            .identity()
-            .sha256
-    );
+    assert_eq!(old_sha, m.server_store.tls_certificate(DEFAULT_CERT_SECRET).unwrap().identity().sha256);
 
     // Rotate the server's certificate (same CA, new key and serial).
     let gen_before = m.server_store.generation();
@@ -382,19 +323,13 @@ async fn rotation_applies_to_next_handshake_and_open_connections_survive() {
     // The same client config (with its session cache) does a full handshake after the
     // rotation: resumption state is dropped on secret changes, as Envoy's context rebuild does.
     let mut second = open(&m.client, addr).await;
-    assert_eq!(
-        second.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Full)
-    );
+    assert_eq!(second.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
     assert_eq!(echo(&mut second, "two").await, "two\n");
     let new_sha = server_sha(&second);
     assert_ne!(new_sha, old_sha);
     let rotated_der: rustls_pki_types::CertificateDer<'static> =
         rustls_pki_types::pem::PemObject::from_pem_slice(rotated.cert_pem.as_bytes()).unwrap();
-    assert_eq!(
-        new_sha,
-        PeerIdentity::from_der(&rotated_der).unwrap().sha256
-    );
+    assert_eq!(new_sha, PeerIdentity::from_der(&rotated_der).unwrap().sha256);
 
     // The connection opened before the rotation still works.
     assert_eq!(echo(&mut first, "still here").await, "still here\n");
@@ -422,10 +357,7 @@ async fn trust_bundle_rotation_refuses_old_peers_on_next_handshake() {
 async fn upstream_without_validation_context_accepts_any_server_certificate() {
     // Envoy: no validation context, no verification. The server's CA is unknown to the client.
     let m = mesh();
-    let ctx = UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext::default()),
-        ..Default::default()
-    };
+    let ctx = UpstreamTlsContext { common_tls_context: Some(CommonTlsContext::default()), ..Default::default() };
     let client = ClientTlsConfig::from_proto(&ctx, &SecretStore::new()).unwrap();
     // The server does not ask for a client certificate here.
     let server_ctx = DownstreamTlsContext {
@@ -448,11 +380,9 @@ async fn upstream_without_validation_context_accepts_any_server_certificate() {
 #[tokio::test]
 async fn alpn_mismatch_continues_without_alpn_like_envoy() {
     let m = mesh();
-    let server = ServerTlsConfig::from_proto(
-        &istio_inbound_context("cluster.local", &["h2", "http/1.1"]),
-        &m.server_store,
-    )
-    .unwrap();
+    let server =
+        ServerTlsConfig::from_proto(&istio_inbound_context("cluster.local", &["h2", "http/1.1"]), &m.server_store)
+            .unwrap();
     let (addr, task) = serve(Arc::new(server), 1).await;
     // The client offers istio-peer-exchange, istio only.
     let (_, alpn) = exchange(&m.client, addr).await.unwrap();
@@ -480,29 +410,25 @@ async fn static_files_typed_san_matchers_and_tls_params() {
     // Server: static files, typed URI matcher with a regex, TLS 1.2 only with one suite.
     let server_ctx = DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![
-                envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate {
-                    certificate_chain: Some(file(&dir.path().join("cert-chain.pem"))),
-                    private_key: Some(file(&dir.path().join("key.pem"))),
-                    ..Default::default()
-                },
-            ],
-            validation_context_type: Some(ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: Some(file(&dir.path().join("root-cert.pem"))),
-                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                        san_type: subject_alt_name_matcher::SanType::Uri as i32,
-                        matcher: Some(string_matcher(MatchPattern::SafeRegex(
-                            envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
-                                regex: "spiffe://cluster\\.local/ns/default/sa/[a-z]+".into(),
-                                ..Default::default()
-                            },
-                        ))),
-                        oid: String::new(),
-                    }],
-                    ..Default::default()
-                },
-            )),
+            tls_certificates: vec![envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate {
+                certificate_chain: Some(file(&dir.path().join("cert-chain.pem"))),
+                private_key: Some(file(&dir.path().join("key.pem"))),
+                ..Default::default()
+            }],
+            validation_context_type: Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(file(&dir.path().join("root-cert.pem"))),
+                match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                    san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                    matcher: Some(string_matcher(MatchPattern::SafeRegex(
+                        envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher {
+                            regex: "spiffe://cluster\\.local/ns/default/sa/[a-z]+".into(),
+                            ..Default::default()
+                        },
+                    ))),
+                    oid: String::new(),
+                }],
+                ..Default::default()
+            })),
             tls_params: Some(TlsParameters {
                 tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
                 tls_maximum_protocol_version: TlsProtocol::TlSv12 as i32,
@@ -520,26 +446,22 @@ async fn static_files_typed_san_matchers_and_tls_params() {
     let client_ctx = UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
             tls_certificates: vec![tls_certificate(&client_cert)],
-            validation_context_type: Some(ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: Some(inline(ca.cert_pem())),
-                    match_typed_subject_alt_names: vec![
-                        SubjectAltNameMatcher {
-                            san_type: subject_alt_name_matcher::SanType::IpAddress as i32,
-                            matcher: Some(string_matcher(MatchPattern::Exact("10.9.9.9".into()))),
-                            oid: String::new(),
-                        },
-                        SubjectAltNameMatcher {
-                            san_type: subject_alt_name_matcher::SanType::Dns as i32,
-                            matcher: Some(string_matcher(MatchPattern::Exact(
-                                "API.example.com".into(),
-                            ))),
-                            oid: String::new(),
-                        },
-                    ],
-                    ..Default::default()
-                },
-            )),
+            validation_context_type: Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(ca.cert_pem())),
+                match_typed_subject_alt_names: vec![
+                    SubjectAltNameMatcher {
+                        san_type: subject_alt_name_matcher::SanType::IpAddress as i32,
+                        matcher: Some(string_matcher(MatchPattern::Exact("10.9.9.9".into()))),
+                        oid: String::new(),
+                    },
+                    SubjectAltNameMatcher {
+                        san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                        matcher: Some(string_matcher(MatchPattern::Exact("API.example.com".into()))),
+                        oid: String::new(),
+                    },
+                ],
+                ..Default::default()
+            })),
             ..Default::default()
         }),
         sni: "api.example.com".into(),
@@ -554,10 +476,7 @@ async fn static_files_typed_san_matchers_and_tls_params() {
     assert_eq!(peer.subject, "CN=api");
     let acc = task.await.unwrap().pop().unwrap().unwrap();
     assert_eq!(acc.version, Some(rustls::ProtocolVersion::TLSv1_2));
-    assert_eq!(
-        acc.suite,
-        Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256)
-    );
+    assert_eq!(acc.suite, Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256));
     assert_eq!(acc.peer.unwrap().spiffe.unwrap().as_str(), CLIENT_ID);
 }
 
@@ -565,18 +484,13 @@ async fn static_files_typed_san_matchers_and_tls_params() {
 async fn version_mismatch_fails() {
     let m = mesh();
     let mut ctx = istio_inbound_context("cluster.local", &[]);
-    ctx.common_tls_context.as_mut().unwrap().tls_params = Some(TlsParameters {
-        tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
-        ..Default::default()
-    });
+    ctx.common_tls_context.as_mut().unwrap().tls_params =
+        Some(TlsParameters { tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32, ..Default::default() });
     let server = ServerTlsConfig::from_proto(&ctx, &m.server_store).unwrap();
     let (addr, task) = serve(Arc::new(server), 1).await;
     // The client defaults to TLS 1.2 at most (Envoy's client default).
     let err = exchange(&m.client, addr).await.unwrap_err();
-    assert!(
-        err.contains("ProtocolVersion") || err.contains("version"),
-        "{err}"
-    );
+    assert!(err.contains("ProtocolVersion") || err.contains("version"), "{err}");
     assert!(task.await.unwrap().pop().unwrap().is_err());
 }
 
@@ -606,12 +520,10 @@ async fn auto_sni_san_validation_checks_the_sni() {
     let server = Arc::new(ServerTlsConfig::from_proto(&server_ctx, &store).unwrap());
     let ctx = |auto_host_sni| UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
-            validation_context_type: Some(ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: Some(inline(ca.cert_pem())),
-                    ..Default::default()
-                },
-            )),
+            validation_context_type: Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(ca.cert_pem())),
+                ..Default::default()
+            })),
             ..Default::default()
         }),
         sni: "other.test".into(),
@@ -645,9 +557,7 @@ async fn require_sni_refuses_clients_without_sni() {
     let server = Arc::new(ServerTlsConfig::from_proto(&ctx, &m.server_store).unwrap());
     let (addr, task) = serve(server.clone(), 1).await;
     // m.client sends no SNI here (empty sni).
-    let client =
-        ClientTlsConfig::from_proto(&istio_outbound_context(SERVER_ID, ""), &m.client_store)
-            .unwrap();
+    let client = ClientTlsConfig::from_proto(&istio_outbound_context(SERVER_ID, ""), &m.client_store).unwrap();
     assert!(exchange(&client, addr).await.is_err());
     assert!(task.await.unwrap().pop().unwrap().is_err());
     let (addr, task) = serve(server, 1).await;
@@ -661,14 +571,7 @@ async fn rsa_and_ed25519_server_keys() {
     let dir = tempfile::tempdir().unwrap();
     let rsa_key = dir.path().join("rsa.pem");
     let st = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
         .arg(&rsa_key)
         .output()
         .unwrap();
@@ -692,12 +595,10 @@ async fn rsa_and_ed25519_server_keys() {
         let server = Arc::new(ServerTlsConfig::from_proto(&server_ctx, &store).unwrap());
         let client_ctx = UpstreamTlsContext {
             common_tls_context: Some(CommonTlsContext {
-                validation_context_type: Some(ValidationContextType::ValidationContext(
-                    CertificateValidationContext {
-                        trusted_ca: Some(inline(ca.cert_pem())),
-                        ..Default::default()
-                    },
-                )),
+                validation_context_type: Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(inline(ca.cert_pem())),
+                    ..Default::default()
+                })),
                 ..Default::default()
             }),
             ..Default::default()
@@ -722,61 +623,39 @@ fn unsupported_security_settings_are_errors() {
     let base = || istio_inbound_context("cluster.local", &[]);
     let with_vc = |vc: CertificateValidationContext| {
         let mut c = base();
-        c.common_tls_context
-            .as_mut()
-            .unwrap()
-            .validation_context_type = Some(ValidationContextType::ValidationContext(vc));
+        c.common_tls_context.as_mut().unwrap().validation_context_type =
+            Some(ValidationContextType::ValidationContext(vc));
         c
     };
     let ca = new_root();
-    let trusted = || CertificateValidationContext {
-        trusted_ca: Some(inline(ca.cert_pem())),
-        ..Default::default()
-    };
+    let trusted = || CertificateValidationContext { trusted_ca: Some(inline(ca.cert_pem())), ..Default::default() };
     let cases: Vec<(DownstreamTlsContext, &str)> = vec![
         (
-            with_vc(CertificateValidationContext {
-                verify_certificate_spki: vec!["abc".into()],
-                ..trusted()
-            }),
+            with_vc(CertificateValidationContext { verify_certificate_spki: vec!["abc".into()], ..trusted() }),
             "common_tls_context.validation_context.verify_certificate_spki: not supported",
         ),
         (
-            with_vc(CertificateValidationContext {
-                verify_certificate_hash: vec!["abc".into()],
-                ..trusted()
-            }),
+            with_vc(CertificateValidationContext { verify_certificate_hash: vec!["abc".into()], ..trusted() }),
             "common_tls_context.validation_context.verify_certificate_hash: not supported",
         ),
         (
-            with_vc(CertificateValidationContext {
-                crl: Some(inline("x")),
-                ..trusted()
-            }),
+            with_vc(CertificateValidationContext { crl: Some(inline("x")), ..trusted() }),
             "common_tls_context.validation_context.crl: not supported",
         ),
         (
-            with_vc(CertificateValidationContext {
-                trust_chain_verification: 1,
-                ..trusted()
-            }),
+            with_vc(CertificateValidationContext { trust_chain_verification: 1, ..trusted() }),
             "common_tls_context.validation_context.trust_chain_verification: not supported",
         ),
         (
-            with_vc(CertificateValidationContext {
-                allow_expired_certificate: true,
-                ..trusted()
-            }),
+            with_vc(CertificateValidationContext { allow_expired_certificate: true, ..trusted() }),
             "common_tls_context.validation_context.allow_expired_certificate: not supported",
         ),
         (
             with_vc(CertificateValidationContext {
-                custom_validator_config: Some(
-                    envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
-                        name: "envoy.tls.cert_validator.spiffe".into(),
-                        typed_config: None,
-                    },
-                ),
+                custom_validator_config: Some(envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
+                    name: "envoy.tls.cert_validator.spiffe".into(),
+                    typed_config: None,
+                }),
                 ..trusted()
             }),
             "common_tls_context.validation_context.custom_validator_config: not supported",
@@ -799,30 +678,22 @@ fn unsupported_security_settings_are_errors() {
     }
 
     // A downstream context without any certificate.
-    let e = err_of(ServerTlsConfig::from_proto(
-        &DownstreamTlsContext::default(),
-        &store,
-    ));
+    let e = err_of(ServerTlsConfig::from_proto(&DownstreamTlsContext::default(), &store));
     assert!(e.contains("no TLS certificate"), "{e}");
 
     // auto_sni_san_validation without a CA.
-    let ctx = UpstreamTlsContext {
-        auto_sni_san_validation: true,
-        ..Default::default()
-    };
+    let ctx = UpstreamTlsContext { auto_sni_san_validation: true, ..Default::default() };
     let e = err_of(ClientTlsConfig::from_proto(&ctx, &store));
     assert!(e.contains("without configuring a trusted CA"), "{e}");
 
     // A bad key file names the field and the file.
     let ctx = UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![
-                envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate {
-                    certificate_chain: Some(inline(ca.cert_pem())),
-                    private_key: Some(file(std::path::Path::new("/nonexistent/key.pem"))),
-                    ..Default::default()
-                },
-            ],
+            tls_certificates: vec![envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate {
+                certificate_chain: Some(inline(ca.cert_pem())),
+                private_key: Some(file(std::path::Path::new("/nonexistent/key.pem"))),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
         ..Default::default()
@@ -840,26 +711,17 @@ fn mismatched_key_and_bad_sds_secrets_are_rejected() {
     let a = workload(&ca, CLIENT_ID, day());
     let b = workload(&ca, SERVER_ID, day());
     let store = SecretStore::new();
-    let e = err_of(store.set_tls_certificate_pem(
-        DEFAULT_CERT_SECRET,
-        a.chain_pem.as_bytes(),
-        b.key_pem.as_bytes(),
-    ));
+    let e = err_of(store.set_tls_certificate_pem(DEFAULT_CERT_SECRET, a.chain_pem.as_bytes(), b.key_pem.as_bytes()));
     assert!(e.contains("private key does not match"), "{e}");
     assert!(store.tls_certificate(DEFAULT_CERT_SECRET).is_none());
     let e = err_of(store.set_trusted_ca_pem(ROOT_CA_SECRET, b"garbage"));
-    assert!(
-        e.starts_with("secret \"ROOTCA\".validation_context.trusted_ca: no PEM certificate"),
-        "{e}"
-    );
+    assert!(e.starts_with("secret \"ROOTCA\".validation_context.trusted_ca: no PEM certificate"), "{e}");
     // SDS Secret proto path.
     let secret = envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
         name: "default".into(),
-        r#type: Some(
-            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type::TlsCertificate(
-                tls_certificate(&a),
-            ),
-        ),
+        r#type: Some(envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type::TlsCertificate(
+            tls_certificate(&a),
+        )),
     };
     store.apply(&secret).unwrap();
     let got: Arc<CertificateSecret> = store.tls_certificate("default").unwrap();
@@ -871,11 +733,7 @@ async fn downstream_client_certificate_requirements_follow_envoy() {
     let m = mesh();
     let no_cert_client = {
         let mut ctx = istio_outbound_context(SERVER_ID, "");
-        ctx.common_tls_context
-            .as_mut()
-            .unwrap()
-            .tls_certificate_sds_secret_configs
-            .clear();
+        ctx.common_tls_context.as_mut().unwrap().tls_certificate_sds_secret_configs.clear();
         ClientTlsConfig::from_proto(&ctx, &m.client_store).unwrap()
     };
     let server_with = |vc: CertificateValidationContext| {
@@ -889,10 +747,7 @@ async fn downstream_client_certificate_requirements_follow_envoy() {
         };
         Arc::new(ServerTlsConfig::from_proto(&ctx, &m.server_store).unwrap())
     };
-    let ca_only = CertificateValidationContext {
-        trusted_ca: Some(inline(m.ca.cert_pem())),
-        ..Default::default()
-    };
+    let ca_only = CertificateValidationContext { trusted_ca: Some(inline(m.ca.cert_pem())), ..Default::default() };
 
     // Trusted CA only, no require_client_certificate: a certificate is optional...
     let server = server_with(ca_only.clone());
@@ -909,9 +764,7 @@ async fn downstream_client_certificate_requirements_follow_envoy() {
     // SAN matchers make the certificate mandatory even without require_client_certificate.
     #[allow(deprecated)]
     let server = server_with(CertificateValidationContext {
-        match_subject_alt_names: vec![string_matcher(MatchPattern::Prefix(
-            "spiffe://cluster.local/".into(),
-        ))],
+        match_subject_alt_names: vec![string_matcher(MatchPattern::Prefix("spiffe://cluster.local/".into()))],
         ..ca_only
     });
     let (addr, task) = serve(server, 1).await;
@@ -930,13 +783,8 @@ async fn combined_context_without_any_ca_fails_handshakes_with_a_reason() {
         match_subject_alt_names: vec![string_matcher(MatchPattern::Exact(SERVER_ID.into()))],
         ..Default::default()
     };
-    m.client_store
-        .set_validation_context(ROOT_CA_SECRET, &no_ca)
-        .unwrap();
+    m.client_store.set_validation_context(ROOT_CA_SECRET, &no_ca).unwrap();
     let (addr, _task) = serve(m.server.clone(), 1).await;
     let err = exchange(&m.client, addr).await.unwrap_err();
-    assert!(
-        err.contains("SAN-based verification of peer certificates without trusted CA"),
-        "{err}"
-    );
+    assert!(err.contains("SAN-based verification of peer certificates without trusted CA"), "{err}");
 }

@@ -30,8 +30,7 @@ pub mod state {
 /// Entry point of the binary.
 pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "certs") {
-        eprintln!("remora certs: not available in this build yet");
-        return ExitCode::from(1);
+        return certs_command(&args[1..]);
     }
     let opts = match Options::try_parse_from(&args) {
         Ok(o) => o,
@@ -321,4 +320,31 @@ fn local_address(v: crate::cli::IpVersion) -> std::net::IpAddr {
         .and_then(|s| s.local_addr())
         .map(|a| a.ip())
         .unwrap_or(fallback)
+}
+
+/// `remora certs ...`: the dev CA (root and SPIFFE workload certificates for demos and tests).
+fn certs_command(args: &[std::ffi::OsString]) -> ExitCode {
+    #[derive(Parser)]
+    #[command(name = "remora certs", about = "Create a dev root CA and SPIFFE workload certificates")]
+    struct Cmd {
+        #[command(flatten)]
+        args: certs::dev_ca::CertsArgs,
+    }
+    let cmd = match Cmd::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.kind() == clap::error::ErrorKind::DisplayHelp { ExitCode::SUCCESS } else { ExitCode::from(1) };
+        }
+    };
+    match certs::dev_ca::run(&cmd.args) {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("remora certs: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

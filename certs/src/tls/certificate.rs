@@ -38,10 +38,7 @@ impl CertificateSecret {
 }
 
 /// Loads and checks a `TlsCertificate`; `field` is its proto path for errors.
-pub(crate) fn compile_tls_certificate(
-    c: &TlsCertificate,
-    field: &str,
-) -> Result<CertificateSecret, TlsError> {
+pub(crate) fn compile_tls_certificate(c: &TlsCertificate, field: &str) -> Result<CertificateSecret, TlsError> {
     if c.pkcs12.is_some() {
         return Err(TlsError::unsupported(
             format!("{field}.pkcs12"),
@@ -49,10 +46,7 @@ pub(crate) fn compile_tls_certificate(
         ));
     }
     if c.password.is_some() {
-        return Err(TlsError::unsupported(
-            format!("{field}.password"),
-            "encrypted private keys",
-        ));
+        return Err(TlsError::unsupported(format!("{field}.password"), "encrypted private keys"));
     }
     if c.watched_directory.is_some() {
         return Err(TlsError::unsupported(
@@ -71,10 +65,7 @@ pub(crate) fn compile_tls_certificate(
         }
     }
     if c.ocsp_staple.is_some() {
-        return Err(TlsError::unsupported(
-            format!("{field}.ocsp_staple"),
-            "OCSP stapling",
-        ));
+        return Err(TlsError::unsupported(format!("{field}.ocsp_staple"), "OCSP stapling"));
     }
     if !c.signed_certificate_timestamp.is_empty() {
         return Err(TlsError::unsupported(
@@ -83,27 +74,21 @@ pub(crate) fn compile_tls_certificate(
         ));
     }
     if c.tls_params.is_some() {
-        return Err(TlsError::unsupported(
-            format!("{field}.tls_params"),
-            "per-certificate TLS parameters",
-        ));
+        return Err(TlsError::unsupported(format!("{field}.tls_params"), "per-certificate TLS parameters"));
     }
 
     let chain_field = format!("{field}.certificate_chain");
     let key_field = format!("{field}.private_key");
     let chain_pem = read_required(c.certificate_chain.as_ref(), &chain_field)?;
     let chain = pem_certificates(&chain_pem, &chain_field)?;
-    let key_pem = read(c.private_key.as_ref(), &key_field)?
-        .ok_or_else(|| TlsError::invalid(&key_field, "is required"))?;
+    let key_pem =
+        read(c.private_key.as_ref(), &key_field)?.ok_or_else(|| TlsError::invalid(&key_field, "is required"))?;
     let key_der = pem_private_key(&key_pem, &key_field)?;
     let provider = base_provider();
     let signing_key = provider
         .key_provider
         .load_private_key(key_der)
-        .map_err(|source| TlsError::Rustls {
-            field: key_field.clone(),
-            source,
-        })?;
+        .map_err(|source| TlsError::Rustls { field: key_field.clone(), source })?;
     let identity = PeerIdentity::from_der(&chain[0]).map_err(|e| match e {
         TlsError::Invalid { reason, .. } => TlsError::invalid(&chain_field, reason),
         e => e,
@@ -114,16 +99,10 @@ pub(crate) fn compile_tls_certificate(
         // Some key types cannot report their public key; nothing to compare then.
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(_) => {
-            return Err(TlsError::invalid(
-                &key_field,
-                "private key does not match the leaf certificate's public key",
-            ));
+            return Err(TlsError::invalid(&key_field, "private key does not match the leaf certificate's public key"));
         }
     }
-    Ok(CertificateSecret {
-        certified: Arc::new(certified),
-        identity,
-    })
+    Ok(CertificateSecret { certified: Arc::new(certified), identity })
 }
 
 // === CertSource ===
@@ -173,10 +152,7 @@ pub(crate) fn cert_sources(
         out.push(CertSource::Static(Arc::new(compiled)));
     }
     for (i, s) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
-        let name = super::validation::sds_name(
-            s,
-            &format!("{field}.tls_certificate_sds_secret_configs[{i}]"),
-        )?;
+        let name = super::validation::sds_name(s, &format!("{field}.tls_certificate_sds_secret_configs[{i}]"))?;
         out.push(CertSource::Sds(store.cert_slot(&name)));
     }
     Ok(out)
@@ -188,31 +164,18 @@ pub(crate) fn check_common_unsupported(
     common: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
     field: &str,
 ) -> Result<(), TlsError> {
-    let un =
-        |name: &str, reason: &str| Err(TlsError::unsupported(format!("{field}.{name}"), reason));
+    let un = |name: &str, reason: &str| Err(TlsError::unsupported(format!("{field}.{name}"), reason));
     if common.tls_certificate_provider_instance.is_some() {
         return un("tls_certificate_provider_instance", "certificate providers");
     }
     if common.tls_certificate_certificate_provider.is_some() {
-        return un(
-            "tls_certificate_certificate_provider",
-            "certificate providers",
-        );
+        return un("tls_certificate_certificate_provider", "certificate providers");
     }
-    if common
-        .tls_certificate_certificate_provider_instance
-        .is_some()
-    {
-        return un(
-            "tls_certificate_certificate_provider_instance",
-            "certificate providers",
-        );
+    if common.tls_certificate_certificate_provider_instance.is_some() {
+        return un("tls_certificate_certificate_provider_instance", "certificate providers");
     }
     if common.custom_tls_certificate_selector.is_some() {
-        return un(
-            "custom_tls_certificate_selector",
-            "custom certificate selectors",
-        );
+        return un("custom_tls_certificate_selector", "custom certificate selectors");
     }
     if common.custom_handshaker.is_some() {
         return un("custom_handshaker", "custom handshakers");
@@ -227,10 +190,5 @@ pub(crate) fn check_common_unsupported(
 pub(crate) fn alpn(
     common: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
 ) -> Vec<Vec<u8>> {
-    common
-        .alpn_protocols
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| p.as_bytes().to_vec())
-        .collect()
+    common.alpn_protocols.iter().filter(|p| !p.is_empty()).map(|p| p.as_bytes().to_vec()).collect()
 }

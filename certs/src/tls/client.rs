@@ -8,9 +8,7 @@
 use std::io;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, UpstreamTlsContext,
-};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{CommonTlsContext, UpstreamTlsContext};
 use rustls::ClientConfig;
 use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::sign::CertifiedKey;
@@ -52,24 +50,14 @@ impl ClientTlsConfig {
         let field = "common_tls_context";
         check_common_unsupported(common, field)?;
         if ctx.enforce_rsa_key_usage.is_some_and(|b| b.value) {
-            return Err(TlsError::unsupported(
-                "enforce_rsa_key_usage",
-                "enforcing the RSA key usage extension",
-            ));
+            return Err(TlsError::unsupported("enforce_rsa_key_usage", "enforcing the RSA key usage extension"));
         }
 
         let mut sources = cert_sources(common, store, field)?;
         if sources.len() > 1 {
-            return Err(TlsError::invalid(
-                field,
-                "multiple TLS certificates are not supported for client contexts",
-            ));
+            return Err(TlsError::invalid(field, "multiple TLS certificates are not supported for client contexts"));
         }
-        let params = params::compile(
-            common.tls_params.as_ref(),
-            Side::Client,
-            &format!("{field}.tls_params"),
-        )?;
+        let params = params::compile(common.tls_params.as_ref(), Side::Client, &format!("{field}.tls_params"))?;
         let validation = ValidationSource::from_common(common, store, field)?;
         if ctx.auto_sni_san_validation && matches!(validation, ValidationSource::None) {
             return Err(TlsError::invalid(
@@ -81,32 +69,19 @@ impl ClientTlsConfig {
             None
         } else {
             if ctx.sni.len() > 255 || ctx.sni.contains('\0') {
-                return Err(TlsError::invalid(
-                    "sni",
-                    "must be at most 255 bytes without NUL",
-                ));
+                return Err(TlsError::invalid("sni", "must be at most 255 bytes without NUL"));
             }
-            Some(ServerName::try_from(ctx.sni.clone()).map_err(|e| {
-                TlsError::invalid(
-                    "sni",
-                    format!("{:?} is not a valid server name: {e}", ctx.sni),
-                )
-            })?)
+            Some(
+                ServerName::try_from(ctx.sni.clone())
+                    .map_err(|e| TlsError::invalid("sni", format!("{:?} is not a valid server name: {e}", ctx.sni)))?,
+            )
         };
 
-        let verifier = Arc::new(UpstreamVerifier::new(
-            validation,
-            ctx.auto_sni_san_validation,
-        ));
-        let resolver = Arc::new(ClientCertResolver {
-            source: sources.pop(),
-        });
+        let verifier = Arc::new(UpstreamVerifier::new(validation, ctx.auto_sni_san_validation));
+        let resolver = Arc::new(ClientCertResolver { source: sources.pop() });
         let mut cfg = ClientConfig::builder_with_provider(params.provider.clone())
             .with_protocol_versions(&params.versions)
-            .map_err(|source| TlsError::Rustls {
-                field: format!("{field}.tls_params"),
-                source,
-            })?
+            .map_err(|source| TlsError::Rustls { field: format!("{field}.tls_params"), source })?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(resolver.clone());
@@ -154,17 +129,11 @@ impl ClientTlsConfig {
     }
 
     /// Runs the client handshake on `io`.
-    pub async fn connect<IO>(
-        &self,
-        host_name: Option<&str>,
-        io: IO,
-    ) -> io::Result<tokio_rustls::client::TlsStream<IO>>
+    pub async fn connect<IO>(&self, host_name: Option<&str>, io: IO) -> io::Result<tokio_rustls::client::TlsStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        tokio_rustls::TlsConnector::from(self.config.clone())
-            .connect(self.server_name(host_name), io)
-            .await
+        tokio_rustls::TlsConnector::from(self.config.clone()).connect(self.server_name(host_name), io).await
     }
 
     /// Whether every secret this config names is present.
@@ -178,11 +147,7 @@ impl ClientTlsConfig {
         if !self.verifier.source.is_ready() {
             missing.extend(self.verifier.source.secret_name().map(str::to_string));
         }
-        if missing.is_empty() {
-            Readiness::Ready
-        } else {
-            Readiness::Warming { missing }
-        }
+        if missing.is_empty() { Readiness::Ready } else { Readiness::Warming { missing } }
     }
 
     /// Waits until [`readiness`](Self::readiness) is `Ready`.

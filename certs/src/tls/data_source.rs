@@ -19,15 +19,11 @@ pub(crate) fn read(ds: Option<&DataSource>, field: &str) -> Result<Option<Vec<u8
     }
     match &ds.specifier {
         None => Ok(None),
-        Some(Specifier::Filename(path)) => {
-            std::fs::read(path)
-                .map(Some)
-                .map_err(|source| TlsError::ReadFile {
-                    field: format!("{field}.filename"),
-                    path: path.into(),
-                    source,
-                })
-        }
+        Some(Specifier::Filename(path)) => std::fs::read(path).map(Some).map_err(|source| TlsError::ReadFile {
+            field: format!("{field}.filename"),
+            path: path.into(),
+            source,
+        }),
         Some(Specifier::InlineBytes(b)) => Ok(Some(b.clone())),
         Some(Specifier::InlineString(s)) => Ok(Some(s.as_bytes().to_vec())),
         Some(Specifier::EnvironmentVariable(var)) => match std::env::var_os(var) {
@@ -46,18 +42,12 @@ pub(crate) fn read_required(ds: Option<&DataSource>, field: &str) -> Result<Vec<
 }
 
 /// Every certificate in a PEM bundle, in order. Fails if there is none or one is malformed.
-pub(crate) fn pem_certificates(
-    pem: &[u8],
-    field: &str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn pem_certificates(pem: &[u8], field: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::invalid(field, format!("invalid PEM certificate: {e}")))?;
     if certs.is_empty() {
-        return Err(TlsError::invalid(
-            field,
-            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
-        ));
+        return Err(TlsError::invalid(field, "no PEM certificate (-----BEGIN CERTIFICATE-----) found"));
     }
     Ok(certs)
 }
@@ -80,10 +70,7 @@ mod tests {
     use super::*;
 
     fn ds(s: Specifier) -> DataSource {
-        DataSource {
-            specifier: Some(s),
-            ..Default::default()
-        }
+        DataSource { specifier: Some(s), ..Default::default() }
     }
 
     #[test]
@@ -91,11 +78,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"file").unwrap();
-        let got = read(
-            Some(&ds(Specifier::Filename(path.display().to_string()))),
-            "x",
-        )
-        .unwrap();
+        let got = read(Some(&ds(Specifier::Filename(path.display().to_string()))), "x").unwrap();
         assert_eq!(got.as_deref(), Some(&b"file"[..]));
         let got = read(Some(&ds(Specifier::InlineBytes(b"b".to_vec()))), "x").unwrap();
         assert_eq!(got.as_deref(), Some(&b"b"[..]));
@@ -103,11 +86,7 @@ mod tests {
         assert_eq!(got.as_deref(), Some(&b"s"[..]));
         assert_eq!(read(None, "x").unwrap(), None);
         // PATH is set in every test environment.
-        let got = read(
-            Some(&ds(Specifier::EnvironmentVariable("PATH".into()))),
-            "x",
-        )
-        .unwrap();
+        let got = read(Some(&ds(Specifier::EnvironmentVariable("PATH".into()))), "x").unwrap();
         assert!(got.is_some());
     }
 
@@ -119,23 +98,13 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("common_tls_context.tls_certificates[0].certificate_chain.filename"),
-            "{e}"
-        );
+        assert!(e.contains("common_tls_context.tls_certificates[0].certificate_chain.filename"), "{e}");
         assert!(e.contains("/nonexistent/remora.pem"), "{e}");
-        let e = read(
-            Some(&ds(Specifier::EnvironmentVariable(
-                "REMORA_SURELY_UNSET_VAR".into(),
-            ))),
-            "trusted_ca",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("REMORA_SURELY_UNSET_VAR"), "{e}");
-        let e = pem_certificates(b"not pem", "trusted_ca")
+        let e = read(Some(&ds(Specifier::EnvironmentVariable("REMORA_SURELY_UNSET_VAR".into()))), "trusted_ca")
             .unwrap_err()
             .to_string();
+        assert!(e.contains("REMORA_SURELY_UNSET_VAR"), "{e}");
+        let e = pem_certificates(b"not pem", "trusted_ca").unwrap_err().to_string();
         assert!(e.starts_with("trusted_ca: no PEM certificate"), "{e}");
         let e = pem_private_key(b"", "private_key").unwrap_err().to_string();
         assert!(e.starts_with("private_key: no PEM private key"), "{e}");

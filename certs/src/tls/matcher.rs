@@ -9,9 +9,7 @@
 
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    SubjectAltNameMatcher, subject_alt_name_matcher,
-};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{SubjectAltNameMatcher, subject_alt_name_matcher};
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use x509_parser::extensions::GeneralName;
 
@@ -45,22 +43,11 @@ impl StringMatch {
     pub fn from_proto(m: &StringMatcher, field: &str) -> Result<Self, TlsError> {
         let ic = m.ignore_case;
         let non_empty = |v: &String, kind: &str| {
-            if v.is_empty() {
-                Err(TlsError::invalid(
-                    format!("{field}.{kind}"),
-                    "must not be empty",
-                ))
-            } else {
-                Ok(())
-            }
+            if v.is_empty() { Err(TlsError::invalid(format!("{field}.{kind}"), "must not be empty")) } else { Ok(()) }
         };
         // With ignore_case the configured value is lowercased once, the input on each match.
         let norm = |v: &String| {
-            if ic {
-                v.to_ascii_lowercase()
-            } else {
-                v.clone()
-            }
+            if ic { v.to_ascii_lowercase() } else { v.clone() }
         };
         Ok(match &m.match_pattern {
             None => {
@@ -69,35 +56,22 @@ impl StringMatch {
                     "one of exact, prefix, suffix, contains or safe_regex is required",
                 ));
             }
-            Some(MatchPattern::Exact(v)) => StringMatch::Exact {
-                value: norm(v),
-                ignore_case: ic,
-            },
+            Some(MatchPattern::Exact(v)) => StringMatch::Exact { value: norm(v), ignore_case: ic },
             Some(MatchPattern::Prefix(v)) => {
                 non_empty(v, "prefix")?;
-                StringMatch::Prefix {
-                    value: norm(v),
-                    ignore_case: ic,
-                }
+                StringMatch::Prefix { value: norm(v), ignore_case: ic }
             }
             Some(MatchPattern::Suffix(v)) => {
                 non_empty(v, "suffix")?;
-                StringMatch::Suffix {
-                    value: norm(v),
-                    ignore_case: ic,
-                }
+                StringMatch::Suffix { value: norm(v), ignore_case: ic }
             }
             Some(MatchPattern::Contains(v)) => {
                 non_empty(v, "contains")?;
-                StringMatch::Contains {
-                    value: norm(v),
-                    ignore_case: ic,
-                }
+                StringMatch::Contains { value: norm(v), ignore_case: ic }
             }
             Some(MatchPattern::SafeRegex(r)) => {
-                let re = regex::Regex::new(&format!("^(?:{})$", r.regex)).map_err(|e| {
-                    TlsError::invalid(format!("{field}.safe_regex.regex"), e.to_string())
-                })?;
+                let re = regex::Regex::new(&format!("^(?:{})$", r.regex))
+                    .map_err(|e| TlsError::invalid(format!("{field}.safe_regex.regex"), e.to_string()))?;
                 StringMatch::Regex(re)
             }
             Some(MatchPattern::Custom(ext)) => {
@@ -112,25 +86,13 @@ impl StringMatch {
     /// Whether `input` matches.
     pub fn matches(&self, input: &str) -> bool {
         fn cmp(input: &str, value: &str, ic: bool, f: impl Fn(&str, &str) -> bool) -> bool {
-            if ic {
-                f(&input.to_ascii_lowercase(), value)
-            } else {
-                f(input, value)
-            }
+            if ic { f(&input.to_ascii_lowercase(), value) } else { f(input, value) }
         }
         match self {
-            StringMatch::Exact { value, ignore_case } => {
-                cmp(input, value, *ignore_case, |a, b| a == b)
-            }
-            StringMatch::Prefix { value, ignore_case } => {
-                cmp(input, value, *ignore_case, |a, b| a.starts_with(b))
-            }
-            StringMatch::Suffix { value, ignore_case } => {
-                cmp(input, value, *ignore_case, |a, b| a.ends_with(b))
-            }
-            StringMatch::Contains { value, ignore_case } => {
-                cmp(input, value, *ignore_case, |a, b| a.contains(b))
-            }
+            StringMatch::Exact { value, ignore_case } => cmp(input, value, *ignore_case, |a, b| a == b),
+            StringMatch::Prefix { value, ignore_case } => cmp(input, value, *ignore_case, |a, b| a.starts_with(b)),
+            StringMatch::Suffix { value, ignore_case } => cmp(input, value, *ignore_case, |a, b| a.ends_with(b)),
+            StringMatch::Contains { value, ignore_case } => cmp(input, value, *ignore_case, |a, b| a.contains(b)),
             StringMatch::Regex(re) => re.is_match(input),
         }
     }
@@ -162,10 +124,7 @@ impl SanMatcher {
             Ok(P::Email) => SanType::Email,
             Ok(P::IpAddress) => SanType::IpAddress,
             Ok(P::OtherName) => {
-                return Err(TlsError::unsupported(
-                    format!("{field}.san_type"),
-                    "OTHER_NAME subject alt name matching",
-                ));
+                return Err(TlsError::unsupported(format!("{field}.san_type"), "OTHER_NAME subject alt name matching"));
             }
             Ok(P::Unspecified) | Err(_) => {
                 return Err(TlsError::invalid(
@@ -174,14 +133,8 @@ impl SanMatcher {
                 ));
             }
         };
-        let matcher = m
-            .matcher
-            .as_ref()
-            .ok_or_else(|| TlsError::invalid(format!("{field}.matcher"), "is required"))?;
-        Ok(SanMatcher {
-            san_type,
-            matcher: StringMatch::from_proto(matcher, &format!("{field}.matcher"))?,
-        })
+        let matcher = m.matcher.as_ref().ok_or_else(|| TlsError::invalid(format!("{field}.matcher"), "is required"))?;
+        Ok(SanMatcher { san_type, matcher: StringMatch::from_proto(matcher, &format!("{field}.matcher"))? })
     }
 
     /// Matches one SAN from a certificate.
@@ -217,24 +170,14 @@ pub(crate) fn compile_san_matchers(
         return typed
             .iter()
             .enumerate()
-            .map(|(i, m)| {
-                SanMatcher::from_proto(m, &format!("{field}.match_typed_subject_alt_names[{i}]"))
-            })
+            .map(|(i, m)| SanMatcher::from_proto(m, &format!("{field}.match_typed_subject_alt_names[{i}]")))
             .collect();
     }
     let mut out = Vec::with_capacity(untyped.len() * 4);
     for (i, m) in untyped.iter().enumerate() {
         let matcher = StringMatch::from_proto(m, &format!("{field}.match_subject_alt_names[{i}]"))?;
-        for san_type in [
-            SanType::Dns,
-            SanType::Uri,
-            SanType::Email,
-            SanType::IpAddress,
-        ] {
-            out.push(SanMatcher {
-                san_type,
-                matcher: matcher.clone(),
-            });
+        for san_type in [SanType::Dns, SanType::Uri, SanType::Email, SanType::IpAddress] {
+            out.push(SanMatcher { san_type, matcher: matcher.clone() });
         }
     }
     Ok(out)
@@ -242,9 +185,7 @@ pub(crate) fn compile_san_matchers(
 
 /// True if any matcher matches any SAN in `sans`.
 pub(crate) fn any_san_matches(matchers: &[SanMatcher], sans: &[GeneralName<'_>]) -> bool {
-    matchers
-        .iter()
-        .any(|m| sans.iter().any(|san| m.matches_general_name(san)))
+    matchers.iter().any(|m| sans.iter().any(|san| m.matches_general_name(san)))
 }
 
 /// Hostname comparison of a configured name against a certificate DNS SAN that may be a
@@ -287,10 +228,7 @@ mod tests {
     use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
 
     fn sm(p: MatchPattern, ignore_case: bool) -> StringMatcher {
-        StringMatcher {
-            ignore_case,
-            match_pattern: Some(p),
-        }
+        StringMatcher { ignore_case, match_pattern: Some(p) }
     }
 
     #[test]
@@ -301,19 +239,10 @@ mod tests {
         assert!(m(MatchPattern::Exact("abc".into()), true).matches("ABC"));
         assert!(m(MatchPattern::Exact("AbC".into()), true).matches("aBc"));
         assert!(
-            m(
-                MatchPattern::Prefix("spiffe://cluster.local/".into()),
-                false
-            )
-            .matches("spiffe://cluster.local/ns/a/sa/b")
+            m(MatchPattern::Prefix("spiffe://cluster.local/".into()), false)
+                .matches("spiffe://cluster.local/ns/a/sa/b")
         );
-        assert!(
-            !m(
-                MatchPattern::Prefix("spiffe://cluster.local/".into()),
-                false
-            )
-            .matches("spiffe://other/ns/a/sa/b")
-        );
+        assert!(!m(MatchPattern::Prefix("spiffe://cluster.local/".into()), false).matches("spiffe://other/ns/a/sa/b"));
         assert!(m(MatchPattern::Suffix("/sa/b".into()), false).matches("spiffe://x/ns/a/sa/b"));
         assert!(m(MatchPattern::Suffix("/SA/B".into()), true).matches("spiffe://x/ns/a/sa/b"));
         assert!(m(MatchPattern::Contains("/ns/a/".into()), false).matches("spiffe://x/ns/a/sa/b"));
@@ -331,22 +260,12 @@ mod tests {
 
     #[test]
     fn string_matcher_errors() {
-        let e = StringMatch::from_proto(&StringMatcher::default(), "f")
-            .unwrap_err()
-            .to_string();
+        let e = StringMatch::from_proto(&StringMatcher::default(), "f").unwrap_err().to_string();
         assert!(e.starts_with("f: one of exact"), "{e}");
-        let e = StringMatch::from_proto(&sm(MatchPattern::Prefix(String::new()), false), "f")
-            .unwrap_err()
-            .to_string();
+        let e = StringMatch::from_proto(&sm(MatchPattern::Prefix(String::new()), false), "f").unwrap_err().to_string();
         assert_eq!(e, "f.prefix: must not be empty");
         let e = StringMatch::from_proto(
-            &sm(
-                MatchPattern::SafeRegex(RegexMatcher {
-                    regex: "(".into(),
-                    ..Default::default()
-                }),
-                false,
-            ),
+            &sm(MatchPattern::SafeRegex(RegexMatcher { regex: "(".into(), ..Default::default() }), false),
             "f",
         )
         .unwrap_err()
@@ -368,27 +287,18 @@ mod tests {
     fn san_types_only_match_their_kind() {
         let uri = SanMatcher {
             san_type: SanType::Uri,
-            matcher: StringMatch::Exact {
-                value: "spiffe://td/ns/a/sa/b".into(),
-                ignore_case: false,
-            },
+            matcher: StringMatch::Exact { value: "spiffe://td/ns/a/sa/b".into(), ignore_case: false },
         };
         assert!(uri.matches_general_name(&GeneralName::URI("spiffe://td/ns/a/sa/b")));
         assert!(!uri.matches_general_name(&GeneralName::DNSName("spiffe://td/ns/a/sa/b")));
         let ip = SanMatcher {
             san_type: SanType::IpAddress,
-            matcher: StringMatch::Exact {
-                value: "10.0.0.1".into(),
-                ignore_case: false,
-            },
+            matcher: StringMatch::Exact { value: "10.0.0.1".into(), ignore_case: false },
         };
         assert!(ip.matches_general_name(&GeneralName::IPAddress(&[10, 0, 0, 1])));
         let ip6 = SanMatcher {
             san_type: SanType::IpAddress,
-            matcher: StringMatch::Exact {
-                value: "::1".into(),
-                ignore_case: false,
-            },
+            matcher: StringMatch::Exact { value: "::1".into(), ignore_case: false },
         };
         let mut one = [0u8; 16];
         one[15] = 1;
@@ -413,12 +323,7 @@ mod tests {
             matcher: Some(sm(MatchPattern::Exact("y".into()), false)),
             oid: "1.2.3".into(),
         }];
-        let e = compile_san_matchers(&bad, &[], "v")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("v.match_typed_subject_alt_names[0].san_type: not supported"),
-            "{e}"
-        );
+        let e = compile_san_matchers(&bad, &[], "v").unwrap_err().to_string();
+        assert!(e.starts_with("v.match_typed_subject_alt_names[0].san_type: not supported"), "{e}");
     }
 }

@@ -12,9 +12,7 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    TlsParameters, tls_parameters::TlsProtocol,
-};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{TlsParameters, tls_parameters::TlsProtocol};
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::ring::{cipher_suite as cs, kx_group};
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
@@ -75,11 +73,7 @@ const KNOWN_UNSUPPORTED_CIPHERS: &[&str] = &[
 ];
 
 /// TLS 1.3 suite names: accepted by BoringSSL in a cipher list, but without effect.
-const TLS13_NAMES: &[&str] = &[
-    "TLS_AES_128_GCM_SHA256",
-    "TLS_AES_256_GCM_SHA384",
-    "TLS_CHACHA20_POLY1305_SHA256",
-];
+const TLS13_NAMES: &[&str] = &["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"];
 
 fn kx(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxGroup> {
     Some(match name {
@@ -90,13 +84,8 @@ fn kx(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxGroup> {
     })
 }
 
-const KNOWN_UNSUPPORTED_CURVES: &[&str] = &[
-    "P-521",
-    "secp521r1",
-    "X25519Kyber768Draft00",
-    "X25519MLKEM768",
-    "P256Kyber768Draft00",
-];
+const KNOWN_UNSUPPORTED_CURVES: &[&str] =
+    &["P-521", "secp521r1", "X25519Kyber768Draft00", "X25519MLKEM768", "P256Kyber768Draft00"];
 
 fn version_rank(p: TlsProtocol) -> u8 {
     match p {
@@ -109,34 +98,20 @@ fn version_rank(p: TlsProtocol) -> u8 {
 }
 
 /// Compiles `tls_params` (absent means all defaults); `field` is its proto path for errors.
-pub(crate) fn compile(
-    p: Option<&TlsParameters>,
-    side: Side,
-    field: &str,
-) -> Result<Params, TlsError> {
+pub(crate) fn compile(p: Option<&TlsParameters>, side: Side, field: &str) -> Result<Params, TlsError> {
     let default = TlsParameters::default();
     let p = p.unwrap_or(&default);
     let mut warnings = Vec::new();
 
     let proto = |v: i32, name: &str| {
-        TlsProtocol::try_from(v).map_err(|_| {
-            TlsError::invalid(
-                format!("{field}.{name}"),
-                format!("unknown TLS version {v}"),
-            )
-        })
+        TlsProtocol::try_from(v)
+            .map_err(|_| TlsError::invalid(format!("{field}.{name}"), format!("unknown TLS version {v}")))
     };
-    let min = match proto(
-        p.tls_minimum_protocol_version,
-        "tls_minimum_protocol_version",
-    )? {
+    let min = match proto(p.tls_minimum_protocol_version, "tls_minimum_protocol_version")? {
         TlsProtocol::TlsAuto => 12,
         v => version_rank(v),
     };
-    let max = match proto(
-        p.tls_maximum_protocol_version,
-        "tls_maximum_protocol_version",
-    )? {
+    let max = match proto(p.tls_maximum_protocol_version, "tls_maximum_protocol_version")? {
         TlsProtocol::TlsAuto => match side {
             Side::Server => 13,
             Side::Client => 12,
@@ -156,9 +131,7 @@ pub(crate) fn compile(
         ));
     }
     if min < 12 {
-        warnings.push(format!(
-            "{field}.tls_minimum_protocol_version: TLS below 1.2 is not available, using TLSv1_2"
-        ));
+        warnings.push(format!("{field}.tls_minimum_protocol_version: TLS below 1.2 is not available, using TLSv1_2"));
     }
     let mut tls12 = min <= 12;
     let tls13 = max >= 13;
@@ -188,10 +161,7 @@ pub(crate) fn compile(
                 } else if TLS13_NAMES.contains(&name) {
                     // No effect, as in Envoy.
                 } else {
-                    return Err(TlsError::invalid(
-                        &f,
-                        format!("unknown cipher suite {name:?}"),
-                    ));
+                    return Err(TlsError::invalid(&f, format!("unknown cipher suite {name:?}")));
                 }
             }
         }
@@ -204,18 +174,12 @@ pub(crate) fn compile(
                 ));
             }
             if tls12 {
-                warnings.push(format!(
-                    "{field}.cipher_suites: no usable TLS 1.2 suite, TLS 1.2 disabled"
-                ));
+                warnings.push(format!("{field}.cipher_suites: no usable TLS 1.2 suite, TLS 1.2 disabled"));
             }
             tls12 = false;
         }
-        let mut all: Vec<SupportedCipherSuite> = provider
-            .cipher_suites
-            .iter()
-            .copied()
-            .filter(|s| s.version() == &rustls::version::TLS13)
-            .collect();
+        let mut all: Vec<SupportedCipherSuite> =
+            provider.cipher_suites.iter().copied().filter(|s| s.version() == &rustls::version::TLS13).collect();
         all.extend(suites);
         provider.cipher_suites = all;
     }
@@ -248,10 +212,7 @@ pub(crate) fn compile(
     }
 
     if !p.signature_algorithms.is_empty() {
-        return Err(TlsError::unsupported(
-            format!("{field}.signature_algorithms"),
-            "restricting signature algorithms",
-        ));
+        return Err(TlsError::unsupported(format!("{field}.signature_algorithms"), "restricting signature algorithms"));
     }
     if !p.compliance_policies.is_empty() {
         return Err(TlsError::unsupported(
@@ -273,11 +234,7 @@ pub(crate) fn compile(
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    Ok(Params {
-        provider: Arc::new(provider),
-        versions,
-        warnings,
-    })
+    Ok(Params { provider: Arc::new(provider), versions, warnings })
 }
 
 #[cfg(test)]
@@ -300,13 +257,7 @@ mod tests {
     #[test]
     fn defaults_follow_envoy() {
         let s = compile(None, Side::Server, "p").unwrap();
-        assert_eq!(
-            versions(&s),
-            [
-                rustls::ProtocolVersion::TLSv1_3,
-                rustls::ProtocolVersion::TLSv1_2
-            ]
-        );
+        assert_eq!(versions(&s), [rustls::ProtocolVersion::TLSv1_3, rustls::ProtocolVersion::TLSv1_2]);
         let c = compile(None, Side::Client, "p").unwrap();
         assert_eq!(versions(&c), [rustls::ProtocolVersion::TLSv1_2]);
     }
@@ -348,92 +299,43 @@ mod tests {
     #[test]
     fn rejections_name_the_field() {
         let e = compile(
-            Some(&params(
-                TlsProtocol::TlSv12,
-                TlsProtocol::TlSv12,
-                &["AES128-SHA"],
-            )),
+            Some(&params(TlsProtocol::TlSv12, TlsProtocol::TlSv12, &["AES128-SHA"])),
             Side::Client,
             "common_tls_context.tls_params",
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            e.starts_with("common_tls_context.tls_params.cipher_suites: not supported"),
-            "{e}"
-        );
-        let e = compile(
-            Some(&params(
-                TlsProtocol::TlsAuto,
-                TlsProtocol::TlsAuto,
-                &["BOGUS"],
-            )),
-            Side::Client,
-            "t",
-        )
-        .unwrap_err()
-        .to_string();
+        assert!(e.starts_with("common_tls_context.tls_params.cipher_suites: not supported"), "{e}");
+        let e = compile(Some(&params(TlsProtocol::TlsAuto, TlsProtocol::TlsAuto, &["BOGUS"])), Side::Client, "t")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "t.cipher_suites[0]: unknown cipher suite \"BOGUS\"");
-        let e = compile(
-            Some(&params(TlsProtocol::TlSv10, TlsProtocol::TlSv11, &[])),
-            Side::Client,
-            "t",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with("t.tls_maximum_protocol_version: not supported"),
-            "{e}"
-        );
-        let e = compile(
-            Some(&params(TlsProtocol::TlSv13, TlsProtocol::TlSv12, &[])),
-            Side::Client,
-            "t",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = compile(Some(&params(TlsProtocol::TlSv10, TlsProtocol::TlSv11, &[])), Side::Client, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.tls_maximum_protocol_version: not supported"), "{e}");
+        let e = compile(Some(&params(TlsProtocol::TlSv13, TlsProtocol::TlSv12, &[])), Side::Client, "t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("greater than"), "{e}");
-        let p = TlsParameters {
-            signature_algorithms: vec!["ecdsa_secp256r1_sha256".into()],
-            ..Default::default()
-        };
-        assert!(matches!(
-            compile(Some(&p), Side::Server, "t"),
-            Err(TlsError::Unsupported { .. })
-        ));
+        let p = TlsParameters { signature_algorithms: vec!["ecdsa_secp256r1_sha256".into()], ..Default::default() };
+        assert!(matches!(compile(Some(&p), Side::Server, "t"), Err(TlsError::Unsupported { .. })));
     }
 
     #[test]
     fn tls13_only_with_unsupported_tls12_ciphers_is_fine() {
-        let c = compile(
-            Some(&params(
-                TlsProtocol::TlSv13,
-                TlsProtocol::TlSv13,
-                &["AES128-SHA"],
-            )),
-            Side::Server,
-            "t",
-        )
-        .unwrap();
+        let c = compile(Some(&params(TlsProtocol::TlSv13, TlsProtocol::TlSv13, &["AES128-SHA"])), Side::Server, "t")
+            .unwrap();
         assert_eq!(versions(&c), [rustls::ProtocolVersion::TLSv1_3]);
     }
 
     #[test]
     fn curves() {
-        let p = TlsParameters {
-            ecdh_curves: vec!["P-256".into(), "X25519MLKEM768".into()],
-            ..Default::default()
-        };
+        let p = TlsParameters { ecdh_curves: vec!["P-256".into(), "X25519MLKEM768".into()], ..Default::default() };
         let c = compile(Some(&p), Side::Server, "t").unwrap();
         assert_eq!(c.provider.kx_groups.len(), 1);
-        assert_eq!(
-            c.provider.kx_groups[0].name(),
-            rustls::NamedGroup::secp256r1
-        );
-        let p = TlsParameters {
-            ecdh_curves: vec!["nope".into()],
-            ..Default::default()
-        };
+        assert_eq!(c.provider.kx_groups[0].name(), rustls::NamedGroup::secp256r1);
+        let p = TlsParameters { ecdh_curves: vec!["nope".into()], ..Default::default() };
         assert!(compile(Some(&p), Side::Server, "t").is_err());
     }
 }

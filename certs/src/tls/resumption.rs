@@ -32,17 +32,11 @@ struct PerEpoch<T: ?Sized> {
 }
 
 impl<T: ?Sized> PerEpoch<T> {
-    fn new(
-        store: &SecretStore,
-        make: impl Fn() -> Option<Arc<T>> + Send + Sync + 'static,
-    ) -> Option<Self> {
+    fn new(store: &SecretStore, make: impl Fn() -> Option<Arc<T>> + Send + Sync + 'static) -> Option<Self> {
         let value = make()?;
         Some(PerEpoch {
             store: store.clone(),
-            current: ArcSwap::from_pointee(Epoch {
-                epoch: store.epoch(),
-                value,
-            }),
+            current: ArcSwap::from_pointee(Epoch { epoch: store.epoch(), value }),
             make: Box::new(make),
         })
     }
@@ -55,10 +49,7 @@ impl<T: ?Sized> PerEpoch<T> {
         }
         // Keep the old value if a new one cannot be made (only the ticketer can fail).
         let value = (self.make)().unwrap_or_else(|| cur.value.clone());
-        self.current.store(Arc::new(Epoch {
-            epoch,
-            value: value.clone(),
-        }));
+        self.current.store(Arc::new(Epoch { epoch, value: value.clone() }));
         value
     }
 }
@@ -70,10 +61,7 @@ pub(crate) struct ClientSessions(PerEpoch<ClientSessionMemoryCache>);
 
 impl ClientSessions {
     pub(crate) fn new(store: &SecretStore, size: usize) -> Option<Self> {
-        PerEpoch::new(store, move || {
-            Some(Arc::new(ClientSessionMemoryCache::new(size)))
-        })
-        .map(ClientSessions)
+        PerEpoch::new(store, move || Some(Arc::new(ClientSessionMemoryCache::new(size)))).map(ClientSessions)
     }
 }
 
@@ -92,18 +80,11 @@ impl ClientSessionStore for ClientSessions {
         self.0.get().kx_hint(server_name)
     }
 
-    fn set_tls12_session(
-        &self,
-        server_name: ServerName<'static>,
-        value: rustls::client::Tls12ClientSessionValue,
-    ) {
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
         self.0.get().set_tls12_session(server_name, value)
     }
 
-    fn tls12_session(
-        &self,
-        server_name: &ServerName<'_>,
-    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
         self.0.get().tls12_session(server_name)
     }
 
@@ -111,18 +92,11 @@ impl ClientSessionStore for ClientSessions {
         self.0.get().remove_tls12_session(server_name)
     }
 
-    fn insert_tls13_ticket(
-        &self,
-        server_name: ServerName<'static>,
-        value: rustls::client::Tls13ClientSessionValue,
-    ) {
+    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
         self.0.get().insert_tls13_ticket(server_name, value)
     }
 
-    fn take_tls13_ticket(
-        &self,
-        server_name: &ServerName<'static>,
-    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+    fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
         self.0.get().take_tls13_ticket(server_name)
     }
 }

@@ -57,24 +57,17 @@ impl ServerTlsConfig {
                         "configured session ticket keys (remora generates and rotates its own)",
                     ));
                 }
-                downstream_tls_context::SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(
-                    _,
-                ) => {
+                downstream_tls_context::SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_) => {
                     return Err(TlsError::unsupported(
                         "session_ticket_keys_sds_secret_config",
                         "session ticket keys from SDS",
                     ));
                 }
-                downstream_tls_context::SessionTicketKeysType::DisableStatelessSessionResumption(
-                    _,
-                ) => {}
+                downstream_tls_context::SessionTicketKeysType::DisableStatelessSessionResumption(_) => {}
             }
         }
         if ctx.session_timeout.is_some() {
-            return Err(TlsError::unsupported(
-                "session_timeout",
-                "a custom TLS session lifetime",
-            ));
+            return Err(TlsError::unsupported("session_timeout", "a custom TLS session lifetime"));
         }
         match downstream_tls_context::OcspStaplePolicy::try_from(ctx.ocsp_staple_policy) {
             Ok(downstream_tls_context::OcspStaplePolicy::LenientStapling) => {}
@@ -93,34 +86,21 @@ impl ServerTlsConfig {
                 "no TLS certificate: set tls_certificates or tls_certificate_sds_secret_configs",
             ));
         }
-        let params = params::compile(
-            common.tls_params.as_ref(),
-            Side::Server,
-            &format!("{field}.tls_params"),
-        )?;
+        let params = params::compile(common.tls_params.as_ref(), Side::Server, &format!("{field}.tls_params"))?;
         let validation = ValidationSource::from_common(common, store, field)?;
         let require_client_cert = ctx.require_client_certificate.is_some_and(|b| b.value);
         let verifier = Arc::new(DownstreamVerifier::new(validation, require_client_cert));
-        let resolver = Arc::new(ServerCertResolver {
-            sources,
-            require_sni: ctx.require_sni.is_some_and(|b| b.value),
-        });
+        let resolver = Arc::new(ServerCertResolver { sources, require_sni: ctx.require_sni.is_some_and(|b| b.value) });
 
         let mut cfg = ServerConfig::builder_with_provider(params.provider.clone())
             .with_protocol_versions(&params.versions)
-            .map_err(|source| TlsError::Rustls {
-                field: format!("{field}.tls_params"),
-                source,
-            })?
+            .map_err(|source| TlsError::Rustls { field: format!("{field}.tls_params"), source })?
             .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(resolver.clone());
         cfg.ignore_client_order = !ctx.prefer_client_ciphers;
-        let stateless_disabled =
-            matches!(
+        let stateless_disabled = matches!(
             ctx.session_ticket_keys_type,
-            Some(downstream_tls_context::SessionTicketKeysType::DisableStatelessSessionResumption(
-                true
-            ))
+            Some(downstream_tls_context::SessionTicketKeysType::DisableStatelessSessionResumption(true))
         );
         // Resumption state is dropped whenever secrets change, as Envoy's context rebuild does.
         if !stateless_disabled {
@@ -178,8 +158,7 @@ impl ServerTlsConfig {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let start =
-            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
         let cfg = self.config_for(&start.client_hello());
         start.into_stream(cfg).await
     }
@@ -196,11 +175,7 @@ impl ServerTlsConfig {
         if !self.verifier.source.is_ready() {
             missing.extend(self.verifier.source.secret_name().map(str::to_string));
         }
-        if missing.is_empty() {
-            Readiness::Ready
-        } else {
-            Readiness::Warming { missing }
-        }
+        if missing.is_empty() { Readiness::Ready } else { Readiness::Warming { missing } }
     }
 
     /// Waits until [`readiness`](Self::readiness) is `Ready`.
@@ -245,22 +220,13 @@ impl ResolvesServerCert for ServerCertResolver {
         // can use, then any usable one, then the first (as Envoy falls back to its default).
         let schemes = hello.signature_schemes();
         let current: Vec<_> = self.sources.iter().filter_map(|s| s.load()).collect();
-        let usable =
-            |c: &&Arc<super::CertificateSecret>| c.certified.key.choose_scheme(schemes).is_some();
+        let usable = |c: &&Arc<super::CertificateSecret>| c.certified.key.choose_scheme(schemes).is_some();
         if let Some(sni) = sni
-            && let Some(c) = current.iter().filter(usable).find(|c| {
-                c.identity()
-                    .dns_sans
-                    .iter()
-                    .any(|san| dns_name_match(sni, san))
-            })
+            && let Some(c) =
+                current.iter().filter(usable).find(|c| c.identity().dns_sans.iter().any(|san| dns_name_match(sni, san)))
         {
             return Some(c.certified.clone());
         }
-        current
-            .iter()
-            .find(usable)
-            .or(current.first())
-            .map(|c| c.certified.clone())
+        current.iter().find(usable).or(current.first()).map(|c| c.certified.clone())
     }
 }

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SdsSecretConfig,
-    certificate_validation_context::TrustChainVerification,
-    common_tls_context::ValidationContextType,
+    certificate_validation_context::TrustChainVerification, common_tls_context::ValidationContextType,
 };
 use prost::Message;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -60,10 +59,7 @@ pub(crate) fn compile_validation_secret(
     proto: &CertificateValidationContext,
     field: &str,
 ) -> Result<ValidationSecret, TlsError> {
-    Ok(ValidationSecret {
-        proto: proto.clone(),
-        compiled: Arc::new(compile(proto, field)?),
-    })
+    Ok(ValidationSecret { proto: proto.clone(), compiled: Arc::new(compile(proto, field)?) })
 }
 
 /// Compiled validation settings.
@@ -92,13 +88,9 @@ impl Validation {
 
 #[allow(deprecated)] // match_subject_alt_names is still what Istio sends
 fn compile(ctx: &CertificateValidationContext, field: &str) -> Result<Validation, TlsError> {
-    let unsupported =
-        |name: &str, reason: &str| Err(TlsError::unsupported(format!("{field}.{name}"), reason));
+    let unsupported = |name: &str, reason: &str| Err(TlsError::unsupported(format!("{field}.{name}"), reason));
     if ctx.ca_certificate_provider_instance.is_some() {
-        return unsupported(
-            "ca_certificate_provider_instance",
-            "certificate provider instances",
-        );
+        return unsupported("ca_certificate_provider_instance", "certificate provider instances");
     }
     if ctx.system_root_certs.is_some() {
         return unsupported("system_root_certs", "the system trust store");
@@ -115,31 +107,19 @@ fn compile(ctx: &CertificateValidationContext, field: &str) -> Result<Validation
     if !ctx.verify_certificate_hash.is_empty() {
         return unsupported("verify_certificate_hash", "certificate hash pinning");
     }
-    if ctx
-        .require_signed_certificate_timestamp
-        .is_some_and(|b| b.value)
-    {
-        return unsupported(
-            "require_signed_certificate_timestamp",
-            "signed certificate timestamps",
-        );
+    if ctx.require_signed_certificate_timestamp.is_some_and(|b| b.value) {
+        return unsupported("require_signed_certificate_timestamp", "signed certificate timestamps");
     }
     if ctx.crl.is_some() {
         return unsupported("crl", "certificate revocation lists");
     }
     if ctx.allow_expired_certificate {
-        return unsupported(
-            "allow_expired_certificate",
-            "accepting expired certificates",
-        );
+        return unsupported("allow_expired_certificate", "accepting expired certificates");
     }
     match TrustChainVerification::try_from(ctx.trust_chain_verification) {
         Ok(TrustChainVerification::VerifyTrustChain) => {}
         Ok(TrustChainVerification::AcceptUntrusted) => {
-            return unsupported(
-                "trust_chain_verification",
-                "ACCEPT_UNTRUSTED (peer certificates are always verified)",
-            );
+            return unsupported("trust_chain_verification", "ACCEPT_UNTRUSTED (peer certificates are always verified)");
         }
         Err(_) => {
             return Err(TlsError::invalid(
@@ -149,20 +129,13 @@ fn compile(ctx: &CertificateValidationContext, field: &str) -> Result<Validation
         }
     }
     if let Some(c) = &ctx.custom_validator_config {
-        return unsupported(
-            "custom_validator_config",
-            &format!("custom certificate validator {:?}", c.name),
-        );
+        return unsupported("custom_validator_config", &format!("custom certificate validator {:?}", c.name));
     }
     if ctx.max_verify_depth.is_some() {
         return unsupported("max_verify_depth", "limiting the verification depth");
     }
 
-    let san_matchers = compile_san_matchers(
-        &ctx.match_typed_subject_alt_names,
-        &ctx.match_subject_alt_names,
-        field,
-    )?;
+    let san_matchers = compile_san_matchers(&ctx.match_typed_subject_alt_names, &ctx.match_subject_alt_names, field)?;
 
     let ca_field = format!("{field}.trusted_ca");
     let (roots, client_chain) = match read(ctx.trusted_ca.as_ref(), &ca_field)? {
@@ -172,28 +145,18 @@ fn compile(ctx: &CertificateValidationContext, field: &str) -> Result<Validation
             let mut store = RootCertStore::empty();
             for (i, c) in certs.into_iter().enumerate() {
                 store.add(c).map_err(|e| {
-                    TlsError::invalid(
-                        &ca_field,
-                        format!("certificate #{i} is not a usable trust anchor: {e}"),
-                    )
+                    TlsError::invalid(&ca_field, format!("certificate #{i} is not a usable trust anchor: {e}"))
                 })?;
             }
             let roots = Arc::new(store);
-            let client_chain = WebPkiClientVerifier::builder_with_provider(
-                roots.clone(),
-                Arc::new(base_provider()),
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::invalid(&ca_field, e.to_string()))?;
+            let client_chain = WebPkiClientVerifier::builder_with_provider(roots.clone(), Arc::new(base_provider()))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::invalid(&ca_field, e.to_string()))?;
             (Some(roots), Some(client_chain))
         }
     };
-    Ok(Validation {
-        roots,
-        client_chain,
-        san_matchers,
-    })
+    Ok(Validation { roots, client_chain, san_matchers })
 }
 
 // === impl ValidationSource ===
@@ -233,32 +196,21 @@ pub(crate) enum Current {
 
 pub(crate) fn sds_name(s: &SdsSecretConfig, field: &str) -> Result<String, TlsError> {
     if s.name.is_empty() {
-        return Err(TlsError::invalid(
-            format!("{field}.name"),
-            "must not be empty",
-        ));
+        return Err(TlsError::invalid(format!("{field}.name"), "must not be empty"));
     }
     Ok(s.name.clone())
 }
 
 impl ValidationSource {
     #[allow(deprecated)] // deprecated provider fields are rejected on purpose
-    pub(crate) fn from_common(
-        common: &CommonTlsContext,
-        store: &SecretStore,
-        field: &str,
-    ) -> Result<Self, TlsError> {
+    pub(crate) fn from_common(common: &CommonTlsContext, store: &SecretStore, field: &str) -> Result<Self, TlsError> {
         Ok(match &common.validation_context_type {
             None => ValidationSource::None,
             Some(ValidationContextType::ValidationContext(v)) => {
                 let f = format!("{field}.validation_context");
                 let c = compile(v, &f)?;
                 c.check_ca(&f)?;
-                if c.verifies_nothing() {
-                    ValidationSource::None
-                } else {
-                    ValidationSource::Static(Arc::new(c))
-                }
+                if c.verifies_nothing() { ValidationSource::None } else { ValidationSource::Static(Arc::new(c)) }
             }
             Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
                 let name = sds_name(s, &format!("{field}.validation_context_sds_secret_config"))?;
@@ -277,15 +229,9 @@ impl ValidationSource {
                 let default = c.default_validation_context.clone().unwrap_or_default();
                 // Reject unsupported fields in the default half now, not at the first handshake.
                 compile(&default, &format!("{f}.default_validation_context"))?;
-                let sds = c
-                    .validation_context_sds_secret_config
-                    .as_ref()
-                    .ok_or_else(|| {
-                        TlsError::invalid(
-                            format!("{f}.validation_context_sds_secret_config"),
-                            "is required",
-                        )
-                    })?;
+                let sds = c.validation_context_sds_secret_config.as_ref().ok_or_else(|| {
+                    TlsError::invalid(format!("{f}.validation_context_sds_secret_config"), "is required")
+                })?;
                 let name = sds_name(sds, &format!("{f}.validation_context_sds_secret_config"))?;
                 ValidationSource::Combined(Box::new(Combined {
                     default,
@@ -415,20 +361,13 @@ impl fmt::Debug for SanMismatch {
 
 impl fmt::Display for SanMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "peer certificate SANs [{}] match no configured SAN matcher",
-            self.0
-        )
+        write!(f, "peer certificate SANs [{}] match no configured SAN matcher", self.0)
     }
 }
 
 impl std::error::Error for SanMismatch {}
 
-fn check_sans(
-    end_entity: &CertificateDer<'_>,
-    matchers: &[SanMatcher],
-) -> Result<(), rustls::Error> {
+fn check_sans(end_entity: &CertificateDer<'_>, matchers: &[SanMatcher]) -> Result<(), rustls::Error> {
     if matchers.is_empty() {
         return Ok(());
     }
@@ -438,9 +377,7 @@ fn check_sans(
         Ok(Some(ext)) => ext.value.general_names.clone(),
         Ok(None) => Vec::new(),
         Err(_) => {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::BadEncoding,
-            ));
+            return Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding));
         }
     };
     if any_san_matches(matchers, &sans) {
@@ -449,15 +386,11 @@ fn check_sans(
     let shown: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
     let err = SanMismatch(shown.join(", "));
     tracing::debug!("verify cert failed: {err}");
-    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-        rustls::OtherError(Arc::new(err)),
-    )))
+    Err(rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(err)))))
 }
 
 fn not_ready(name: &str) -> rustls::Error {
-    rustls::Error::General(format!(
-        "validation context secret {name:?} has not been received yet"
-    ))
+    rustls::Error::General(format!("validation context secret {name:?} has not been received yet"))
 }
 
 // === impl UpstreamVerifier ===
@@ -473,11 +406,7 @@ pub(crate) struct UpstreamVerifier {
 
 impl UpstreamVerifier {
     pub(crate) fn new(source: ValidationSource, auto_sni_san: bool) -> Self {
-        UpstreamVerifier {
-            source,
-            auto_sni_san,
-            algs: verify_algorithms(),
-        }
+        UpstreamVerifier { source, auto_sni_san, algs: verify_algorithms() }
     }
 }
 
@@ -510,21 +439,12 @@ impl ServerCertVerifier for UpstreamVerifier {
             return Err(rustls::Error::General("no trusted CA".into()));
         };
         let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algs.all)?;
         match (self.auto_sni_san, server_name) {
             (true, ServerName::DnsName(sni)) => {
                 let m = [SanMatcher {
                     san_type: SanType::Dns,
-                    matcher: StringMatch::Exact {
-                        value: sni.as_ref().to_string(),
-                        ignore_case: false,
-                    },
+                    matcher: StringMatch::Exact { value: sni.as_ref().to_string(), ignore_case: false },
                 }];
                 check_sans(end_entity, &m)?;
             }
@@ -568,11 +488,7 @@ pub(crate) struct DownstreamVerifier {
 
 impl DownstreamVerifier {
     pub(crate) fn new(source: ValidationSource, require_client_cert: bool) -> Self {
-        DownstreamVerifier {
-            source,
-            require_client_cert,
-            algs: verify_algorithms(),
-        }
+        DownstreamVerifier { source, require_client_cert, algs: verify_algorithms() }
     }
 }
 
@@ -592,8 +508,7 @@ impl ClientCertVerifier for DownstreamVerifier {
 
     fn client_auth_mandatory(&self) -> bool {
         // Envoy: required if asked for, or if SAN matchers must be checked.
-        self.require_client_cert
-            || matches!(self.source.current(), Current::Ready(v) if !v.san_matchers.is_empty())
+        self.require_client_cert || matches!(self.source.current(), Current::Ready(v) if !v.san_matchers.is_empty())
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -609,9 +524,7 @@ impl ClientCertVerifier for DownstreamVerifier {
         let v = match self.source.current() {
             // A certificate nobody can verify is not accepted as an identity.
             Current::Unverified => {
-                return Err(rustls::Error::General(
-                    "no trusted CA configured to verify the client certificate".into(),
-                ));
+                return Err(rustls::Error::General("no trusted CA configured to verify the client certificate".into()));
             }
             Current::Ready(v) => v,
             Current::NotReady(name) => return Err(not_ready(&name)),
