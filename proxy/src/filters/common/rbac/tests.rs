@@ -608,8 +608,8 @@ fn stat_names_follow_envoy() {
 
 /// `shared/testdata` next to (an ancestor of) the crate, or `$REMORA_TESTDATA`.
 fn testdata() -> Option<std::path::PathBuf> {
-    if let Ok(d) = std::env::var("REMORA_TESTDATA") {
-        return Some(d.into());
+    if let Some(d) = std::env::var_os("REMORA_TESTDATA").map(std::path::PathBuf::from).filter(|d| d.is_dir()) {
+        return Some(d);
     }
     let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.ancestors().map(|a| a.join("shared/testdata")).find(|p| p.is_dir())
