@@ -2,5 +2,6 @@
 
 pub mod body;
 pub mod exec;
+pub mod headers;
 pub mod local_reply;
 pub mod path;

@@ -24,6 +24,7 @@ use crate::filters::http::{ConnInfo, FilterAction, FilterChain, RequestCtx, Rout
 use crate::formatter::FormatContext;
 use crate::http::body::ResponseBody;
 use crate::http::exec::LocalExec;
+use crate::http::headers as hn;
 use crate::http::local_reply::LocalReply;
 use crate::matcher::RequestHeaders;
 use crate::router::RouteTable;
@@ -484,9 +485,9 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
 
     // Envoy's request header rules (ConnectionManagerUtility::mutateRequestHeaders): the
     // trusted downstream address, x-forwarded-for, internal or external, x-forwarded-proto.
-    parts.headers.remove("x-envoy-internal");
+    parts.headers.remove(&hn::X_ENVOY_INTERNAL);
     let (final_remote, allow_trusted_checks) = if hcm.use_remote_address {
-        let allow = !parts.headers.contains_key("x-forwarded-for");
+        let allow = !parts.headers.contains_key(&hn::X_FORWARDED_FOR);
         let from_xff = match hcm.xff_num_trusted_hops {
             0 => None,
             n => xff_address(&parts.headers, n - 1).map(|(ip, _)| ip),
@@ -495,16 +496,16 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
             // A loopback peer is replaced by this host's address, as Envoy does.
             let ip = if cx.remote.ip().is_loopback() { cx.worker.shared.local_address } else { cx.remote.ip() };
             let ip = ip.to_string();
-            let v = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let v = match parts.headers.get(&hn::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
                 _ => ip,
             };
             if let Ok(v) = HeaderValue::from_str(&v) {
-                parts.headers.insert("x-forwarded-for", v);
+                parts.headers.insert(hn::X_FORWARDED_FOR, v);
             }
         }
         let scheme = if cx.scheme == "https" { "https" } else { "http" };
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+        parts.headers.insert(hn::X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         (Some(from_xff.map(|ip| SocketAddr::new(ip, 0)).unwrap_or(cx.remote)), allow)
     } else {
         match xff_address(&parts.headers, hcm.xff_num_trusted_hops) {
@@ -512,47 +513,49 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
             None => (None, false),
         }
     };
-    if !parts.headers.contains_key("x-forwarded-proto") {
+    if !parts.headers.contains_key(&hn::X_FORWARDED_PROTO) {
         let scheme = if cx.scheme == "https" { "https" } else { "http" };
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+        parts.headers.insert(hn::X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
     let internal =
         allow_trusted_checks && final_remote.is_some_and(|a| hcm.internal_addresses.iter().any(|c| c.contains(a.ip())));
     let downstream_remote = final_remote.unwrap_or(cx.remote);
     let edge = hcm.use_remote_address && !internal;
     if internal {
-        parts.headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
+        parts.headers.insert(hn::X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
     } else {
         if hcm.use_remote_address
             && let Ok(v) = HeaderValue::from_str(&downstream_remote.ip().to_string())
         {
-            parts.headers.insert("x-envoy-external-address", v);
+            parts.headers.insert(hn::X_ENVOY_EXTERNAL_ADDRESS, v);
         }
         // External requests may not steer the proxy.
-        for h in ENVOY_CONTROL_HEADERS {
-            parts.headers.remove(*h);
+        if hn::has_envoy_headers(&parts.headers) {
+            for h in ENVOY_CONTROL_HEADERS {
+                parts.headers.remove(*h);
+            }
         }
     }
     // x-request-id
     if hcm.generate_request_id
-        && (!parts.headers.contains_key("x-request-id") || (edge && !hcm.preserve_external_request_id))
+        && (!parts.headers.contains_key(&hn::X_REQUEST_ID) || (edge && !hcm.preserve_external_request_id))
     {
         let id = uuid::Uuid::new_v4();
         let mut buf = uuid::Uuid::encode_buffer();
         if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
-            parts.headers.insert("x-request-id", v);
+            parts.headers.insert(hn::X_REQUEST_ID, v);
         }
     }
     if let Some(via) = &hcm.via {
         parts.headers.append(header::VIA, via.clone());
     }
-    let request_id = parts.headers.get("x-request-id").cloned();
+    let request_id = parts.headers.get(&hn::X_REQUEST_ID).cloned();
 
     let mut resp = route_and_forward(cx, &mut parts, body, &authority, downstream_remote).await;
     if hcm.always_set_request_id_in_response
         && let Some(id) = request_id
     {
-        resp.headers_mut().insert("x-request-id", id);
+        resp.headers_mut().insert(hn::X_REQUEST_ID, id);
     }
     resp
 }
@@ -561,7 +564,7 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
 /// Envoy's `getLastAddressFromXFF`: the address `skip` entries from the end, and whether XFF
 /// had a single entry (only then may it decide internal vs external).
 fn xff_address(h: &http::HeaderMap, skip: u32) -> Option<(std::net::IpAddr, bool)> {
-    let v = h.get("x-forwarded-for")?.to_str().ok()?;
+    let v = h.get(&hn::X_FORWARDED_FOR)?.to_str().ok()?;
     let parts: Vec<&str> = v.split(',').map(str::trim).collect();
     let idx = parts.len().checked_sub(1 + skip as usize)?;
     let ip = parts.get(idx)?.parse().ok()?;

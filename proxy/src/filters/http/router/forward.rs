@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use crate::filters::network::http_connection_manager::{ConnCtx, apply_request_mutations, apply_response_mutations};
 use crate::formatter::FormatContext;
 use crate::http::body::{ReplayBody, RequestBody, ResponseBody};
+use crate::http::headers as hn;
 use crate::http::local_reply::LocalReply;
 use crate::router::action::{ClusterSpecifier, HashPolicy, HostRewrite, RouteAction, WeightedCluster};
 use crate::router::retry::{ResetReason, RetryPolicy, parse_retry_on};
@@ -28,8 +29,14 @@ use crate::upstream::pool::Lease;
 const RETRY_BUFFER_LIMIT: usize = 1 << 20;
 
 /// Hop-by-hop headers never forwarded.
-const HOP_BY_HOP: [&str; 6] =
-    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "proxy-authenticate"];
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    hn::KEEP_ALIVE,
+    hn::PROXY_CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
 
 /// One routed request on its way upstream.
 pub struct Forward<'a> {
@@ -113,7 +120,7 @@ impl Forward<'_> {
             return self.reply(weighted, LocalReply::cluster_not_found());
         };
         let stats = &cluster.stats;
-        let internal = parts.headers.get("x-envoy-internal").is_some_and(|v| v == "true");
+        let internal = parts.headers.get(&hn::X_ENVOY_INTERNAL).is_some_and(|v| v == "true");
         // Response header values may read request headers (`%REQ(x)%`): keep a copy then.
         let request_headers = [
             weighted.map(|w| &w.response_headers),
@@ -140,17 +147,29 @@ impl Forward<'_> {
         // capped by the max (0 means no cap), as Envoy does.
         if let Some(max) = action.max_grpc_timeout
             && let Some(t) =
-                parts.headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
+                parts.headers.get(&hn::GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
         {
             timeout = Some(if max.is_zero() { t } else { t.min(max) });
         }
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
         // The client's controls are taken off every request, and only honoured on internal ones
         // (`x-envoy-internal: true`), as Envoy does.
-        let rq_timeout = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-timeout-ms");
-        let per_try_timeout = take_header_ms(&mut parts.headers, "x-envoy-upstream-rq-per-try-timeout-ms");
-        let retry_on = parts.headers.remove("x-envoy-retry-on").and_then(|v| v.to_str().ok().map(parse_retry_on));
-        let max_retries = take_header_ms(&mut parts.headers, "x-envoy-max-retries");
+        let controls = hn::has_envoy_headers(&parts.headers);
+        let (rq_timeout, per_try_timeout, retry_on, max_retries) = if controls {
+            let rq_timeout = take_header_ms(&mut parts.headers, &hn::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
+            let per_try_timeout = take_header_ms(&mut parts.headers, &hn::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
+            let retry_on =
+                parts.headers.remove(&hn::X_ENVOY_RETRY_ON).and_then(|v| v.to_str().ok().map(parse_retry_on));
+            let max_retries = take_header_ms(&mut parts.headers, &hn::X_ENVOY_MAX_RETRIES);
+            for h in
+                ["x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-hedge-on-per-try-timeout"]
+            {
+                parts.headers.remove(h);
+            }
+            (rq_timeout, per_try_timeout, retry_on, max_retries)
+        } else {
+            (None, None, None, None)
+        };
         if internal {
             if let Some(ms) = rq_timeout {
                 timeout = (ms > 0).then(|| Duration::from_millis(ms));
@@ -165,11 +184,6 @@ impl Forward<'_> {
             if let (Some(n), Some(p)) = (max_retries, policy.as_mut()) {
                 p.num_retries = n as u32;
             }
-        }
-        for h in
-            ["x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-hedge-on-per-try-timeout"]
-        {
-            parts.headers.remove(h);
         }
         let policy = policy.filter(|p| p.retry_on != 0 && p.num_retries > 0);
         let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
@@ -197,7 +211,7 @@ impl Forward<'_> {
             && !suppress
             && let Ok(v) = HeaderValue::from_str(path_and_query)
         {
-            headers.insert("x-envoy-original-path", v);
+            headers.insert(hn::X_ENVOY_ORIGINAL_PATH, v);
         }
         let path_and_query = new_path.unwrap_or_else(|| path_and_query.to_string());
         apply_request_mutations(
@@ -210,7 +224,7 @@ impl Forward<'_> {
         );
         let expected = per_try.or(timeout);
         if let (Some(t), false) = (expected, suppress) {
-            headers.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(t.as_millis() as u64));
+            headers.insert(hn::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, HeaderValue::from(t.as_millis() as u64));
         }
         let mut authority = self.authority.to_string();
         let literal = weighted.and_then(|w| w.host_rewrite.as_ref());
@@ -239,7 +253,7 @@ impl Forward<'_> {
         if (host_rewrite_applied || matches!(action.host_rewrite, HostRewrite::Auto))
             && let Ok(v) = HeaderValue::from_str(self.authority)
         {
-            headers.insert("x-envoy-original-host", v);
+            headers.insert(hn::X_ENVOY_ORIGINAL_HOST, v);
         }
         let h2 = upgrade.is_none()
             && match cluster.protocol {
@@ -299,7 +313,7 @@ impl Forward<'_> {
             // Without a retry policy there is exactly one attempt: move the headers, do not copy.
             let mut hdrs = if policy.is_some() { headers.clone() } else { std::mem::take(&mut headers) };
             if self.vhost.include_attempt_count_in_request {
-                hdrs.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+                hdrs.insert(hn::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
             }
             if matches!(action.host_rewrite, HostRewrite::Auto) && literal.is_none() && !host.hostname.is_empty() {
                 if action.append_x_forwarded_host && attempt == 1 {
@@ -509,10 +523,10 @@ impl Forward<'_> {
             });
         }
         if !suppress {
-            rparts.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(elapsed.as_millis() as u64));
+            rparts.headers.insert(hn::X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed.as_millis() as u64));
         }
         if self.vhost.include_attempt_count_in_response {
-            rparts.headers.insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+            rparts.headers.insert(hn::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
         }
         let fcx = FormatContext {
             upstream_remote: Some(host.address),
@@ -658,12 +672,26 @@ fn upgrade_type(h: &HeaderMap) -> Option<String> {
     h.get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_ascii_lowercase())
 }
 
-fn take_header_ms(h: &mut HeaderMap, name: &str) -> Option<u64> {
+fn take_header_ms(h: &mut HeaderMap, name: &HeaderName) -> Option<u64> {
     h.remove(name).and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse().ok()))
 }
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers named by `Connection` are hop-by-hop too.
+    if h.contains_key(header::CONNECTION) {
+        strip_connection_named(h);
+    }
+    for n in &HOP_BY_HOP {
+        if h.contains_key(n) {
+            h.remove(n);
+        }
+    }
+    if h.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        h.remove(header::TE);
+    }
+}
+
+fn strip_connection_named(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -675,21 +703,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-    if h.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
-        h.remove(header::TE);
-    }
 }
 
 fn append_x_forwarded_host(h: &mut HeaderMap, original: &str) {
-    let v = match h.get("x-forwarded-host").and_then(|v| v.to_str().ok()) {
+    let v = match h.get(&hn::X_FORWARDED_HOST).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.is_empty() => format!("{prev},{original}"),
         _ => original.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&v) {
-        h.insert("x-forwarded-host", v);
+        h.insert(hn::X_FORWARDED_HOST, v);
     }
 }
 
