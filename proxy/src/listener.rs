@@ -157,7 +157,13 @@ impl Listener {
         Ok(Listener {
             name: p.name.clone(),
             address,
-            bind_to_port: p.bind_to_port.map(|b| b.value).unwrap_or(true),
+            // Istio <= 1.9 says it with the deprecated `deprecated_v1.bind_to_port`.
+            #[allow(deprecated)]
+            bind_to_port: p
+                .bind_to_port
+                .or_else(|| p.deprecated_v1.as_ref().and_then(|d| d.bind_to_port))
+                .map(|b| b.value)
+                .unwrap_or(true),
             use_original_dst: p.use_original_dst.map(|b| b.value).unwrap_or(false),
             listener_filters: lf,
             listener_filters_timeout: match &p.listener_filters_timeout {

@@ -4,6 +4,7 @@
 pub mod compressor;
 pub mod cors;
 pub mod fault;
+pub mod istio_authn;
 pub mod local_ratelimit;
 pub mod rbac;
 pub mod router;
@@ -353,6 +354,11 @@ impl FilterChain {
                         chain.router = router::RouterConfig::from_any(any, &fld)?;
                     }
                     saw_router = true;
+                }
+                istio_authn::TYPE => {
+                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+                        istio_authn::check(any, &fld)?;
+                    }
                 }
                 t if TELEMETRY_TYPES.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => {
                     tracing::debug!("skipping telemetry-only HTTP filter {} ({t})", f.name);
