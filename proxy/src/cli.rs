@@ -103,6 +103,32 @@ pub struct Options {
     /// Print the version and exit.
     #[arg(long)]
     pub version: bool,
+    /// Remora only: get the workload certificate from an Istio CA (`host:port`, e.g.
+    /// `istiod.istio-system.svc:15012`) and serve it as the SDS secrets `default` and `ROOTCA`,
+    /// so no pilot-agent is needed.
+    #[arg(long = "ca-address")]
+    pub ca_address: Option<String>,
+    /// PEM root(s) that sign the CA's own serving certificate.
+    #[arg(long = "ca-root-cert", requires = "ca_address")]
+    pub ca_root_cert: Option<PathBuf>,
+    /// The name to verify in the CA's certificate (default: the host of --ca-address).
+    #[arg(long = "ca-server-name", requires = "ca_address")]
+    pub ca_server_name: Option<String>,
+    /// File with the bearer token sent to the CA (a projected service-account token).
+    #[arg(long = "ca-token-file", requires = "ca_address")]
+    pub ca_token_file: Option<PathBuf>,
+    /// The SPIFFE ID to request; default `spiffe://<--ca-trust-domain>/ns/<NAMESPACE>/sa/<SERVICE_ACCOUNT>`
+    /// from the node metadata.
+    #[arg(long = "ca-identity", requires = "ca_address")]
+    pub ca_identity: Option<String>,
+    #[arg(long = "ca-trust-domain", default_value = "cluster.local")]
+    pub ca_trust_domain: String,
+    /// Sent to the CA as the `ClusterID` header.
+    #[arg(long = "ca-cluster-id", default_value = "Kubernetes")]
+    pub ca_cluster_id: String,
+    /// Requested certificate lifetime (e.g. `24h`, `10m`).
+    #[arg(long = "ca-cert-ttl", default_value = "24h")]
+    pub ca_cert_ttl: String,
 }
 
 impl Options {

@@ -188,7 +188,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         let st = Arc::new(AdminState {
             control: control.clone(),
             node: node.clone(),
-            bootstrap,
+            bootstrap: bootstrap.clone(),
             options: opts.clone(),
             logs,
         });
@@ -208,16 +208,36 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         return ExitCode::from(1);
     }
     tokio::spawn(flush_server_stats(stats.clone(), shared.clone(), control.started));
-    workers_started.set(1);
-    // Dynamic resources: the server goes LIVE once the first CDS and LDS were applied (or
-    // their initial fetch timed out), as Envoy's init manager does.
-    let initial = start_dynamic(&bootstrap_dynamic, &manager);
+    // Dynamic resources: the server goes LIVE and reports its workers started once the first
+    // CDS and LDS were applied (or their initial fetch timed out), as Envoy's init manager does;
+    // pilot-agent's readiness probe waits for exactly that.
+    let mut initial = start_dynamic(&bootstrap_dynamic, &manager);
+    let mut initial_timeout = Duration::from_secs(15);
+    let secrets_from_ca = match crate::tls::istio_ca::start(&opts, &node, &manager) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error initializing configuration: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let streams = match crate::xds::ads::start(&bootstrap, &node, &manager, secrets_from_ca) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error initializing configuration: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    initial.extend(streams.initial.iter().cloned());
+    if !streams.initial.is_empty() {
+        initial_timeout = streams.initial_fetch_timeout;
+    }
     if !initial.is_empty() {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + initial_timeout;
         while Instant::now() < deadline && !initial.iter().all(|c| c.value() > 0) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    workers_started.set(1);
     server_state.set(state::LIVE);
     stats.gauge("server.live").set(1);
     tracing::info!(target: "remora::server", "all listeners started; {n} workers");

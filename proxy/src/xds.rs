@@ -2,6 +2,8 @@
 //! SDS or files) decoded and applied with Envoy's semantics, and file-based xDS
 //! (`path_config_source`), polled so both in-place writes and atomic renames are seen.
 
+pub mod ads;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
