@@ -6,10 +6,20 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::mpsc::{self, UnboundedSender};
+
+mod client;
+mod config;
+mod state;
+mod transport;
+
+pub use config::{DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF};
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -43,6 +53,9 @@ pub struct ClientConfig {
     pub node: Node,
     /// TLS to the management server (the static cluster's transport socket); `None` is plaintext.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// SNI and the name verified against the server certificate (the cluster's `sni`); defaults
+    /// to the host of a TCP target, else the authority.
+    pub tls_server_name: Option<String>,
     /// `:authority` of the gRPC requests (the cluster name, as Envoy sends it).
     pub authority: String,
     /// Reconnect backoff: Envoy's defaults are 500 ms base, 30 s max, jittered.
@@ -85,31 +98,75 @@ pub trait XdsHandler: Send + Sync + 'static {
 /// Names subscribed for a non-wildcard type (EDS, RDS, SDS).
 pub type Names = BTreeSet<String>;
 
-// Placeholder until the ADS client lands (branch xds): no ADS is started.
+/// Starts xDS streams.
 pub struct AdsClient;
-#[derive(Clone)]
-pub struct AdsHandle;
+
 impl AdsClient {
-    pub fn start(_c: ClientConfig, _h: std::sync::Arc<dyn XdsHandler>) -> AdsHandle {
-        AdsHandle
+    /// Spawns the ADS stream on the current tokio runtime. CDS and LDS are wildcard subscriptions
+    /// (CDS first, LDS once the first CDS response is handled, as Envoy does); other types are
+    /// requested by name with [`AdsHandle::set_interest`].
+    pub fn start(config: ClientConfig, handler: Arc<dyn XdsHandler>) -> AdsHandle {
+        let state = state::ads_state(config.api_type, config.node.clone());
+        spawn(config, handler, client::Service::Ads, state)
     }
-    pub fn start_sds(_c: ClientConfig, _h: std::sync::Arc<dyn XdsHandler>) -> AdsHandle {
-        AdsHandle
+
+    /// SDS on a stream of its own (`StreamSecrets` for SotW, `DeltaSecrets` for Delta), as Envoy
+    /// does for an `api_config_source` such as Istio's `sds-grpc`; secrets by name only.
+    pub fn start_sds(config: ClientConfig, handler: Arc<dyn XdsHandler>) -> AdsHandle {
+        let state = state::State::new(config.api_type, config.node.clone());
+        spawn(config, handler, client::Service::Sds, state)
     }
 }
+
+fn spawn(
+    config: ClientConfig,
+    handler: Arc<dyn XdsHandler>,
+    service: client::Service,
+    state: state::State,
+) -> AdsHandle {
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let shared = Arc::new(client::Shared::default());
+    let task = client::Task { config, service, handler, shared: shared.clone(), commands, state };
+    let join = tokio::spawn(task.run());
+    AdsHandle { inner: Arc::new(HandleInner { commands: commands_tx, shared, abort: join.abort_handle() }) }
+}
+
+/// Controls a running client. Dropping every handle leaves the stream running: call
+/// [`AdsHandle::shutdown`] to stop it.
+#[derive(Clone)]
+pub struct AdsHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    commands: UnboundedSender<client::Command>,
+    shared: Arc<client::Shared>,
+    abort: tokio::task::AbortHandle,
+}
+
 impl AdsHandle {
-    pub fn set_interest(&self, _t: &str, _n: Names) {}
-}
-impl ClientConfig {
-    pub fn from_bootstrap(
-        _b: &envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
-    ) -> Result<Option<ClientConfig>, String> {
-        Ok(None)
+    /// Names subscribed for a non-wildcard type (EDS, RDS, SDS). The subscribe/unsubscribe goes
+    /// out at once (Delta: `resource_names_subscribe`/`unsubscribe`; SotW: a new request with the
+    /// full list), or with the next stream when disconnected. The same set again is a no-op.
+    /// Safe to call from inside [`XdsHandler::on_update`]: the change follows that update's ACK.
+    pub fn set_interest(&self, type_url: &str, names: Names) {
+        let _ = self.inner.commands.send(client::Command::Interest(type_url.to_string(), names));
     }
-    pub fn from_api_config_source(
-        _s: &envoy_types::pb::envoy::config::core::v3::ApiConfigSource,
-        _b: &envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
-    ) -> Result<ClientConfig, String> {
-        Err(String::new())
+
+    /// Stops the stream at its next await point; an update already being handled finishes.
+    pub fn shutdown(&self) {
+        self.inner.shared.stopped.store(true, Ordering::Release);
+        self.inner.abort.abort();
+    }
+
+    /// A stream is established (the last `on_connection_state` was `true`).
+    pub fn is_connected(&self) -> bool {
+        self.inner.shared.connected.load(Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for AdsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsHandle").field("connected", &self.is_connected()).finish_non_exhaustive()
     }
 }

@@ -6,5 +6,7 @@ pub mod any;
 pub mod bootstrap;
 pub mod descriptors;
 pub mod json;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use envoy_types::pb;

@@ -97,7 +97,9 @@ pub fn start(
             if is_ads(src) {
                 streams.initial.push(counter.clone());
                 if let Some(t) = src.and_then(|s| s.initial_fetch_timeout) {
-                    streams.initial_fetch_timeout = Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+                    let d = Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+                    // 0 disables the timeout: the server waits for the first update.
+                    streams.initial_fetch_timeout = if d.is_zero() { Duration::from_secs(365 * 86400) } else { d };
                 }
             }
         }

@@ -1,0 +1,212 @@
+//! Real istiod output over ADS, the acceptance test of the xDS work: the control-plane harness
+//! serves each config dump in shared/testdata/istio (every Cluster, Listener, RouteConfiguration
+//! and ClusterLoadAssignment, as typed `Any`s with Istio's own configs inside, per-resource
+//! versions kept) to remora over Delta ADS, as istiod does. Remora must ACK every type, NACK
+//! nothing (the expected NACKs are listed here when there are any), and afterwards its
+//! `/config_dump` must list the same dynamic resources with the same versions as the dump.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Remora, free_port, http_get};
+use serde_json::Value;
+use xds_client::ads;
+use xds_client::server::ControlPlane;
+
+fn testdata() -> Option<PathBuf> {
+    let dir = std::env::var_os("REMORA_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
+    dir.join("istio").is_dir().then_some(dir.join("istio"))
+}
+
+/// name -> version of one dump section, e.g. ("dynamic_active_clusters", "cluster").
+fn section(dump: &Value, list: &str, inner: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        for d in c[list].as_array().into_iter().flatten() {
+            let (name, version) = if list == "dynamic_listeners" {
+                // A listener Envoy rejected (only `error_state`) is not served by the harness.
+                let state = if d.get("active_state").is_some() { &d["active_state"] } else { &d["warming_state"] };
+                if state.is_null() {
+                    continue;
+                }
+                (d["name"].as_str(), state["version_info"].as_str())
+            } else {
+                let name = d[inner]["name"].as_str().or_else(|| d[inner]["cluster_name"].as_str());
+                (name, d["version_info"].as_str())
+            };
+            if let Some(n) = name {
+                out.insert(n.to_string(), version.unwrap_or_default().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn clusters(dump: &Value) -> BTreeMap<String, String> {
+    let mut all = section(dump, "dynamic_active_clusters", "cluster");
+    all.extend(section(dump, "dynamic_warming_clusters", "cluster"));
+    all
+}
+
+fn bootstrap(admin: u16, xds: u16) -> String {
+    format!(
+        r#"
+node:
+  id: sidecar~10.0.0.1~replay-1.default~default.svc.cluster.local
+  cluster: replay.default
+  metadata: {{NAMESPACE: default, SERVICE_ACCOUNT: default, ISTIO_VERSION: "1.20.8"}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: DELTA_GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds}}}}}}}}}]}}]
+"#
+    )
+}
+
+/// Envoy's `/config_dump` redacts private keys (`"[redacted]"`), so a dump's SDS secrets cannot
+/// be served as they are: each keeps its name and version but gets a dev-CA certificate and key
+/// (or the dev root for a validation context), as pilot-agent would serve real ones.
+fn replace_redacted_secrets(cp: &ControlPlane) {
+    use certs::dev_ca::{CaOptions, DevCa, WorkloadOptions};
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, TlsCertificate, secret};
+    use prost::Message;
+    let names = cp.names(ads::SECRET);
+    if names.is_empty() {
+        return;
+    }
+    let ca = DevCa::new_root(&CaOptions::default()).unwrap();
+    let id = certs::SpiffeId::parse("spiffe://cluster.local/ns/default/sa/default").unwrap();
+    let leaf = ca.issue(&WorkloadOptions::spiffe(id)).unwrap();
+    let inline = |pem: &str| {
+        Some(DataSource { specifier: Some(Specifier::InlineString(pem.to_string())), ..Default::default() })
+    };
+    for name in names {
+        let served = cp.get(ads::SECRET, &name).unwrap();
+        let mut s = Secret::decode(served.resource.value.as_slice()).unwrap();
+        match &mut s.r#type {
+            Some(secret::Type::TlsCertificate(c)) => {
+                *c = TlsCertificate {
+                    certificate_chain: inline(&leaf.chain_pem),
+                    private_key: inline(&leaf.key_pem),
+                    ..Default::default()
+                }
+            }
+            Some(secret::Type::ValidationContext(v)) => v.trusted_ca = inline(&leaf.root_pem),
+            _ => {}
+        }
+        cp.set_with_version(ads::SECRET, &name, &served.version, xds_client::any::pack(&s));
+    }
+}
+
+/// NACKs a dump is expected to get today (type URL, substring of the reason); empty = none.
+fn expected_nacks(_file: &str) -> Vec<(&'static str, &'static str)> {
+    Vec::new()
+}
+
+#[test]
+fn istiod_dumps_over_delta_ads() {
+    let Some(dir) = testdata() else {
+        eprintln!("skipped: shared/testdata/istio not found (set REMORA_TESTDATA)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut dumps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    dumps.sort();
+    let mut summary = Vec::new();
+    for path in dumps {
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let dump: Value = serde_json::from_str(&text).unwrap();
+        let cp = ControlPlane::from_config_dump(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        replace_redacted_secrets(&cp);
+        let xds = rt.block_on(cp.serve_tcp("127.0.0.1:0".parse().unwrap())).unwrap();
+        let admin = free_port();
+        let r = Remora::start(&bootstrap(admin, xds.port()), admin);
+
+        // Every type the dump has is ACKed; RDS and EDS follow the names the config references.
+        let types: Vec<&str> = [ads::CLUSTER, ads::LISTENER, ads::ROUTE, ads::ENDPOINT]
+            .into_iter()
+            .filter(|t| cp.count(t) > 0)
+            // EDS is only asked for the clusters the config has.
+            .filter(|t| *t != ads::ENDPOINT || cp.count(ads::CLUSTER) > 0)
+            .collect();
+        let want = types.clone();
+        let acked = rt.block_on(cp.wait_for(
+            move |cp| want.iter().all(|t| cp.acks().iter().chain(cp.nacks().iter()).any(|a| a.type_url == *t)),
+            Duration::from_secs(30),
+        ));
+        let log = || std::fs::read_to_string(&r.log).unwrap_or_default();
+        assert!(acked, "{file}: not every type answered; acks {:?}\n{}", cp.acks(), log());
+        let nacks: Vec<(String, String)> =
+            cp.nacks().into_iter().map(|n| (n.type_url.clone(), n.error_detail.clone().unwrap_or_default())).collect();
+        let expected = expected_nacks(&file);
+        assert_eq!(nacks.len(), expected.len(), "{file}: NACKs {nacks:#?}");
+        for ((t, reason), (et, er)) in nacks.iter().zip(&expected) {
+            assert!(t == et && reason.contains(er), "{file}: unexpected NACK {t}: {reason}");
+        }
+
+        // /config_dump lists the dump's dynamic resources with the dump's versions.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ours = loop {
+            let (_, body) = http_get(admin, "/config_dump").unwrap();
+            let ours: Value = serde_json::from_str(&body).unwrap();
+            if clusters(&ours).len() >= clusters(&dump).len() || Instant::now() > deadline {
+                break ours;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(clusters(&ours), clusters(&dump), "{file}: clusters (name -> version)");
+        assert_eq!(
+            section(&ours, "dynamic_listeners", ""),
+            section(&dump, "dynamic_listeners", ""),
+            "{file}: listeners (name -> version)"
+        );
+        assert_eq!(
+            section(&ours, "dynamic_route_configs", "route_config"),
+            section(&dump, "dynamic_route_configs", "route_config"),
+            "{file}: route configs (name -> version)"
+        );
+        assert_eq!(r.stat("control_plane.connected_state"), Some(1), "{file}");
+        summary.push(format!(
+            "{file}: {} clusters, {} listeners, {} routes, {} endpoints ACKed, {} NACKs",
+            cp.count(ads::CLUSTER),
+            cp.count(ads::LISTENER),
+            cp.count(ads::ROUTE),
+            cp.count(ads::ENDPOINT),
+            nacks.len()
+        ));
+        drop(r);
+        cp.stop();
+    }
+    eprintln!("{}", summary.join("\n"));
+    assert!(summary.len() >= 5, "expected the five istiod JSON dumps, replayed {}", summary.len());
+}
