@@ -5,3 +5,4 @@ pub mod exec;
 pub mod headers;
 pub mod local_reply;
 pub mod path;
+pub mod xfcc;

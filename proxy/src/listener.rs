@@ -416,13 +416,17 @@ fn conn_info(s: &rustls::ServerConnection, tls: &crate::tls::ServerTls) -> ConnI
         local_uri_sans: tls.local_uri_sans(),
         ..Default::default()
     };
-    if let Some(leaf) = s.peer_certificates().and_then(|c| c.first()) {
+    if let Some(chain) = s.peer_certificates()
+        && let Some(leaf) = chain.first()
+    {
         if let Some(sans) = crate::tls::verify::sans_of(leaf) {
             c.peer_uri_sans = sans.uri;
             c.peer_dns_sans = sans.dns;
-            c.peer_subject = Some(sans.subject);
         }
+        // Envoy's subject form (RFC 2253, most specific RDN first), for XFCC and RBAC.
+        c.peer_subject = certs::PeerIdentity::from_der(leaf).ok().map(|id| id.subject);
         c.peer_cert_sha256 = Some(crate::tls::verify::sha256_hex(leaf));
+        c.peer_chain = chain.iter().map(|d| d.clone().into_owned()).collect();
     }
     c
 }

@@ -44,6 +44,8 @@ pub struct ConnInfo {
     /// Lowercase hex SHA-256 of the peer's leaf certificate.
     pub peer_cert_sha256: Option<String>,
     pub local_uri_sans: Vec<String>,
+    /// The peer's certificate chain, leaf first (XFCC `Cert` and `Chain`).
+    pub peer_chain: std::sync::Arc<[rustls_pki_types::CertificateDer<'static>]>,
 }
 
 impl ConnInfo {

@@ -140,6 +140,8 @@ pub struct HttpConnectionManager {
     pub internal_addresses: Vec<crate::listener::filter_chain::Cidr>,
     /// Enabled `upgrade_configs` types, lowercased (`websocket`, ...).
     pub upgrades: Vec<String>,
+    /// `forward_client_cert_details` / `set_current_client_cert_details`.
+    pub xfcc: crate::http::xfcc::Xfcc,
     pub stats: HcmStats,
     /// `access_log`: written when each request ends (see `access_log::request`).
     pub access_logs: Arc<[crate::access_log::AccessLog]>,
@@ -212,6 +214,7 @@ impl HttpConnectionManager {
                 .as_ref()
                 .and_then(|o| o.max_concurrent_streams)
                 .map(|v| v.value),
+            xfcc: crate::http::xfcc::Xfcc::from_proto(p),
             normalize_path: p.normalize_path.map(|b| b.value).unwrap_or(false),
             merge_slashes: p.merge_slashes,
             escaped_slashes: {
@@ -546,6 +549,7 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
             parts.headers.insert(hn::X_REQUEST_ID, v);
         }
     }
+    hcm.xfcc.apply(&mut parts.headers, &cx.conn);
     if let Some(via) = &hcm.via {
         parts.headers.append(header::VIA, via.clone());
     }
