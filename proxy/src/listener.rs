@@ -454,6 +454,7 @@ fn downstream_transport(
             let p: DownstreamTlsContext =
                 xds_client::any::unpack(any).map_err(|e| ConfigError::new("transport_socket", e.to_string()))?;
             let t = crate::tls::ServerTls::from_proto(&p, cx.secrets.clone(), "transport_socket.typed_config")?;
+            t.check_node(&cx.node, "transport_socket.typed_config")?;
             Ok(Some(Arc::new(t)))
         }
         t => Err(ConfigError::new("transport_socket", format!("transport socket {} ({t}) is not supported", ts.name))),

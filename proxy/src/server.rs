@@ -316,6 +316,7 @@ fn start_dynamic(
     manager: &Arc<ConfigManager>,
 ) -> Vec<crate::stats::Counter> {
     let mut waits = Vec::new();
+    crate::xds::follow_sds_files(manager.clone());
     if let Some(p) = d.cds_config.as_ref().and_then(crate::xds::file_source) {
         crate::xds::watch_file(manager.clone(), p, crate::xds::CLUSTER);
         waits.push(manager.cds.update_attempt.clone());

@@ -120,10 +120,11 @@ fn read_response(path: &std::path::Path) -> Result<DiscoveryResponse, String> {
     r
 }
 
-/// Watches a file-based xDS source: applies it now and whenever it changes. `type_url` is
-/// what the file must carry.
-pub fn watch_file(manager: Arc<ConfigManager>, path: PathBuf, type_url: &'static str) {
-    tokio::spawn(async move {
+/// Watches a file-based xDS source: applies it now and whenever it changes (polled every
+/// 500 ms by modification time, size and inode, so the atomic rename or symlink swap of a
+/// `watched_directory` is seen too). `type_url` is what the file must carry.
+pub fn watch_file(manager: Arc<ConfigManager>, path: PathBuf, type_url: &'static str) -> tokio::task::AbortHandle {
+    let task = tokio::spawn(async move {
         let mut last = None;
         loop {
             let fp = fingerprint(&path);
@@ -152,6 +153,34 @@ pub fn watch_file(manager: Arc<ConfigManager>, path: PathBuf, type_url: &'static
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    task.abort_handle()
+}
+
+/// Keeps one watcher per file-based SDS file the config references.
+pub fn follow_sds_files(manager: Arc<ConfigManager>) {
+    let mut rx = manager.interest();
+    tokio::spawn(async move {
+        let mut watching: std::collections::BTreeMap<PathBuf, tokio::task::AbortHandle> = Default::default();
+        loop {
+            let want = rx.borrow_and_update().sds_files.clone();
+            watching.retain(|p, h| {
+                let keep = want.contains(p);
+                if !keep {
+                    h.abort();
+                }
+                keep
+            });
+            for p in want {
+                if let std::collections::btree_map::Entry::Vacant(e) = watching.entry(p) {
+                    let h = watch_file(manager.clone(), e.key().clone(), SECRET);
+                    e.insert(h);
+                }
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
         }
     });
 }

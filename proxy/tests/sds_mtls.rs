@@ -398,3 +398,94 @@ fn envoy_is_the_peer_sidecar_in_both_directions() {
         std::fs::remove_dir_all(d).ok();
     }
 }
+
+/// File-based SDS (`sds_config.path_config_source`), the standalone way: Envoy and remora run
+/// the same bootstrap, and an atomic rename of the secret file rotates the certificate both
+/// present on new handshakes.
+#[test]
+fn file_based_sds_rotates_like_envoy() {
+    let dir = tmpdir("file-sds");
+    let ca = DevCa::new_root(&CaOptions::default()).unwrap();
+    let client = issue(&ca, "tester");
+    std::fs::write(dir.join("client.pem"), &client.chain_pem).unwrap();
+    std::fs::write(dir.join("client.key"), &client.key_pem).unwrap();
+    let secret_file = dir.join("sds.yaml");
+    let write_secret = |c: &IssuedCert, n: u32| {
+        let (cert, key) = (dir.join(format!("cert{n}.pem")), dir.join(format!("key{n}.pem")));
+        std::fs::write(&cert, &c.chain_pem).unwrap();
+        std::fs::write(&key, &c.key_pem).unwrap();
+        let body = format!(
+            "version_info: \"{n}\"\nresources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: server\n  tls_certificate: {{certificate_chain: {{filename: {}}}, private_key: {{filename: {}}}}}\n",
+            cert.display(),
+            key.display()
+        );
+        let tmp = dir.join("sds.yaml.tmp");
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, &secret_file).unwrap();
+    };
+    let first = issue(&ca, "app");
+    write_secret(&first, 1);
+    let bootstrap = format!(
+        r#"
+node: {{id: standalone, cluster: demo}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {{ADMIN}}}}}}}}
+static_resources:
+  listeners:
+  - name: tls
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {{PORT}}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: server
+              sds_config: {{path_config_source: {{path: {file}}}, resource_api_version: V3}}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: tls
+          route_config:
+            virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: "/"}}, direct_response: {{status: 200, body: {{inline_string: ok}}}}}}]}}]
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+"#,
+        file = secret_file.display()
+    );
+    // Without a node id and cluster, both refuse a secret from a config source.
+    let no_node = dir.join("no-node.yaml");
+    std::fs::write(
+        &no_node,
+        bootstrap.replace("node: {id: standalone, cluster: demo}", "").replace("{ADMIN}", "0").replace("{PORT}", "0"),
+    )
+    .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_remora")).args(["--mode", "validate", "-c"]).arg(&no_node).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && err.contains("TlsCertificateSdsApi: node 'id' and 'cluster' are required"),
+        "{err}"
+    );
+    let Some(pair) = support::start_pair("file_sds", &bootstrap, 1) else { return };
+    let wait_for = |p: &support::Proxy, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = presented(p.port, &dir);
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} presents another certificate:\n{got}\n{}", p.name, p.stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for p in [&pair.0, &pair.1] {
+        wait_for(p, &first_pem(&first.chain_pem));
+    }
+    let second = issue(&ca, "app");
+    write_secret(&second, 2);
+    for p in [&pair.0, &pair.1] {
+        wait_for(p, &first_pem(&second.chain_pem));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -124,6 +124,8 @@ pub struct Interest {
     pub eds: BTreeSet<String>,
     pub rds: BTreeSet<String>,
     pub sds: BTreeSet<String>,
+    /// Files of file-based SDS the config references.
+    pub sds_files: BTreeSet<std::path::PathBuf>,
 }
 
 pub struct ConfigManager {
@@ -685,10 +687,13 @@ impl ConfigManager {
                 interest.eds.insert(s.clone());
             }
             interest.sds.extend(c.secret_names());
+            interest.sds_files.extend(c.secret_files());
         }
         for l in st.static_listeners.iter().chain(st.listeners.values().map(|d| &d.listener)) {
             interest.rds.extend(rds_names(l));
             interest.sds.extend(listener_secrets(l));
+            let tls = l.chains.iter().chain(l.default_chain.iter()).filter_map(|c| c.tls.as_ref());
+            interest.sds_files.extend(tls.flat_map(|t| t.secret_files().iter().cloned()));
         }
         self.active_clusters.set(snap.clusters.len() as i64);
         self.warming_clusters.set(warming_clusters);

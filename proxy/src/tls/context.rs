@@ -40,6 +40,10 @@ struct Common {
     alpn: Vec<Vec<u8>>,
     versions: Vec<&'static rustls::SupportedProtocolVersion>,
     suites: Option<Vec<SupportedCipherSuite>>,
+    /// Files of file-based SDS (`sds_config.path_config_source`), watched for the secrets.
+    sds_files: Vec<std::path::PathBuf>,
+    /// The first secret fetched from a config source (not static): Envoy's SDS API name for it.
+    dynamic_sds: Option<&'static str>,
 }
 
 /// OpenSSL-style cipher suite names Envoy takes, mapped to rustls (TLS 1.2; TLS 1.3 suites are
@@ -126,8 +130,31 @@ fn params(
     Ok((versions, suites))
 }
 
+fn check_node(api: Option<&'static str>, node: &crate::config::NodeInfo, field: &str) -> Result<(), ConfigError> {
+    match api {
+        Some(api) if node.id.is_empty() || node.cluster.is_empty() => Err(ConfigError::new(
+            field,
+            format!(
+                "{api}: node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options."
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn compile_common(c: &CommonTlsContext, field: &str) -> Result<Common, ConfigError> {
     let mut certs = Vec::new();
+    let mut sds_files = Vec::new();
+    let mut dynamic_sds = None;
+    let mut sds_file = |s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig,
+                        api: &'static str| {
+        if let Some(p) = s.sds_config.as_ref().and_then(crate::xds::file_source) {
+            sds_files.push(p);
+        }
+        if s.sds_config.is_some() {
+            dynamic_sds.get_or_insert(api);
+        }
+    };
     for (i, t) in c.tls_certificates.iter().enumerate() {
         certs.push(CertSource::Static(Arc::new(CertKey::from_proto(t, &format!("{field}.tls_certificates[{i}]"))?)));
     }
@@ -138,6 +165,7 @@ fn compile_common(c: &CommonTlsContext, field: &str) -> Result<Common, ConfigErr
                 "is required",
             ));
         }
+        sds_file(s, "TlsCertificateSdsApi");
         certs.push(CertSource::Sds(s.name.clone()));
     }
     if c.tls_certificate_provider_instance.is_some()
@@ -152,7 +180,10 @@ fn compile_common(c: &CommonTlsContext, field: &str) -> Result<Common, ConfigErr
         Some(V::ValidationContext(v)) => {
             ValidationSource::Static(Arc::new(Validation::from_proto(v, &format!("{field}.validation_context"))?))
         }
-        Some(V::ValidationContextSdsSecretConfig(s)) => ValidationSource::Sds(s.name.clone()),
+        Some(V::ValidationContextSdsSecretConfig(s)) => {
+            sds_file(s, "CertificateValidationContextSdsApi");
+            ValidationSource::Sds(s.name.clone())
+        }
         Some(V::CombinedValidationContext(cv)) => {
             let default = match &cv.default_validation_context {
                 Some(v) => Validation::from_proto(
@@ -162,7 +193,10 @@ fn compile_common(c: &CommonTlsContext, field: &str) -> Result<Common, ConfigErr
                 None => Validation::default(),
             };
             match &cv.validation_context_sds_secret_config {
-                Some(s) => ValidationSource::Combined(Arc::new(default), s.name.clone()),
+                Some(s) => {
+                    sds_file(s, "CertificateValidationContextSdsApi");
+                    ValidationSource::Combined(Arc::new(default), s.name.clone())
+                }
                 None if cv.validation_context_certificate_provider_instance.is_some() => {
                     return Err(ConfigError::new(field, "validation certificate providers are not supported"));
                 }
@@ -178,6 +212,8 @@ fn compile_common(c: &CommonTlsContext, field: &str) -> Result<Common, ConfigErr
         alpn: c.alpn_protocols.iter().map(|a| a.as_bytes().to_vec()).collect(),
         versions,
         suites,
+        sds_files,
+        dynamic_sds,
     })
 }
 
@@ -330,6 +366,16 @@ impl ServerTls {
         self.common.secret_names()
     }
 
+    /// Files of file-based SDS this context reads its secrets from.
+    pub fn secret_files(&self) -> &[std::path::PathBuf] {
+        &self.common.sds_files
+    }
+
+    /// Envoy refuses secrets from a config source when the node has no id or cluster.
+    pub fn check_node(&self, node: &crate::config::NodeInfo, field: &str) -> Result<(), ConfigError> {
+        check_node(self.common.dynamic_sds, node, field)
+    }
+
     pub fn ready(&self) -> bool {
         self.secret_names().iter().all(|n| self.store.contains(n))
     }
@@ -408,6 +454,16 @@ impl ClientTls {
 
     pub fn secret_names(&self) -> Vec<String> {
         self.common.secret_names()
+    }
+
+    /// Files of file-based SDS this context reads its secrets from.
+    pub fn secret_files(&self) -> &[std::path::PathBuf] {
+        &self.common.sds_files
+    }
+
+    /// Envoy refuses secrets from a config source when the node has no id or cluster.
+    pub fn check_node(&self, node: &crate::config::NodeInfo, field: &str) -> Result<(), ConfigError> {
+        check_node(self.common.dynamic_sds, node, field)
     }
 
     pub fn ready(&self) -> bool {

@@ -498,6 +498,15 @@ impl Cluster {
         v
     }
 
+    /// Files of file-based SDS this cluster's TLS contexts read.
+    pub fn secret_files(&self) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = self.tls.iter().flat_map(|t| t.secret_files().iter().cloned()).collect();
+        for t in self.tls_matches.iter().filter_map(|(_, t)| t.as_ref()) {
+            v.extend(t.secret_files().iter().cloned());
+        }
+        v
+    }
+
     pub fn needs_dns(&self) -> bool {
         matches!(self.discovery, DiscoveryType::StrictDns | DiscoveryType::LogicalDns)
             && self.dns_targets.iter().any(|t| t.host.parse::<std::net::IpAddr>().is_err())
@@ -579,6 +588,7 @@ fn upstream_transport(
             let p: UpstreamTlsContext =
                 xds_client::any::unpack(any).map_err(|e| ConfigError::new(field, e.to_string()))?;
             let t = crate::tls::ClientTls::from_proto(&p, cx.secrets.clone(), &format!("{field}.typed_config"))?;
+            t.check_node(&cx.node, &format!("{field}.typed_config"))?;
             Ok(Some(Arc::new(t)))
         }
         t => Err(ConfigError::new(field, format!("transport socket {} ({t}) is not supported", ts.name))),
