@@ -196,8 +196,31 @@ fn istiod_dumps_over_delta_ads() {
             "{file}: route configs (name -> version)"
         );
         assert_eq!(r.stat("control_plane.connected_state"), Some(1), "{file}");
+
+        // Listeners Envoy rejected (`error_state`) are NACKed by remora too, naming the listener,
+        // and the rest keeps serving.
+        let mut rejected = 0;
+        for c in dump["configs"].as_array().into_iter().flatten() {
+            for l in c["dynamic_listeners"].as_array().into_iter().flatten() {
+                let Some(failed) = l.get("error_state").map(|e| &e["failed_configuration"]) else { continue };
+                let (t, name, any) = xds_client::server::resource_from_json(failed, "failed_configuration").unwrap();
+                let before = cp.nacks().len();
+                cp.set(t, &name, any);
+                let nacked = rt.block_on(cp.wait_for(move |cp| cp.nacks().len() > before, Duration::from_secs(10)));
+                assert!(nacked, "{file}: {name}, rejected by Envoy, was not NACKed");
+                let detail = cp.nacks().last().and_then(|n| n.error_detail.clone()).unwrap_or_default();
+                assert!(detail.contains(&name), "{file}: NACK does not name {name}: {detail}");
+                eprintln!("{file}: {name} NACKed (Envoy rejected it too): {detail}");
+                rejected += 1;
+            }
+        }
+        assert_eq!(
+            section(&ours, "dynamic_listeners", "").len(),
+            section(&dump, "dynamic_listeners", "").len(),
+            "{file}"
+        );
         summary.push(format!(
-            "{file}: {} clusters, {} listeners, {} routes, {} endpoints ACKed, {} NACKs",
+            "{file}: served {} clusters, {} listeners, {} routes, {} endpoint sets; {} NACKs; {rejected} listener(s) Envoy rejected, NACKed",
             cp.count(ads::CLUSTER),
             cp.count(ads::LISTENER),
             cp.count(ads::ROUTE),
