@@ -378,6 +378,17 @@ impl Cluster {
                 }
             }
             DiscoveryType::Eds => {
+                if p.eds_cluster_config
+                    .as_ref()
+                    .and_then(|e| e.eds_config.as_ref())
+                    .and_then(crate::xds::file_source)
+                    .is_some()
+                {
+                    return Err(ConfigError::new(
+                        "eds_cluster_config.eds_config.path_config_source",
+                        "file-based EDS is not supported (use ADS or load_assignment)",
+                    ));
+                }
                 let name = p
                     .eds_cluster_config
                     .as_ref()

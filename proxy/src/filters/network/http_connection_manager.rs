@@ -166,6 +166,12 @@ impl HttpConnectionManager {
                 RouteTable::from_proto(rc, cx, true).map_err(|e| e.within("route_config"))?,
             )),
             Some(RouteSpecifier::Rds(rds)) => {
+                if rds.config_source.as_ref().and_then(crate::xds::file_source).is_some() {
+                    return Err(ConfigError::new(
+                        "rds.config_source.path_config_source",
+                        "file-based RDS is not supported (use ADS or an inline route_config)",
+                    ));
+                }
                 RouteSource::Rds { name: rds.route_config_name.clone(), table: Arc::new(ArcSwapOption::empty()) }
             }
             Some(RouteSpecifier::ScopedRoutes(_)) => {
