@@ -307,3 +307,92 @@ fn weight_shifts_nack_and_control_plane_restart_under_load() {
     drop(s.remora);
     drop(s.rt);
 }
+
+/// Envoy's update rules, seen through one keep-alive client connection (so one worker's pools):
+/// re-pushing an unchanged cluster keeps its upstream connections; an EDS update keeps the
+/// connections to surviving endpoints; an updated listener lets the old connection finish (no
+/// request on it fails, it is closed between requests) while new connections reach the new one.
+#[test]
+fn unchanged_clusters_and_surviving_endpoints_keep_pools_listener_update_drains() {
+    let ups = upstreams(&["a1", "a2", "a3"]);
+    let s = setup(&[("a", vec![ups[0], ups[1]])], &[("a", 1)]);
+    let cx_total = || s.remora.stat("cluster.a.upstream_cx_total").unwrap_or(-1);
+    let mut old = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let mut burst = |n: usize| {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..n {
+            let (status, body) = get(&mut old).expect("request on the kept connection");
+            assert_eq!(status, 200);
+            seen.insert(body);
+        }
+        seen
+    };
+    assert_eq!(burst(20), ["a1", "a2"].map(String::from).into());
+    let base = cx_total();
+    assert!(base >= 2, "upstream_cx_total {base}");
+
+    // The same cluster again (a new version, same content): pools kept.
+    let acks = s.cp.acks().len();
+    set(&s.cp, eds_cluster("a"));
+    assert!(s.rt.block_on(s.cp.wait_for(move |cp| cp.acks().len() > acks, Duration::from_secs(10))));
+    std::thread::sleep(Duration::from_millis(200));
+    burst(20);
+    assert_eq!(cx_total(), base, "an unchanged cluster must keep its connections");
+
+    // EDS adds a3 then removes a1: only a3 needs a new connection; a2's survives.
+    set(&s.cp, endpoints("a", &[ups[0], ups[1], ups[2]]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !burst(3).contains("a3") {
+        assert!(Instant::now() < deadline, "a3 never served");
+    }
+    assert_eq!(cx_total(), base + 1, "adding an endpoint must not reconnect to the others");
+    set(&s.cp, endpoints("a", &[ups[1], ups[2]]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while burst(6).contains("a1") {
+        assert!(Instant::now() < deadline, "a1 still served after its removal");
+    }
+    assert_eq!(burst(20), ["a2", "a3"].map(String::from).into());
+    assert_eq!(cx_total(), base + 1, "removing an endpoint must keep the survivors' connections");
+
+    // An updated listener: the old connection drains (requests on it succeed until it is closed
+    // between two of them); new connections are served by the new listener.
+    let mut updated = listener(s.port);
+    updated["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = json!("ingress_v2");
+    set(&s.cp, updated);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.remora.stat("http.ingress_v2.downstream_rq_total").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the new listener never served");
+        if let Some((status, _)) = common::http_get(s.port, "/") {
+            assert_eq!(status, 200);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut served_on_old, mut closed) = (0, false);
+    for _ in 0..40 {
+        use std::io::{Read, Write};
+        // Closed by the server between requests: a read sees EOF without a status line.
+        if old.write_all(b"GET / HTTP/1.1\r\nhost: load\r\n\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        let mut head = [0u8; 12];
+        match old.read(&mut head) {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {
+                assert!(head.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&head));
+                // Drain the rest of this small response before the next request.
+                std::thread::sleep(Duration::from_millis(20));
+                let mut rest = [0u8; 4096];
+                old.set_read_timeout(Some(Duration::from_millis(200))).ok();
+                let _ = old.read(&mut rest);
+                served_on_old += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("old connection: {served_on_old} requests after the update, closed: {closed}");
+    assert!(s.cp.nacks().is_empty(), "{:?}", s.cp.nacks());
+}
