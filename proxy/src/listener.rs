@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::config::{BuildCtx, ConfigError, duration};
 use crate::filters::http::ConnInfo;
 use crate::filters::network::http_connection_manager::{self as hcm, HttpConnectionManager};
+use crate::filters::network::metadata_exchange::{self, MetadataExchange};
 use crate::filters::network::tcp_proxy::{self, TcpProxy};
 use crate::filters::network::{NetworkAction, NetworkCtx, NetworkFilter, rbac as network_rbac};
 use crate::stats::{Counter, Gauge, GaugeGuard};
@@ -45,6 +46,8 @@ pub struct NetworkChain {
     /// Non-terminal filters (RBAC), run in order before the terminal filter (on the first bytes
     /// for plaintext HTTP, at accept for tcp_proxy, after the handshake for TLS).
     pub filters: Vec<Arc<dyn NetworkFilter>>,
+    /// Istio's TCP metadata exchange, run after the handshake when its ALPN was negotiated.
+    pub metadata_exchange: Option<Arc<MetadataExchange>>,
     pub terminal: Terminal,
 }
 
@@ -317,7 +320,22 @@ impl Listener {
                     self.count_refused(chain);
                     return;
                 }
-                self.run_terminal(chain, s, conn, "https", remote, local, worker).await;
+                match &chain.metadata_exchange {
+                    Some(mx) if mx.negotiated(conn.alpn.as_deref().map(str::as_bytes)) => {
+                        let mut s = s;
+                        match mx.exchange(&mut s).await {
+                            Ok((peer, rest)) => {
+                                let conn = ConnInfo { peer_metadata: peer.map(Arc::new), ..conn };
+                                let s = metadata_exchange::Prefixed::new(rest, s);
+                                self.run_terminal(chain, s, conn, "https", remote, local, worker).await;
+                            }
+                            Err(e) => {
+                                tracing::debug!(target: "remora::listener", "listener {}: metadata exchange: {e}", self.name);
+                            }
+                        }
+                    }
+                    _ => self.run_terminal(chain, s, conn, "https", remote, local, worker).await,
+                }
             }
         }
         self.stats.downstream_cx_destroy.inc();
@@ -475,6 +493,7 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
     }
     let mut terminal = None;
     let mut filters = Vec::new();
+    let mut metadata_exchange = None;
     for (i, f) in fc.filters.iter().enumerate() {
         let field = format!("filters[{i}]");
         if terminal.is_some() {
@@ -483,29 +502,27 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
         match build_network_filter(f, cx).map_err(|e| e.within(&field))? {
             Built::Terminal(t) => terminal = Some(t),
             Built::Filter(nf) => filters.push(nf),
+            Built::MetadataExchange(m) => metadata_exchange = Some(m),
             Built::Skip => {}
         }
     }
     let Some(terminal) = terminal else {
         return Err(ConfigError::new("filters", "the last filter of a chain must be a terminal filter"));
     };
-    Ok(NetworkChain { name: fc.name.clone(), matcher, tls, filters, terminal })
+    Ok(NetworkChain { name: fc.name.clone(), matcher, tls, filters, metadata_exchange, terminal })
 }
 
-/// Istio's network filters that only add telemetry; skipping them changes nothing on the wire
-/// except the metadata exchange handshake, which is negotiated by ALPN.
-const TELEMETRY_ONLY: &[&str] = &[
-    "istio.stats",
-    "envoy.filters.network.metadata_exchange",
-    "istio.metadata_exchange",
-    "envoy.tcp.metadataexchange.config.MetadataExchange",
-    "stats.PluginConfig",
-];
+/// Istio's network filters that only add telemetry; skipping them changes nothing on the wire.
+/// (The metadata exchange by these names in another form than its own typed config, e.g. as
+/// Wasm, is skipped too; its own config runs the exchange.)
+const TELEMETRY_ONLY: &[&str] =
+    &["istio.stats", "stats.PluginConfig", "envoy.filters.network.metadata_exchange", "istio.metadata_exchange"];
 
 /// What a network filter entry becomes.
 enum Built {
     Terminal(Terminal),
     Filter(Arc<dyn NetworkFilter>),
+    MetadataExchange(Arc<MetadataExchange>),
     Skip,
 }
 
@@ -534,6 +551,7 @@ fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Built, 
             Ok(Built::Terminal(Terminal::Tcp(Arc::new(t))))
         }
         network_rbac::TYPE => Ok(Built::Filter(network_rbac::factory(&f.name, any, cx)?)),
+        metadata_exchange::TYPE => Ok(Built::MetadataExchange(MetadataExchange::from_any(any, cx)?)),
         // Istio's `istio_authn` stores the peer's and the local SPIFFE principal as filter state
         // for RBAC; remora's RBAC engine reads them straight from the connection's TLS facts.
         "io.istio.network.authn.Config" => Ok(Built::Skip),

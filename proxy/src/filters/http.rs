@@ -46,6 +46,8 @@ pub struct ConnInfo {
     pub local_uri_sans: Vec<String>,
     /// The peer's certificate chain, leaf first (XFCC `Cert` and `Chain`).
     pub peer_chain: std::sync::Arc<[rustls_pki_types::CertificateDer<'static>]>,
+    /// What the peer sent in Istio's TCP metadata exchange.
+    pub peer_metadata: Option<std::sync::Arc<crate::filters::network::metadata_exchange::PeerMetadata>>,
 }
 
 impl ConnInfo {

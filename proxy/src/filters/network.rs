@@ -2,6 +2,7 @@
 //! non-terminal filters before it (`NetworkFilter`, e.g. RBAC) may close the connection first.
 
 pub mod http_connection_manager;
+pub mod metadata_exchange;
 pub mod rbac;
 pub mod tcp_proxy;
 

@@ -215,6 +215,8 @@ pub struct Cluster {
     pub tls_matches: Vec<(envoy_types::pb::google::protobuf::Struct, Option<Arc<crate::tls::ClientTls>>)>,
     /// `upstream_bind_config.source_address`: the local IP upstream connections come from.
     pub upstream_bind: Option<std::net::IpAddr>,
+    /// Istio's TCP metadata exchange among the cluster's upstream `filters`.
+    pub metadata_exchange: Option<Arc<crate::filters::network::metadata_exchange::MetadataExchange>>,
     pub hosts: ArcSwap<HostSet>,
     pub dns_targets: Vec<DnsTarget>,
     pub dns_refresh: Duration,
@@ -333,6 +335,7 @@ impl Cluster {
                     })?),
                     None => None,
                 },
+                metadata_exchange: upstream_filters(p, cx)?,
                 hosts: ArcSwap::from_pointee(HostSet::default()),
                 dns_targets: Vec::new(),
                 dns_refresh: p
@@ -614,6 +617,32 @@ fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, Con
             .map_err(|e| ConfigError::new(format!("typed_extension_protocol_options[{KEY}]"), e.to_string())),
         None => Ok(None),
     }
+}
+
+/// The cluster's upstream network `filters`: Istio's metadata exchange runs; anything else is
+/// refused by name rather than silently left out.
+fn upstream_filters(
+    p: &ClusterProto,
+    cx: &BuildCtx,
+) -> Result<Option<Arc<crate::filters::network::metadata_exchange::MetadataExchange>>, ConfigError> {
+    use crate::filters::network::metadata_exchange::{MetadataExchange, TYPE};
+    let mut mx = None;
+    for (i, f) in p.filters.iter().enumerate() {
+        let field = format!("filters[{i}]");
+        let Some(any) = &f.typed_config else {
+            return Err(ConfigError::new(field, format!("upstream filter '{}' has no typed_config", f.name)));
+        };
+        match xds_client::any::effective_type_name(any).as_str() {
+            TYPE => mx = Some(MetadataExchange::from_any(any, cx).map_err(|e| e.within(&field))?),
+            t => {
+                return Err(ConfigError::new(
+                    format!("{field}.typed_config"),
+                    format!("Didn't find a registered upstream network filter for '{}' with type URL: '{t}'", f.name),
+                ));
+            }
+        }
+    }
+    Ok(mx)
 }
 
 fn upstream_protocol(p: &ClusterProto) -> Result<UpstreamProtocol, ConfigError> {

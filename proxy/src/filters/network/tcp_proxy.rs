@@ -139,6 +139,23 @@ impl TcpProxy {
             }
         };
         let _cx_active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
+        let mut upstream = upstream;
+        if let Some(mx) = cluster.metadata_exchange.as_ref().filter(|m| m.negotiated(upstream.alpn())) {
+            match mx.exchange(&mut upstream).await {
+                // Payload bytes the server sent after its header go straight downstream.
+                Ok((_peer, rest)) if !rest.is_empty() => {
+                    if downstream.write_all(&rest).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(target: "remora::tcp_proxy", "cluster {}: metadata exchange: {e}", cluster.name);
+                    cluster.stats.upstream_cx_destroy.inc();
+                    return;
+                }
+            }
+        }
         let (rx, tx) = pump(&mut downstream, upstream, self.idle_timeout, &self.stats.idle_timeout).await;
         self.stats.downstream_cx_rx_bytes_total.add(rx);
         self.stats.downstream_cx_tx_bytes_total.add(tx);

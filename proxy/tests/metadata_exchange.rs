@@ -1,0 +1,134 @@
+//! Istio's TCP metadata exchange between two remora sidecars, in the shape istiod generates:
+//! the outbound cluster offers ALPN `istio-peer-exchange` and carries the
+//! `istio.metadata_exchange` upstream filter; the inbound TLS chain runs the network filter
+//! before `tcp_proxy`. Both sides swap headers and the app sees only its own bytes, both ways,
+//! including a server-first greeting. A raw TLS client that negotiates the ALPN but does not
+//! speak the exchange is passed through (as Istio does) after receiving remora's header.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use certs::SpiffeId;
+use certs::dev_ca::{CaOptions, DevCa, WorkloadOptions};
+use common::{Remora, free_port, tcp_echo};
+
+const MX: &str = r#"name: istio.metadata_exchange
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange
+          value: {protocol: istio-peer-exchange, enable_discovery: true}"#;
+
+fn bootstrap(admin: u16, outbound: u16, inbound: u16, app: u16, d: &str) -> String {
+    format!(
+        r#"
+node:
+  id: sidecar~127.0.0.1~app-1.default~default.svc.cluster.local
+  cluster: app.default
+  metadata: {{NAMESPACE: default, WORKLOAD_NAME: app, CLUSTER_ID: Kubernetes, LABELS: {{app: app}}}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {outbound}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: outbound
+          cluster: "outbound|9000||svc.default.svc.cluster.local"
+  - name: inbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {inbound}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            alpn_protocols: [istio-peer-exchange, h2, http/1.1]
+            tls_certificates: [{{certificate_chain: {{filename: {d}/me.pem}}, private_key: {{filename: {d}/me.key}}}}]
+            validation_context: {{trusted_ca: {{filename: {d}/ca.pem}}}}
+      filters:
+      - {MX}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: inbound
+          cluster: "inbound|9000||"
+  clusters:
+  - name: "outbound|9000||svc.default.svc.cluster.local"
+    connect_timeout: 1s
+    filters:
+      - {MX}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: outbound_.9000_._.svc.default.svc.cluster.local
+        common_tls_context:
+          alpn_protocols: [istio-peer-exchange, istio]
+          tls_certificates: [{{certificate_chain: {{filename: {d}/me.pem}}, private_key: {{filename: {d}/me.key}}}}]
+          validation_context:
+            trusted_ca: {{filename: {d}/ca.pem}}
+            match_subject_alt_names: [{{exact: "spiffe://cluster.local/ns/default/sa/app"}}]
+    load_assignment: {{cluster_name: svc, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {inbound}}}}}}}}}]}}]}}
+  - name: "inbound|9000||"
+    connect_timeout: 1s
+    load_assignment: {{cluster_name: app, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {app}}}}}}}}}]}}]}}
+"#
+    )
+}
+
+#[test]
+fn tcp_metadata_exchange_between_sidecars() {
+    let dir = std::env::temp_dir().join(format!("remora-mx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = DevCa::new_root(&CaOptions::default()).unwrap();
+    let me = ca
+        .issue(&WorkloadOptions::spiffe(SpiffeId::parse("spiffe://cluster.local/ns/default/sa/app").unwrap()))
+        .unwrap();
+    std::fs::write(dir.join("me.pem"), &me.chain_pem).unwrap();
+    std::fs::write(dir.join("me.key"), &me.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    let app = tcp_echo("hello\n");
+    let (admin, outbound, inbound) = (free_port(), free_port(), free_port());
+    let r = Remora::start(&bootstrap(admin, outbound, inbound, app, &dir.display().to_string()), admin);
+    let log = || std::fs::read_to_string(&r.log).unwrap_or_default();
+
+    // Through both sidecars: the greeting arrives clean, then the echo.
+    let mut s = TcpStream::connect(("127.0.0.1", outbound)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = [0u8; 6];
+    s.read_exact(&mut got).unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    assert_eq!(&got, b"hello\n", "the app's greeting must arrive without exchange headers");
+    s.write_all(b"ping\n").unwrap();
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping\n");
+    drop(s);
+    assert!(r.stat("cluster.outbound|9000||svc.default.svc.cluster.local.ssl.handshake").unwrap_or(0) >= 1);
+
+    // A TLS client negotiating the ALPN without speaking the exchange: it first receives
+    // remora's header (magic 0x3D230467), then its bytes reach the app untouched.
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &format!("127.0.0.1:{inbound}"), "-alpn", "istio-peer-exchange"])
+        .args(["-cert", &dir.join("me.pem").display().to_string(), "-key", &dir.join("me.key").display().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"raw-bytes\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap().stdout;
+    assert!(out.starts_with(&0x3D23_0467u32.to_be_bytes()), "no exchange header first: {out:?}");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("hello\n") && text.contains("raw-bytes\n"), "passthrough failed: {text:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
