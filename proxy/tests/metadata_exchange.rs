@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -131,4 +132,114 @@ fn tcp_metadata_exchange_between_sidecars() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("hello\n") && text.contains("raw-bytes\n"), "passthrough failed: {text:?}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn peer_filter(dir: &str) -> String {
+    format!(
+        r#"- name: istio.metadata_exchange
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/io.istio.http.peer_metadata.Config
+              value: {{{dir}_discovery: [{{istio_headers: {{}}}}, {{workload_discovery: {{}}}}], {dir}_propagation: [{{istio_headers: {{}}}}]}}"#
+    )
+}
+
+fn http_listener(name: &str, port: u16, dir: &str) -> String {
+    let filter = peer_filter(dir);
+    format!(
+        r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: app}}}}]}}]
+          http_filters:
+          {filter}
+          - {{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}
+"#
+    )
+}
+
+/// The HTTP peer metadata headers: an outbound HCM adds this node's headers to requests and
+/// strips the upstream's from responses; an inbound HCM strips the caller's from requests and
+/// answers with its own only to a caller that sent them.
+#[test]
+fn http_peer_metadata_headers() {
+    use base64::Engine;
+    use prost::Message;
+    let app = support_upstream();
+    let (admin, outbound, inbound) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        r#"
+node:
+  id: sidecar~127.0.0.1~app-1.default~default.svc.cluster.local
+  cluster: app.default
+  metadata: {{NAMESPACE: default, WORKLOAD_NAME: app, ISTIO_VERSION: "1.20.8"}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+{out}{inb}  clusters:
+  - name: app
+    connect_timeout: 1s
+    load_assignment: {{cluster_name: app, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {app}}}}}}}}}]}}]}}
+"#,
+        out = http_listener("outbound", outbound, "upstream"),
+        inb = http_listener("inbound", inbound, "downstream"),
+    );
+    let _r = Remora::start(&yaml, admin);
+    let id = "sidecar~127.0.0.1~app-1.default~default.svc.cluster.local";
+
+    // Outbound: the upstream receives this node's id and metadata (base64 Struct with the
+    // exchange keys only); the upstream's own headers never reach the client.
+    let r =
+        curl(&format!("http://127.0.0.1:{outbound}/?echo=x-envoy-peer-metadata-id&h=x-envoy-peer-metadata-id:server"));
+    assert_eq!(header(&r, "x-echo").as_deref(), Some(id), "{r}");
+    assert_eq!(header(&r, "x-envoy-peer-metadata-id"), None, "the upstream's header must be stripped: {r}");
+    let r = curl(&format!("http://127.0.0.1:{outbound}/?echo=x-envoy-peer-metadata"));
+    let meta = header(&r, "x-echo").unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(meta.as_bytes()).unwrap();
+    let s = envoy_types::pb::google::protobuf::Struct::decode(bytes.as_slice()).unwrap();
+    assert!(s.fields.contains_key("NAMESPACE") && s.fields.contains_key("WORKLOAD_NAME"), "{s:?}");
+    assert!(!s.fields.contains_key("ISTIO_VERSION"), "only the exchange keys travel: {s:?}");
+
+    // Inbound: the caller's headers are removed before the app; the answer carries ours only
+    // when the caller sent its own.
+    let r = curl_h(
+        &format!("http://127.0.0.1:{inbound}/?echo=x-envoy-peer-metadata-id"),
+        &["x-envoy-peer-metadata-id: client", &format!("x-envoy-peer-metadata: {meta}")],
+    );
+    assert_eq!(header(&r, "x-echo"), None, "the app must not see the caller's headers: {r}");
+    assert_eq!(header(&r, "x-envoy-peer-metadata-id").as_deref(), Some(id), "{r}");
+    assert!(header(&r, "x-envoy-peer-metadata").is_some(), "{r}");
+    let r = curl(&format!("http://127.0.0.1:{inbound}/"));
+    assert_eq!(header(&r, "x-envoy-peer-metadata-id"), None, "a caller outside the mesh gets nothing: {r}");
+}
+
+/// The tiny upstream of the differential tests (query `echo=`, `h=`), on loopback.
+fn support_upstream() -> u16 {
+    support::upstream()
+}
+
+fn curl(url: &str) -> String {
+    curl_h(url, &[])
+}
+
+fn curl_h(url: &str, headers: &[&str]) -> String {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "5"]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    String::from_utf8_lossy(&c.arg(url).output().unwrap().stdout).to_string()
+}
+
+fn header(resp: &str, name: &str) -> Option<String> {
+    resp.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
 }

@@ -6,6 +6,7 @@ pub mod cors;
 pub mod fault;
 pub mod istio_authn;
 pub mod local_ratelimit;
+pub mod peer_metadata;
 pub mod rbac;
 pub mod router;
 
@@ -362,6 +363,11 @@ impl FilterChain {
                 istio_authn::TYPE => {
                     if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
                         istio_authn::check(any, &fld)?;
+                    }
+                }
+                peer_metadata::TYPE => {
+                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+                        chain.filters.push(peer_metadata::factory(&f.name, any, cx).map_err(|e| e.within(&fld))?);
                     }
                 }
                 t if TELEMETRY_TYPES.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => {

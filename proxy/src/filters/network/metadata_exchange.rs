@@ -164,8 +164,8 @@ fn parse_payload(b: &[u8]) -> io::Result<PeerMetadata> {
     Ok(peer)
 }
 
-/// This node's header: magic, length, Any(Struct{metadata, id}).
-fn own_header(node: &NodeInfo) -> Vec<u8> {
+/// The node metadata a peer gets: the `EXCHANGE_KEYS` (or pilot-agent's default keys) of it.
+pub fn exchanged_metadata(node: &NodeInfo) -> Struct {
     let meta = node.metadata.clone().unwrap_or_default();
     let keys: Vec<String> = match meta.fields.get("EXCHANGE_KEYS").and_then(|v| v.kind.as_ref()) {
         Some(value::Kind::StringValue(k)) => {
@@ -173,7 +173,12 @@ fn own_header(node: &NodeInfo) -> Vec<u8> {
         }
         _ => DEFAULT_KEYS.iter().map(|s| s.to_string()).collect(),
     };
-    let exchanged = Struct { fields: meta.fields.into_iter().filter(|(k, _)| keys.iter().any(|x| x == k)).collect() };
+    Struct { fields: meta.fields.into_iter().filter(|(k, _)| keys.iter().any(|x| x == k)).collect() }
+}
+
+/// This node's header: magic, length, Any(Struct{metadata, id}).
+fn own_header(node: &NodeInfo) -> Vec<u8> {
+    let exchanged = exchanged_metadata(node);
     let mut outer = Struct::default();
     outer.fields.insert(METADATA_KEY.into(), Value { kind: Some(value::Kind::StructValue(exchanged)) });
     outer.fields.insert(ID_KEY.into(), Value { kind: Some(value::Kind::StringValue(node.id.clone())) });
