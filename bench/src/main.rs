@@ -241,7 +241,9 @@ fn run(mut args: RunArgs) -> Result<()> {
         ("wrk", &tools.wrk, "-v"),
     ] {
         if let Some(p) = path {
-            versions.push((name.to_string(), tools::version(p, flag)));
+            let v = tools::version(p, flag);
+            let at = p.display().to_string();
+            versions.push((name.to_string(), if v.contains(&at) { v } else { format!("{v} ({at})") }));
         }
     }
     versions.push(("open-loop generator".into(), "built in (bench openloop)".into()));

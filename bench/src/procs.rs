@@ -15,6 +15,8 @@ use anyhow::{Context, Result, bail};
 /// harness never leaves a proxy or an upstream behind.
 pub struct Guard {
     pub name: String,
+    /// The admin port, for Envoy and remora.
+    pub admin: Option<u16>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -35,7 +37,7 @@ impl Guard {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}: taskset -c {cpu} {}", program.display()))?;
-        Ok(Guard { name: name.to_string(), log: log.to_path_buf(), child: Some(child) })
+        Ok(Guard { name: name.to_string(), admin: None, log: log.to_path_buf(), child: Some(child) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -165,6 +167,11 @@ pub fn memory_mib(roots: &[u32], key: &str) -> f64 {
 
 /// One blocking HTTP/1.1 GET (Connection: close): `(status, body length)`.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, usize)> {
+    http_get_text(addr, path).map(|(status, body)| (status, body.len()))
+}
+
+/// One blocking HTTP/1.1 GET (Connection: close): `(status, body)`.
+pub fn http_get_text(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
@@ -172,7 +179,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, usize)> {
     stream.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("no status line")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.len()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
 

@@ -322,6 +322,14 @@ pub fn pair(ctx: &mut Ctx, targets: &[Target], upstream: u16, certs: &PairCerts)
     warm(ctx, &running, ctx.plan.pair_conns);
     let accs =
         rounds(ctx, &running, "pair", |ctx, r, acc| closed_loop(ctx, r, ctx.plan.pair_secs, ctx.plan.pair_conns, acc));
+    // Check the shape really is mTLS + HTTP/2 between the proxies, from the admin stats.
+    for r in &running {
+        let stats = r.stats("cluster.inbound.(upstream_cx_http[12]_total|ssl.handshake)");
+        if !stats.is_empty() {
+            let text: Vec<String> = stats.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            ctx.note(format!("pair {}: outbound to inbound: {}", r.target.name(), text.join(", ")));
+        }
+    }
     for (acc, r) in accs.into_iter().zip(&running) {
         results.push(acc.finish(r));
     }

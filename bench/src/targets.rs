@@ -75,6 +75,20 @@ impl Running {
     pub fn pids(&self) -> Vec<u32> {
         self.guards.iter().map(Guard::pid).collect()
     }
+
+    /// `name: value` lines of every process's admin `/stats` matching `filter` (Envoy, remora).
+    pub fn stats(&self, filter: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for g in &self.guards {
+            let Some(port) = g.admin else { continue };
+            if let Ok((200, body)) = procs::http_get_text(addr(port), &format!("/stats?filter={filter}")) {
+                out.extend(
+                    body.lines().filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_string(), v.to_string())),
+                );
+            }
+        }
+        out
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -148,6 +162,7 @@ fn spawn(env: &Env, target: Target, bin: &Path, dir: &Path, role: &str, conf: Co
             .with_context(|| format!("{name} admin /ready"))?;
     }
     guard.check_alive()?;
+    guard.admin = admin;
     Ok(guard)
 }
 
