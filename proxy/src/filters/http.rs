@@ -4,6 +4,7 @@
 pub mod compressor;
 pub mod cors;
 pub mod fault;
+pub mod istio_alpn;
 pub mod istio_authn;
 pub mod local_ratelimit;
 pub mod peer_metadata;
@@ -311,6 +312,8 @@ pub fn compile_per_filter(
 pub struct FilterChain {
     pub filters: Vec<Arc<dyn HttpFilter>>,
     pub router: router::RouterConfig,
+    /// Istio's `istio.alpn`: the ALPN upstream TLS connections offer, by upstream protocol.
+    pub alpn_override: Option<Arc<istio_alpn::AlpnOverride>>,
 }
 
 /// Filters Istio installs for telemetry only; skipping them changes nothing a client sees.
@@ -318,7 +321,6 @@ const TELEMETRY_ONLY: &[&str] = &[
     "istio.stats",
     "istio.metadata_exchange",
     "envoy.filters.http.grpc_stats",
-    "istio.alpn",
     "envoy.wasm.stats",
     "envoy.wasm.metadata_exchange",
     "istio_authn",
@@ -363,6 +365,11 @@ impl FilterChain {
                 istio_authn::TYPE => {
                     if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
                         istio_authn::check(any, &fld)?;
+                    }
+                }
+                istio_alpn::TYPE => {
+                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+                        chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, &fld)?));
                     }
                 }
                 peer_metadata::TYPE => {

@@ -17,8 +17,9 @@ use hyper_util::rt::TokioTimer;
 use tokio::sync::Notify;
 
 use super::cluster::Cluster;
-use super::connect::connect;
+use super::connect::connect_with_alpn;
 use super::host::Host;
+use crate::filters::http::istio_alpn::Alpn;
 use crate::http::body::RequestBody;
 use crate::http::exec::LocalExec;
 use crate::router::retry::ResetReason;
@@ -29,6 +30,8 @@ pub struct PoolKey {
     pub cluster: u64,
     pub host: u64,
     pub h2: bool,
+    /// The ALPN override's key (Istio's `istio.alpn`), 0 for the cluster's own list.
+    pub alpn: u64,
 }
 
 struct IdleH1 {
@@ -62,10 +65,17 @@ impl Pools {
     }
 
     /// Gets a ready connection to `host`, reusing an idle one when possible.
-    pub async fn acquire(self: &Rc<Self>, cluster: &Cluster, host: &Arc<Host>, h2: bool) -> Result<Lease, ResetReason> {
-        let key = PoolKey { cluster: cluster.id, host: host.id, h2 };
+    /// `alpn` replaces the TLS context's ALPN list for new connections (and keys the pool).
+    pub async fn acquire(
+        self: &Rc<Self>,
+        cluster: &Cluster,
+        host: &Arc<Host>,
+        h2: bool,
+        alpn: Option<&Alpn>,
+    ) -> Result<Lease, ResetReason> {
+        let key = PoolKey { cluster: cluster.id, host: host.id, h2, alpn: alpn.map_or(0, |a| a.key) };
         if h2 {
-            return self.acquire_h2(cluster, host, key).await;
+            return self.acquire_h2(cluster, host, key, alpn).await;
         }
         loop {
             let idle = {
@@ -81,7 +91,7 @@ impl Pools {
             }
             return Ok(Lease::H1 { sender: c.sender, served: c.served, key, max: cluster.max_requests_per_connection });
         }
-        let io = connect(cluster, host).await?;
+        let io = connect_with_alpn(cluster, host, alpn.map(|a| &a.protocols[..])).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake::<_, RequestBody>(io)
             .await
@@ -102,6 +112,7 @@ impl Pools {
         cluster: &Cluster,
         host: &Arc<Host>,
         key: PoolKey,
+        alpn: Option<&Alpn>,
     ) -> Result<Lease, ResetReason> {
         loop {
             let wait = {
@@ -130,7 +141,7 @@ impl Pools {
                 n.notified().await;
                 continue;
             }
-            let result = self.connect_h2(cluster, host).await;
+            let result = self.connect_h2(cluster, host, alpn).await;
             let mut entries = self.entries.borrow_mut();
             let e = entries.entry(key).or_default();
             if let Some(n) = e.h2_connecting.take() {
@@ -146,8 +157,9 @@ impl Pools {
         &self,
         cluster: &Cluster,
         host: &Arc<Host>,
+        alpn: Option<&Alpn>,
     ) -> Result<http2::SendRequest<RequestBody>, ResetReason> {
-        let io = connect(cluster, host).await?;
+        let io = connect_with_alpn(cluster, host, alpn.map(|a| &a.protocols[..])).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)

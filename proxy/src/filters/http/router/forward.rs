@@ -461,7 +461,9 @@ impl Forward<'_> {
         let pools = self.cx.worker.pools.clone();
         let mut rq_active = None;
         let fut = async {
-            let lease = pools.acquire(cluster, host, h2).await.map_err(AttemptError::Reset)?;
+            let http10 = req.version() == http::Version::HTTP_10;
+            let alpn = self.cx.hcm.filters.alpn_override.as_ref().and_then(|o| o.for_request(h2, http10));
+            let lease = pools.acquire(cluster, host, h2, alpn).await.map_err(AttemptError::Reset)?;
             // Counted once the request goes out on a connection, as Envoy does.
             cluster.stats.upstream_rq_total.inc();
             rq_active = Some(crate::stats::GaugeGuard::new(&cluster.stats.upstream_rq_active));

@@ -243,3 +243,108 @@ fn header(resp: &str, name: &str) -> Option<String> {
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
     })
 }
+
+/// `istio.alpn`: an outbound HCM with the filter offers `istio-http/1.1` upstream, so an Istio
+/// inbound listener picks its HTTP chain by `application_protocols`; without the filter the
+/// cluster's `istio-peer-exchange, istio` lands on the TCP chain.
+#[test]
+fn istio_alpn_selects_the_peers_http_chain() {
+    let dir = std::env::temp_dir().join(format!("remora-alpn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = DevCa::new_root(&CaOptions::default()).unwrap();
+    let me = ca
+        .issue(&WorkloadOptions::spiffe(SpiffeId::parse("spiffe://cluster.local/ns/default/sa/app").unwrap()))
+        .unwrap();
+    std::fs::write(dir.join("me.pem"), &me.chain_pem).unwrap();
+    std::fs::write(dir.join("me.key"), &me.key_pem).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    let d = dir.display().to_string();
+    let (admin, with, without, inbound) = (free_port(), free_port(), free_port(), free_port());
+    let alpn_filter = r#"- name: istio.alpn
+            typed_config:
+              "@type": type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig
+              alpn_override:
+              - {alpn_override: [istio-http/1.0, istio, http/1.0]}
+              - {upstream_protocol: HTTP11, alpn_override: [istio-http/1.1, istio, http/1.1]}
+              - {upstream_protocol: HTTP2, alpn_override: [istio-h2, istio, h2]}"#;
+    let outbound = |name: &str, port: u16, filter: &str| {
+        format!(
+            r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: peer}}}}]}}]
+          http_filters:
+          {filter}
+          - {{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}
+"#
+        )
+    };
+    let chain = |protocols: &str, alpn: &str, body: &str| {
+        format!(
+            r#"    - filter_chain_match: {{transport_protocol: tls, application_protocols: [{protocols}]}}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [{alpn}]
+            tls_certificates: [{{certificate_chain: {{filename: {d}/me.pem}}, private_key: {{filename: {d}/me.key}}}}]
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {body}
+          route_config:
+            virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: "/"}}, direct_response: {{status: 200, body: {{inline_string: {body}}}}}}}]}}]
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+"#
+        )
+    };
+    let yaml = format!(
+        r#"
+node: {{id: "sidecar~127.0.0.1~app-1.default~default.svc.cluster.local", cluster: app.default}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+{with_l}{without_l}  - name: inbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {inbound}}}}}
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+    filter_chains:
+{http_chain}{tcp_chain}  clusters:
+  - name: peer
+    connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          alpn_protocols: [istio-peer-exchange, istio]
+          validation_context: {{trusted_ca: {{filename: {d}/ca.pem}}}}
+    load_assignment: {{cluster_name: peer, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {inbound}}}}}}}}}]}}]}}
+"#,
+        with_l = outbound("with_alpn", with, alpn_filter),
+        without_l = outbound("without_alpn", without, ""),
+        http_chain = chain("istio-http/1.0, istio-http/1.1, istio-h2", "h2, http/1.1", "http-chain"),
+        tcp_chain = chain("istio-peer-exchange, istio", "istio-peer-exchange, h2, http/1.1", "tcp-chain"),
+    );
+    let _r = Remora::start(&yaml, admin);
+    let body = |port: u16| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(body(with), "http-chain");
+    assert_eq!(body(without), "tcp-chain");
+    std::fs::remove_dir_all(&dir).ok();
+}
