@@ -51,11 +51,19 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn envoy_types_dir(manifest_dir: &Path) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = std::env::var("TARGET").unwrap_or_default();
-    let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", &target])
-        .current_dir(manifest_dir)
-        .output()
-        .expect("running cargo metadata");
+    // Offline first (a build must not need the network); a partial build on a fresh machine may
+    // not have downloaded every package `cargo metadata` reads, so then let it fetch them.
+    let run = |offline: bool| {
+        let mut args = vec!["metadata", "--format-version", "1", "--filter-platform", &target];
+        if offline {
+            args.push("--offline");
+        }
+        Command::new(&cargo).args(args).current_dir(manifest_dir).output().expect("running cargo metadata")
+    };
+    let mut out = run(true);
+    if !out.status.success() {
+        out = run(false);
+    }
     assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata json");
     let pkgs = meta["packages"].as_array().expect("packages array");

@@ -396,3 +396,65 @@ fn unchanged_clusters_and_surviving_endpoints_keep_pools_listener_update_drains(
     eprintln!("old connection: {served_on_old} requests after the update, closed: {closed}");
     assert!(s.cp.nacks().is_empty(), "{:?}", s.cp.nacks());
 }
+
+/// pilot-agent's readiness view: until the first CDS and LDS are applied the server is not
+/// LIVE, `/ready` is 503 and `listener_manager.workers_started` is 0 (with
+/// `initial_fetch_timeout: 0s`, as istiod's bootstrap sets it, the wait has no deadline and a
+/// control plane that refuses connections does not end it); afterwards all turn.
+#[test]
+fn readiness_waits_for_the_first_cds_and_lds() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let cp = ControlPlane::new();
+    let xds_port = free_port();
+    let admin = free_port();
+    let yaml = bootstrap(admin, xds_port)
+        .replace(
+            "cds_config: {ads: {}, resource_api_version: V3}",
+            "cds_config: {ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s}",
+        )
+        .replace(
+            "lds_config: {ads: {}, resource_api_version: V3}",
+            "lds_config: {ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s}",
+        );
+    assert!(yaml.contains("initial_fetch_timeout"));
+    let r = Remora::start_unready(&yaml, admin);
+    let stats = || {
+        common::http_get(admin, "/stats?usedonly&filter=^(server\\.state|listener_manager\\.workers_started)$")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s_has(&stats(), "server.state") {
+        assert!(Instant::now() < deadline, "admin never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nobody listens on the xDS port yet: a few connection attempts fail meanwhile.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = stats();
+    assert_eq!(common::http_get(admin, "/ready").map(|r| r.0), Some(503), "{before}");
+    assert!(!before.contains("server.state: 0"), "LIVE before any CDS/LDS: {before}");
+    assert!(!before.contains("listener_manager.workers_started: 1"), "{before}");
+
+    let ups = upstreams(&["x"]);
+    let port = free_port();
+    set(&cp, eds_cluster("x"));
+    set(&cp, endpoints("x", &ups));
+    set(&cp, listener(port));
+    set(&cp, routes(&[("x", 1)]));
+    rt.block_on(cp.serve_tcp(format!("127.0.0.1:{xds_port}").parse().unwrap())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::http_get(admin, "/ready").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready: {}", stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = stats();
+    assert!(after.contains("server.state: 0") && after.contains("listener_manager.workers_started: 1"), "{after}");
+    assert_eq!(r.stat("cluster_manager.cds.update_success"), Some(1));
+    assert_eq!(r.stat("listener_manager.lds.update_success"), Some(1));
+    let (code, body) = common::http_get(port, "/").unwrap();
+    assert_eq!((code, body.as_str()), (200, "x"));
+}
+
+fn s_has(stats: &str, name: &str) -> bool {
+    stats.lines().any(|l| l.starts_with(&format!("{name}: ")))
+}

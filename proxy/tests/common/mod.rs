@@ -21,6 +21,13 @@ pub struct Remora {
 impl Remora {
     /// Starts remora with `yaml` (placeholders already substituted); `admin` is its admin port.
     pub fn start(yaml: &str, admin: u16) -> Remora {
+        let r = Remora::start_unready(yaml, admin);
+        r.wait_ready();
+        r
+    }
+
+    /// Starts remora without waiting for `/ready` (for tests of readiness itself).
+    pub fn start_unready(yaml: &str, admin: u16) -> Remora {
         let dir = std::env::temp_dir().join(format!("remora-test-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("bootstrap.yaml");
@@ -32,9 +39,7 @@ impl Remora {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let r = Remora { child, admin, log };
-        r.wait_ready();
-        r
+        Remora { child, admin, log }
     }
 
     fn wait_ready(&self) {
