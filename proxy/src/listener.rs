@@ -208,7 +208,9 @@ impl Listener {
         let _ = stream.set_nodelay(true);
         let mut local = stream.local_addr().unwrap_or(self.address);
         let mut restored = false;
-        if self.listener_filters.original_dst
+        // Envoy adds the original_dst listener filter itself when `use_original_dst` is set
+        // (Istio's virtualOutbound lists no listener filters and relies on it).
+        if (self.listener_filters.original_dst || self.use_original_dst)
             && let Some(dst) = original_dst::original_dst(&stream, local)
         {
             restored = dst != local;

@@ -20,7 +20,7 @@ use crate::router::action::{ClusterSpecifier, HashPolicy, HostRewrite, RouteActi
 use crate::router::retry::{ResetReason, RetryPolicy, parse_retry_on};
 use crate::router::route::Route;
 use crate::router::{RouteTable, VirtualHost};
-use crate::upstream::cluster::{Cluster, UpstreamProtocol};
+use crate::upstream::cluster::{Cluster, DiscoveryType, UpstreamProtocol};
 use crate::upstream::host::{ActiveRequest, Host};
 use crate::upstream::lb::{self, combine_hash, hash_key};
 use crate::upstream::pool::Lease;
@@ -287,7 +287,11 @@ impl Forward<'_> {
         loop {
             attempt += 1;
             let avoid: &[u64] = if policy.as_ref().is_some_and(|p| p.avoid_previous_hosts) { &attempted } else { &[] };
-            let host = {
+            let host = if cluster.discovery == DiscoveryType::OriginalDst {
+                // ORIGINAL_DST: the host is the downstream connection's destination as the
+                // original_dst listener filter restored it (Istio's `inbound|<port>||`).
+                Some(cluster.original_dst_host(self.cx.local))
+            } else {
                 let set = cluster.hosts.load();
                 lb::choose(cluster.lb, &set, hash, avoid)
             };
