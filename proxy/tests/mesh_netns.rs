@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use mesh::apps::{grpc_call, http_app, tcp_app, tcp_ping};
 use mesh::istio::{self, Mtls, Outbound, Protocol, Service, Sidecar};
-use mesh::{Mesh, Pod};
+use mesh::{Mesh, Pod, Proxy};
 
 const SVC_B_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const HOSTS: &str = "10.96.0.20 svc-b svc-b.default svc-b.default.svc.cluster.local\n10.77.0.50 ext\n";
@@ -55,6 +55,10 @@ struct World {
 }
 
 fn world(test: &str, b_mtls: Mtls) -> World {
+    world_with(test, b_mtls, Proxy::Remora)
+}
+
+fn world_with(test: &str, b_mtls: Mtls, b_proxy: Proxy) -> World {
     let mut mesh = Mesh::new(test);
     let mut a = mesh.pod("a", 10, HOSTS);
     let mut b = mesh.pod("b", 20, HOSTS);
@@ -72,7 +76,7 @@ fn world(test: &str, b_mtls: Mtls) -> World {
         outbound: Outbound::AllowAny,
     };
     mesh.sidecar(&mut a, "a", &istio::resources(&a_cfg));
-    mesh.sidecar(&mut b, "b", &istio::resources(&b_cfg));
+    mesh.sidecar_with(b_proxy, &mut b, "b", &istio::resources(&b_cfg));
     World { _mesh: mesh, a, b, c, svcs }
 }
 
@@ -202,5 +206,37 @@ fn strict_refuses_plaintext_permissive_accepts() {
     let (rc, out) = a.curl(&["http://svc-b/mtls"]);
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("URI=spiffe://cluster.local/ns/default/sa/a"), "{out}");
+    assert!(a.cp().nacks().is_empty() && b.cp().nacks().is_empty(), "{:?} {:?}", a.cp().nacks(), b.cp().nacks());
+}
+
+/// The reference Envoy as b's sidecar (its config without Istio's own extensions, which
+/// upstream Envoy lacks): remora's outbound speaks to it over mTLS with HTTP/1.1, h2c, gRPC
+/// and TCP, Envoy's inbound checks a's certificate and forwards a's identity.
+#[test]
+fn remora_client_sidecar_to_envoy_server_sidecar() {
+    if mesh::skip("remora_client_sidecar_to_envoy_server_sidecar") {
+        return;
+    }
+    if mesh::envoy_bin().is_none() {
+        assert!(std::env::var("REMORA_DIFF_REQUIRE").as_deref() != Ok("1"), "no reference Envoy");
+        eprintln!("skipped: no reference Envoy");
+        return;
+    }
+    let w = world_with("e", Mtls::Strict, Proxy::Envoy);
+    let (a, b) = (&w.a, &w.b);
+    for (args, version) in
+        [(vec!["http://svc-b/e1"], "HTTP/1.1"), (vec!["--http2-prior-knowledge", "http://svc-b/e2"], "HTTP/2.0")]
+    {
+        let (rc, out) = a.curl(&args);
+        assert_eq!((rc, out.lines().next()), (0, Some("200")), "{out}\n{}", logs(&w));
+        assert!(out.contains(&format!("b {version} xfcc=")), "{out}");
+        assert!(out.contains("URI=spiffe://cluster.local/ns/default/sa/a"), "{out}");
+    }
+    let (status, msg) =
+        grpc_call(&a.ns, SocketAddr::from((SVC_B_VIP, 80)), "svc-b").unwrap_or_else(|e| panic!("{e}\n{}", logs(&w)));
+    assert_eq!(status, "0", "{msg}");
+    let tcp = tcp_ping(&a.ns, SocketAddr::from((SVC_B_VIP, 9000)), false);
+    assert_eq!(tcp, Ok(("b\n".into(), "ping\n".into())), "{}", logs(&w));
+    assert!(b.stat("listener.0.0.0.0_15006.ssl.handshake").unwrap_or(0) >= 3, "{}", logs(&w));
     assert!(a.cp().nacks().is_empty() && b.cp().nacks().is_empty(), "{:?} {:?}", a.cp().nacks(), b.cp().nacks());
 }

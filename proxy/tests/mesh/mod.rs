@@ -14,6 +14,7 @@ pub mod istio;
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +31,44 @@ use xds_client::server::{ControlPlane, resource_from_json};
 
 /// The proxy's UID and GID, as Istio's injector runs it (the iptables rules exempt it).
 pub const PROXY_UID: u32 = 1337;
+
+/// Which proxy a pod's sidecar is: remora, or the reference Envoy (the oracle).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Proxy {
+    Remora,
+    Envoy,
+}
+
+/// The resources for upstream Envoy, which lacks Istio's own extensions (`istio.alpn`,
+/// `istio.metadata_exchange`, `istio.stats`, the HTTP peer metadata filter): they are
+/// dropped from listener, HTTP and cluster filter lists, and so is the `istio-peer-exchange`
+/// ALPN; everything else is kept.
+pub fn envoy_compatible(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        // Without the exchange filter the ALPN must not be offered either.
+                        ("alpn_protocols", Value::Array(a)) => Value::Array(
+                            a.iter().filter(|p| p.as_str() != Some("istio-peer-exchange")).cloned().collect(),
+                        ),
+                        ("filters" | "http_filters", Value::Array(a)) => Value::Array(
+                            a.iter()
+                                .filter(|f| !f["name"].as_str().is_some_and(|n| n.starts_with("istio.")))
+                                .map(envoy_compatible)
+                                .collect(),
+                        ),
+                        _ => envoy_compatible(v),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(envoy_compatible).collect()),
+        other => other.clone(),
+    }
+}
 
 /// Why the mesh cannot run here, or None when it can (root, `ip`, `iptables`, `setpriv`).
 pub fn unavailable() -> Option<String> {
@@ -163,6 +202,7 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     pub cp: Option<ControlPlane>,
     pub log: Option<PathBuf>,
+    pub proxy: Option<Proxy>,
 }
 
 impl Mesh {
@@ -204,13 +244,20 @@ impl Mesh {
         let etc = PathBuf::from("/etc/netns").join(&ns);
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{ip} {name}\n{hosts}")).unwrap();
-        Pod { name: name.into(), ns, ip, cp: None, log: None }
+        Pod { name: name.into(), ns, ip, cp: None, log: None, proxy: None }
     }
 
-    /// Gives `pod` a sidecar with service account `sa`: Istio's iptables rules, remora as UID
-    /// 1337 on a pilot-agent-shaped bootstrap, its workload certificate and root over SDS and
-    /// `resources` over Delta ADS. Returns once remora is ready (it has applied CDS and LDS).
+    /// Gives `pod` a remora sidecar with service account `sa` (see `sidecar_with`).
     pub fn sidecar(&mut self, pod: &mut Pod, sa: &str, resources: &[Value]) {
+        self.sidecar_with(Proxy::Remora, pod, sa, resources);
+    }
+
+    /// Gives `pod` a sidecar with service account `sa`: Istio's iptables rules, the proxy on a
+    /// pilot-agent-shaped bootstrap, its workload certificate and root over SDS and
+    /// `resources` over Delta ADS. remora runs as UID 1337; Envoy (whose venv is under /root)
+    /// as root with GID 1337, which the rules exempt just the same. Returns once the proxy is
+    /// ready (it has applied CDS and LDS).
+    pub fn sidecar_with(&mut self, proxy: Proxy, pod: &mut Pod, sa: &str, resources: &[Value]) {
         run_stdin("ip", &["netns", "exec", &pod.ns, "iptables-restore"], &istio_iptables());
         let dir = self.dir.join(&pod.name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -219,7 +266,8 @@ impl Mesh {
         let cert = self.ca.issue(&WorkloadOptions::spiffe(id)).unwrap();
         cp.set(ads::SECRET, "default", secret("default", &cert.chain_pem, Some(&cert.key_pem)));
         cp.set(ads::SECRET, "ROOTCA", secret("ROOTCA", self.ca.cert_pem(), None));
-        set_all(&cp, resources);
+        pod.proxy = Some(proxy);
+        set_all(&cp, proxy, resources);
         for sock in ["XDS", "SDS"] {
             let path = dir.join(sock);
             self.rt.block_on(cp.serve_unix(&path)).unwrap();
@@ -228,13 +276,27 @@ impl Mesh {
         }
         let bootstrap = dir.join("bootstrap.yaml");
         std::fs::write(&bootstrap, istio::bootstrap(&pod.name, pod.ip, sa, &dir)).unwrap();
-        let log = dir.join("remora.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &pod.ns, "setpriv"])
-            .args([format!("--reuid={PROXY_UID}"), format!("--regid={PROXY_UID}"), "--clear-groups".into()])
-            .arg(remora_bin())
-            .args(["-c", &bootstrap.display().to_string(), "--concurrency", "1", "-l", "debug"])
-            .args(["--drain-time-s", "1"])
+        let log = dir.join("proxy.log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &pod.ns, "setpriv"]);
+        match proxy {
+            Proxy::Remora => {
+                cmd.args([format!("--reuid={PROXY_UID}"), format!("--regid={PROXY_UID}"), "--clear-groups".into()])
+                    .arg(remora_bin())
+                    .args(["-l", "debug"]);
+            }
+            Proxy::Envoy => {
+                let envoy = envoy_bin().expect("the reference Envoy (ENVOY_BIN or scripts/install-test-deps)");
+                cmd.args([format!("--regid={PROXY_UID}"), "--clear-groups".into()]).arg(envoy).args([
+                    "-l",
+                    "info",
+                    "--disable-hot-restart",
+                ]);
+            }
+        }
+        let child = cmd
+            .args(["-c", &bootstrap.display().to_string(), "--concurrency", "1", "--drain-time-s", "1"])
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -258,6 +320,8 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         for c in &mut self.sidecars {
+            // The whole process group: Envoy's launcher may leave the binary as a child.
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", c.id())]).output();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -278,7 +342,7 @@ impl Pod {
 
     /// Replaces resources in the sidecar's control plane (pushed to the sidecar at once).
     pub fn push(&self, resources: &[Value]) {
-        set_all(self.cp(), resources);
+        set_all(self.cp(), self.proxy.unwrap_or(Proxy::Remora), resources);
     }
 
     pub fn log(&self) -> String {
@@ -333,9 +397,10 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn set_all(cp: &ControlPlane, resources: &[Value]) {
+fn set_all(cp: &ControlPlane, proxy: Proxy, resources: &[Value]) {
     for r in resources {
-        let (t, name, any) = resource_from_json(r, "mesh").unwrap();
+        let r = if proxy == Proxy::Envoy { envoy_compatible(r) } else { r.clone() };
+        let (t, name, any) = resource_from_json(&r, "mesh").unwrap_or_else(|e| panic!("{e}: {r}"));
         cp.set(t, &name, any);
     }
 }
@@ -359,4 +424,12 @@ fn secret(name: &str, chain: &str, key: Option<&str>) -> envoy_types::pb::google
 
 fn remora_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_remora"))
+}
+
+/// The reference Envoy: `$ENVOY_BIN`, else the test venv's.
+pub fn envoy_bin() -> Option<PathBuf> {
+    let p = std::env::var("ENVOY_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/remora/envoy-venv/bin/envoy")
+    });
+    p.exists().then_some(p)
 }
