@@ -133,7 +133,8 @@ fn istiod_1_20_sidecar_config_routes_like_envoy() {
         }
         http_app(&ext.ns, Box::leak(format!("ext:{port}").into_boxed_str()), port);
         calls.push(Call { ip: EXT, port, host: "unknown.example.com".into() });
-        let rc = routes.iter().find(|r| r["name"] == port.to_string());
+        let port_name = port.to_string();
+        let rc = routes.iter().find(|r| r["name"].as_str() == Some(port_name.as_str()));
         for vh in rc.and_then(|r| r["virtual_hosts"].as_array()).into_iter().flatten() {
             if let Some(d) =
                 vh["domains"].as_array().into_iter().flatten().filter_map(Value::as_str).find(|d| *d != "*")
