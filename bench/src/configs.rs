@@ -304,3 +304,48 @@ pub fn nginx_inbound(dir: &str, port: u16, upstream: u16, c: &PairCerts) -> Stri
     )
     .replace("{scheme}", "http")
 }
+
+/// One hop terminating TLS (the handshake scenario): TLS in on `port` with the ECDSA P-256
+/// certificate, plaintext HTTP/1.1 out to `upstream`, pooled.
+pub fn envoy_tls_hop(admin_port: u16, port: u16, upstream: u16, cert: &str, key: &str) -> String {
+    let ind = "            ";
+    format!(
+        r#"{admin}static_resources:
+  listeners:
+  - name: tls
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+{certs}      filters:
+{hcm}  clusters:
+{cluster}"#,
+        admin = admin(admin_port),
+        certs = tls_certificates(ind, cert, key),
+        hcm = hcm("tls", "upstream", "AUTO"),
+        cluster = static_cluster("upstream", upstream, ""),
+    )
+}
+
+/// HAProxy terminating TLS, plaintext out.
+pub fn haproxy_tls_hop(port: u16, upstream: u16, combined: &str) -> String {
+    format!(
+        "{}frontend tls\n  bind 127.0.0.1:{port} ssl crt {combined}\n  default_backend upstream\nbackend upstream\n  server s1 127.0.0.1:{upstream}\n",
+        haproxy_global()
+    )
+}
+
+/// nginx terminating TLS, plaintext out (1.22's default `ssl_protocols` lacks TLS 1.3).
+pub fn nginx_tls_hop(dir: &str, port: u16, upstream: u16, cert: &str, key: &str) -> String {
+    nginx_proxy(
+        dir,
+        &format!(
+            "    listen 127.0.0.1:{port} ssl backlog=4096;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
+        ),
+        &format!("    server 127.0.0.1:{upstream};\n"),
+    )
+    .replace("{scheme}", "http")
+}

@@ -3,6 +3,7 @@
 //! See bench/README.md for the method.
 
 mod configs;
+mod handshake;
 mod loadgen;
 mod procs;
 mod progress;
@@ -51,6 +52,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0.0)]
         warmup: f64,
     },
+    /// The handshake generator (started by `run`, pinned to the load CPU): closed loop, one new
+    /// TLS connection (full handshake) per request; prints JSON.
+    #[command(hide = true)]
+    Handshakes {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: u32,
+        /// Seconds.
+        #[arg(long)]
+        duration: f64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -74,8 +87,9 @@ struct RunArgs {
     /// Targets, comma separated (direct is always included as the baseline).
     #[arg(long, value_delimiter = ',', default_value = "direct,remora,envoy,haproxy,nginx")]
     targets: Vec<String>,
-    /// Scenarios, comma separated: throughput (a), latency (b), pair (c).
-    #[arg(long, value_delimiter = ',', default_value = "throughput,latency,pair")]
+    /// Scenarios, comma separated: throughput (a), latency (b), pair (c), handshakes (d),
+    /// config-scale (e).
+    #[arg(long, value_delimiter = ',', default_value = "throughput,latency,pair,handshakes,config-scale")]
     scenarios: Vec<String>,
     /// Rounds (overrides the mode's).
     #[arg(long)]
@@ -101,8 +115,11 @@ fn main() -> Result<()> {
         Cmd::Openloop { addr, rate, connections, duration, warmup } => {
             scenarios::openloop_main(addr, rate, connections, duration, warmup)
         }
+        Cmd::Handshakes { addr, connections, duration } => scenarios::handshakes_main(addr, connections, duration),
     }
 }
+
+const SCENARIOS: [&str; 5] = ["throughput", "latency", "pair", "handshakes", "config-scale"];
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -163,8 +180,8 @@ fn run(mut args: RunArgs) -> Result<()> {
     }
     let want = |s: &str| args.scenarios.iter().any(|x| x.trim() == s);
     for s in &args.scenarios {
-        if !["throughput", "latency", "pair"].contains(&s.trim()) {
-            bail!("unknown scenario {s:?} (throughput, latency, pair)");
+        if !SCENARIOS.contains(&s.trim()) {
+            bail!("unknown scenario {s:?} ({})", SCENARIOS.join(", "));
         }
     }
     let out = args.out.clone().unwrap_or_else(|| tools::repo_root().join("bench/results").join(timestamp(unix_now())));
@@ -230,6 +247,17 @@ fn run(mut args: RunArgs) -> Result<()> {
         }
         _ => Vec::new(),
     };
+    let handshakes = if want("handshakes") {
+        match handshake::make_cert(&work.join("certs-handshake")) {
+            Ok(cert) => scenarios::handshakes(&mut ctx, &runnable, upstream_port, &cert),
+            Err(e) => {
+                ctx.notes.push(format!("handshakes not run: certificate: {e:#}"));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     drop(upstream);
 
     let mut versions = Vec::new();
@@ -247,6 +275,10 @@ fn run(mut args: RunArgs) -> Result<()> {
         }
     }
     versions.push(("open-loop generator".into(), "built in (bench openloop)".into()));
+    versions.push((
+        "handshake generator".into(),
+        "built in (bench handshakes: tokio-rustls, TLS 1.3, no resumption)".into(),
+    ));
     let notes = std::mem::take(&mut ctx.notes);
     let rep = Report {
         generated_unix: unix_now(),
@@ -263,6 +295,7 @@ fn run(mut args: RunArgs) -> Result<()> {
         tools: versions,
         hop,
         pair,
+        handshakes,
         notes,
         elapsed_secs: started.elapsed().as_secs_f64(),
     };

@@ -93,6 +93,7 @@ pub struct Report {
     pub tools: Vec<(String, String)>,
     pub hop: Vec<TargetResult>,
     pub pair: Vec<TargetResult>,
+    pub handshakes: Vec<TargetResult>,
     pub notes: Vec<String>,
     pub elapsed_secs: f64,
 }
@@ -248,10 +249,35 @@ pub fn markdown(rep: &Report) -> String {
         }
         md.push('\n');
     }
+    if !rep.handshakes.is_empty() {
+        let henvoy = find(&rep.handshakes, "envoy");
+        let _ = writeln!(
+            md,
+            "### New TLS connections: one full handshake (TLS 1.3, ECDSA P-256, no resumption) and one request per connection, closed loop ({} connections, {} s per round)\n",
+            p.hs_conns, p.hs_secs
+        );
+        md.push_str("| target | handshakes/s (median) | min–max | vs Envoy | proxy CPU s / 1k handshakes | CPU vs Envoy | peak RSS MiB |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        for r in rep.handshakes.iter().filter(|r| r.error.is_none()) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.target,
+                num(tput(r), 0),
+                spread_text(r.throughput_rps.as_ref(), 0),
+                ratio(tput(r), henvoy.and_then(tput)),
+                num(tput_cpu(r), 4),
+                ratio(tput_cpu(r), henvoy.and_then(tput_cpu)),
+                num(r.peak_rss_mib, 1),
+            );
+        }
+        md.push('\n');
+    }
     let errors: Vec<String> = rep
         .hop
         .iter()
         .chain(&rep.pair)
+        .chain(&rep.handshakes)
         .filter(|r| r.errors > 0)
         .map(|r| format!("{}: {} failed requests", r.target, r.errors))
         .collect();
@@ -400,6 +426,16 @@ pub fn svg(rep: &Report) -> String {
         panels.push(Panel {
             title: "mTLS sidecar pair: CPU s per 1,000 requests".into(),
             bars: bars(&rep.pair, |r| r.throughput_cpu_s_per_1k.as_ref().map(with_spread)),
+        });
+    }
+    if !rep.handshakes.is_empty() {
+        panels.push(Panel {
+            title: "TLS handshakes per second (new connection each)".into(),
+            bars: bars(&rep.handshakes, |r| r.throughput_rps.as_ref().map(with_spread)),
+        });
+        panels.push(Panel {
+            title: "Proxy CPU s per 1,000 TLS handshakes".into(),
+            bars: bars(&rep.handshakes, |r| r.throughput_cpu_s_per_1k.as_ref().map(with_spread)),
         });
     }
     panels.retain(|p| !p.bars.is_empty());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::configs::PairCerts;
+use crate::handshake::{Handshakes, ServerCert};
 use crate::loadgen::{self, OpenLoop};
 use crate::procs;
 use crate::progress;
@@ -31,6 +32,13 @@ pub struct Plan {
     pub lat_warmup_secs: f64,
     pub pair_secs: u32,
     pub pair_conns: u32,
+    /// Handshake scenario: seconds per round and concurrent connections.
+    pub hs_secs: f64,
+    pub hs_conns: u32,
+    /// Config scale: (clusters, endpoints per cluster, rounds) per case.
+    pub scale_cases: Vec<(u32, u32, u32)>,
+    /// Whether config scale also replays the Istio 1.18.2 dump for idle RSS.
+    pub scale_dump: bool,
     pub cap_secs: u64,
 }
 
@@ -48,6 +56,10 @@ impl Plan {
             lat_warmup_secs: 0.2,
             pair_secs: 1,
             pair_conns: 8,
+            hs_secs: 1.0,
+            hs_conns: 4,
+            scale_cases: vec![(100, 2, 1)],
+            scale_dump: false,
             cap_secs: 50,
         }
     }
@@ -65,7 +77,11 @@ impl Plan {
             lat_warmup_secs: 0.5,
             pair_secs: 2,
             pair_conns: 32,
-            cap_secs: 170,
+            hs_secs: 2.0,
+            hs_conns: 32,
+            scale_cases: vec![(1000, 10, 1)],
+            scale_dump: true,
+            cap_secs: 180,
         }
     }
 
@@ -82,7 +98,11 @@ impl Plan {
             lat_warmup_secs: 1.0,
             pair_secs: 8,
             pair_conns: 32,
-            cap_secs: 15 * 60,
+            hs_secs: 6.0,
+            hs_conns: 32,
+            scale_cases: vec![(1000, 10, 3), (10_000, 10, 1)],
+            scale_dump: true,
+            cap_secs: 19 * 60,
         }
     }
 }
@@ -116,6 +136,9 @@ struct Acc {
     lat_cpu: Vec<f64>,
     rss_load: f64,
     errors: u64,
+    first_error: Option<String>,
+    /// Handshakes: the generator's CPU use per wall second, per round.
+    load_busy: Vec<f64>,
 }
 
 fn ms(us: f64) -> f64 {
@@ -337,6 +360,64 @@ pub fn pair(ctx: &mut Ctx, targets: &[Target], upstream: u16, certs: &PairCerts)
     results
 }
 
+/// Runs `bench handshakes` pinned to the load CPU against a TLS-terminating target.
+fn handshake_step(ctx: &Ctx, r: &Running, acc: &mut Acc) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let pids = r.pids();
+    let cpu0 = procs::cpu_seconds(&pids);
+    let out = Command::new("taskset")
+        .arg("-c")
+        .arg(&ctx.env.load_cpu)
+        .arg(exe)
+        .arg("handshakes")
+        .args(["--addr", &r.addr.to_string()])
+        .args(["--connections", &ctx.plan.hs_conns.to_string()])
+        .args(["--duration", &ctx.plan.hs_secs.to_string()])
+        .output()
+        .context("running the handshake generator")?;
+    let cpu = procs::cpu_seconds(&pids) - cpu0;
+    if !out.status.success() {
+        bail!("handshake generator failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let h: Handshakes = serde_json::from_slice(&out.stdout).context("parsing handshake generator output")?;
+    if h.completed == 0 {
+        bail!("no handshake completed: {}", h.first_error.unwrap_or_default());
+    }
+    acc.rps.push(h.per_sec);
+    acc.tput_cpu.push(per_1k(cpu, h.completed));
+    acc.load_busy.push(h.generator_cpu_secs / h.secs.max(1e-9));
+    acc.errors += h.errors;
+    if let Some(e) = h.first_error {
+        acc.first_error.get_or_insert(e);
+    }
+    Ok(())
+}
+
+/// New TLS connections per second: every proxy terminates TLS (the same ECDSA P-256 certificate)
+/// in front of the upstream; one full handshake and one request per connection.
+pub fn handshakes(ctx: &mut Ctx, targets: &[Target], upstream: u16, cert: &ServerCert) -> Vec<TargetResult> {
+    let targets: Vec<Target> = targets.iter().copied().filter(|t| *t != Target::Direct).collect();
+    let (running, mut results) =
+        start_all(ctx, &targets, "handshakes", |ctx, t| targets::start_tls_hop(ctx.env, ctx.tools, t, upstream, cert));
+    let accs = rounds(ctx, &running, "handshakes", handshake_step);
+    for (acc, r) in accs.into_iter().zip(&running) {
+        if let Some(e) = &acc.first_error {
+            ctx.note(format!("handshakes {}: {} failed connections, first: {e}", r.target.name(), acc.errors));
+        }
+        if !acc.load_busy.is_empty() {
+            let busy = Spread::of(&acc.load_busy);
+            ctx.note(format!(
+                "handshakes {}: the generator used {:.0}% of a CPU (median over rounds; 100% = it, not the proxy, was the limit)",
+                r.target.name(),
+                busy.median * 100.0
+            ));
+        }
+        results.push(acc.finish(r));
+    }
+    order(&mut results, &targets);
+    results
+}
+
 fn order(results: &mut [TargetResult], targets: &[Target]) {
     results.sort_by_key(|r| targets.iter().position(|t| t.name() == r.target));
 }
@@ -350,6 +431,13 @@ pub fn openloop_main(addr: SocketAddr, rate: f64, conns: u32, secs: f64, warmup:
         duration: Duration::from_secs_f64(secs),
         warmup: Duration::from_secs_f64(warmup),
     })?;
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+/// The handshake generator's own entry point (`bench handshakes`).
+pub fn handshakes_main(addr: SocketAddr, connections: u32, secs: f64) -> Result<()> {
+    let out = crate::handshake::run(addr, connections, secs)?;
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }

@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::slice;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::configs::{self, PairCerts};
+use crate::handshake::{self, ServerCert};
 use crate::procs::{self, Guard};
 use crate::tools::Tools;
 
@@ -198,6 +199,44 @@ pub fn start_hop(env: &Env, tools: &Tools, target: Target, upstream: u16) -> Res
     };
     let guard = spawn(env, target, &bin, &dir, "hop", conf)?;
     ready(target, port, vec![guard])
+}
+
+/// One hop terminating TLS with the handshake certificate, plaintext to the upstream.
+pub fn start_tls_hop(env: &Env, tools: &Tools, target: Target, upstream: u16, cert: &ServerCert) -> Result<Running> {
+    let Some(bin) = target.binary(tools).map_err(anyhow::Error::msg)? else {
+        bail!("direct has no TLS listener");
+    };
+    let dir = env.work.join(format!("tls-{}", target.name()));
+    fs::create_dir_all(&dir)?;
+    let port = procs::free_port()?;
+    let conf = match target {
+        Target::Remora | Target::Envoy => {
+            let admin = procs::free_port()?;
+            Conf::Envoy { yaml: configs::envoy_tls_hop(admin, port, upstream, &cert.cert, &cert.key), admin }
+        }
+        Target::Haproxy => Conf::Haproxy(configs::haproxy_tls_hop(port, upstream, &cert.combined)),
+        Target::Nginx => Conf::Nginx(configs::nginx_tls_hop(
+            &dir.join("tls").display().to_string(),
+            port,
+            upstream,
+            &cert.cert,
+            &cert.key,
+        )),
+        Target::Direct => bail!("direct has no process"),
+    };
+    let mut guard = spawn(env, target, &bin, &dir, "tls", conf)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        guard.check_alive()?;
+        match handshake::probe(addr(port)) {
+            Ok(()) => break,
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("{} not answering 1 KiB over TLS", target.name())));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    Ok(Running { target, addr: addr(port), guards: vec![guard] })
 }
 
 /// The sidecar pair: outbound (plaintext in, mTLS out) -> inbound (mTLS in) -> upstream. Both

@@ -55,6 +55,10 @@ fn smoke_run_writes_a_row_per_target() {
         let target = row["target"].as_str().unwrap();
         assert!(rps(row) > 0.0, "pair {target}: zero rps in {row}");
     }
+    for row in json["handshakes"].as_array().unwrap().iter().filter(|r| r["error"].is_null()) {
+        let target = row["target"].as_str().unwrap();
+        assert!(rps(row) > 0.0, "handshakes {target}: zero handshakes/s in {row}");
+    }
     let names: Vec<&str> = ran.iter().filter_map(|r| r["target"].as_str()).collect();
     println!("bench smoke: ran {names:?}\n{stderr}");
 }
