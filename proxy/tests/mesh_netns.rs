@@ -119,6 +119,11 @@ fn pod_to_pod_through_both_sidecars_and_outbound_policy() {
     let (rc, out) = a.curl(&["--http2-prior-knowledge", "http://svc-b/h2"]);
     assert_eq!((rc, out.lines().next()), (0, Some("200")), "{out}\n{}", logs(&w));
     assert!(out.contains("b HTTP/2.0 xfcc="), "{out}");
+    // Connections counted by the codec AUTO picked (the first was HTTP/1.1, this one h2c; b's
+    // inbound got HTTP/2 over TLS).
+    assert!(a.stat("http.outbound_0.0.0.0_80.downstream_cx_http1_total").unwrap_or(0) >= 1);
+    assert!(a.stat("http.outbound_0.0.0.0_80.downstream_cx_http2_total").unwrap_or(0) >= 1);
+    assert!(b.stat("http.inbound_0.0.0.0_8080.downstream_cx_http2_total").unwrap_or(0) >= 1);
 
     // gRPC (unary, over h2c), trailers included.
     let vip = SocketAddr::from((SVC_B_VIP, 80));

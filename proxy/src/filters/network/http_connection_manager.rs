@@ -283,6 +283,9 @@ pub struct ConnCtx {
     pub scheme: &'static str,
     pub conn: ConnInfo,
     pub drain: watch::Receiver<bool>,
+    /// Whether `downstream_cx_http1_total|http2_total` counted this connection yet: AUTO
+    /// learns the codec from the first request, as Envoy's codec detection does.
+    pub codec_counted: std::cell::Cell<bool>,
 }
 
 /// Serves HTTP on an accepted connection until it closes or the server drains.
@@ -302,7 +305,16 @@ pub async fn serve<IO>(
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     let _active = GaugeGuard::new(&stats.downstream_cx_active);
-    let cx = Rc::new(ConnCtx { hcm: hcm.clone(), worker, remote, local, scheme, conn, drain: drain.clone() });
+    let cx = Rc::new(ConnCtx {
+        hcm: hcm.clone(),
+        worker,
+        remote,
+        local,
+        scheme,
+        conn,
+        drain: drain.clone(),
+        codec_counted: std::cell::Cell::new(false),
+    });
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let cx = cx.clone();
         async move { Ok::<_, Infallible>(handle(req, cx).await) }
@@ -355,9 +367,20 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     let hcm = &cx.hcm;
     let stats = &hcm.stats;
     stats.downstream_rq_total.inc();
+    let first = !cx.codec_counted.replace(true);
     match req.version() {
-        Version::HTTP_2 => stats.downstream_rq_http2_total.inc(),
-        _ => stats.downstream_rq_http1_total.inc(),
+        Version::HTTP_2 => {
+            stats.downstream_rq_http2_total.inc();
+            if first {
+                stats.downstream_cx_http2_total.inc();
+            }
+        }
+        _ => {
+            stats.downstream_rq_http1_total.inc();
+            if first {
+                stats.downstream_cx_http1_total.inc();
+            }
+        }
     }
     let active = GaugeGuard::new(&stats.downstream_rq_active);
     let is_h1 = req.version() != Version::HTTP_2;
