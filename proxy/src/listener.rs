@@ -232,18 +232,20 @@ impl Listener {
                 .cloned();
             drop(snap);
             if let Some(t) = target {
-                return t.serve_accepted(stream, remote, local, worker).await;
+                return t.serve_accepted(stream, remote, local, restored, worker).await;
             }
         }
-        self.serve_accepted(stream, remote, local, worker).await
+        self.serve_accepted(stream, remote, local, restored, worker).await
     }
 
-    /// Runs this listener's inspectors, picks the filter chain and runs it.
+    /// Runs this listener's inspectors, picks the filter chain and runs it. `restored`: `local`
+    /// is the pre-redirect destination the original_dst filter recovered.
     async fn serve_accepted(
         self: Arc<Self>,
         stream: TcpStream,
         remote: SocketAddr,
         local: SocketAddr,
+        restored: bool,
         worker: Rc<WorkerCtx>,
     ) {
         let accepted = (std::time::SystemTime::now(), std::time::Instant::now());
@@ -308,7 +310,7 @@ impl Listener {
                     self.count_refused(chain);
                     return;
                 }
-                self.run_terminal(chain, stream, conn, "http", remote, local, worker).await;
+                self.run_terminal(chain, stream, conn, "http", remote, local, restored, worker).await;
             }
             Some(tls) => {
                 let Some(s) = self.handshake(tls, stream).await else { return };
@@ -329,14 +331,14 @@ impl Listener {
                             Ok((peer, rest)) => {
                                 let conn = ConnInfo { peer_metadata: peer.map(Arc::new), ..conn };
                                 let s = metadata_exchange::Prefixed::new(rest, s);
-                                self.run_terminal(chain, s, conn, "https", remote, local, worker).await;
+                                self.run_terminal(chain, s, conn, "https", remote, local, restored, worker).await;
                             }
                             Err(e) => {
                                 tracing::debug!(target: "remora::listener", "listener {}: metadata exchange: {e}", self.name);
                             }
                         }
                     }
-                    _ => self.run_terminal(chain, s, conn, "https", remote, local, worker).await,
+                    _ => self.run_terminal(chain, s, conn, "https", remote, local, restored, worker).await,
                 }
             }
         }
@@ -403,15 +405,20 @@ impl Listener {
         scheme: &'static str,
         remote: SocketAddr,
         local: SocketAddr,
+        restored: bool,
         worker: Rc<WorkerCtx>,
     ) where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        // ORIGINAL_DST clusters connect only to a destination the original_dst filter restored
+        // (Envoy: `localAddressRestored()`), never back to the listener itself.
+        let original_dst = restored.then_some(local);
+        let conn = ConnInfo { original_dst, ..conn };
         match &chain.terminal {
             Terminal::Http(h) => {
                 hcm::serve(h.clone(), io, worker, remote, local, self.drain.subscribe(), conn, scheme).await
             }
-            Terminal::Tcp(t) => t.serve(io, worker, Some(local)).await,
+            Terminal::Tcp(t) => t.serve(io, worker, original_dst).await,
         }
     }
 }

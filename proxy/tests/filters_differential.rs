@@ -477,3 +477,21 @@ fn legacy_cors_and_descriptors_match_envoy() {
     assert_eq!(r.status, 200);
     same("no descriptor", &pair, "/x", &[]);
 }
+
+/// An ORIGINAL_DST cluster behind a listener that restored no destination (no iptables
+/// redirect, no original_dst filter): Envoy picks no host (503 `no healthy upstream`) rather
+/// than connecting back to the listener's own address.
+#[test]
+fn original_dst_cluster_without_a_restored_destination_matches_envoy() {
+    let routes = r#"              - match: {prefix: "/pt"}
+                route: {cluster: passthrough}
+              - match: {prefix: "/"}
+                route: {cluster: backend}"#;
+    let cfg = bootstrap("", "", routes, "")
+        + "  - name: passthrough\n    type: ORIGINAL_DST\n    lb_policy: CLUSTER_PROVIDED\n    connect_timeout: 1s\n";
+    let up = upstream();
+    let Some(pair) = start_pair("original_dst_unrestored", &cfg, up) else { return };
+    let r = same("ORIGINAL_DST, nothing restored", &pair, "/pt", &[]);
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (503, "no healthy upstream"));
+    assert_eq!(same("other routes unaffected", &pair, "/x", &[]).status, 200);
+}

@@ -50,6 +50,8 @@ pub struct ConnInfo {
     pub peer_chain: std::sync::Arc<[rustls_pki_types::CertificateDer<'static>]>,
     /// What the peer sent in Istio's TCP metadata exchange.
     pub peer_metadata: Option<std::sync::Arc<crate::filters::network::metadata_exchange::PeerMetadata>>,
+    /// The destination before an iptables redirect, when the original_dst filter restored it.
+    pub original_dst: Option<std::net::SocketAddr>,
 }
 
 impl ConnInfo {

@@ -289,8 +289,9 @@ impl Forward<'_> {
             let avoid: &[u64] = if policy.as_ref().is_some_and(|p| p.avoid_previous_hosts) { &attempted } else { &[] };
             let host = if cluster.discovery == DiscoveryType::OriginalDst {
                 // ORIGINAL_DST: the host is the downstream connection's destination as the
-                // original_dst listener filter restored it (Istio's `inbound|<port>||`).
-                Some(cluster.original_dst_host(self.cx.local))
+                // original_dst listener filter restored it (Istio's `inbound|<port>||`); none
+                // when nothing was restored, as in Envoy.
+                self.cx.conn.original_dst.map(|a| cluster.original_dst_host(a))
             } else {
                 let set = cluster.hosts.load();
                 lb::choose(cluster.lb, &set, hash, avoid)
