@@ -109,6 +109,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         secrets: secrets.clone(),
         listener_stat_name: None,
         http_stat_prefix: None,
+        inbound: false,
     };
     let mut clusters = Vec::new();
     for (i, c) in sr.clusters.iter().enumerate() {

@@ -52,6 +52,9 @@ pub struct BuildCtx {
     /// While an HCM's HTTP filters are built: its `stat_prefix` (filters name their stats
     /// `http.<stat_prefix>.<filter>.*`).
     pub http_stat_prefix: Option<Arc<str>>,
+    /// While building a listener: its `traffic_direction` is INBOUND (Istio's stats filter
+    /// reports as `destination` there, else as `source`).
+    pub inbound: bool,
 }
 
 /// The node identity from the bootstrap and the command line.

@@ -235,6 +235,7 @@ mod tests {
             node: Arc::default(),
             http_stat_prefix: None,
             secrets: Default::default(),
+            inbound: false,
         }
     }
 

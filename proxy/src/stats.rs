@@ -145,6 +145,16 @@ struct Registry {
     counters: HashMap<Arc<str>, Counter>,
     gauges: HashMap<Arc<str>, Gauge>,
     histograms: HashMap<Arc<str>, Histogram>,
+    /// Stats created with explicit tags (Istio's `istiocustom` namespace), by full name.
+    tagged: HashMap<Arc<str>, Arc<Tagged>>,
+}
+
+/// A stat's explicit tags: Prometheus renders `family{k="v",...}` (custom stat namespaces
+/// carry no `envoy_` prefix, as in Envoy).
+#[derive(Debug)]
+pub struct Tagged {
+    pub family: String,
+    pub tags: Vec<(&'static str, String)>,
 }
 
 /// The process-wide stat store.
@@ -168,6 +178,7 @@ pub struct Entry {
     pub name: Arc<str>,
     pub value: Value,
     pub used: bool,
+    pub tagged: Option<Arc<Tagged>>,
 }
 
 impl Store {
@@ -196,6 +207,30 @@ impl Store {
         }
         let c = Counter(Arc::new(AtomicU64::new(0)));
         r.counters.insert(name.into(), c.clone());
+        c
+    }
+
+    /// The counter `<namespace>.<family>` with explicit tags (text name: the tags appended as
+    /// `.<name>.<value>`), creating it at zero.
+    pub fn counter_tagged(&self, namespace: &str, family: &str, tags: Vec<(&'static str, String)>) -> Counter {
+        let mut name = format!("{namespace}.{family}");
+        for (k, v) in &tags {
+            name.push('.');
+            name.push_str(k);
+            name.push('.');
+            name.push_str(v);
+        }
+        if !self.matcher.accepts(&name) {
+            return Counter::detached();
+        }
+        let mut r = self.registry();
+        if let Some(c) = r.counters.get(name.as_str()) {
+            return c.clone();
+        }
+        let c = Counter(Arc::new(AtomicU64::new(0)));
+        let name: Arc<str> = name.into();
+        r.counters.insert(name.clone(), c.clone());
+        r.tagged.insert(name, Arc::new(Tagged { family: family.to_string(), tags }));
         c
     }
 
@@ -239,20 +274,23 @@ impl Store {
     pub fn entries(&self) -> Vec<Entry> {
         let mut r = self.registry();
         r.counters.retain(|_, c| Arc::strong_count(&c.0) > 1 || c.value() > 0);
+        let Registry { counters, tagged, .. } = &mut *r;
+        tagged.retain(|n, _| counters.contains_key(n));
         r.gauges.retain(|_, g| Arc::strong_count(&g.0) > 1);
         r.histograms.retain(|_, h| h.strong_count() > 1);
         let mut out = Vec::with_capacity(r.counters.len() + r.gauges.len() + r.histograms.len());
         for (n, c) in &r.counters {
             let v = c.value();
-            out.push(Entry { name: n.clone(), value: Value::Counter(v), used: v > 0 });
+            let tagged = r.tagged.get(n).cloned();
+            out.push(Entry { name: n.clone(), value: Value::Counter(v), used: v > 0, tagged });
         }
         for (n, g) in &r.gauges {
-            out.push(Entry { name: n.clone(), value: Value::Gauge(g.value()), used: g.used() });
+            out.push(Entry { name: n.clone(), value: Value::Gauge(g.value()), used: g.used(), tagged: None });
         }
         for (n, h) in &r.histograms {
             let s = h.snapshot();
             let used = s.count > 0;
-            out.push(Entry { name: n.clone(), value: Value::Histogram(s), used });
+            out.push(Entry { name: n.clone(), value: Value::Histogram(s), used, tagged: None });
         }
         drop(r);
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -115,6 +115,38 @@ fn pod_to_pod_through_both_sidecars_and_outbound_policy() {
     assert!(b.stat("listener.0.0.0.0_15006.ssl.handshake").unwrap_or(0) >= 1, "b's inbound was not mTLS");
     assert!(b.stat("cluster.inbound|8080||.upstream_rq_total").unwrap_or(0) >= 1);
 
+    // Istio's request metric on both sides, labelled with the peer's workload and identity.
+    let (_, prom) = mesh::admin_get(&b.ns, "/stats/prometheus").unwrap();
+    let line = prom
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{reporter=\"destination\""))
+        .unwrap_or_else(|| panic!("{prom}"));
+    for label in [
+        "source_workload=\"a\"",
+        "source_workload_namespace=\"default\"",
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/a\"",
+        "source_app=\"a\"",
+        "source_version=\"v1\"",
+        "destination_workload=\"b\"",
+        "destination_principal=\"spiffe://cluster.local/ns/default/sa/b\"",
+        "request_protocol=\"http\"",
+        "response_code=\"200\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ] {
+        assert!(line.contains(label), "{label} missing: {line}");
+    }
+    assert!(line.ends_with(" 1"), "{line}");
+    let (_, prom) = mesh::admin_get(&a.ns, "/stats/prometheus").unwrap();
+    let line = prom
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{reporter=\"source\""))
+        .unwrap_or_else(|| panic!("{prom}"));
+    for label in
+        ["source_workload=\"a\"", "destination_workload=\"b\"", "destination_app=\"b\"", "response_code=\"200\""]
+    {
+        assert!(line.contains(label), "{label} missing: {line}");
+    }
+
     // h2c from the client: HTTP/2 all the way (istio.alpn offers istio-h2, b picks its chain).
     let (rc, out) = a.curl(&["--http2-prior-knowledge", "http://svc-b/h2"]);
     assert_eq!((rc, out.lines().next()), (0, Some("200")), "{out}\n{}", logs(&w));

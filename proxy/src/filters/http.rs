@@ -6,6 +6,7 @@ pub mod cors;
 pub mod fault;
 pub mod istio_alpn;
 pub mod istio_authn;
+pub mod istio_stats;
 pub mod local_ratelimit;
 pub mod peer_metadata;
 pub mod rbac;
@@ -372,6 +373,11 @@ impl FilterChain {
                 istio_alpn::TYPE => {
                     if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
                         chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, &fld)?));
+                    }
+                }
+                istio_stats::TYPE => {
+                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+                        chain.filters.push(istio_stats::factory(&f.name, any, cx).map_err(|e| e.within(&fld))?);
                     }
                 }
                 peer_metadata::TYPE => {

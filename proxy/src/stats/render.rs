@@ -69,10 +69,25 @@ pub fn prometheus(store: &Store, used_only: bool) -> String {
     // Group by metric family (tag-extracted name) so each family gets one TYPE line.
     let mut families: BTreeMap<String, (&'static str, Vec<String>)> = BTreeMap::new();
     for e in entries.iter().filter(|e| !used_only || e.used) {
-        let (base, tags) = store.tag_extractors().extract(&e.name);
-        let family = format!("envoy_{}", sanitize(&base));
-        let labels =
-            tags.iter().map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape_label(v))).collect::<Vec<_>>().join(",");
+        let (family, labels) = match &e.tagged {
+            Some(t) => (
+                sanitize(&t.family),
+                t.tags
+                    .iter()
+                    .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape_label(v)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            None => {
+                let (base, tags) = store.tag_extractors().extract(&e.name);
+                let labels = tags
+                    .iter()
+                    .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape_label(v)))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (format!("envoy_{}", sanitize(&base)), labels)
+            }
+        };
         let kind = match e.value {
             Value::Counter(_) => "counter",
             Value::Gauge(_) => "gauge",

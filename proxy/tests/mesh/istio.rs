@@ -86,6 +86,11 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Value {
         "stat_prefix": stat_prefix, "cluster": cluster}})
 }
 
+fn istio_stats() -> Value {
+    json!({"name": "istio.stats", "typed_config": {"@type": "type.googleapis.com/stats.PluginConfig",
+        "disable_host_header_fallback": true}})
+}
+
 fn router() -> Value {
     json!({"name": "envoy.filters.http.router", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
@@ -144,11 +149,16 @@ fn outbound_http_listener(port: u16) -> Value {
             "rds": {"route_config_name": port.to_string(), "config_source": ads()},
             "use_remote_address": false,
             "http_filters": [
+                {"name": "istio.metadata_exchange", "typed_config": {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                  "type_url": "type.googleapis.com/io.istio.http.peer_metadata.Config",
+                  "value": {"upstream_discovery": [{"istio_headers": {}}, {"workload_discovery": {}}],
+                            "upstream_propagation": [{"istio_headers": {}}]}}},
                 {"name": "istio.alpn", "typed_config": {"@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
                   "alpn_override": [
                     {"alpn_override": ["istio-http/1.0", "istio", "http/1.0"]},
                     {"upstream_protocol": "HTTP11", "alpn_override": ["istio-http/1.1", "istio", "http/1.1"]},
                     {"upstream_protocol": "HTTP2", "alpn_override": ["istio-h2", "istio", "h2"]}]}},
+                istio_stats(),
                 router()]}}]}]})
 }
 
@@ -268,6 +278,7 @@ fn inbound_hcm(port: u16) -> Value {
               "type_url": "type.googleapis.com/io.istio.http.peer_metadata.Config",
               "value": {"downstream_discovery": [{"istio_headers": {}}, {"workload_discovery": {}}],
                         "downstream_propagation": [{"istio_headers": {}}]}}},
+            istio_stats(),
             router()],
         "server_name": "istio-envoy", "use_remote_address": false,
         "forward_client_cert_details": "APPEND_FORWARD",
