@@ -47,6 +47,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::access_log::set_flush_interval(opts.file_flush_interval_msec);
+    crate::xds::set_reject_unknown_dynamic_fields(opts.reject_unknown_dynamic_fields);
     let logs = match crate::logging::init(&opts.log_level, opts.component_log_level.as_deref()) {
         Ok(l) => l,
         Err(e) => {
@@ -316,7 +317,7 @@ fn start_dynamic(
     manager: &Arc<ConfigManager>,
 ) -> Vec<crate::stats::Counter> {
     let mut waits = Vec::new();
-    crate::xds::follow_sds_files(manager.clone());
+    crate::xds::follow_files(manager.clone());
     if let Some(p) = d.cds_config.as_ref().and_then(crate::xds::file_source) {
         crate::xds::watch_file(manager.clone(), p, crate::xds::CLUSTER);
         waits.push(manager.cds.update_attempt.clone());

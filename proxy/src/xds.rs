@@ -104,17 +104,30 @@ fn fingerprint(p: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64)>
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
+/// `--reject-unknown-dynamic-fields`: without it, unknown fields in file-based xDS are
+/// dropped, as Envoy does for dynamic config (static config is strict).
+static REJECT_UNKNOWN_DYNAMIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_reject_unknown_dynamic_fields(reject: bool) {
+    REJECT_UNKNOWN_DYNAMIC.store(reject, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Reads a DiscoveryResponse (JSON or YAML by extension) from a file.
 fn read_response(path: &std::path::Path) -> Result<DiscoveryResponse, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let json = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?,
-        _ => xds_client::json::yaml_to_json(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+    let yaml = path.extension().and_then(|e| e.to_str()) != Some("json");
+    let json = if yaml {
+        xds_client::json::yaml_to_json(&text).map_err(|e| format!("{}: {e}", path.display()))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+    };
+    let options = xds_client::json::JsonOptions {
+        allow_unknown_fields: !REJECT_UNKNOWN_DYNAMIC.load(std::sync::atomic::Ordering::Relaxed),
+        yaml_scalars: yaml,
     };
     let pool = xds_client::descriptors::pool();
-    let r =
-        xds_client::json::message_from_json::<DiscoveryResponse>(&pool, json, xds_client::json::JsonOptions::default())
-            .map_err(|e| format!("{}: {e}", path.display()));
+    let r = xds_client::json::message_from_json::<DiscoveryResponse>(&pool, json, options)
+        .map_err(|e| format!("{}: {e}", path.display()));
     drop(pool);
     xds_client::descriptors::release_memory();
     r
@@ -158,24 +171,25 @@ pub fn watch_file(manager: Arc<ConfigManager>, path: PathBuf, type_url: &'static
     task.abort_handle()
 }
 
-/// Keeps one watcher per file-based SDS file the config references.
-pub fn follow_sds_files(manager: Arc<ConfigManager>) {
+/// Keeps one watcher per file-based xDS file (SDS, RDS, EDS) the config references.
+pub fn follow_files(manager: Arc<ConfigManager>) {
     let mut rx = manager.interest();
     tokio::spawn(async move {
-        let mut watching: std::collections::BTreeMap<PathBuf, tokio::task::AbortHandle> = Default::default();
+        let mut watching: std::collections::BTreeMap<(PathBuf, &'static str), tokio::task::AbortHandle> =
+            Default::default();
         loop {
-            let want = rx.borrow_and_update().sds_files.clone();
-            watching.retain(|p, h| {
-                let keep = want.contains(p);
+            let want = rx.borrow_and_update().files.clone();
+            watching.retain(|k, h| {
+                let keep = want.contains(k);
                 if !keep {
                     h.abort();
                 }
                 keep
             });
-            for p in want {
-                if let std::collections::btree_map::Entry::Vacant(e) = watching.entry(p) {
-                    let h = watch_file(manager.clone(), e.key().clone(), SECRET);
-                    e.insert(h);
+            for k in want {
+                if let std::collections::btree_map::Entry::Vacant(e) = watching.entry(k) {
+                    let (path, type_url) = e.key().clone();
+                    e.insert(watch_file(manager.clone(), path, type_url));
                 }
             }
             if rx.changed().await.is_err() {

@@ -124,8 +124,9 @@ pub struct Interest {
     pub eds: BTreeSet<String>,
     pub rds: BTreeSet<String>,
     pub sds: BTreeSet<String>,
-    /// Files of file-based SDS the config references.
-    pub sds_files: BTreeSet<std::path::PathBuf>,
+    /// Files of file-based xDS the config references (`path_config_source` of SDS, RDS and
+    /// EDS), with the resource type each must carry.
+    pub files: BTreeSet<(std::path::PathBuf, &'static str)>,
 }
 
 pub struct ConfigManager {
@@ -683,17 +684,29 @@ impl ConfigManager {
         }
         let mut interest = Interest::default();
         for c in st.clusters.values().map(|d| &d.cluster).chain(st.static_clusters.values()) {
-            if let Some(s) = &c.eds_service_name {
-                interest.eds.insert(s.clone());
+            match (&c.eds_service_name, &c.eds_file) {
+                (Some(_), Some(f)) => {
+                    interest.files.insert((f.clone(), crate::xds::ENDPOINT));
+                }
+                (Some(s), None) => {
+                    interest.eds.insert(s.clone());
+                }
+                _ => {}
             }
             interest.sds.extend(c.secret_names());
-            interest.sds_files.extend(c.secret_files());
+            interest.files.extend(c.secret_files().into_iter().map(|f| (f, crate::xds::SECRET)));
         }
         for l in st.static_listeners.iter().chain(st.listeners.values().map(|d| &d.listener)) {
-            interest.rds.extend(rds_names(l));
+            for (name, file) in rds_sources(l) {
+                match file {
+                    Some(f) => interest.files.insert((f, crate::xds::ROUTE)),
+                    None => interest.rds.insert(name),
+                };
+            }
             interest.sds.extend(listener_secrets(l));
             let tls = l.chains.iter().chain(l.default_chain.iter()).filter_map(|c| c.tls.as_ref());
-            interest.sds_files.extend(tls.flat_map(|t| t.secret_files().iter().cloned()));
+            let sds_files = tls.flat_map(|t| t.secret_files().iter().cloned());
+            interest.files.extend(sds_files.map(|f| (f, crate::xds::SECRET)));
         }
         self.active_clusters.set(snap.clusters.len() as i64);
         self.warming_clusters.set(warming_clusters);
@@ -769,7 +782,7 @@ fn rds_slots(l: &Listener) -> Vec<(String, Arc<ArcSwapOption<RouteTable>>)> {
         .chain(l.default_chain.iter())
         .filter_map(|c| match &c.terminal {
             Terminal::Http(h) => match &h.routes {
-                RouteSource::Rds { name, table } => Some((name.clone(), table.clone())),
+                RouteSource::Rds { name, table, .. } => Some((name.clone(), table.clone())),
                 RouteSource::Static(_) => None,
             },
             Terminal::Tcp(_) => None,
@@ -793,4 +806,19 @@ fn listener_secrets(l: &Listener) -> Vec<String> {
 
 fn rds_names(l: &Listener) -> Vec<String> {
     rds_slots(l).into_iter().map(|(n, _)| n).collect()
+}
+
+/// Each RDS route configuration a listener needs, with its file for file-based RDS.
+fn rds_sources(l: &Listener) -> Vec<(String, Option<std::path::PathBuf>)> {
+    l.chains
+        .iter()
+        .chain(l.default_chain.iter())
+        .filter_map(|c| match &c.terminal {
+            Terminal::Http(h) => match &h.routes {
+                RouteSource::Rds { name, file, .. } => Some((name.clone(), file.clone())),
+                RouteSource::Static(_) => None,
+            },
+            Terminal::Tcp(_) => None,
+        })
+        .collect()
 }

@@ -222,6 +222,8 @@ pub struct Cluster {
     pub dns_refresh: Duration,
     pub dns_family: DnsFamily,
     pub eds_service_name: Option<String>,
+    /// File-based EDS (`eds_config.path_config_source`): the file the endpoints come from.
+    pub eds_file: Option<std::path::PathBuf>,
     pub stats: ClusterStats,
     pub active_requests: AtomicU32,
     pub active_retries: AtomicU32,
@@ -346,6 +348,7 @@ impl Cluster {
                     .unwrap_or(Duration::from_secs(5)),
                 dns_family,
                 eds_service_name: None,
+                eds_file: None,
                 stats,
                 active_requests: AtomicU32::new(0),
                 active_retries: AtomicU32::new(0),
@@ -381,17 +384,8 @@ impl Cluster {
                 }
             }
             DiscoveryType::Eds => {
-                if p.eds_cluster_config
-                    .as_ref()
-                    .and_then(|e| e.eds_config.as_ref())
-                    .and_then(crate::xds::file_source)
-                    .is_some()
-                {
-                    return Err(ConfigError::new(
-                        "eds_cluster_config.eds_config.path_config_source",
-                        "file-based EDS is not supported (use ADS or load_assignment)",
-                    ));
-                }
+                c.eds_file =
+                    p.eds_cluster_config.as_ref().and_then(|e| e.eds_config.as_ref()).and_then(crate::xds::file_source);
                 let name = p
                     .eds_cluster_config
                     .as_ref()

@@ -56,6 +56,8 @@ pub enum RouteSource {
     Rds {
         name: String,
         table: Arc<ArcSwapOption<RouteTable>>,
+        /// File-based RDS (`config_source.path_config_source`): the file it comes from.
+        file: Option<std::path::PathBuf>,
     },
 }
 
@@ -165,15 +167,11 @@ impl HttpConnectionManager {
             Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
                 RouteTable::from_proto(rc, cx, true).map_err(|e| e.within("route_config"))?,
             )),
-            Some(RouteSpecifier::Rds(rds)) => {
-                if rds.config_source.as_ref().and_then(crate::xds::file_source).is_some() {
-                    return Err(ConfigError::new(
-                        "rds.config_source.path_config_source",
-                        "file-based RDS is not supported (use ADS or an inline route_config)",
-                    ));
-                }
-                RouteSource::Rds { name: rds.route_config_name.clone(), table: Arc::new(ArcSwapOption::empty()) }
-            }
+            Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds {
+                name: rds.route_config_name.clone(),
+                table: Arc::new(ArcSwapOption::empty()),
+                file: rds.config_source.as_ref().and_then(crate::xds::file_source),
+            },
             Some(RouteSpecifier::ScopedRoutes(_)) => {
                 return Err(ConfigError::new("scoped_routes", "scoped routes are not supported"));
             }
