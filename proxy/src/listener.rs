@@ -76,6 +76,9 @@ pub struct ListenerFilters {
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// `additional_addresses` (Istio's dual stack: `[::]:<port>` beside `0.0.0.0:<port>`): bound
+    /// too, same filter chains and stats.
+    pub additional_addresses: Vec<SocketAddr>,
     pub bind_to_port: bool,
     pub use_original_dst: bool,
     pub listener_filters: ListenerFilters,
@@ -99,6 +102,12 @@ pub struct Listener {
 impl Listener {
     pub fn from_proto(p: &ListenerProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
         let address = socket_address_of(p.address.as_ref(), "address")?;
+        let additional_addresses = p
+            .additional_addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| socket_address_of(a.address.as_ref(), &format!("additional_addresses[{i}].address")))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut lf = ListenerFilters::default();
         for (i, f) in p.listener_filters.iter().enumerate() {
             let t = match &f.config_type {
@@ -163,6 +172,7 @@ impl Listener {
             address,
             // Istio <= 1.9 says it with the deprecated `deprecated_v1.bind_to_port`.
             #[allow(deprecated)]
+            additional_addresses,
             bind_to_port: p
                 .bind_to_port
                 .or_else(|| p.deprecated_v1.as_ref().and_then(|d| d.bind_to_port))
@@ -198,6 +208,11 @@ impl Listener {
         })
     }
 
+    /// The address and the additional addresses.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.address).chain(self.additional_addresses.iter().copied())
+    }
+
     /// Stops accepting and asks open connections to finish.
     pub fn shut(&self) {
         self.stop.send_replace(true);
@@ -224,10 +239,13 @@ impl Listener {
             let target = snap
                 .listeners
                 .iter()
-                .find(|l| l.address == local && !Arc::ptr_eq(l, &self))
+                .find(|l| l.addresses().any(|a| a == local) && !Arc::ptr_eq(l, &self))
                 .or_else(|| {
+                    // The wildcard address of the destination's IP family, on its port.
                     snap.listeners.iter().find(|l| {
-                        l.address.port() == local.port() && l.address.ip().is_unspecified() && !Arc::ptr_eq(l, &self)
+                        l.addresses().any(|a| {
+                            a.port() == local.port() && a.ip().is_unspecified() && a.is_ipv4() == local.is_ipv4()
+                        }) && !Arc::ptr_eq(l, &self)
                     })
                 })
                 .cloned();

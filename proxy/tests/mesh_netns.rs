@@ -7,6 +7,8 @@
 //!   SPIFFE ID in x-forwarded-client-cert; TCP to svc-b:9000 (server-first) likewise;
 //! - a -> ext (not in the registry): PassthroughCluster under ALLOW_ANY, refused (BlackHole)
 //!   after the outbound policy is switched to REGISTRY_ONLY over xDS;
+//! - dual stack: the same over IPv6 (VIP, passthrough, inbound), as istiod's
+//!   `additional_addresses` and `additional_source_addresses` shape it;
 //! - STRICT inbound refuses c's plaintext (connection closed, `no_filter_chain_match` counted);
 //!   after a push to PERMISSIVE it is served, and a's mTLS still is.
 //!
@@ -175,6 +177,15 @@ fn pod_to_pod_through_both_sidecars_and_outbound_policy() {
     assert!(out.contains("ext HTTP/1.1 xfcc=-"), "{out}");
     assert!(a.stat("cluster.PassthroughCluster.upstream_cx_total").unwrap_or(0) >= 1);
 
+    // IPv6 (dual stack): the VIP over IPv6 is intercepted ([::]:15001, IPv6 SO_ORIGINAL_DST)
+    // and routed by its host; an address outside the registry passes through over IPv6.
+    let (rc, out) = a.curl(&["-H", "Host: svc-b", "http://[fd96::20]/v6"]);
+    assert_eq!((rc, out.lines().next()), (0, Some("200")), "{out}\n{}", logs(&w));
+    assert!(out.contains("URI=spiffe://cluster.local/ns/default/sa/a"), "{out}");
+    let (rc, out) = a.curl(&["http://[fd77::50]:8000/v6"]);
+    assert_eq!((rc, out.lines().next()), (0, Some("200")), "{out}\n{}", logs(&w));
+    assert!(out.contains("ext HTTP/1.1"), "{out}");
+
     // ...refused once the policy is REGISTRY_ONLY (virtualOutbound's catch-all is BlackHole).
     let before = a.stat("cluster.BlackHoleCluster.upstream_cx_none_healthy").unwrap_or(0);
     let acks = a.cp().acks().len();
@@ -205,6 +216,8 @@ fn strict_refuses_plaintext_permissive_accepts() {
     let (rc, out) = c.curl(&[&pod_b]);
     assert_ne!(rc, 0, "STRICT must refuse plaintext: {out}");
     assert!(b.stat("listener.0.0.0.0_15006.no_filter_chain_match").unwrap_or(0) >= 1, "{}", logs(&w));
+    let (rc, out) = c.curl(&[&format!("http://[{}]:8080/direct6", b.ip6)]);
+    assert_ne!(rc, 0, "STRICT must refuse plaintext over IPv6: {out}");
     let tcp = tcp_ping(&c.ns, SocketAddr::from((b.ip, 9000)), true);
     assert!(
         tcp.as_ref().is_err_and(|e| e.starts_with("closed") || e.contains("reset")),
@@ -236,6 +249,9 @@ fn strict_refuses_plaintext_permissive_accepts() {
     }
     let out = served.unwrap_or_else(|| panic!("PERMISSIVE never served plaintext\n{}", logs(&w)));
     assert!(out.starts_with("200\nb HTTP/1.1 xfcc=-"), "{out}");
+    // Over IPv6 too: [::]:15006, IPv6 SO_ORIGINAL_DST, the inbound cluster binds ::6.
+    let (rc, out) = c.curl(&[&format!("http://[{}]:8080/direct6", b.ip6)]);
+    assert!(rc == 0 && out.starts_with("200\nb HTTP/1.1 xfcc=-"), "{rc} {out}\n{}", logs(&w));
     let (greeting, echo) = tcp_ping(&c.ns, SocketAddr::from((b.ip, 9000)), true).unwrap();
     assert_eq!((greeting.as_str(), echo.as_str()), ("b\n", "ping\n"));
 

@@ -590,10 +590,17 @@ impl ConfigManager {
         if !l.bind_to_port {
             return Ok(());
         }
-        let sockets = crate::worker::bind_reuseport(l.address, self.workers.len(), 1024)
-            .map_err(|e| format!("cannot bind '{}': {e}", l.address))?;
-        for (w, s) in self.workers.iter().zip(sockets) {
-            let _ = w.send(Command::Listen { listener: l.clone(), socket: s });
+        let mut all = Vec::new();
+        for (i, addr) in l.addresses().enumerate() {
+            // An additional [::] beside 0.0.0.0 takes IPv6 only (Envoy's default, no ipv4_compat).
+            let sockets = crate::worker::bind_reuseport_with(addr, self.workers.len(), 1024, i > 0)
+                .map_err(|e| format!("cannot bind '{addr}': {e}"))?;
+            all.push(sockets);
+        }
+        for sockets in all {
+            for (w, s) in self.workers.iter().zip(sockets) {
+                let _ = w.send(Command::Listen { listener: l.clone(), socket: s });
+            }
         }
         Ok(())
     }

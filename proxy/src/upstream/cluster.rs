@@ -213,8 +213,10 @@ pub struct Cluster {
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// `transport_socket_matches`: endpoint metadata match → transport (None: plaintext).
     pub tls_matches: Vec<(envoy_types::pb::google::protobuf::Struct, Option<Arc<crate::tls::ClientTls>>)>,
-    /// `upstream_bind_config.source_address`: the local IP upstream connections come from.
-    pub upstream_bind: Option<std::net::IpAddr>,
+    /// `upstream_bind_config`: the local IPs upstream connections come from, the
+    /// `source_address` first, then `additional_source_addresses` (one per IP family, as Istio
+    /// sends 127.0.0.6 and ::6 for dual stack).
+    pub upstream_bind: Vec<std::net::IpAddr>,
     /// Istio's TCP metadata exchange among the cluster's upstream `filters`.
     pub metadata_exchange: Option<Arc<crate::filters::network::metadata_exchange::MetadataExchange>>,
     pub hosts: ArcSwap<HostSet>,
@@ -318,43 +320,37 @@ impl Cluster {
         }
         let stat_name = if p.alt_stat_name.is_empty() { p.name.as_str() } else { p.alt_stat_name.as_str() };
         let stats = ClusterStats::new(&cx.stats, stat_name);
-        let mut c =
-            Cluster {
-                id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-                name: p.name.as_str().into(),
-                discovery,
-                lb,
-                connect_timeout: p.connect_timeout.as_ref().map(duration).unwrap_or(Duration::from_secs(5)),
-                protocol,
-                max_requests_per_connection,
-                idle_timeout,
-                thresholds,
-                tls,
-                tls_matches,
-                upstream_bind: match p.upstream_bind_config.as_ref().and_then(|b| b.source_address.as_ref()) {
-                    Some(sa) => Some(sa.address.parse().map_err(|_| {
-                        ConfigError::new("upstream_bind_config.source_address", "malformed IP address")
-                    })?),
-                    None => None,
-                },
-                metadata_exchange: upstream_filters(p, cx)?,
-                hosts: ArcSwap::from_pointee(HostSet::default()),
-                dns_targets: Vec::new(),
-                dns_refresh: p
-                    .dns_refresh_rate
-                    .as_ref()
-                    .map(duration)
-                    .filter(|d| !d.is_zero())
-                    .unwrap_or(Duration::from_secs(5)),
-                dns_family,
-                eds_service_name: None,
-                eds_file: None,
-                stats,
-                active_requests: AtomicU32::new(0),
-                active_retries: AtomicU32::new(0),
-                original_dst_hosts: Default::default(),
-                proto: p.clone(),
-            };
+        let mut c = Cluster {
+            id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
+            name: p.name.as_str().into(),
+            discovery,
+            lb,
+            connect_timeout: p.connect_timeout.as_ref().map(duration).unwrap_or(Duration::from_secs(5)),
+            protocol,
+            max_requests_per_connection,
+            idle_timeout,
+            thresholds,
+            tls,
+            tls_matches,
+            upstream_bind: upstream_bind(p)?,
+            metadata_exchange: upstream_filters(p, cx)?,
+            hosts: ArcSwap::from_pointee(HostSet::default()),
+            dns_targets: Vec::new(),
+            dns_refresh: p
+                .dns_refresh_rate
+                .as_ref()
+                .map(duration)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(5)),
+            dns_family,
+            eds_service_name: None,
+            eds_file: None,
+            stats,
+            active_requests: AtomicU32::new(0),
+            active_retries: AtomicU32::new(0),
+            original_dst_hosts: Default::default(),
+            proto: p.clone(),
+        };
         match discovery {
             DiscoveryType::Static => {
                 let cla = p.load_assignment.clone().unwrap_or_default();
@@ -567,6 +563,34 @@ fn socket_address_parts(
 }
 
 /// Parses an IP socket address (no DNS).
+fn upstream_bind(p: &ClusterProto) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+    let Some(b) = p.upstream_bind_config.as_ref() else { return Ok(Vec::new()) };
+    let ip = |a: &str, f: String| a.parse().map_err(|_| ConfigError::new(f, format!("malformed IP address: {a}")));
+    let mut out = Vec::new();
+    if let Some(sa) = &b.source_address {
+        out.push(ip(&sa.address, "upstream_bind_config.source_address".into())?);
+    }
+    #[allow(deprecated)]
+    for (i, sa) in b.additional_source_addresses.iter().enumerate() {
+        out.push(ip(&sa.address, format!("upstream_bind_config.additional_source_addresses[{i}].address"))?);
+    }
+    #[allow(deprecated)]
+    for (i, e) in b.extra_source_addresses.iter().enumerate() {
+        if let Some(sa) = &e.address {
+            out.push(ip(&sa.address, format!("upstream_bind_config.extra_source_addresses[{i}].address"))?);
+        }
+    }
+    Ok(out)
+}
+
+impl Cluster {
+    /// The source IP for a connection to `dst`: the bind address of the same IP family (the
+    /// first configured one when none matches, which then fails as in Envoy).
+    pub fn bind_for(&self, dst: SocketAddr) -> Option<std::net::IpAddr> {
+        self.upstream_bind.iter().find(|ip| ip.is_ipv4() == dst.is_ipv4()).or(self.upstream_bind.first()).copied()
+    }
+}
+
 pub fn socket_address_of(
     a: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
     field: &str,

@@ -112,7 +112,7 @@ pub async fn connect_with_alpn(
         match &host.pipe {
             Some(p) => tokio::net::UnixStream::connect(p).await.map(UpstreamIo::Unix),
             None => {
-                let s = connect_tcp(host.address, cluster.upstream_bind).await?;
+                let s = connect_tcp(host.address, cluster.bind_for(host.address)).await?;
                 let _ = s.set_nodelay(true);
                 match tls {
                     None => Ok(UpstreamIo::Tcp(s)),

@@ -1,5 +1,5 @@
 //! The pods' apps and a gRPC client, each on a thread inside a pod's namespace.
-//! - `http_app`: HTTP/1.1 and h2c (hyper's auto server). A plain request is answered with
+//! - `http_app`: HTTP/1.1 and h2c (hyper's auto server), on IPv4 and IPv6. A plain request is answered with
 //!   `<app> <version> xfcc=<x-forwarded-client-cert>`; a gRPC request (`application/grpc`) with
 //!   one message, the same text, and trailers `grpc-status: 0`.
 //! - `tcp_app`: server-first: sends `<app>\n`, then echoes.
@@ -51,7 +51,8 @@ pub fn http_app(ns: &str, app: &'static str, port: u16) {
     spawn_in_ns(ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind(("0.0.0.0", port)).await.unwrap();
+            // [::] takes IPv4 too (dual stack).
+            let l = tokio::net::TcpListener::bind(("::", port)).await.unwrap();
             tx.send(()).unwrap();
             while let Ok((s, _)) = l.accept().await {
                 tokio::spawn(async move {
@@ -70,7 +71,7 @@ pub fn http_app(ns: &str, app: &'static str, port: u16) {
 pub fn tcp_app(ns: &str, app: &'static str, port: u16) {
     let (tx, rx) = std::sync::mpsc::channel();
     spawn_in_ns(ns, move || {
-        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+        let l = std::net::TcpListener::bind(("::", port)).unwrap();
         tx.send(()).unwrap();
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {

@@ -4,7 +4,9 @@
 //! for TCP), `outbound|<port>||<host>` EDS clusters whose `tlsMode: istio` endpoints get mTLS
 //! from SDS, virtualInbound 15006 with original_dst, tls_inspector and http_inspector and a
 //! chain per (port, transport, ALPN), `inbound|<port>||` ORIGINAL_DST clusters bound to
-//! 127.0.0.6, PassthroughCluster and BlackHoleCluster.
+//! 127.0.0.6, PassthroughCluster and BlackHoleCluster. Dual stack as istiod shapes it: the
+//! wildcard listeners also bind `[::]` (`additional_addresses`), inbound clusters also bind
+//! `::6` (`additional_source_addresses`).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -132,6 +134,7 @@ pub fn virtual_outbound(policy: Outbound) -> Value {
     let catchall = if policy == Outbound::AllowAny { "PassthroughCluster" } else { "BlackHoleCluster" };
     json!({"@type": T_LISTENER, "name": "virtualOutbound",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15001}},
+        "additional_addresses": [{"address": {"socket_address": {"address": "::", "port_value": 15001}}}],
         "use_original_dst": true, "traffic_direction": "OUTBOUND",
         "filter_chains": [
             {"name": "virtualOutbound-blackhole", "filter_chain_match": {"destination_port": 15001},
@@ -142,6 +145,7 @@ pub fn virtual_outbound(policy: Outbound) -> Value {
 fn outbound_http_listener(port: u16) -> Value {
     json!({"@type": T_LISTENER, "name": format!("0.0.0.0_{port}"),
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "additional_addresses": [{"address": {"socket_address": {"address": "::", "port_value": port}}}],
         "bind_to_port": false, "traffic_direction": "OUTBOUND",
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -248,7 +252,8 @@ fn blackhole() -> Value {
 fn inbound_cluster(port: u16, protocol: Protocol) -> Value {
     let mut c = json!({"@type": T_CLUSTER, "name": format!("inbound|{port}||"), "type": "ORIGINAL_DST",
         "connect_timeout": "10s", "lb_policy": "CLUSTER_PROVIDED",
-        "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}});
+        "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0},
+            "additional_source_addresses": [{"address": "::6", "port_value": 0}]}});
     if protocol == Protocol::Http {
         c["typed_extension_protocol_options"] = downstream_protocol();
     }
@@ -319,6 +324,7 @@ fn virtual_inbound(s: &Sidecar) -> Value {
     let disabled = json!({"destination_port_range": {"start": 15006, "end": 15007}});
     json!({"@type": T_LISTENER, "name": "virtualInbound",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+        "additional_addresses": [{"address": {"socket_address": {"address": "::", "port_value": 15006}}}],
         "traffic_direction": "INBOUND", "listener_filters_timeout": "0s", "continue_on_listener_filters_timeout": true,
         "listener_filters": [
             {"name": "envoy.filters.listener.original_dst", "typed_config": {

@@ -12,7 +12,7 @@
 pub mod apps;
 pub mod istio;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -76,7 +76,7 @@ pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    for tool in ["ip", "iptables-restore", "setpriv", "curl"] {
+    for tool in ["ip", "iptables-restore", "ip6tables-restore", "setpriv", "curl"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -200,6 +200,7 @@ pub struct Pod {
     pub name: String,
     pub ns: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub cp: Option<ControlPlane>,
     pub log: Option<PathBuf>,
     pub proxy: Option<Proxy>,
@@ -215,8 +216,10 @@ impl Mesh {
         let br = format!("{tag}-br");
         let _ = Command::new("ip").args(["netns", "del", &br]).output();
         run("ip", &["netns", "add", &br]);
-        run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        // No multicast snooping: IPv6 neighbour discovery must reach every port at once.
+        run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
         run("ip", &["-n", &br, "addr", "add", "10.77.0.1/24", "dev", "br0"]);
+        run("ip", &["-n", &br, "addr", "add", "fd77::1/64", "dev", "br0", "nodad"]);
         run("ip", &["-n", &br, "link", "set", "br0", "up"]);
         run("ip", &["-n", &br, "link", "set", "lo", "up"]);
         let ca = DevCa::new_root(&CaOptions::default()).unwrap();
@@ -240,11 +243,15 @@ impl Mesh {
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
         run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
         run("ip", &["-n", &ns, "route", "add", "default", "via", "10.77.0.1"]);
+        // fd77::<host> reads like 10.77.0.<host> (host 50 is fd77::50).
+        let ip6: Ipv6Addr = format!("fd77::{host}").parse().unwrap();
+        run("ip", &["-n", &ns, "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+        run("ip", &["-n", &ns, "-6", "route", "add", "default", "via", "fd77::1"]);
         // `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts.
         let etc = PathBuf::from("/etc/netns").join(&ns);
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{ip} {name}\n{hosts}")).unwrap();
-        Pod { name: name.into(), ns, ip, cp: None, log: None, proxy: None }
+        Pod { name: name.into(), ns, ip, ip6, cp: None, log: None, proxy: None }
     }
 
     /// Gives `pod` a remora sidecar with service account `sa` (see `sidecar_with`).
@@ -259,6 +266,11 @@ impl Mesh {
     /// ready (it has applied CDS and LDS).
     pub fn sidecar_with(&mut self, proxy: Proxy, pod: &mut Pod, sa: &str, resources: &[Value]) {
         run_stdin("ip", &["netns", "exec", &pod.ns, "iptables-restore"], &istio_iptables());
+        // Dual stack, as istio-init sets it up: the same rules for IPv6 (::6 and ::1 in place
+        // of 127.0.0.6 and 127.0.0.1), and ::6 on loopback for the inbound clusters' source.
+        let v6 = istio_iptables().replace("127.0.0.6/32", "::6/128").replace("127.0.0.1/32", "::1/128");
+        run_stdin("ip", &["netns", "exec", &pod.ns, "ip6tables-restore"], &v6);
+        run("ip", &["-n", &pod.ns, "addr", "add", "::6/128", "dev", "lo", "nodad"]);
         let dir = self.dir.join(&pod.name);
         std::fs::create_dir_all(&dir).unwrap();
         let cp = ControlPlane::new();
@@ -368,7 +380,7 @@ impl Pod {
 
     /// curl inside the pod with a 5 s bound: (exit code, `<status>\n<body>`).
     pub fn curl(&self, args: &[&str]) -> (i32, String) {
-        let mut all = vec!["-sS", "-m", "5", "-o", "-", "-w", "\n%{http_code}"];
+        let mut all = vec!["-sS", "-g", "-m", "5", "-o", "-", "-w", "\n%{http_code}"];
         all.extend_from_slice(args);
         let (code, out) = self.exec("curl", &all);
         // Reorder to status first for readable assertions.
