@@ -155,6 +155,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         local_address: local_address(opts.local_address_ip_version),
         drain: drain_tx,
         connections: AtomicUsize::new(0),
+        drain_time: Duration::from_secs(opts.drain_time_s),
     });
     let n = opts.workers();
     let workers = match worker::start(n, shared.clone()) {

@@ -26,6 +26,8 @@ pub struct Shared {
     pub drain: watch::Sender<bool>,
     /// Open downstream connections, for shutdown.
     pub connections: AtomicUsize,
+    /// `--drain-time-s`: how long a drained listener's HTTP/1 connections stay usable.
+    pub drain_time: std::time::Duration,
 }
 
 /// What a worker's tasks can reach.

@@ -354,8 +354,8 @@ fn unchanged_clusters_and_surviving_endpoints_keep_pools_listener_update_drains(
     assert_eq!(burst(20), ["a2", "a3"].map(String::from).into());
     assert_eq!(cx_total(), base + 1, "removing an endpoint must keep the survivors' connections");
 
-    // An updated listener: the old connection drains (requests on it succeed until it is closed
-    // between two of them); new connections are served by the new listener.
+    // An updated listener: the old connection drains (its next request is served with
+    // `connection: close`); new connections are served by the new listener.
     let mut updated = listener(s.port);
     updated["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = json!("ingress_v2");
     set(&s.cp, updated);
@@ -394,6 +394,9 @@ fn unchanged_clusters_and_surviving_endpoints_keep_pools_listener_update_drains(
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("old connection: {served_on_old} requests after the update, closed: {closed}");
+    // As Envoy's listener drain: the idle HTTP/1 connection stays usable, its next response
+    // says `connection: close`, and then it is closed.
+    assert_eq!((served_on_old, closed), (1, true));
     assert!(s.cp.nacks().is_empty(), "{:?}", s.cp.nacks());
 }
 

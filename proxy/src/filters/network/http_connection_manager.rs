@@ -284,6 +284,8 @@ pub struct ConnCtx {
     /// Whether `downstream_cx_http1_total|http2_total` counted this connection yet: AUTO
     /// learns the codec from the first request, as Envoy's codec detection does.
     pub codec_counted: std::cell::Cell<bool>,
+    /// The connection speaks HTTP/2 (learnt from its first request).
+    pub h2: std::cell::Cell<bool>,
 }
 
 /// Serves HTTP on an accepted connection until it closes or the server drains.
@@ -312,7 +314,9 @@ pub async fn serve<IO>(
         conn,
         drain: drain.clone(),
         codec_counted: std::cell::Cell::new(false),
+        h2: std::cell::Cell::new(hcm.codec == Codec::Http2),
     });
+    let cx_loop = cx.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let cx = cx.clone();
         async move { Ok::<_, Infallible>(handle(req, cx).await) }
@@ -333,10 +337,30 @@ pub async fn serve<IO>(
     };
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    if *drain.borrow() {
-        conn.as_mut().graceful_shutdown();
-    }
+    // Draining, as Envoy's listener drain: HTTP/2 gets GOAWAY at once (streams in flight
+    // finish); an HTTP/1 connection stays usable, each response carrying `connection: close`,
+    // until the drain time ends. Server shutdown (SIGTERM, quitquitquit) closes idle
+    // connections at once and lets busy ones finish.
+    let mut shutdown = cx_loop.worker.drain.clone();
+    let mut watch_shutdown = true;
+    let mut watch_drain = true;
+    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86400);
+    let mut close_at = far;
+    let (mut drain_started, mut closing) = (false, false);
     loop {
+        if !closing && *shutdown.borrow() {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        if !drain_started && *drain.borrow() {
+            drain_started = true;
+            if cx_loop.h2.get() {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            } else {
+                close_at = tokio::time::Instant::now() + cx_loop.worker.shared.drain_time;
+            }
+        }
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -344,14 +368,26 @@ pub async fn serve<IO>(
                 }
                 break;
             }
-            changed = drain.changed() => {
-                if changed.is_err() || *drain.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                }
+            changed = drain.changed(), if watch_drain => {
                 if changed.is_err() {
-                    // The sender is gone: finish the connection without watching any more.
-                    let _ = conn.as_mut().await;
-                    break;
+                    // The listener is gone: finish the connection.
+                    watch_drain = false;
+                    if !closing {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            changed = shutdown.changed(), if watch_shutdown => {
+                if changed.is_err() {
+                    watch_shutdown = false;
+                }
+            }
+            _ = tokio::time::sleep_until(close_at), if close_at != far => {
+                close_at = far;
+                if !closing {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
                 }
             }
         }
@@ -371,6 +407,7 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
             stats.downstream_rq_http2_total.inc();
             if first {
                 stats.downstream_cx_http2_total.inc();
+                cx.h2.set(true);
             }
         }
         _ => {
