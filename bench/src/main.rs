@@ -11,6 +11,7 @@ mod report;
 mod scenarios;
 mod targets;
 mod tools;
+mod xds_scale;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -64,6 +65,32 @@ enum Cmd {
         #[arg(long)]
         duration: f64,
     },
+    /// One config-scale measurement (started by `run`, pinned to the load CPU): the xDS harness
+    /// in this process, the proxy on --proxy-cpu; prints JSON.
+    #[command(hide = true)]
+    XdsScale {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        proxy_cpu: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        clusters: u32,
+        /// Endpoints per cluster.
+        #[arg(long, default_value_t = 0)]
+        endpoints: u32,
+        /// Replay this config dump instead (idle RSS).
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// Remove the Istio-only filters from the dump (what stock Envoy can load).
+        #[arg(long)]
+        strip_istio_filters: bool,
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -116,6 +143,21 @@ fn main() -> Result<()> {
             scenarios::openloop_main(addr, rate, connections, duration, warmup)
         }
         Cmd::Handshakes { addr, connections, duration } => scenarios::handshakes_main(addr, connections, duration),
+        Cmd::XdsScale { target, bin, proxy_cpu, dir, clusters, endpoints, dump, strip_istio_filters, timeout_secs } => {
+            let out = xds_scale::run(&xds_scale::Args {
+                target,
+                bin,
+                proxy_cpu,
+                dir,
+                clusters,
+                endpoints,
+                dump,
+                strip_istio_filters,
+                timeout: Duration::from_secs(timeout_secs),
+            })?;
+            println!("{}", serde_json::to_string(&out)?);
+            Ok(())
+        }
     }
 }
 
@@ -259,6 +301,7 @@ fn run(mut args: RunArgs) -> Result<()> {
         Vec::new()
     };
     drop(upstream);
+    let config_scale = if want("config-scale") { scenarios::config_scale(&mut ctx, &runnable) } else { Vec::new() };
 
     let mut versions = Vec::new();
     for (name, path, flag) in [
@@ -296,6 +339,7 @@ fn run(mut args: RunArgs) -> Result<()> {
         hop,
         pair,
         handshakes,
+        config_scale,
         notes,
         elapsed_secs: started.elapsed().as_secs_f64(),
     };

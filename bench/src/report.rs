@@ -74,6 +74,23 @@ impl TargetResult {
     }
 }
 
+/// Config scale: one case (N clusters, or a replayed dump) for one target, over its runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleResult {
+    pub target: String,
+    pub case: String,
+    /// A replayed config dump (idle RSS) rather than a push of N clusters.
+    pub dump: bool,
+    pub runs: Vec<crate::xds_scale::ScaleRun>,
+    pub error: Option<String>,
+}
+
+impl ScaleResult {
+    fn median(&self, f: fn(&crate::xds_scale::ScaleRun) -> f64) -> Option<Spread> {
+        (!self.runs.is_empty()).then(|| Spread::of(&self.runs.iter().map(f).collect::<Vec<_>>()))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub nproc: usize,
@@ -94,6 +111,7 @@ pub struct Report {
     pub hop: Vec<TargetResult>,
     pub pair: Vec<TargetResult>,
     pub handshakes: Vec<TargetResult>,
+    pub config_scale: Vec<ScaleResult>,
     pub notes: Vec<String>,
     pub elapsed_secs: f64,
 }
@@ -273,6 +291,7 @@ pub fn markdown(rep: &Report) -> String {
         }
         md.push('\n');
     }
+    scale_markdown(&mut md, rep);
     let errors: Vec<String> = rep
         .hop
         .iter()
@@ -294,6 +313,98 @@ pub fn markdown(rep: &Report) -> String {
     let tools: Vec<String> = rep.tools.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let _ = writeln!(md, "Tools: {}.", tools.join("; "));
     md
+}
+
+fn med(s: Option<Spread>) -> Option<f64> {
+    s.map(|s| s.median)
+}
+
+fn scale_markdown(md: &mut String, rep: &Report) {
+    let pushes: Vec<&ScaleResult> = rep.config_scale.iter().filter(|r| !r.dump).collect();
+    let dumps: Vec<&ScaleResult> = rep.config_scale.iter().filter(|r| r.dump).collect();
+    let envoy_of =
+        |case: &str| rep.config_scale.iter().find(|r| r.case == case && r.target == "envoy" && !r.runs.is_empty());
+    if !pushes.is_empty() {
+        md.push_str("### Config scale: N EDS clusters pushed at once over Delta ADS (same harness and bootstrap), from the push\n\n");
+        md.push_str("| target | clusters | endpoints | runs | all ACKed s | settled s (stats) | min–max | vs Envoy | proxy CPU s | RSS MiB after | RSS vs Envoy | peak RSS MiB |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in &pushes {
+            if let Some(e) = &r.error
+                && r.runs.is_empty()
+            {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | – | 0 | failed: {} |||||||| ",
+                    r.target,
+                    r.case,
+                    e.lines().next().unwrap_or("")
+                );
+                continue;
+            }
+            let envoy = envoy_of(&r.case);
+            let settled = r.median(|x| x.settled_secs);
+            let rss = r.median(|x| x.rss_mib);
+            let first = r.runs.first();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.target,
+                first.map_or(0, |x| x.clusters),
+                first.map_or(0, |x| x.endpoints),
+                r.runs.len(),
+                num(med(r.median(|x| x.ack_secs)), 2),
+                num(settled.as_ref().map(|s| s.median), 2),
+                spread_text(settled.as_ref(), 2),
+                ratio(settled.as_ref().map(|s| s.median), envoy.and_then(|e| med(e.median(|x| x.settled_secs)))),
+                num(med(r.median(|x| x.cpu_secs)), 2),
+                num(rss.as_ref().map(|s| s.median), 1),
+                ratio(rss.as_ref().map(|s| s.median), envoy.and_then(|e| med(e.median(|x| x.rss_mib)))),
+                num(med(r.median(|x| x.hwm_mib)), 1),
+            );
+        }
+        md.push('\n');
+    }
+    if !dumps.is_empty() {
+        md.push_str("### Idle RSS with an istiod config dump loaded over Delta ADS (redacted secrets replaced by dev-CA ones)\n\n");
+        md.push_str("| target | dump | served (CDS/LDS/RDS/EDS/SDS) | active clusters | active listeners | NACKs | loaded s | CPU s to load | idle RSS MiB | RSS vs Envoy |\n");
+        md.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in &dumps {
+            let Some(x) = r.runs.first() else {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | failed: {} |||||||| ",
+                    r.target,
+                    r.case,
+                    r.error.as_deref().unwrap_or("").lines().next().unwrap_or("")
+                );
+                continue;
+            };
+            let envoy = envoy_of(&r.case).and_then(|e| e.runs.first());
+            let served =
+                x.served.map_or_else(|| "–".into(), |s| format!("{}/{}/{}/{}/{}", s[0], s[1], s[2], s[3], s[4]));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {} |",
+                r.target,
+                r.case,
+                served,
+                x.active_clusters,
+                x.active_listeners.map_or_else(|| "–".into(), |l| l.to_string()),
+                x.nacks,
+                x.ack_secs,
+                x.cpu_secs,
+                x.rss_mib,
+                ratio(Some(x.rss_mib), envoy.map(|e| e.rss_mib)),
+            );
+        }
+        md.push('\n');
+        for r in &dumps {
+            if let Some(n) = r.runs.first().and_then(|x| x.first_nack.as_ref()) {
+                let _ = writeln!(md, "- {} first NACK: {}", r.target, n.replace('\n', " "));
+            }
+        }
+        md.push('\n');
+    }
 }
 
 struct Bar {
@@ -436,6 +547,28 @@ pub fn svg(rep: &Report) -> String {
         panels.push(Panel {
             title: "Proxy CPU s per 1,000 TLS handshakes".into(),
             bars: bars(&rep.handshakes, |r| r.throughput_cpu_s_per_1k.as_ref().map(with_spread)),
+        });
+    }
+    // Config scale: the largest push case.
+    if let Some(big) =
+        rep.config_scale.iter().filter(|r| !r.dump).filter_map(|r| r.runs.first()).map(|x| x.clusters).max()
+    {
+        let rows: Vec<&ScaleResult> =
+            rep.config_scale.iter().filter(|r| !r.dump && r.runs.first().is_some_and(|x| x.clusters == big)).collect();
+        let spread_bars = |f: fn(&crate::xds_scale::ScaleRun) -> f64| -> Vec<Bar> {
+            rows.iter()
+                .filter_map(|r| {
+                    r.median(f).map(|s| Bar { label: r.target.clone(), value: s.median, spread: Some((s.min, s.max)) })
+                })
+                .collect()
+        };
+        panels.push(Panel {
+            title: format!("{big} EDS clusters over ADS: seconds to settle"),
+            bars: spread_bars(|x| x.settled_secs),
+        });
+        panels.push(Panel {
+            title: format!("{big} EDS clusters over ADS: RSS after, MiB"),
+            bars: spread_bars(|x| x.rss_mib),
         });
     }
     panels.retain(|p| !p.bars.is_empty());

@@ -14,9 +14,10 @@ use crate::handshake::{Handshakes, ServerCert};
 use crate::loadgen::{self, OpenLoop};
 use crate::procs;
 use crate::progress;
-use crate::report::{Latency, Spread, TargetResult};
+use crate::report::{Latency, ScaleResult, Spread, TargetResult};
 use crate::targets::{self, Env, Running, Target};
 use crate::tools::Tools;
+use crate::xds_scale::ScaleRun;
 
 /// Durations and loads for one run mode.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -56,7 +57,7 @@ impl Plan {
             lat_warmup_secs: 0.2,
             pair_secs: 1,
             pair_conns: 8,
-            hs_secs: 1.0,
+            hs_secs: 0.5,
             hs_conns: 4,
             scale_cases: vec![(100, 2, 1)],
             scale_dump: false,
@@ -440,4 +441,136 @@ pub fn handshakes_main(addr: SocketAddr, connections: u32, secs: f64) -> Result<
     let out = crate::handshake::run(addr, connections, secs)?;
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
+}
+
+/// The Istio 1.18.2 sidecar dump (138 clusters) in `$REMORA_TESTDATA/istio`, or in the shared
+/// test data next to the workspace.
+fn istio_dump() -> Option<PathBuf> {
+    const FILE: &str = "sidecar_istio1.18.2_dsb-geo_with_eds.config_dump.json";
+    let root = crate::tools::repo_root();
+    std::env::var_os("REMORA_TESTDATA")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([root.join("../shared/testdata"), root.join("../../shared/testdata")])
+        .map(|d| d.join("istio").join(FILE))
+        .find(|p| p.is_file())
+}
+
+/// One `bench xds-scale` run pinned to the load CPU.
+fn scale_step(ctx: &Ctx, t: Target, case: &str, round: u32, what: &[String], timeout: u64) -> Result<ScaleRun> {
+    let bin = t.binary(ctx.tools).map_err(anyhow::Error::msg)?.context("no binary")?;
+    let slug: String = case.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    let dir = ctx.env.work.join(format!("scale-{slug}-{}-{round}", t.name()));
+    let out = Command::new("taskset")
+        .arg("-c")
+        .arg(&ctx.env.load_cpu)
+        .arg(std::env::current_exe()?)
+        .arg("xds-scale")
+        .args(["--target", t.name()])
+        .arg("--bin")
+        .arg(&bin)
+        .args(["--proxy-cpu", &ctx.env.proxy_cpu])
+        .arg("--dir")
+        .arg(&dir)
+        .args(what)
+        .args(["--timeout-secs", &timeout.to_string()])
+        .output()
+        .context("running bench xds-scale")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).context("parsing xds-scale output")
+}
+
+/// Scenario (e): time and memory to apply N EDS clusters over ADS (remora and Envoy, the same
+/// harness and bootstrap), and idle RSS with the Istio 1.18.2 dump loaded.
+pub fn config_scale(ctx: &mut Ctx, targets: &[Target]) -> Vec<ScaleResult> {
+    let targets: Vec<Target> =
+        targets.iter().copied().filter(|t| matches!(t, Target::Remora | Target::Envoy)).collect();
+    struct Case {
+        name: String,
+        args: Vec<String>,
+        rounds: u32,
+        timeout: u64,
+        targets: Vec<Target>,
+    }
+    let mut cases: Vec<Case> = ctx
+        .plan
+        .scale_cases
+        .iter()
+        .map(|&(n, m, rounds)| Case {
+            name: if n % 1000 == 0 { format!("{}k", n / 1000) } else { n.to_string() },
+            args: vec!["--clusters".into(), n.to_string(), "--endpoints".into(), m.to_string()],
+            rounds,
+            timeout: if n >= 5000 { 300 } else { 120 },
+            targets: targets.clone(),
+        })
+        .collect();
+    if ctx.plan.scale_dump {
+        match istio_dump() {
+            Some(p) => {
+                let dump = vec!["--dump".to_string(), p.display().to_string()];
+                // The dump as istiod sent it: stock Envoy rejects nearly all of it (it lacks
+                // Istio's filters), so only remora loads it whole.
+                cases.push(Case {
+                    name: "istio-1.18.2".into(),
+                    args: dump.clone(),
+                    rounds: 1,
+                    timeout: 60,
+                    targets: targets.iter().copied().filter(|t| *t == Target::Remora).collect(),
+                });
+                // Without the Istio-only filters: the same config for both.
+                let mut stripped = dump;
+                stripped.push("--strip-istio-filters".into());
+                cases.push(Case {
+                    name: "istio-1.18.2 (stock-Envoy filters)".into(),
+                    args: stripped,
+                    rounds: 1,
+                    timeout: 60,
+                    targets: targets.clone(),
+                });
+            }
+            None => ctx.note("config-scale: the Istio 1.18.2 dump not found (set REMORA_TESTDATA)".into()),
+        }
+    }
+    let mut results: Vec<ScaleResult> = Vec::new();
+    for c in &cases {
+        let (case, args, rounds, timeout, targets) = (&c.name, &c.args, &c.rounds, &c.timeout, &c.targets);
+        let mut rows: Vec<ScaleResult> = targets
+            .iter()
+            .map(|t| ScaleResult {
+                target: t.name().into(),
+                case: case.clone(),
+                dump: args.first().is_some_and(|a| a == "--dump"),
+                runs: Vec::new(),
+                error: None,
+            })
+            .collect();
+        let mut last = Duration::ZERO;
+        'rounds: for round in 0..*rounds {
+            for k in 0..targets.len() {
+                let i = (k + round as usize) % targets.len();
+                if rows[i].error.is_some() {
+                    continue;
+                }
+                if Instant::now() + last > ctx.deadline {
+                    ctx.note(format!("config-scale {case}: stopped in round {} of {rounds} (time cap)", round + 1));
+                    break 'rounds;
+                }
+                let t = targets[i];
+                progress::status(ctx.start, &format!("config-scale {case}: round {}/{rounds} {}", round + 1, t.name()));
+                let began = Instant::now();
+                match scale_step(ctx, t, case, round, args, *timeout) {
+                    Ok(run) => rows[i].runs.push(run),
+                    Err(e) => {
+                        ctx.note(format!("config-scale {case}: {} failed: {e:#}", t.name()));
+                        rows[i].error = Some(format!("{e:#}"));
+                    }
+                }
+                last = last.max(began.elapsed());
+            }
+        }
+        results.extend(rows);
+    }
+    results
 }

@@ -59,6 +59,12 @@ fn smoke_run_writes_a_row_per_target() {
         let target = row["target"].as_str().unwrap();
         assert!(rps(row) > 0.0, "handshakes {target}: zero handshakes/s in {row}");
     }
+    for row in json["config_scale"].as_array().unwrap().iter().filter(|r| r["error"].is_null()) {
+        let target = row["target"].as_str().unwrap();
+        let runs = row["runs"].as_array().unwrap();
+        assert!(!runs.is_empty(), "config-scale {target}: no run in {row}");
+        assert!(runs.iter().all(|r| r["active_clusters"].as_i64().unwrap_or(0) > 0), "config-scale {target}: {row}");
+    }
     let names: Vec<&str> = ran.iter().filter_map(|r| r["target"].as_str()).collect();
     println!("bench smoke: ran {names:?}\n{stderr}");
 }
