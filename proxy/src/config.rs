@@ -7,7 +7,6 @@
 
 pub mod manager;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::listener::Listener;
@@ -71,7 +70,7 @@ pub struct NodeInfo {
 #[derive(Default)]
 pub struct Snapshot {
     pub listeners: Vec<Arc<Listener>>,
-    pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    pub clusters: crate::FastMap<Arc<str>, Arc<Cluster>>,
 }
 
 impl Snapshot {

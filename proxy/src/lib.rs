@@ -30,3 +30,8 @@ pub mod worker;
 pub mod xds;
 
 pub use server::run;
+
+/// A hash map for keys looked up per request (cluster names, pool keys, status codes):
+/// foldhash instead of SipHash, whose DoS resistance these keys (from config, not from
+/// clients) do not need.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

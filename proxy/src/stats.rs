@@ -308,7 +308,7 @@ pub struct CodeStats {
     prefix: String,
     store: Arc<Store>,
     classes: [Counter; 5],
-    codes: arc_swap::ArcSwap<HashMap<u16, Counter>>,
+    codes: arc_swap::ArcSwap<crate::FastMap<u16, Counter>>,
     insert: Mutex<()>,
 }
 
@@ -326,7 +326,7 @@ impl CodeStats {
             prefix: prefix.to_string(),
             store: store.clone(),
             classes: [c(1), c(2), c(3), c(4), c(5)],
-            codes: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            codes: arc_swap::ArcSwap::from_pointee(crate::FastMap::default()),
             insert: Mutex::new(()),
         }
     }
@@ -344,7 +344,7 @@ impl CodeStats {
             return;
         }
         let _g = self.insert.lock().unwrap_or_else(|p| p.into_inner());
-        let mut m = HashMap::clone(&self.codes.load());
+        let mut m = crate::FastMap::clone(&self.codes.load());
         let c = m.entry(status).or_insert_with(|| self.store.counter(&format!("{}_{status}", self.prefix))).clone();
         self.codes.store(Arc::new(m));
         c.inc();

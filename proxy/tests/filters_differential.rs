@@ -495,3 +495,36 @@ fn original_dst_cluster_without_a_restored_destination_matches_envoy() {
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (503, "no healthy upstream"));
     assert_eq!(same("other routes unaffected", &pair, "/x", &[]).status, 200);
 }
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): what reaches the upstream and what reaches the client,
+/// including headers the `Connection` header names, and `te: trailers`, which survives.
+#[test]
+fn hop_by_hop_headers_match_envoy() {
+    let up = upstream();
+    let Some(pair) = start_pair("hop_by_hop", &bootstrap("", "", ROUTE_ALL, ""), up) else { return };
+    let request = [
+        "-H",
+        "Connection: keep-alive, X-Nominated",
+        "-H",
+        "x-nominated: 1",
+        "-H",
+        "keep-alive: timeout=5",
+        "-H",
+        "proxy-connection: keep-alive",
+        "-H",
+        "x-kept: 1",
+    ];
+    let mut seen = Vec::new();
+    for name in ["x-nominated", "keep-alive", "proxy-connection", "connection", "x-kept"] {
+        let r = same(&format!("request {name}"), &pair, &format!("/?echo={name}"), &request);
+        seen.push((name, r.header("x-echo").map(str::to_string)));
+    }
+    assert_eq!(seen.last(), Some(&("x-kept", Some("1".to_string()))), "{seen:?}");
+    assert!(seen.iter().take(4).all(|(_, v)| v.is_none()), "hop-by-hop headers reached the upstream: {seen:?}");
+    for te in ["trailers", "gzip"] {
+        same(&format!("te: {te}"), &pair, "/?echo=te", &["-H", &format!("te: {te}")]);
+    }
+    // Response side: the upstream names a header in its Connection header.
+    let r = same("response", &pair, "/?h=connection:x-up&h=x-up:1&h=keep-alive:timeout%3D5&h=x-other:1", &[]);
+    assert_eq!(r.header("x-other"), Some("1"), "{r:?}");
+}

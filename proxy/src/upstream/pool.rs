@@ -56,7 +56,7 @@ pub enum Lease {
 /// The pools of one worker.
 #[derive(Default)]
 pub struct Pools {
-    entries: RefCell<HashMap<PoolKey, Entry>>,
+    entries: RefCell<crate::FastMap<PoolKey, Entry>>,
 }
 
 impl Pools {

@@ -198,7 +198,7 @@ impl Forward<'_> {
         let mut headers = std::mem::take(&mut parts.headers);
         let upgrade_headers =
             upgrade.as_ref().map(|_| (headers.get(header::UPGRADE).cloned(), headers.get(header::CONNECTION).cloned()));
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, true);
         if let Some((u, _)) = &upgrade_headers {
             if let Some(u) = u {
                 headers.insert(header::UPGRADE, u.clone());
@@ -519,7 +519,7 @@ impl Forward<'_> {
         let stats = &cluster.stats;
         stats.upstream_rq_time.record(elapsed.as_secs_f64() * 1000.0);
         let (mut rparts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
+        strip_hop_by_hop(&mut rparts.headers, false);
         if !self.cx.hcm.access_logs.is_empty() {
             rparts.extensions.insert(crate::access_log::ResponseInfo {
                 details: Some("via_upstream".into()),
@@ -683,15 +683,31 @@ fn take_header_ms(h: &mut HeaderMap, name: &HeaderName) -> Option<u64> {
     h.remove(name).and_then(|v| v.to_str().ok().and_then(|s| s.trim().parse().ok()))
 }
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Headers named by `Connection` are hop-by-hop too.
-    if h.contains_key(header::CONNECTION) {
-        strip_connection_named(h);
+/// Removes hop-by-hop headers; `nominated`: also those the `Connection` header names, which
+/// Envoy does for requests only (a response keeps them; the differential test checks both).
+fn strip_hop_by_hop(h: &mut HeaderMap, nominated: bool) {
+    // One pass over the names first: most messages carry none of these, or only
+    // `connection: keep-alive`, and a scan is far cheaper than a hashed lookup per name.
+    let mut connection = false;
+    let mut other = false;
+    for n in h.keys() {
+        if n == header::CONNECTION {
+            connection = true;
+        } else if n == header::TE || HOP_BY_HOP.contains(n) {
+            other = true;
+        }
+    }
+    if connection {
+        if nominated {
+            strip_connection_named(h);
+        }
+        h.remove(header::CONNECTION);
+    }
+    if !other {
+        return;
     }
     for n in &HOP_BY_HOP {
-        if h.contains_key(n) {
-            h.remove(n);
-        }
+        h.remove(n);
     }
     if h.get(header::TE).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")) {
         h.remove(header::TE);
@@ -699,14 +715,20 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 fn strip_connection_named(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(str::trim).map(str::to_ascii_lowercase).collect::<Vec<_>>())
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .filter(|n| n != header::TE)
-        .collect();
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',').map(str::trim) {
+            // TE survives as `te: trailers`, checked on its own. The usual tokens
+            // (keep-alive, close) name no header present: look before building a name.
+            if token.eq_ignore_ascii_case("te") || !h.contains_key(token) {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                named.push(n);
+            }
+        }
+    }
     for n in named {
         h.remove(n);
     }
