@@ -28,3 +28,37 @@ pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connecti
 pub fn has_envoy_headers(h: &http::HeaderMap) -> bool {
     h.keys().any(|k| k.as_str().starts_with("x-envoy-"))
 }
+
+/// A header value for a number: values below 1,024 (attempt counts, service times in ms) come
+/// from a table built once, without the allocation `HeaderValue::from(u64)` makes each time.
+pub fn number(n: u64) -> http::HeaderValue {
+    use std::sync::LazyLock;
+    const SMALL: usize = 1024;
+    static DIGITS: LazyLock<String> = LazyLock::new(|| (0..SMALL).map(|i| i.to_string()).collect());
+    static VALUES: LazyLock<Vec<http::HeaderValue>> = LazyLock::new(|| {
+        let digits: &'static str = DIGITS.as_str();
+        let mut at = 0;
+        (0..SMALL)
+            .map(|i| {
+                let len = i.to_string().len();
+                let v = http::HeaderValue::from_static(&digits[at..at + len]);
+                at += len;
+                v
+            })
+            .collect()
+    });
+    match usize::try_from(n).ok().and_then(|i| VALUES.get(i)) {
+        Some(v) => v.clone(),
+        None => http::HeaderValue::from(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_as_header_values() {
+        for n in [0, 1, 9, 10, 99, 100, 1023, 1024, 15000, u64::MAX] {
+            assert_eq!(super::number(n).to_str().unwrap(), n.to_string());
+        }
+    }
+}

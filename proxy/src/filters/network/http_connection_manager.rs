@@ -541,9 +541,18 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
     }
 
     // :authority (h2) or Host (h1).
-    let authority: String = match parts.uri.authority() {
-        Some(a) => a.as_str().to_string(),
-        None => parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+    // Owned by a clone of the header or URI part (a reference count, no copy): `parts` is
+    // changed below while this is in use.
+    let (from_uri, from_host);
+    let authority: &str = match parts.uri.authority() {
+        Some(a) => {
+            from_uri = a.clone();
+            from_uri.as_str()
+        }
+        None => {
+            from_host = parts.headers.get(header::HOST).cloned();
+            from_host.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+        }
     };
     if authority.is_empty() {
         return LocalReply::new(StatusCode::BAD_REQUEST, "missing host header", "DPE", "missing_host_header")
@@ -619,7 +628,7 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
     }
     let request_id = parts.headers.get(&hn::X_REQUEST_ID).cloned();
 
-    let mut resp = route_and_forward(cx, &mut parts, body, &authority, downstream_remote).await;
+    let mut resp = route_and_forward(cx, &mut parts, body, authority, downstream_remote).await;
     if hcm.always_set_request_id_in_response
         && let Some(id) = request_id
     {
@@ -667,7 +676,8 @@ async fn route_and_forward(
     let hcm = &cx.hcm;
     let table = hcm.route_table();
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    let scheme = parts.uri.scheme_str().unwrap_or(cx.scheme).to_string();
+    let scheme_of_uri = parts.uri.scheme().cloned();
+    let scheme = scheme_of_uri.as_ref().map(|s| s.as_str()).unwrap_or(cx.scheme);
     let matched = table.as_deref().and_then(|t| {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -680,7 +690,7 @@ async fn route_and_forward(
                 method: parts.method.as_str(),
                 path: &path_and_query,
                 authority,
-                scheme: &scheme,
+                scheme: scheme,
                 headers: &parts.headers,
             },
             path,
@@ -723,7 +733,7 @@ async fn route_and_forward(
         }
     }
     let logged = (!hcm.access_logs.is_empty())
-        .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, &scheme));
+        .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, scheme));
     let resp = match early {
         Some(r) => r,
         None => {

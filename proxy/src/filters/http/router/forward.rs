@@ -224,7 +224,7 @@ impl Forward<'_> {
         );
         let expected = per_try.or(timeout);
         if let (Some(t), false) = (expected, suppress) {
-            headers.insert(hn::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, HeaderValue::from(t.as_millis() as u64));
+            headers.insert(hn::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, hn::number(t.as_millis() as u64));
         }
         let mut authority = self.authority.to_string();
         let literal = weighted.and_then(|w| w.host_rewrite.as_ref());
@@ -318,7 +318,7 @@ impl Forward<'_> {
             // Without a retry policy there is exactly one attempt: move the headers, do not copy.
             let mut hdrs = if policy.is_some() { headers.clone() } else { std::mem::take(&mut headers) };
             if self.vhost.include_attempt_count_in_request {
-                hdrs.insert(hn::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
+                hdrs.insert(hn::X_ENVOY_ATTEMPT_COUNT, hn::number(u64::from(attempt)));
             }
             if matches!(action.host_rewrite, HostRewrite::Auto) && literal.is_none() && !host.hostname.is_empty() {
                 if action.append_x_forwarded_host && attempt == 1 {
@@ -530,10 +530,10 @@ impl Forward<'_> {
             });
         }
         if !suppress {
-            rparts.headers.insert(hn::X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(elapsed.as_millis() as u64));
+            rparts.headers.insert(hn::X_ENVOY_UPSTREAM_SERVICE_TIME, hn::number(elapsed.as_millis() as u64));
         }
         if self.vhost.include_attempt_count_in_response {
-            rparts.headers.insert(hn::X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempt));
+            rparts.headers.insert(hn::X_ENVOY_ATTEMPT_COUNT, hn::number(u64::from(attempt)));
         }
         let fcx = FormatContext {
             upstream_remote: Some(host.address),
