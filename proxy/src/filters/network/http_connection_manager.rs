@@ -690,7 +690,7 @@ async fn route_and_forward(
                 method: parts.method.as_str(),
                 path: &path_and_query,
                 authority,
-                scheme: scheme,
+                scheme,
                 headers: &parts.headers,
             },
             path,
