@@ -47,17 +47,31 @@ pub fn number(n: u64) -> http::HeaderValue {
             })
             .collect()
     });
-    match usize::try_from(n).ok().and_then(|i| VALUES.get(i)) {
-        Some(v) => v.clone(),
-        None => http::HeaderValue::from(n),
+    if let Some(v) = usize::try_from(n).ok().and_then(|i| VALUES.get(i)) {
+        return v.clone();
     }
+    // Larger values are nearly always the route's timeout (x-envoy-expected-rq-timeout-ms,
+    // 15000 by default), the same on every request: the worker keeps the last one it made, and
+    // a clone shares its bytes.
+    thread_local! {
+        static LAST_LARGE: std::cell::RefCell<Option<(u64, http::HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST_LARGE.with_borrow_mut(|last| match last {
+        Some((m, v)) if *m == n => v.clone(),
+        _ => {
+            let v = http::HeaderValue::from(n);
+            *last = Some((n, v.clone()));
+            v
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn numbers_as_header_values() {
-        for n in [0, 1, 9, 10, 99, 100, 1023, 1024, 15000, u64::MAX] {
+        // Repeats and alternations exercise the cache of the last large value.
+        for n in [0, 1, 9, 10, 99, 100, 1023, 1024, 15000, 15000, 30000, 15000, 15000, u64::MAX, 1024] {
             assert_eq!(super::number(n).to_str().unwrap(), n.to_string());
         }
     }

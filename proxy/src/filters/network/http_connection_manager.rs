@@ -626,7 +626,9 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
     if let Some(via) = &hcm.via {
         parts.headers.append(header::VIA, via.clone());
     }
-    let request_id = parts.headers.get(&hn::X_REQUEST_ID).cloned();
+    // Cloning a header value shares its bytes, which costs an allocation: only when needed.
+    let request_id =
+        if hcm.always_set_request_id_in_response { parts.headers.get(&hn::X_REQUEST_ID).cloned() } else { None };
 
     let mut resp = route_and_forward(cx, &mut parts, body, authority, downstream_remote).await;
     if hcm.always_set_request_id_in_response

@@ -1,12 +1,14 @@
 //! Forwarding one routed request: cluster choice, header preparation, the attempt loop with
 //! per-try and global timeouts and retries, and the response headers Envoy adds.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -205,7 +207,9 @@ impl Forward<'_> {
             }
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        // A clone of the request's own path shares its bytes: reused upstream when not rewritten.
+        let original_pq = parts.uri.path_and_query().cloned();
+        let path_and_query = original_pq.as_ref().map_or("/", |p| p.as_str());
         let new_path = rewrite_path(action, path_and_query, self.matched_len);
         if new_path.is_some()
             && !suppress
@@ -213,7 +217,8 @@ impl Forward<'_> {
         {
             headers.insert(hn::X_ENVOY_ORIGINAL_PATH, v);
         }
-        let path_and_query = new_path.unwrap_or_else(|| path_and_query.to_string());
+        let reuse_pq = if new_path.is_none() { original_pq.as_ref() } else { None };
+        let path_and_query: Cow<'_, str> = new_path.map_or(Cow::Borrowed(path_and_query), Cow::Owned);
         apply_request_mutations(
             self.table,
             self.vhost,
@@ -226,23 +231,23 @@ impl Forward<'_> {
         if let (Some(t), false) = (expected, suppress) {
             headers.insert(hn::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, hn::number(t.as_millis() as u64));
         }
-        let mut authority = self.authority.to_string();
+        let mut authority: Cow<'_, str> = Cow::Borrowed(self.authority);
         let literal = weighted.and_then(|w| w.host_rewrite.as_ref());
         let host_rewrite_applied = match (literal, &action.host_rewrite) {
             (Some(h), _) | (None, HostRewrite::Literal(h)) => {
-                authority = h.to_str().unwrap_or(self.authority).to_string();
+                authority = Cow::Owned(h.to_str().unwrap_or(self.authority).to_string());
                 true
             }
             (None, HostRewrite::Header(name)) => match headers.get(name).and_then(|v| v.to_str().ok()) {
                 Some(v) if !v.is_empty() => {
-                    authority = v.to_string();
+                    authority = Cow::Owned(v.to_string());
                     true
                 }
                 _ => false,
             },
             (None, HostRewrite::PathRegex(re, sub)) => {
                 let p = path_and_query.split('?').next().unwrap_or("");
-                authority = re.replace_all(p, sub.as_str()).into_owned();
+                authority = Cow::Owned(re.replace_all(p, sub.as_str()).into_owned());
                 true
             }
             _ => false,
@@ -324,9 +329,9 @@ impl Forward<'_> {
                 if action.append_x_forwarded_host && attempt == 1 {
                     append_x_forwarded_host(&mut hdrs, self.authority);
                 }
-                authority = host.hostname.to_string();
+                authority = Cow::Owned(host.hostname.to_string());
             }
-            let req = match build_request(parts, hdrs, &authority, &path_and_query, h2, body) {
+            let req = match build_request(parts, hdrs, &authority, &path_and_query, reuse_pq, h2, body) {
                 Ok(r) => r,
                 Err(_) => {
                     return LocalReply::new(http::StatusCode::BAD_REQUEST, "", "DPE", "invalid_request")
@@ -765,18 +770,28 @@ fn build_request(
     mut headers: HeaderMap,
     authority: &str,
     path_and_query: &str,
+    reuse_pq: Option<&PathAndQuery>,
     h2: bool,
     body: RequestBody,
 ) -> Result<Request<RequestBody>, http::Error> {
+    let pq = match reuse_pq {
+        Some(p) => p.clone(),
+        None => PathAndQuery::try_from(path_and_query)?,
+    };
     let uri = if h2 {
-        Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build()?
+        Uri::builder().scheme("http").authority(authority).path_and_query(pq).build()?
     } else {
-        Uri::builder().path_and_query(path_and_query).build()?
+        Uri::builder().path_and_query(pq).build()?
     };
     if h2 {
         headers.remove(header::HOST);
     } else {
-        headers.insert(header::HOST, HeaderValue::from_str(authority)?);
+        // The downstream HTTP/1.1 Host is usually the authority already: keep it, no copy.
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let same = hosts.next().is_some_and(|v| v.as_bytes() == authority.as_bytes()) && hosts.next().is_none();
+        if !same {
+            headers.insert(header::HOST, HeaderValue::from_str(authority)?);
+        }
         // Envoy's HTTP/1.1 codec states an empty body explicitly, except for methods that
         // normally carry none.
         if matches!(body, RequestBody::Empty)
