@@ -65,6 +65,20 @@ enum Cmd {
         #[arg(long)]
         duration: f64,
     },
+    /// Writes the one-hop configs the `throughput` scenario uses into --dir: `nginx.conf` (the
+    /// upstream on --upstream-port, its files under --dir) and `remora.yaml` (the Envoy bootstrap
+    /// remora and Envoy run, listening on --port); for scripts/profile-callgrind.
+    #[command(hide = true)]
+    HopConfigs {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        upstream_port: u16,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        admin_port: u16,
+    },
     /// One config-scale measurement (started by `run`, pinned to the load CPU): the xDS harness
     /// in this process, the proxy on --proxy-cpu; prints JSON.
     #[command(hide = true)]
@@ -143,6 +157,14 @@ fn main() -> Result<()> {
             scenarios::openloop_main(addr, rate, connections, duration, warmup)
         }
         Cmd::Handshakes { addr, connections, duration } => scenarios::handshakes_main(addr, connections, duration),
+        Cmd::HopConfigs { dir, upstream_port, port, admin_port } => {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let nginx = configs::upstream_nginx(&dir.display().to_string(), upstream_port);
+            fs::write(dir.join("nginx.conf"), nginx).context("writing nginx.conf")?;
+            let bootstrap = configs::envoy_hop(admin_port, port, upstream_port);
+            fs::write(dir.join("remora.yaml"), bootstrap).context("writing remora.yaml")?;
+            Ok(())
+        }
         Cmd::XdsScale { target, bin, proxy_cpu, dir, clusters, endpoints, dump, strip_istio_filters, timeout_secs } => {
             let out = xds_scale::run(&xds_scale::Args {
                 target,

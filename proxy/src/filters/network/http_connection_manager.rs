@@ -631,9 +631,7 @@ async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody>
         if hcm.always_set_request_id_in_response { parts.headers.get(&hn::X_REQUEST_ID).cloned() } else { None };
 
     let mut resp = route_and_forward(cx, &mut parts, body, authority, downstream_remote).await;
-    if hcm.always_set_request_id_in_response
-        && let Some(id) = request_id
-    {
+    if let Some(id) = request_id {
         resp.headers_mut().insert(hn::X_REQUEST_ID, id);
     }
     resp
