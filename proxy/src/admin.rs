@@ -2,6 +2,8 @@
 //! `/clusters`, `/listeners`, `/server_info`, `/logging`, `/quitquitquit`, `/drain_listeners`,
 //! `/healthcheck/fail|ok`, `/memory`). It runs on the main runtime, never on a worker.
 
+pub mod dump;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +18,8 @@ use tokio::net::TcpListener;
 
 use crate::cli::Options;
 use crate::config::NodeInfo;
+use crate::lifecycle::{Control, state};
 use crate::logging::LogControl;
-use crate::server::{Control, state};
 use crate::stats::render;
 
 pub struct AdminState {
@@ -127,7 +129,7 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
         }
         "/stats/prometheus" => text(StatusCode::OK, render::prometheus(&shared.stats, has("usedonly"))),
         "/server_info" => json(serde_json::json!({
-            "version": format!("remora/{}", crate::server::VERSION),
+            "version": format!("remora/{}", crate::lifecycle::VERSION),
             "state": match st.control.state.value() { state::LIVE => "LIVE", state::DRAINING => "DRAINING", _ => "INITIALIZING" },
             "hot_restart_version": "disabled",
             "command_line_options": {
@@ -144,14 +146,12 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
             "uptime_current_epoch": format!("{}s", st.control.started.elapsed().as_secs()),
             "uptime_all_epochs": format!("{}s", st.control.started.elapsed().as_secs()),
         })),
-        "/config_dump" => {
-            match crate::admin_dump::config_dump(st, get("resource"), get("name_regex"), has("include_eds")) {
-                Ok(v) => json(v),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-            }
-        }
-        "/clusters" => crate::admin_dump::clusters(st, get("format") == Some("json")),
-        "/listeners" => crate::admin_dump::listeners(st, get("format") == Some("json")),
+        "/config_dump" => match dump::config_dump(st, get("resource"), get("name_regex"), has("include_eds")) {
+            Ok(v) => json(v),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        "/clusters" => dump::clusters(st, get("format") == Some("json")),
+        "/listeners" => dump::listeners(st, get("format") == Some("json")),
         "/logging" => {
             if params.is_empty() {
                 return text(StatusCode::OK, st.logs.listing());

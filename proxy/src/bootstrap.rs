@@ -110,6 +110,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         listener_stat_name: None,
         http_stat_prefix: None,
         inbound: false,
+        extensions: crate::filters::EXTENSIONS,
     };
     let mut clusters = Vec::new();
     for (i, c) in sr.clusters.iter().enumerate() {

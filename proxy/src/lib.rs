@@ -11,19 +11,23 @@
 
 pub mod access_log;
 pub mod admin;
-pub mod admin_dump;
 pub mod bootstrap;
+pub mod ca_client;
 pub mod cli;
 pub mod config;
 pub mod filters;
 pub mod formatter;
 pub mod http;
+pub mod lifecycle;
 pub mod listener;
 pub mod logging;
+pub mod manager;
 pub mod matcher;
 pub mod router;
+pub mod runtime;
 pub mod server;
 pub mod stats;
+pub mod stream_info;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

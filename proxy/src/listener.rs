@@ -6,6 +6,7 @@
 pub mod filter_chain;
 pub mod http_inspector;
 pub mod original_dst;
+pub mod socket;
 pub mod tls_inspector;
 
 use std::net::SocketAddr;
@@ -22,14 +23,14 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{BuildCtx, ConfigError, duration};
-use crate::filters::http::ConnInfo;
 use crate::filters::network::http_connection_manager::{self as hcm, HttpConnectionManager};
 use crate::filters::network::metadata_exchange::{self, MetadataExchange};
 use crate::filters::network::tcp_proxy::{self, TcpProxy};
 use crate::filters::network::{NetworkAction, NetworkCtx, NetworkFilter, rbac as network_rbac};
+use crate::runtime::WorkerCtx;
 use crate::stats::{Counter, Gauge, GaugeGuard};
+use crate::stream_info::ConnInfo;
 use crate::upstream::cluster::socket_address_of;
-use crate::worker::WorkerCtx;
 use filter_chain::{ChainMatch, ConnFacts};
 
 /// What a filter chain does with a connection.
@@ -71,6 +72,10 @@ pub struct ListenerFilters {
     pub tls_inspector: bool,
     pub http_inspector: bool,
 }
+
+/// The active listeners, published whole by the config manager; a worker reads it once per
+/// connection the `use_original_dst` hand-off passes on.
+pub type ActiveListeners = arc_swap::ArcSwap<Vec<Arc<Listener>>>;
 
 /// A compiled listener.
 pub struct Listener {
@@ -220,7 +225,13 @@ impl Listener {
     }
 
     /// Serves one accepted connection on this worker.
-    pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, worker: Rc<WorkerCtx>) {
+    pub async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+        worker: Rc<WorkerCtx>,
+        listeners: &ActiveListeners,
+    ) {
         let _ = stream.set_nodelay(true);
         let mut local = stream.local_addr().unwrap_or(self.address);
         let mut restored = false;
@@ -235,14 +246,13 @@ impl Listener {
         // use_original_dst: hand the connection to the listener owning the original destination
         // (exact address, then the wildcard address on that port); its listener filters run.
         if self.use_original_dst && restored {
-            let snap = worker.shared.snapshot.load();
+            let snap = listeners.load();
             let target = snap
-                .listeners
                 .iter()
                 .find(|l| l.addresses().any(|a| a == local) && !Arc::ptr_eq(l, &self))
                 .or_else(|| {
                     // The wildcard address of the destination's IP family, on its port.
-                    snap.listeners.iter().find(|l| {
+                    snap.iter().find(|l| {
                         l.addresses().any(|a| {
                             a.port() == local.port() && a.ip().is_unspecified() && a.is_ipv4() == local.is_ipv4()
                         }) && !Arc::ptr_eq(l, &self)

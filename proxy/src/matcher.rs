@@ -215,6 +215,52 @@ impl StringMatcher {
     }
 }
 
+// === impl Cidr ===
+
+/// A CIDR block as `filter_chain_match` and the HCM's `internal_address_config` read it: an unset
+/// `prefix_len` is the whole address (a host) and a length beyond the family's width is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub ip: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn from_proto(c: &CidrRange, field: &str) -> Result<Self, ConfigError> {
+        let ip: IpAddr = c
+            .address_prefix
+            .parse()
+            .map_err(|_| ConfigError::new(field, format!("malformed IP address: {}", c.address_prefix)))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = c.prefix_len.map(|v| v.value).unwrap_or(max);
+        if len > max {
+            return Err(ConfigError::new(field, format!("invalid prefix length {len}")));
+        }
+        Ok(Cidr { ip, len: len as u8 })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.ip, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            (_, ip) => ip,
+        };
+        match (self.ip, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len as u32) };
+                (u32::from(a) & mask) == (u32::from(b) & mask)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len as u32) };
+                (u128::from(a) & mask) == (u128::from(b) & mask)
+            }
+            _ => false,
+        }
+    }
+}
+
 // === impl IpRange ===
 
 /// A CIDR range as RBAC and the IP input matcher read `envoy.config.core.v3.CidrRange`: an unset

@@ -27,9 +27,9 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     pub include_attempt_count_in_request: bool,
     pub include_attempt_count_in_response: bool,
-    pub per_filter: crate::filters::http::PerFilterConfigs,
+    pub per_filter: crate::config::PerFilterConfigs,
     /// The deprecated `cors` field (the CORS filter reads it when no typed config is set).
-    pub cors: Option<Arc<crate::filters::http::cors::CorsPolicy>>,
+    pub cors: Option<crate::config::ExtensionConfig>,
 }
 
 /// A compiled `RouteConfiguration`.
@@ -48,7 +48,7 @@ pub struct RouteTable {
     pub most_specific_header_mutations_wins: bool,
     /// Remove the port from the host before vhost matching (HCM `strip_any_host_port`).
     pub ignore_port_in_host_matching: bool,
-    pub per_filter: crate::filters::http::PerFilterConfigs,
+    pub per_filter: crate::config::PerFilterConfigs,
 }
 
 impl RouteTable {
@@ -81,11 +81,7 @@ impl RouteTable {
             )?,
             most_specific_header_mutations_wins: p.most_specific_header_mutations_wins,
             ignore_port_in_host_matching: p.ignore_port_in_host_matching,
-            per_filter: crate::filters::http::compile_per_filter(
-                &p.typed_per_filter_config,
-                cx,
-                "typed_per_filter_config",
-            )?,
+            per_filter: (cx.extensions.per_filter_config)(&p.typed_per_filter_config, cx, "typed_per_filter_config")?,
         };
         for (i, vh) in p.virtual_hosts.iter().enumerate() {
             let field = format!("virtual_hosts[{i}]");
@@ -203,13 +199,13 @@ fn compile_vhost(
         )?,
         include_attempt_count_in_request: vh.include_request_attempt_count,
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
-        per_filter: crate::filters::http::compile_per_filter(
+        per_filter: (cx.extensions.per_filter_config)(
             &vh.typed_per_filter_config,
             cx,
             &format!("{field}.typed_per_filter_config"),
         )?,
         cors: match &vh.cors {
-            Some(c) => Some(crate::filters::http::cors::CorsPolicy::from_legacy(c, &format!("{field}.cors"))?),
+            Some(c) => Some((cx.extensions.legacy_cors)(c, &format!("{field}.cors"))?),
             None => None,
         },
     })
@@ -236,6 +232,7 @@ mod tests {
             http_stat_prefix: None,
             secrets: Default::default(),
             inbound: false,
+            extensions: Default::default(),
         }
     }
 

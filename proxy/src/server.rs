@@ -13,19 +13,12 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::bootstrap::{self, ServerConfig};
 use crate::cli::{Mode, Options};
-use crate::config::manager::ConfigManager;
-use crate::stats::Gauge;
-use crate::worker::{self, Shared};
+use crate::lifecycle::{Control, state};
+use crate::manager::ConfigManager;
+use crate::runtime::Shared;
+use crate::worker;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Envoy's `server.state` values.
-pub mod state {
-    pub const LIVE: i64 = 0;
-    pub const DRAINING: i64 = 1;
-    pub const PRE_INITIALIZING: i64 = 2;
-    pub const INITIALIZING: i64 = 3;
-}
+pub use crate::lifecycle::VERSION;
 
 /// Entry point of the binary.
 pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
@@ -82,49 +75,6 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     }
 }
 
-/// Handles the admin API and signals use to control the server.
-pub struct Control {
-    pub shared: Arc<Shared>,
-    pub manager: Arc<ConfigManager>,
-    pub state: Gauge,
-    pub shutdown: watch::Sender<bool>,
-    pub drain_time: Duration,
-    pub started: Instant,
-}
-
-impl Control {
-    /// Starts a graceful shutdown: stop accepting, drain connections, exit once they are done
-    /// or `--drain-time-s` passed.
-    pub fn begin_shutdown(&self) {
-        self.state.set(state::DRAINING);
-        let _ = self.shutdown.send(true);
-    }
-
-    /// `/drain_listeners`: connections of the (inbound) listeners finish gracefully; the listeners
-    /// stop accepting at once, or after the drain time when `graceful`.
-    pub fn drain_listeners(self: &Arc<Self>, inbound_only: bool, graceful: bool) {
-        let listeners: Vec<_> =
-            self.manager.all_listeners().into_iter().filter(|l| !inbound_only || l.inbound).collect();
-        self.shared.stats.gauge("listener_manager.total_listeners_draining").set(listeners.len() as i64);
-        for l in &listeners {
-            l.drain.send_replace(true);
-        }
-        if graceful {
-            let t = self.drain_time;
-            tokio::spawn(async move {
-                tokio::time::sleep(t).await;
-                for l in listeners {
-                    l.stop.send_replace(true);
-                }
-            });
-        } else {
-            for l in listeners {
-                l.stop.send_replace(true);
-            }
-        }
-    }
-}
-
 fn serve(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
     let rt =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("main").enable_all().build() {
@@ -149,7 +99,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     workers_started.set(0);
     let (drain_tx, _) = watch::channel(false);
     let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(crate::config::Snapshot::default()),
+        clusters: ArcSwap::from_pointee(crate::upstream::cluster_manager::ClusterSet::default()),
         stats: stats.clone(),
         hostname: node.hostname.clone(),
         local_address: local_address(opts.local_address_ip_version),
@@ -158,14 +108,15 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         drain_time: Duration::from_secs(opts.drain_time_s),
     });
     let n = opts.workers();
-    let workers = match worker::start(n, shared.clone()) {
+    let active: Arc<crate::listener::ActiveListeners> = Arc::new(ArcSwap::from_pointee(Vec::new()));
+    let workers = match worker::start(n, shared.clone(), active.clone()) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("cannot start workers: {e}");
             return ExitCode::from(1);
         }
     };
-    let manager = ConfigManager::new(shared.clone(), cx, workers.iter().map(|w| w.tx.clone()).collect());
+    let manager = ConfigManager::new(shared.clone(), active, cx, workers.iter().map(|w| w.tx.clone()).collect());
 
     // DNS clusters resolve once before serving (Envoy's cluster initialisation).
     let mut initial = Vec::new();
@@ -215,7 +166,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     // pilot-agent's readiness probe waits for exactly that.
     let mut initial = start_dynamic(&bootstrap_dynamic, &manager);
     let mut initial_timeout = Duration::from_secs(15);
-    let secrets_from_ca = match crate::tls::istio_ca::start(&opts, &node, &manager) {
+    let secrets_from_ca = match crate::ca_client::start(&opts, &node, &manager) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error initializing configuration: {e}");
@@ -319,11 +270,11 @@ fn start_dynamic(
 ) -> Vec<crate::stats::Counter> {
     let mut waits = Vec::new();
     crate::xds::follow_files(manager.clone());
-    if let Some(p) = d.cds_config.as_ref().and_then(crate::xds::file_source) {
+    if let Some(p) = d.cds_config.as_ref().and_then(crate::config::file_source) {
         crate::xds::watch_file(manager.clone(), p, crate::xds::CLUSTER);
         waits.push(manager.cds.update_attempt.clone());
     }
-    if let Some(p) = d.lds_config.as_ref().and_then(crate::xds::file_source) {
+    if let Some(p) = d.lds_config.as_ref().and_then(crate::config::file_source) {
         crate::xds::watch_file(manager.clone(), p, crate::xds::LISTENER);
         waits.push(manager.lds.update_attempt.clone());
     }

@@ -9,7 +9,6 @@
 //! store's generation changes), open connections are untouched.
 
 pub mod context;
-pub mod istio_ca;
 pub mod secrets;
 pub mod verify;
 

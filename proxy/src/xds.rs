@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
-use envoy_types::pb::envoy::config::core::v3::{ConfigSource, config_source};
+
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -17,13 +17,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as Se
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;
 
-use crate::config::manager::{ConfigManager, ResourceError};
+use crate::manager::{ConfigManager, ResourceError};
 
-pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub use crate::config::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 
 /// Decodes every resource of a batch as `T`; failures are per resource.
 fn decode<T: prost::Message + prost::Name + Default>(resources: &[Any], errors: &mut Vec<ResourceError>) -> Vec<T> {
@@ -87,16 +83,6 @@ pub fn error_detail(errors: &[ResourceError]) -> String {
 }
 
 // === file-based xDS ===
-
-/// The file of a `path_config_source` (or the deprecated `path`), if that is the source.
-pub fn file_source(c: &ConfigSource) -> Option<PathBuf> {
-    #[allow(deprecated)]
-    match &c.config_source_specifier {
-        Some(config_source::ConfigSourceSpecifier::PathConfigSource(p)) => Some(PathBuf::from(&p.path)),
-        Some(config_source::ConfigSourceSpecifier::Path(p)) => Some(PathBuf::from(p)),
-        _ => None,
-    }
-}
 
 fn fingerprint(p: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64)> {
     use std::os::unix::fs::MetadataExt;

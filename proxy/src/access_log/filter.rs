@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
 
 use super::flags::ResponseFlags;
 use crate::config::ConfigError;
-use crate::filters::http::Percent;
+use crate::config::Percent;
 use crate::formatter::FormatContext;
 use crate::matcher::{HeaderMatcher, RequestHeaders};
 

@@ -22,6 +22,7 @@ use http::request::Parts;
 
 use crate::config::{BuildCtx, ConfigError};
 use crate::http::local_reply::LocalReply;
+pub use crate::stream_info::ConnInfo;
 
 /// What a filter decided about a request.
 pub enum FilterAction {
@@ -32,34 +33,6 @@ pub enum FilterAction {
     Delay(std::time::Duration),
     /// Wait, then answer (a fault delay followed by an abort).
     DelayThen(std::time::Duration, Box<LocalReply>),
-}
-
-/// Connection facts filters may read (TLS fields are filled by the TLS transport socket).
-#[derive(Debug, Clone, Default)]
-pub struct ConnInfo {
-    pub sni: Option<String>,
-    pub alpn: Option<String>,
-    pub tls_version: Option<&'static str>,
-    /// The peer's URI SANs (first is the SPIFFE principal in a mesh).
-    pub peer_uri_sans: Vec<String>,
-    pub peer_dns_sans: Vec<String>,
-    pub peer_subject: Option<String>,
-    /// Lowercase hex SHA-256 of the peer's leaf certificate.
-    pub peer_cert_sha256: Option<String>,
-    pub local_uri_sans: Vec<String>,
-    /// The peer's certificate chain, leaf first (XFCC `Cert` and `Chain`).
-    pub peer_chain: std::sync::Arc<[rustls_pki_types::CertificateDer<'static>]>,
-    /// What the peer sent in Istio's TCP metadata exchange.
-    pub peer_metadata: Option<std::sync::Arc<crate::filters::network::metadata_exchange::PeerMetadata>>,
-    /// The destination before an iptables redirect, when the original_dst filter restored it.
-    pub original_dst: Option<std::net::SocketAddr>,
-}
-
-impl ConnInfo {
-    /// True when the connection is TLS with a verified peer certificate.
-    pub fn peer_certificate_presented(&self) -> bool {
-        self.peer_cert_sha256.is_some()
-    }
 }
 
 /// The route a request matched, for per-route filter config lookups.
@@ -111,8 +84,7 @@ pub fn per_route_of<'a, T: 'static>(route: Option<RouteRef<'a>>, filter_name: &s
 #[derive(Debug)]
 pub struct Disabled;
 
-/// Compiled `typed_per_filter_config`, keyed by filter name.
-pub type PerFilterConfigs = std::collections::HashMap<String, Arc<dyn std::any::Any + Send + Sync>>;
+pub use crate::config::PerFilterConfigs;
 
 /// An HTTP filter instance (immutable config, shared by all requests).
 pub trait HttpFilter: Send + Sync {
@@ -162,67 +134,6 @@ const PER_ROUTE: &[(&str, PerRouteFactory)] = &[
     (compressor::PER_ROUTE_TYPE, compressor::per_route_factory),
     (rbac::PER_ROUTE_TYPE, rbac::per_route_factory),
 ];
-
-/// A `FractionalPercent` as a share of one million (Envoy's `featureEnabled` without runtime).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Percent {
-    per_million: u64,
-}
-
-impl Percent {
-    pub const ALWAYS: Percent = Percent { per_million: 1_000_000 };
-    pub const NEVER: Percent = Percent { per_million: 0 };
-
-    pub fn from_proto(p: &envoy_types::pb::envoy::r#type::v3::FractionalPercent) -> Self {
-        use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
-        let scale = match D::try_from(p.denominator) {
-            Ok(D::TenThousand) => 100,
-            Ok(D::Million) => 1,
-            Ok(D::Hundred) | Err(_) => 10_000,
-        };
-        Percent { per_million: (u64::from(p.numerator) * scale).min(1_000_000) }
-    }
-
-    /// `RuntimeFractionalPercent`: its default value (remora has no runtime overrides); unset is
-    /// `default`.
-    pub fn from_runtime(
-        p: Option<&envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>,
-        default: Percent,
-    ) -> Self {
-        match p {
-            Some(r) => r.default_value.as_ref().map(Percent::from_proto).unwrap_or(Percent::NEVER),
-            None => default,
-        }
-    }
-
-    /// `Percent` of a plain `envoy.type.v3.Percent` (0..=100, a double).
-    pub fn from_percent(v: f64) -> Self {
-        Percent { per_million: (v.clamp(0.0, 100.0) * 10_000.0).round() as u64 }
-    }
-
-    /// Draws a random number and says whether this request falls in the share.
-    pub fn sample(self) -> bool {
-        match self.per_million {
-            0 => false,
-            1_000_000.. => true,
-            n => fastrand::u64(0..1_000_000) < n,
-        }
-    }
-
-    /// The share for an explicit random value in 0..1_000_000.
-    pub fn contains(self, random: u64) -> bool {
-        random < self.per_million
-    }
-
-    pub fn per_million(self) -> u64 {
-        self.per_million
-    }
-
-    /// The same share with at most `numerator` of `denominator` (header-provided percentages).
-    pub fn capped(self, per_million: u64) -> Self {
-        Percent { per_million: self.per_million.min(per_million) }
-    }
-}
 
 /// Turns a filter's local reply into Envoy's gRPC form when the request is gRPC
 /// (`content-type: application/grpc*`): status 200, `grpc-status` (the given one, else mapped from

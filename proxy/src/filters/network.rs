@@ -9,7 +9,7 @@ pub mod tcp_proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::filters::http::ConnInfo;
+use crate::stream_info::ConnInfo;
 
 /// What a non-terminal network filter sees of a connection.
 pub struct NetworkCtx<'a> {
@@ -107,4 +107,31 @@ async fn first_bytes(stream: &tokio::net::TcpStream, drain: &mut tokio::sync::wa
             }
         }
     }
+}
+
+/// A cluster's upstream network `filters` (`crate::config::Extensions::upstream_filters`): Istio's
+/// metadata exchange runs; anything else is refused by name rather than silently left out.
+pub fn upstream_filters(
+    filters: &[envoy_types::pb::envoy::config::cluster::v3::Filter],
+    cx: &crate::config::BuildCtx,
+) -> Result<Vec<crate::config::ExtensionConfig>, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    use metadata_exchange::{MetadataExchange, TYPE};
+    let mut out: Vec<crate::config::ExtensionConfig> = Vec::new();
+    for (i, f) in filters.iter().enumerate() {
+        let field = format!("filters[{i}]");
+        let Some(any) = &f.typed_config else {
+            return Err(ConfigError::new(field, format!("upstream filter '{}' has no typed_config", f.name)));
+        };
+        match xds_client::any::effective_type_name(any).as_str() {
+            TYPE => out.push(MetadataExchange::from_any(any, cx).map_err(|e| e.within(&field))?),
+            t => {
+                return Err(ConfigError::new(
+                    format!("{field}.typed_config"),
+                    format!("Didn't find a registered upstream network filter for '{}' with type URL: '{t}'", f.name),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rustls_pki_types::CertificateDer;
 
-use crate::filters::http::ConnInfo;
+use crate::stream_info::ConnInfo;
 
 pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 

@@ -10,49 +10,7 @@ use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, filter_chain_match::ConnectionSourceType};
 
 use crate::config::ConfigError;
-
-/// A CIDR block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub ip: IpAddr,
-    pub len: u8,
-}
-
-impl Cidr {
-    pub fn from_proto(c: &CidrRange, field: &str) -> Result<Self, ConfigError> {
-        let ip: IpAddr = c
-            .address_prefix
-            .parse()
-            .map_err(|_| ConfigError::new(field, format!("malformed IP address: {}", c.address_prefix)))?;
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        let len = c.prefix_len.map(|v| v.value).unwrap_or(max);
-        if len > max {
-            return Err(ConfigError::new(field, format!("invalid prefix length {len}")));
-        }
-        Ok(Cidr { ip, len: len as u8 })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match (self.ip, ip) {
-            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => return false,
-            },
-            (_, ip) => ip,
-        };
-        match (self.ip, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len as u32) };
-                (u32::from(a) & mask) == (u32::from(b) & mask)
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len as u32) };
-                (u128::from(a) & mask) == (u128::from(b) & mask)
-            }
-            _ => false,
-        }
-    }
-}
+use crate::matcher::Cidr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SourceType {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::read_data_source;
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{DirectResponseAction, RouteAction as RouteActionProto, route_action};
 use http::{HeaderName, HeaderValue};
 
@@ -78,7 +78,7 @@ pub struct RouteAction {
     pub max_grpc_timeout: Option<Duration>,
     pub append_x_forwarded_host: bool,
     /// The deprecated `cors` field (the CORS filter reads it when no typed config is set).
-    pub cors: Option<Arc<crate::filters::http::cors::CorsPolicy>>,
+    pub cors: Option<crate::config::ExtensionConfig>,
 }
 
 /// Converts an RE2 substitution (`\1`) into the regex crate's (`${1}`).
@@ -269,7 +269,7 @@ impl RouteAction {
                 .map(duration),
             append_x_forwarded_host: p.append_x_forwarded_host,
             cors: match &p.cors {
-                Some(c) => Some(crate::filters::http::cors::CorsPolicy::from_legacy(c, &format!("{field}.cors"))?),
+                Some(c) => Some((cx.extensions.legacy_cors)(c, &format!("{field}.cors"))?),
                 None => None,
             },
         })
@@ -307,22 +307,6 @@ impl DirectResponse {
             None => Bytes::new(),
         };
         Ok(DirectResponse { status, body })
-    }
-}
-
-/// Reads a `DataSource` (file, inline bytes/string, environment variable) at config time.
-pub fn read_data_source(ds: &DataSource, field: &str) -> Result<Bytes, ConfigError> {
-    use data_source::Specifier as S;
-    match &ds.specifier {
-        Some(S::Filename(f)) => {
-            std::fs::read(f).map(Bytes::from).map_err(|e| ConfigError::new(field, format!("Invalid path: {f}: {e}")))
-        }
-        Some(S::InlineBytes(b)) => Ok(Bytes::from(b.clone())),
-        Some(S::InlineString(s)) => Ok(Bytes::from(s.clone())),
-        Some(S::EnvironmentVariable(v)) => std::env::var(v)
-            .map(Bytes::from)
-            .map_err(|_| ConfigError::new(field, format!("environment variable {v} is not set"))),
-        None => Ok(Bytes::new()),
     }
 }
 

@@ -8,6 +8,7 @@ use http::HeaderMap;
 
 use crate::config::{ConfigError, duration};
 use crate::matcher::{HeaderMatcher, RequestHeaders};
+use crate::stream_info::ResetReason;
 
 /// `retry_on` conditions as bits.
 pub mod on {
@@ -88,44 +89,6 @@ impl Default for RetryPolicy {
             max_interval: Duration::from_millis(250),
             avoid_previous_hosts: false,
             host_selection_max_attempts: 1,
-        }
-    }
-}
-
-/// Why an attempt failed before a response (Envoy's reset reasons).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetReason {
-    ConnectFailure,
-    ConnectionTermination,
-    RemoteReset,
-    RemoteRefusedStream,
-    LocalReset,
-    Overflow,
-    ProtocolError,
-    ConnectTimeout,
-}
-
-impl ResetReason {
-    /// The text Envoy puts after `reset reason: ` in its 503 body.
-    pub fn envoy_text(self) -> &'static str {
-        match self {
-            ResetReason::ConnectFailure => "remote connection failure",
-            ResetReason::ConnectTimeout => "connection timeout",
-            ResetReason::ConnectionTermination => "connection termination",
-            ResetReason::RemoteReset => "remote reset",
-            ResetReason::RemoteRefusedStream => "remote refused stream reset",
-            ResetReason::LocalReset => "local reset",
-            ResetReason::Overflow => "overflow",
-            ResetReason::ProtocolError => "protocol error",
-        }
-    }
-
-    /// Envoy's response flag for the access log / `x-envoy-...` details.
-    pub fn response_flag(self) -> &'static str {
-        match self {
-            ResetReason::ConnectFailure | ResetReason::ConnectTimeout => "UF",
-            ResetReason::Overflow => "UO",
-            _ => "UR",
         }
     }
 }

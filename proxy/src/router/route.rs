@@ -64,7 +64,7 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
-    pub per_filter: crate::filters::http::PerFilterConfigs,
+    pub per_filter: crate::config::PerFilterConfigs,
 }
 
 /// The request facts a route match reads.
@@ -269,7 +269,7 @@ impl Route {
                 &format!("{field}.response_headers_to_add"),
                 &format!("{field}.response_headers_to_remove"),
             )?,
-            per_filter: crate::filters::http::compile_per_filter(
+            per_filter: (cx.extensions.per_filter_config)(
                 &p.typed_per_filter_config,
                 cx,
                 &format!("{field}.typed_per_filter_config"),

@@ -148,7 +148,7 @@ fn compile_common(c: &CommonTlsContext, field: &str) -> Result<Common, ConfigErr
     let mut dynamic_sds = None;
     let mut sds_file = |s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig,
                         api: &'static str| {
-        if let Some(p) = s.sds_config.as_ref().and_then(crate::xds::file_source) {
+        if let Some(p) = s.sds_config.as_ref().and_then(crate::config::file_source) {
             sds_files.push(p);
         }
         if s.sds_config.is_some() {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::verify::Validation;
 use crate::config::ConfigError;
-use crate::router::action::read_data_source;
+use crate::config::read_data_source;
 
 /// A certificate chain and its private key.
 #[derive(Debug)]

@@ -15,8 +15,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::ConfigError;
+use crate::config::read_data_source;
 use crate::matcher::StringMatcher;
-use crate::router::action::read_data_source;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SanType {

@@ -217,8 +217,9 @@ pub struct Cluster {
     /// `source_address` first, then `additional_source_addresses` (one per IP family, as Istio
     /// sends 127.0.0.6 and ::6 for dual stack).
     pub upstream_bind: Vec<std::net::IpAddr>,
-    /// Istio's TCP metadata exchange among the cluster's upstream `filters`.
-    pub metadata_exchange: Option<Arc<crate::filters::network::metadata_exchange::MetadataExchange>>,
+    /// The cluster's upstream network `filters`, compiled by their extensions (Istio's TCP
+    /// metadata exchange is the one remora has); the extension that reads one downcasts it.
+    pub upstream_filters: Vec<crate::config::ExtensionConfig>,
     pub hosts: ArcSwap<HostSet>,
     pub dns_targets: Vec<DnsTarget>,
     pub dns_refresh: Duration,
@@ -236,6 +237,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The upstream network filter of type `T`, if the cluster has one.
+    pub fn upstream_filter<T: 'static>(&self) -> Option<&T> {
+        self.upstream_filters.iter().find_map(|f| f.downcast_ref::<T>())
+    }
+
     pub fn from_proto(p: &ClusterProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
         if p.name.is_empty() {
             return Err(ConfigError::new("name", "cluster name must not be empty"));
@@ -333,7 +339,7 @@ impl Cluster {
             tls,
             tls_matches,
             upstream_bind: upstream_bind(p)?,
-            metadata_exchange: upstream_filters(p, cx)?,
+            upstream_filters: (cx.extensions.upstream_filters)(&p.filters, cx)?,
             hosts: ArcSwap::from_pointee(HostSet::default()),
             dns_targets: Vec::new(),
             dns_refresh: p
@@ -380,8 +386,11 @@ impl Cluster {
                 }
             }
             DiscoveryType::Eds => {
-                c.eds_file =
-                    p.eds_cluster_config.as_ref().and_then(|e| e.eds_config.as_ref()).and_then(crate::xds::file_source);
+                c.eds_file = p
+                    .eds_cluster_config
+                    .as_ref()
+                    .and_then(|e| e.eds_config.as_ref())
+                    .and_then(crate::config::file_source);
                 let name = p
                     .eds_cluster_config
                     .as_ref()
@@ -635,32 +644,6 @@ fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, Con
             .map_err(|e| ConfigError::new(format!("typed_extension_protocol_options[{KEY}]"), e.to_string())),
         None => Ok(None),
     }
-}
-
-/// The cluster's upstream network `filters`: Istio's metadata exchange runs; anything else is
-/// refused by name rather than silently left out.
-fn upstream_filters(
-    p: &ClusterProto,
-    cx: &BuildCtx,
-) -> Result<Option<Arc<crate::filters::network::metadata_exchange::MetadataExchange>>, ConfigError> {
-    use crate::filters::network::metadata_exchange::{MetadataExchange, TYPE};
-    let mut mx = None;
-    for (i, f) in p.filters.iter().enumerate() {
-        let field = format!("filters[{i}]");
-        let Some(any) = &f.typed_config else {
-            return Err(ConfigError::new(field, format!("upstream filter '{}' has no typed_config", f.name)));
-        };
-        match xds_client::any::effective_type_name(any).as_str() {
-            TYPE => mx = Some(MetadataExchange::from_any(any, cx).map_err(|e| e.within(&field))?),
-            t => {
-                return Err(ConfigError::new(
-                    format!("{field}.typed_config"),
-                    format!("Didn't find a registered upstream network filter for '{}' with type URL: '{t}'", f.name),
-                ));
-            }
-        }
-    }
-    Ok(mx)
 }
 
 fn upstream_protocol(p: &ClusterProto) -> Result<UpstreamProtocol, ConfigError> {

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use super::cluster::Cluster;
 use super::host::Host;
-use crate::router::retry::ResetReason;
+use crate::stream_info::ResetReason;
 
 /// Connects a TCP socket, first binding `source` (port 0) when set.
 pub async fn connect_tcp(addr: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {

@@ -19,11 +19,18 @@ use tokio::sync::Notify;
 use super::cluster::Cluster;
 use super::connect::connect_with_alpn;
 use super::host::Host;
-use crate::filters::http::istio_alpn::Alpn;
 use crate::http::body::RequestBody;
 use crate::http::exec::LocalExec;
-use crate::router::retry::ResetReason;
 use crate::stats::GaugeGuard;
+use crate::stream_info::ResetReason;
+
+/// An ALPN list upstream TLS offers instead of the cluster's (Istio's `istio.alpn`), and a key
+/// that tells pools apart.
+#[derive(Debug, Clone)]
+pub struct Alpn {
+    pub key: u64,
+    pub protocols: Arc<[Vec<u8>]>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -196,8 +203,8 @@ impl Pools {
 
     /// Periodic sweep: drops pools of hosts that left their cluster (EDS/DNS churn) and idle
     /// HTTP/1.1 connections past the cluster's idle timeout.
-    pub fn sweep(&self, snapshot: &crate::config::Snapshot) {
-        let clusters: HashMap<u64, &Arc<Cluster>> = snapshot.clusters.values().map(|c| (c.id, c)).collect();
+    pub fn sweep(&self, set: &super::cluster_manager::ClusterSet) {
+        let clusters: HashMap<u64, &Arc<Cluster>> = set.clusters.values().map(|c| (c.id, c)).collect();
         let mut entries = self.entries.borrow_mut();
         entries.retain(|k, e| {
             let Some(c) = clusters.get(&k.cluster) else { return false };

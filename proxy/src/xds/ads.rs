@@ -11,7 +11,7 @@ use envoy_types::pb::google::protobuf::Any;
 use xds_client::ads::{AdsClient, AdsHandle, ClientConfig, Update, XdsHandler};
 
 use crate::config::NodeInfo;
-use crate::config::manager::ConfigManager;
+use crate::manager::ConfigManager;
 use crate::stats::{Counter, Gauge};
 
 /// Applies what the stream delivers to the config manager.

@@ -24,9 +24,9 @@ use envoy_types::pb::xds::r#type::matcher::v3::Matcher as MatcherProto;
 
 use super::DynamicMetadata;
 use crate::config::ConfigError;
-use crate::filters::http::ConnInfo;
 use crate::matcher::RequestHeaders;
 use crate::stats::{Counter, Store};
+use crate::stream_info::ConnInfo;
 use rule::Rule;
 
 /// What a matching policy (or matcher action) means.

@@ -17,7 +17,8 @@ use envoy_types::pb::google::protobuf::Any;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::{FilterAction, HttpFilter, Percent, RequestCtx};
+use super::{FilterAction, HttpFilter, RequestCtx};
+use crate::config::Percent;
 use crate::config::{BuildCtx, ConfigError};
 use crate::http::local_reply::LocalReply;
 use crate::matcher::StringMatcher;
@@ -110,6 +111,12 @@ impl CorsPolicy {
     }
 
     /// The deprecated `cors` field of a virtual host or route action.
+    /// The deprecated `cors` field of a route or virtual host, for the route table
+    /// (`crate::config::Extensions::legacy_cors`).
+    pub fn legacy_extension(p: &LegacyCorsPolicy, field: &str) -> Result<crate::config::ExtensionConfig, ConfigError> {
+        Ok(CorsPolicy::from_legacy(p, field)?)
+    }
+
     pub fn from_legacy(p: &LegacyCorsPolicy, field: &str) -> Result<Arc<Self>, ConfigError> {
         let enabled = match &p.enabled_specifier {
             Some(cors_policy::EnabledSpecifier::FilterEnabled(r)) => Percent::from_runtime(Some(r), Percent::ALWAYS),
@@ -207,10 +214,11 @@ impl CorsFilter {
             return Policies(typed);
         }
         let route_cors = match &r.route.action {
-            crate::router::route::Action::Route(a) => a.cors.as_deref(),
+            crate::router::route::Action::Route(a) => a.cors.as_ref(),
             _ => None,
         };
-        Policies(route_cors.into_iter().chain(r.vhost.cors.as_deref()).collect())
+        let legacy = route_cors.into_iter().chain(r.vhost.cors.as_ref());
+        Policies(legacy.filter_map(|c| c.downcast_ref::<CorsPolicy>()).collect())
     }
 }
 

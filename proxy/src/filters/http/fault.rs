@@ -23,8 +23,9 @@ use http::request::Parts;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use super::{FilterAction, HttpFilter, Percent, RequestCtx};
+use super::{FilterAction, HttpFilter, RequestCtx};
 use crate::access_log::ResponseFlags;
+use crate::config::Percent;
 use crate::config::{BuildCtx, ConfigError};
 use crate::http::body::{BoxError, ResponseBody};
 use crate::http::local_reply::LocalReply;

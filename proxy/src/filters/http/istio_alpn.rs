@@ -6,8 +6,6 @@
 //!
 //! Pools are keyed by the override, so connections with different ALPNs are never shared.
 
-use std::sync::Arc;
-
 use envoy_types::pb::google::protobuf::{Any, value};
 use prost::Message;
 
@@ -30,12 +28,7 @@ struct AlpnOverrideProto {
     alpn_override: Vec<String>,
 }
 
-/// One override list and a key that tells pools apart.
-#[derive(Debug, Clone)]
-pub struct Alpn {
-    pub key: u64,
-    pub protocols: Arc<[Vec<u8>]>,
-}
+pub use crate::upstream::pool::Alpn;
 
 /// The compiled filter: an ALPN list per upstream protocol.
 #[derive(Debug, Clone, Default)]

@@ -18,8 +18,9 @@ use envoy_types::pb::google::protobuf::Any;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::{FilterAction, HttpFilter, Percent, RequestCtx};
+use super::{FilterAction, HttpFilter, RequestCtx};
 use crate::access_log::ResponseFlags;
+use crate::config::Percent;
 use crate::config::{BuildCtx, ConfigError};
 use crate::formatter::FormatContext;
 use crate::http::local_reply::LocalReply;

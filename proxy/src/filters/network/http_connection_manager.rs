@@ -29,8 +29,8 @@ use crate::http::local_reply::LocalReply;
 use crate::matcher::RequestHeaders;
 use crate::router::RouteTable;
 use crate::router::route::{Action, MatchInput};
+use crate::runtime::WorkerCtx;
 use crate::stats::{CodeStats, Counter, Gauge, GaugeGuard, Histogram};
-use crate::worker::WorkerCtx;
 
 pub const NAME: &str = "envoy.filters.network.http_connection_manager";
 pub const TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -139,7 +139,7 @@ pub struct HttpConnectionManager {
     pub merge_slashes: bool,
     pub escaped_slashes: crate::http::path::EscapedSlashes,
     /// `internal_address_config` CIDRs (Envoy 1.40's default: none are internal).
-    pub internal_addresses: Vec<crate::listener::filter_chain::Cidr>,
+    pub internal_addresses: Vec<crate::matcher::Cidr>,
     /// Enabled `upgrade_configs` types, lowercased (`websocket`, ...).
     pub upgrades: Vec<String>,
     /// `forward_client_cert_details` / `set_current_client_cert_details`.
@@ -170,7 +170,7 @@ impl HttpConnectionManager {
             Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds {
                 name: rds.route_config_name.clone(),
                 table: Arc::new(ArcSwapOption::empty()),
-                file: rds.config_source.as_ref().and_then(crate::xds::file_source),
+                file: rds.config_source.as_ref().and_then(crate::config::file_source),
             },
             Some(RouteSpecifier::ScopedRoutes(_)) => {
                 return Err(ConfigError::new("scoped_routes", "scoped routes are not supported"));
@@ -241,10 +241,7 @@ impl HttpConnectionManager {
                     .iter()
                     .enumerate()
                     .map(|(i, r)| {
-                        crate::listener::filter_chain::Cidr::from_proto(
-                            r,
-                            &format!("internal_address_config.cidr_ranges[{i}]"),
-                        )
+                        crate::matcher::Cidr::from_proto(r, &format!("internal_address_config.cidr_ranges[{i}]"))
                     })
                     .collect::<Result<_, _>>()?,
                 None => Vec::new(),

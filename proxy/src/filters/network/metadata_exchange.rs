@@ -51,22 +51,7 @@ struct MetadataExchangeProto {
     protocol: String,
 }
 
-/// What the peer said about itself.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PeerMetadata {
-    pub id: String,
-    pub metadata: Struct,
-}
-
-impl PeerMetadata {
-    /// A string field of the peer's metadata (`NAMESPACE`, `WORKLOAD_NAME`, ...).
-    pub fn get(&self, key: &str) -> Option<&str> {
-        match self.metadata.fields.get(key)?.kind.as_ref()? {
-            value::Kind::StringValue(s) => Some(s),
-            _ => None,
-        }
-    }
-}
+pub use crate::stream_info::PeerMetadata;
 
 /// The compiled filter: the ALPN that enables it and this node's header, encoded once.
 #[derive(Debug)]

@@ -127,8 +127,8 @@ impl NetworkFilter for NetworkRbac {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filters::http::ConnInfo;
     use crate::stats::Store;
+    use crate::stream_info::ConnInfo;
 
     fn build(json: serde_json::Value) -> Result<(NetworkRbac, Arc<Store>), ConfigError> {
         let p: RbacProto = xds_client::json::message_from_json(

@@ -11,13 +11,14 @@ use std::time::Duration;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy as TcpProxyProto, tcp_proxy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::metadata_exchange::MetadataExchange;
 use crate::config::{BuildCtx, ConfigError, duration};
+use crate::runtime::WorkerCtx;
 use crate::stats::{Counter, Gauge, GaugeGuard};
 use crate::upstream::cluster::DiscoveryType;
 use crate::upstream::connect::UpstreamIo;
 use crate::upstream::host::ActiveRequest;
 use crate::upstream::lb;
-use crate::worker::WorkerCtx;
 
 pub const TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
@@ -115,7 +116,7 @@ impl TcpProxy {
                 pick
             }
         };
-        let Some(cluster) = worker.shared.snapshot.load().cluster(&name).cloned() else {
+        let Some(cluster) = worker.shared.clusters.load().cluster(&name).cloned() else {
             self.stats.downstream_cx_no_route.inc();
             return;
         };
@@ -140,7 +141,7 @@ impl TcpProxy {
         };
         let _cx_active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
         let mut upstream = upstream;
-        if let Some(mx) = cluster.metadata_exchange.as_ref().filter(|m| m.negotiated(upstream.alpn())) {
+        if let Some(mx) = cluster.upstream_filter::<MetadataExchange>().filter(|m| m.negotiated(upstream.alpn())) {
             match mx.exchange(&mut upstream).await {
                 // Payload bytes the server sent after its header go straight downstream.
                 Ok((_peer, rest)) if !rest.is_empty() => {

@@ -15,7 +15,12 @@ fn pool_json<T: prost::Message + prost::Name + Default>(v: serde_json::Value) ->
 }
 
 fn build_ctx() -> BuildCtx {
-    BuildCtx { stats: Arc::new(Store::default()), http_stat_prefix: Some("ing".into()), ..Default::default() }
+    BuildCtx {
+        stats: Arc::new(Store::default()),
+        http_stat_prefix: Some("ing".into()),
+        extensions: crate::filters::EXTENSIONS,
+        ..Default::default()
+    }
 }
 
 fn filter(v: serde_json::Value) -> (RbacFilter, Arc<Store>) {

@@ -19,9 +19,10 @@ use crate::http::body::{ReplayBody, RequestBody, ResponseBody};
 use crate::http::headers as hn;
 use crate::http::local_reply::LocalReply;
 use crate::router::action::{ClusterSpecifier, HashPolicy, HostRewrite, RouteAction, WeightedCluster};
-use crate::router::retry::{ResetReason, RetryPolicy, parse_retry_on};
+use crate::router::retry::{RetryPolicy, parse_retry_on};
 use crate::router::route::Route;
 use crate::router::{RouteTable, VirtualHost};
+use crate::stream_info::ResetReason;
 use crate::upstream::cluster::{Cluster, DiscoveryType, UpstreamProtocol};
 use crate::upstream::host::{ActiveRequest, Host};
 use crate::upstream::lb::{self, combine_hash, hash_key};
@@ -116,7 +117,7 @@ impl Forward<'_> {
                 &w.name
             }
         };
-        let snapshot = self.cx.worker.shared.snapshot.load_full();
+        let snapshot = self.cx.worker.shared.clusters.load_full();
         let Some(cluster) = snapshot.cluster(cluster_name).cloned() else {
             hcm.stats.no_cluster.inc();
             return self.reply(weighted, LocalReply::cluster_not_found());

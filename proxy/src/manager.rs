@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! - every update is translated and validated off to the side; traffic only ever sees a whole
-//!   new `Snapshot` (one atomic pointer swap);
+//!   new cluster set, then a whole new listener set (one atomic pointer swap each, see
+//!   `crate::runtime`);
 //! - a cluster whose proto did not change keeps its object (and so its pools and stats);
 //! - an EDS cluster warms until its ClusterLoadAssignment arrives (or `initial_fetch_timeout`);
 //!   a listener warms until the route configurations its HCMs name via RDS arrive;
@@ -23,13 +24,24 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::config::{BuildCtx, Snapshot};
+use crate::config::BuildCtx;
 use crate::filters::network::http_connection_manager::RouteSource;
-use crate::listener::{Listener, Terminal};
+use crate::listener::{ActiveListeners, Listener, Terminal};
 use crate::router::RouteTable;
+use crate::runtime::Shared;
 use crate::stats::{Counter, Gauge};
 use crate::upstream::cluster::{Cluster, DiscoveryType};
-use crate::worker::{Command, Shared};
+use crate::upstream::cluster_manager::ClusterSet;
+
+/// What the config manager asks of each worker.
+pub enum WorkerCommand {
+    /// Accept on `socket` for `listener` until its `stop` turns true.
+    Listen { listener: Arc<Listener>, socket: std::net::TcpListener },
+    /// Drop pools of clusters that are gone.
+    RetainClusters(Arc<dyn Fn(u64) -> bool + Send + Sync>),
+}
+
+use WorkerCommand as Command;
 
 /// One failed resource of an update.
 #[derive(Debug, Clone)]
@@ -131,6 +143,8 @@ pub struct Interest {
 
 pub struct ConfigManager {
     shared: Arc<Shared>,
+    /// The published listeners (the cluster set is in `shared`).
+    listeners: Arc<ActiveListeners>,
     cx: BuildCtx,
     workers: Vec<mpsc::UnboundedSender<Command>>,
     state: Mutex<State>,
@@ -156,7 +170,12 @@ pub struct ConfigManager {
 }
 
 impl ConfigManager {
-    pub fn new(shared: Arc<Shared>, cx: BuildCtx, workers: Vec<mpsc::UnboundedSender<Command>>) -> Arc<Self> {
+    pub fn new(
+        shared: Arc<Shared>,
+        listeners: Arc<ActiveListeners>,
+        cx: BuildCtx,
+        workers: Vec<mpsc::UnboundedSender<Command>>,
+    ) -> Arc<Self> {
         let s = &cx.stats;
         Arc::new(ConfigManager {
             cds: UpdateStats::new(&cx, "cluster_manager.cds"),
@@ -178,10 +197,16 @@ impl ConfigManager {
             interest: tokio::sync::watch::channel(Interest::default()).0,
             initial_fetch_timeout: Duration::from_secs(15),
             shared,
+            listeners,
             cx,
             workers,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// The published listeners.
+    pub fn active_listeners(&self) -> Arc<Vec<Arc<Listener>>> {
+        self.listeners.load_full()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -593,7 +618,7 @@ impl ConfigManager {
         let mut all = Vec::new();
         for (i, addr) in l.addresses().enumerate() {
             // An additional [::] beside 0.0.0.0 takes IPv6 only (Envoy's default, no ipv4_compat).
-            let sockets = crate::worker::bind_reuseport_with(addr, self.workers.len(), 1024, i > 0)
+            let sockets = crate::listener::socket::bind_reuseport_with(addr, self.workers.len(), 1024, i > 0)
                 .map_err(|e| format!("cannot bind '{addr}': {e}"))?;
             all.push(sockets);
         }
@@ -663,12 +688,13 @@ impl ConfigManager {
 
     // === publishing ===
 
-    /// Builds and publishes the snapshot traffic reads, and updates interest and gauges.
+    /// Builds and publishes the cluster and listener sets traffic reads (clusters first, as
+    /// Envoy), and updates interest and gauges.
     pub fn publish(&self) {
         let st = self.state();
-        let mut snap = Snapshot::default();
+        let mut clusters = ClusterSet::default();
         for (n, c) in &st.static_clusters {
-            snap.clusters.insert(n.as_str().into(), c.clone());
+            clusters.clusters.insert(n.as_str().into(), c.clone());
         }
         let mut warming_clusters = 0;
         for (n, d) in &st.clusters {
@@ -676,16 +702,16 @@ impl ConfigManager {
                 warming_clusters += 1;
                 continue;
             }
-            snap.clusters.insert(n.as_str().into(), d.cluster.clone());
+            clusters.clusters.insert(n.as_str().into(), d.cluster.clone());
         }
-        snap.listeners = st.static_listeners.clone();
+        let mut listeners = st.static_listeners.clone();
         let mut warming_listeners = 0;
         for n in &st.listener_order {
             if let Some(d) = st.listeners.get(n) {
                 if d.warming {
                     warming_listeners += 1;
                 } else {
-                    snap.listeners.push(d.listener.clone());
+                    listeners.push(d.listener.clone());
                 }
             }
         }
@@ -693,7 +719,7 @@ impl ConfigManager {
         for c in st.clusters.values().map(|d| &d.cluster).chain(st.static_clusters.values()) {
             match (&c.eds_service_name, &c.eds_file) {
                 (Some(_), Some(f)) => {
-                    interest.files.insert((f.clone(), crate::xds::ENDPOINT));
+                    interest.files.insert((f.clone(), crate::config::type_url::ENDPOINT));
                 }
                 (Some(s), None) => {
                     interest.eds.insert(s.clone());
@@ -701,28 +727,29 @@ impl ConfigManager {
                 _ => {}
             }
             interest.sds.extend(c.secret_names());
-            interest.files.extend(c.secret_files().into_iter().map(|f| (f, crate::xds::SECRET)));
+            interest.files.extend(c.secret_files().into_iter().map(|f| (f, crate::config::type_url::SECRET)));
         }
         for l in st.static_listeners.iter().chain(st.listeners.values().map(|d| &d.listener)) {
             for (name, file) in rds_sources(l) {
                 match file {
-                    Some(f) => interest.files.insert((f, crate::xds::ROUTE)),
+                    Some(f) => interest.files.insert((f, crate::config::type_url::ROUTE)),
                     None => interest.rds.insert(name),
                 };
             }
             interest.sds.extend(listener_secrets(l));
             let tls = l.chains.iter().chain(l.default_chain.iter()).filter_map(|c| c.tls.as_ref());
             let sds_files = tls.flat_map(|t| t.secret_files().iter().cloned());
-            interest.files.extend(sds_files.map(|f| (f, crate::xds::SECRET)));
+            interest.files.extend(sds_files.map(|f| (f, crate::config::type_url::SECRET)));
         }
-        self.active_clusters.set(snap.clusters.len() as i64);
+        self.active_clusters.set(clusters.clusters.len() as i64);
         self.warming_clusters.set(warming_clusters);
-        self.total_listeners_active.set(snap.listeners.len() as i64);
+        self.total_listeners_active.set(listeners.len() as i64);
         self.total_listeners_warming.set(warming_listeners);
         let live: HashSet<u64> =
-            snap.clusters.values().map(|c| c.id).chain(st.clusters.values().map(|d| d.cluster.id)).collect();
+            clusters.clusters.values().map(|c| c.id).chain(st.clusters.values().map(|d| d.cluster.id)).collect();
         drop(st);
-        self.shared.snapshot.store(Arc::new(snap));
+        self.shared.clusters.store(Arc::new(clusters));
+        self.listeners.store(Arc::new(listeners));
         let live = Arc::new(move |id: u64| live.contains(&id));
         for w in &self.workers {
             let _ = w.send(Command::RetainClusters(live.clone()));

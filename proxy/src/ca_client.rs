@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 
 use crate::cli::Options;
 use crate::config::NodeInfo;
-use crate::config::manager::ConfigManager;
+use crate::manager::ConfigManager;
 
 /// Starts the CA client when `--ca-address` is given.
 pub fn start(opts: &Options, node: &NodeInfo, manager: &Arc<ConfigManager>) -> Result<bool, String> {

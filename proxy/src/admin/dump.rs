@@ -181,7 +181,7 @@ fn reply(body: String, json: bool) -> Response<Full<Bytes>> {
 
 /// `/clusters`: Envoy's `name::key::value` lines, or JSON.
 pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
-    let snap = st.control.shared.snapshot.load_full();
+    let snap = st.control.shared.clusters.load_full();
     let mut names: Vec<_> = snap.clusters.keys().cloned().collect();
     names.sort();
     if json {
@@ -241,10 +241,9 @@ pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
 
 /// `/listeners`: `name::address` lines, or JSON.
 pub fn listeners(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
-    let snap = st.control.shared.snapshot.load_full();
+    let snap = st.control.manager.active_listeners();
     if json {
         let v: Vec<_> = snap
-            .listeners
             .iter()
             .map(|l| {
                 serde_json::json!({"name": l.name, "local_address": {"socket_address": {"address": l.address.ip().to_string(), "port_value": l.address.port()}}})
@@ -256,7 +255,7 @@ pub fn listeners(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
         );
     }
     let mut out = String::new();
-    for l in &snap.listeners {
+    for l in snap.iter() {
         out.push_str(&format!("{}::{}\n", l.name, l.address));
     }
     reply(out, false)
