@@ -222,7 +222,7 @@ pub fn compile_per_filter(
 }
 
 /// The compiled chain of an HTTP connection manager.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FilterChain {
     pub filters: Vec<Arc<dyn HttpFilter>>,
     pub router: router::RouterConfig,
@@ -249,7 +249,7 @@ const TELEMETRY_TYPES: &[&str] = &[
 
 impl FilterChain {
     pub fn from_proto(filters: &[HttpFilterProto], cx: &BuildCtx, field: &str) -> Result<Self, ConfigError> {
-        let mut chain = FilterChain::default();
+        let mut chain = FilterChain { filters: Vec::new(), router: router::RouterConfig::new(cx), alpn_override: None };
         let mut saw_router = false;
         for (i, f) in filters.iter().enumerate() {
             let fld = format!("{field}[{i}]");
@@ -272,7 +272,7 @@ impl FilterChain {
             match type_name.as_str() {
                 "envoy.extensions.filters.http.router.v3.Router" => {
                     if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
-                        chain.router = router::RouterConfig::from_any(any, &fld)?;
+                        chain.router.apply_any(any, &fld)?;
                     }
                     saw_router = true;
                 }

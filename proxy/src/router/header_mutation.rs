@@ -175,3 +175,51 @@ mod tests {
         );
     }
 }
+
+// === applying the levels ===
+
+/// Response header mutations: most specific first unless the table asks otherwise.
+pub fn apply_response_mutations(
+    table: &super::RouteTable,
+    vhost: &super::VirtualHost,
+    route: &super::route::Route,
+    weighted: Option<&HeaderMutations>,
+    headers: &mut http::HeaderMap,
+    fcx: &FormatContext<'_>,
+) {
+    let mut levels =
+        [weighted, Some(&route.response_headers), Some(&vhost.response_headers), Some(&table.response_headers)];
+    if table.most_specific_header_mutations_wins {
+        levels.reverse();
+    }
+    let cx = FormatContext { response_headers: None, ..*fcx };
+    for m in levels.into_iter().flatten() {
+        if !m.is_empty() {
+            m.apply(headers, &cx);
+        }
+    }
+}
+
+/// Request header mutations in the same order.
+pub fn apply_request_mutations(
+    table: &super::RouteTable,
+    vhost: &super::VirtualHost,
+    route: &super::route::Route,
+    weighted: Option<&HeaderMutations>,
+    headers: &mut http::HeaderMap,
+    fcx: &FormatContext<'_>,
+) {
+    let mut levels =
+        [weighted, Some(&route.request_headers), Some(&vhost.request_headers), Some(&table.request_headers)];
+    if table.most_specific_header_mutations_wins {
+        levels.reverse();
+    }
+    // Substitutions read the request headers as they were before any mutation.
+    let original = levels.iter().flatten().any(|m| !m.is_empty()).then(|| headers.clone());
+    let cx = FormatContext { request_headers: original.as_ref(), ..*fcx };
+    for m in levels.into_iter().flatten() {
+        if !m.is_empty() {
+            m.apply(headers, &cx);
+        }
+    }
+}

@@ -13,12 +13,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, 
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::filters::network::http_connection_manager::{ConnCtx, apply_request_mutations, apply_response_mutations};
+use super::Downstream;
 use crate::formatter::FormatContext;
 use crate::http::body::{ReplayBody, RequestBody, ResponseBody};
 use crate::http::headers as hn;
 use crate::http::local_reply::LocalReply;
 use crate::router::action::{ClusterSpecifier, HashPolicy, HostRewrite, RouteAction, WeightedCluster};
+use crate::router::header_mutation::{apply_request_mutations, apply_response_mutations};
 use crate::router::retry::{RetryPolicy, parse_retry_on};
 use crate::router::route::Route;
 use crate::router::{RouteTable, VirtualHost};
@@ -43,7 +44,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// One routed request on its way upstream.
 pub struct Forward<'a> {
-    pub cx: &'a ConnCtx,
+    pub cx: &'a Downstream<'a>,
     pub table: &'a RouteTable,
     pub vhost: &'a VirtualHost,
     pub route: &'a Route,
@@ -102,7 +103,7 @@ impl Forward<'_> {
     }
 
     pub async fn run(self, parts: &mut Parts, body: Incoming) -> Response<ResponseBody> {
-        let hcm = &self.cx.hcm;
+        let router = self.cx.router;
         let action = self.action;
 
         // Which cluster.
@@ -119,7 +120,7 @@ impl Forward<'_> {
         };
         let snapshot = self.cx.worker.shared.clusters.load_full();
         let Some(cluster) = snapshot.cluster(cluster_name).cloned() else {
-            hcm.stats.no_cluster.inc();
+            router.stats.no_cluster.inc();
             return self.reply(weighted, LocalReply::cluster_not_found());
         };
         let stats = &cluster.stats;
@@ -144,7 +145,7 @@ impl Forward<'_> {
         let _cluster_active = ClusterRequest::new(&cluster);
 
         // Envoy's x-envoy-* request controls (consumed here, never forwarded).
-        let suppress = hcm.filters.router.suppress_envoy_headers;
+        let suppress = router.suppress_envoy_headers;
         let mut timeout = action.timeout;
         // grpc_timeout_header_max: a gRPC request's `grpc-timeout` replaces the route timeout,
         // capped by the max (0 means no cap), as Envoy does.
@@ -194,7 +195,7 @@ impl Forward<'_> {
         // An HTTP/1.1 upgrade (WebSocket) the HCM allows keeps its Upgrade/Connection headers
         // and joins the two connections after a 101.
         let upgrade = upgrade_type(&parts.headers)
-            .filter(|t| hcm.upgrades.iter().any(|u| u == t))
+            .filter(|t| self.cx.upgrades.iter().any(|u| u == t))
             .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
 
         // Upstream request headers.
@@ -473,7 +474,7 @@ impl Forward<'_> {
         let mut rq_active = None;
         let fut = async {
             let http10 = req.version() == http::Version::HTTP_10;
-            let alpn = self.cx.hcm.filters.alpn_override.as_ref().and_then(|o| o.for_request(h2, http10));
+            let alpn = self.cx.alpn_override.and_then(|o| o.for_request(h2, http10));
             let lease = pools.acquire(cluster, host, h2, alpn).await.map_err(AttemptError::Reset)?;
             // Counted once the request goes out on a connection, as Envoy does.
             cluster.stats.upstream_rq_total.inc();
@@ -526,7 +527,7 @@ impl Forward<'_> {
         stats.upstream_rq_time.record(elapsed.as_secs_f64() * 1000.0);
         let (mut rparts, body) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers, false);
-        if !self.cx.hcm.access_logs.is_empty() {
+        if self.cx.log_requests {
             rparts.extensions.insert(crate::access_log::ResponseInfo {
                 details: Some("via_upstream".into()),
                 upstream_host: Some(host.address),

@@ -1,0 +1,153 @@
+//! The HTTP filter manager: selects the route, runs the HTTP filters in chain order on the
+//! request (any may answer early) and in reverse on the response, then hands the request to the
+//! router filter. Filters run before the router whether or not a route matched, as in Envoy.
+
+use std::net::SocketAddr;
+
+use http::Response;
+use hyper::body::Incoming;
+
+use super::connection::ConnCtx;
+use crate::filters::http::router::{Downstream, Routed};
+use crate::filters::http::{FilterAction, RequestCtx, RouteRef};
+use crate::http::body::ResponseBody;
+use crate::matcher::RequestHeaders;
+use crate::router::route::{Action, MatchInput};
+
+pub(super) async fn run(
+    cx: &ConnCtx,
+    parts: &mut http::request::Parts,
+    body: Incoming,
+    authority: &str,
+    downstream_remote: SocketAddr,
+) -> Response<ResponseBody> {
+    let hcm = &cx.hcm;
+    let table = hcm.route_table();
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let scheme_of_uri = parts.uri.scheme().cloned();
+    let scheme = scheme_of_uri.as_ref().map(|s| s.as_str()).unwrap_or(cx.scheme);
+    let matched = table.as_deref().and_then(|t| {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query.as_str(), None),
+        };
+        let host_for_match = if hcm.strip_any_host_port { strip_port(authority) } else { authority };
+        let vhost = t.virtual_host(host_for_match)?;
+        let input = MatchInput {
+            headers: RequestHeaders {
+                method: parts.method.as_str(),
+                path: &path_and_query,
+                authority,
+                scheme,
+                headers: &parts.headers,
+            },
+            path,
+            query,
+            random: fastrand::u64(0..1_000_000),
+            is_connect: parts.method == http::Method::CONNECT,
+        };
+        let (route, len) = vhost.route(&input)?;
+        Some((RouteRef { table: t, vhost, route }, len))
+    });
+
+    // HTTP filters run before the router, whether or not a route matched (as in Envoy).
+    let mut rcx = RequestCtx {
+        remote: downstream_remote,
+        direct_remote: cx.remote,
+        local: cx.local,
+        conn: &cx.conn,
+        route: matched.map(|m| m.0),
+        stat_prefix: &hcm.stat_prefix,
+        state: http::Extensions::new(),
+    };
+    let filters = &hcm.filters.filters;
+    let mut answered_by = filters.len();
+    let mut early: Option<Response<ResponseBody>> = None;
+    for (i, f) in filters.iter().enumerate() {
+        match f.on_request(&mut rcx, parts) {
+            FilterAction::Continue => {}
+            FilterAction::Delay(d) => tokio::time::sleep(d).await,
+            FilterAction::DelayThen(d, reply) => {
+                tokio::time::sleep(d).await;
+                answered_by = i;
+                early = Some(reply.into_response());
+                break;
+            }
+            FilterAction::Respond(reply) => {
+                answered_by = i;
+                early = Some(reply.into_response());
+                break;
+            }
+        }
+    }
+    let logged = (!hcm.access_logs.is_empty())
+        .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, scheme));
+    let resp = match early {
+        Some(r) => r,
+        None => {
+            let downstream = Downstream {
+                worker: &cx.worker,
+                remote: cx.remote,
+                local: cx.local,
+                conn: &cx.conn,
+                scheme: cx.scheme,
+                router: &hcm.filters.router,
+                alpn_override: hcm.filters.alpn_override.as_deref(),
+                upgrades: &hcm.upgrades,
+                log_requests: !hcm.access_logs.is_empty(),
+            };
+            let routed = Routed { matched, authority, downstream_remote, path_and_query: &path_and_query };
+            crate::filters::http::router::route(&downstream, parts, body, routed).await
+        }
+    };
+    // Response path: the filters before the one that answered, in reverse order.
+    let (mut rparts, mut rbody) = resp.into_parts();
+    for f in filters[..answered_by].iter().rev() {
+        f.on_response(&mut rcx, &mut rparts);
+    }
+    for f in filters[..answered_by].iter().rev() {
+        rbody = f.wrap_body(&mut rcx, &rparts, rbody);
+    }
+    if let Some(req) = logged {
+        note_for_log(&mut rparts.extensions, &rcx, req);
+    }
+    Response::from_parts(rparts, rbody)
+}
+
+/// What the access log needs from routing and the filters, in the response's extensions.
+fn note_for_log(ext: &mut http::Extensions, rcx: &RequestCtx<'_>, req: crate::access_log::request::LoggedRequest) {
+    use crate::access_log::ResponseInfo;
+    use crate::router::action::ClusterSpecifier;
+    let mut info = ext.remove::<ResponseInfo>().unwrap_or_default();
+    if let Some(f) = rcx.state.get::<crate::filters::http::FilterFlags>() {
+        info.flags |= f.0;
+    }
+    if let Some(r) = rcx.route {
+        match &r.route.action {
+            Action::Route(a) => {
+                if info.upstream_cluster.is_none()
+                    && let ClusterSpecifier::Name(n) = &a.cluster
+                {
+                    info.upstream_cluster = Some(n.clone());
+                }
+            }
+            Action::Direct(_) | Action::Redirect(_) if info.details.is_none() => {
+                info.details = Some("direct_response".into());
+            }
+            _ => {}
+        }
+        ext.insert(crate::access_log::request::LoggedRoute { route_name: Some(r.route.name.clone()) });
+    }
+    ext.insert(info);
+    ext.insert(req);
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.ends_with(']') {
+        return host;
+    }
+    match host.rfind(':') {
+        Some(i) if !host[..i].contains(':') => &host[..i],
+        _ => host,
+    }
+}
