@@ -70,6 +70,10 @@ pub type ExtensionConfig = Arc<dyn std::any::Any + Send + Sync>;
 /// Compiled `typed_per_filter_config`, keyed by filter name.
 pub type PerFilterConfigs = std::collections::HashMap<String, ExtensionConfig>;
 
+/// Compiles a `typed_per_filter_config` map: `(map, cx, field)`.
+pub type PerFilterConfigHook =
+    fn(&std::collections::HashMap<String, Any>, &BuildCtx, &str) -> Result<PerFilterConfigs, ConfigError>;
+
 /// How the core (route tables, clusters) reaches the extensions above it without importing them,
 /// as Envoy's per-filter-config and upstream-filter factories: the extensions' registry fills
 /// these in (`crate::filters::EXTENSIONS`) and the assembly layer puts them in the `BuildCtx`.
@@ -77,8 +81,7 @@ pub type PerFilterConfigs = std::collections::HashMap<String, ExtensionConfig>;
 pub struct Extensions {
     /// Compiles a `typed_per_filter_config` map (of a route, virtual host or route configuration)
     /// for the HTTP filters: `(map, cx, field)`.
-    pub per_filter_config:
-        fn(&std::collections::HashMap<String, Any>, &BuildCtx, &str) -> Result<PerFilterConfigs, ConfigError>,
+    pub per_filter_config: PerFilterConfigHook,
     /// Compiles the deprecated `cors` field of a virtual host or route for the CORS filter.
     pub legacy_cors: fn(&LegacyCorsPolicy, &str) -> Result<ExtensionConfig, ConfigError>,
     /// Compiles a cluster's upstream network `filters`.

@@ -3,7 +3,31 @@
 
 pub mod common;
 pub mod http;
+pub mod listener;
 pub mod network;
+
+/// Filters Istio installs only for telemetry, by name or by config type. Skipping one changes
+/// nothing a client or a peer sees; every registry (HTTP and network) consults this one list.
+/// Where remora implements one of them (`istio.stats`, the peer metadata and TCP metadata
+/// exchange filters), its own registry entry is found first and this list is not reached.
+const TELEMETRY_ONLY: &[(&str, &str)] = &[
+    // (filter name, config type); either one matching is enough.
+    ("istio.stats", "stats.PluginConfig"),
+    ("istio.metadata_exchange", "io.istio.http.peer_metadata.Config"),
+    ("envoy.filters.network.metadata_exchange", ""),
+    ("envoy.filters.http.grpc_stats", "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"),
+    ("envoy.wasm.stats", ""),
+    ("envoy.wasm.metadata_exchange", ""),
+    // Istio's HTTP `istio_authn` only mirrors the peer principal into filter state; remora's
+    // RBAC reads the TLS facts directly.
+    ("istio_authn", ""),
+    ("", "istio.mixer.v1.config.client.HttpClientConfig"),
+];
+
+/// Whether a filter is on the telemetry-only list, by its name or its config type.
+pub fn telemetry_only(name: &str, type_name: &str) -> bool {
+    TELEMETRY_ONLY.iter().any(|(n, t)| (!n.is_empty() && *n == name) || (!t.is_empty() && *t == type_name))
+}
 
 /// The hooks the core calls to reach the extensions (per-route filter configs, the deprecated
 /// CORS fields, upstream network filters); the assembly layer puts them in every `BuildCtx`.

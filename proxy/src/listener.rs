@@ -4,40 +4,26 @@
 //! selection, then the chain's terminal network filter.
 
 pub mod filter_chain;
-pub mod http_inspector;
-pub mod original_dst;
 pub mod socket;
-pub mod tls_inspector;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::listener::v3::{
-    Filter as NetworkFilterProto, FilterChain as FilterChainProto, Listener as ListenerProto, filter,
-};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as HcmProto;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as TcpProxyProto;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain as FilterChainProto, Listener as ListenerProto};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{BuildCtx, ConfigError, duration};
-use crate::filters::network::http_connection_manager::{self as hcm, HttpConnectionManager};
+use crate::filters::listener::ListenerFilters;
 use crate::filters::network::metadata_exchange::{self, MetadataExchange};
-use crate::filters::network::tcp_proxy::{self, TcpProxy};
-use crate::filters::network::{NetworkAction, NetworkCtx, NetworkFilter, rbac as network_rbac};
+use crate::filters::network::{NetworkAction, NetworkCtx, NetworkFilter, NetworkFilterConfig, Terminal};
 use crate::runtime::WorkerCtx;
 use crate::stats::{Counter, Gauge, GaugeGuard};
 use crate::stream_info::ConnInfo;
 use crate::upstream::cluster::socket_address_of;
 use filter_chain::{ChainMatch, ConnFacts};
-
-/// What a filter chain does with a connection.
-pub enum Terminal {
-    Http(Arc<HttpConnectionManager>),
-    Tcp(Arc<TcpProxy>),
-}
 
 pub struct NetworkChain {
     pub name: String,
@@ -63,14 +49,6 @@ pub struct ListenerStats {
     pub ssl_no_certificate: Counter,
     pub ssl_fail_verify_error: Counter,
     pub ssl_fail_verify_san: Counter,
-}
-
-/// Which listener filters are configured.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ListenerFilters {
-    pub original_dst: bool,
-    pub tls_inspector: bool,
-    pub http_inspector: bool,
 }
 
 /// The active listeners, published whole by the config manager; a worker reads it once per
@@ -113,33 +91,7 @@ impl Listener {
             .enumerate()
             .map(|(i, a)| socket_address_of(a.address.as_ref(), &format!("additional_addresses[{i}].address")))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut lf = ListenerFilters::default();
-        for (i, f) in p.listener_filters.iter().enumerate() {
-            let t = match &f.config_type {
-                Some(envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(a)) => {
-                    xds_client::any::effective_type_name(a)
-                }
-                _ => String::new(),
-            };
-            match (f.name.as_str(), t.as_str()) {
-                (_, "envoy.extensions.filters.listener.original_dst.v3.OriginalDst")
-                | ("envoy.filters.listener.original_dst" | "envoy.listener.original_dst", "") => lf.original_dst = true,
-                (_, "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector")
-                | ("envoy.filters.listener.tls_inspector" | "envoy.listener.tls_inspector", "") => {
-                    lf.tls_inspector = true
-                }
-                (_, "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector")
-                | ("envoy.filters.listener.http_inspector" | "envoy.listener.http_inspector", "") => {
-                    lf.http_inspector = true
-                }
-                (n, t) => {
-                    return Err(ConfigError::new(
-                        format!("listener_filters[{i}]"),
-                        format!("listener filter {n} ({t}) is not supported"),
-                    ));
-                }
-            }
-        }
+        let lf = ListenerFilters::from_proto(&p.listener_filters)?;
         let inbound = p.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32;
         let cx = &BuildCtx { listener_stat_name: Some(stat_address(address)), inbound, ..cx.clone() };
         let mut chains = Vec::new();
@@ -238,7 +190,7 @@ impl Listener {
         // Envoy adds the original_dst listener filter itself when `use_original_dst` is set
         // (Istio's virtualOutbound lists no listener filters and relies on it).
         if (self.listener_filters.original_dst || self.use_original_dst)
-            && let Some(dst) = original_dst::original_dst(&stream, local)
+            && let Some(dst) = crate::filters::listener::original_dst::original_dst(&stream, local)
         {
             restored = dst != local;
             local = dst;
@@ -285,7 +237,7 @@ impl Listener {
         let mut sni = None;
         let mut alpn: Vec<String> = Vec::new();
         if self.listener_filters.tls_inspector
-            && let Some(h) = tls_inspector::inspect(&stream, timeout).await
+            && let Some(h) = crate::filters::listener::tls_inspector::inspect(&stream, timeout).await
         {
             transport = "tls";
             sni = h.server_name;
@@ -293,7 +245,7 @@ impl Listener {
         }
         if self.listener_filters.http_inspector
             && transport == "raw_buffer"
-            && let Some(p) = http_inspector::inspect(&stream, timeout).await
+            && let Some(p) = crate::filters::listener::http_inspector::inspect(&stream, timeout).await
         {
             alpn = vec![p.to_string()];
         }
@@ -445,7 +397,17 @@ impl Listener {
         let conn = ConnInfo { original_dst, ..conn };
         match &chain.terminal {
             Terminal::Http(h) => {
-                hcm::serve(h.clone(), io, worker, remote, local, self.drain.subscribe(), conn, scheme).await
+                crate::filters::network::http_connection_manager::serve(
+                    h.clone(),
+                    io,
+                    worker,
+                    remote,
+                    local,
+                    self.drain.subscribe(),
+                    conn,
+                    scheme,
+                )
+                .await
             }
             Terminal::Tcp(t) => t.serve(io, worker, original_dst).await,
         }
@@ -487,39 +449,9 @@ fn conn_info(s: &rustls::ServerConnection, tls: &crate::tls::ServerTls) -> ConnI
     c
 }
 
-/// A downstream transport socket: TLS (Some) or raw buffer (None).
-fn downstream_transport(
-    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
-    cx: &BuildCtx,
-) -> Result<Option<Arc<crate::tls::ServerTls>>, ConfigError> {
-    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
-    let any = match &ts.config_type {
-        Some(ConfigType::TypedConfig(a)) => a,
-        None if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name.is_empty() => return Ok(None),
-        None => {
-            return Err(ConfigError::new(
-                "transport_socket",
-                format!("transport socket {} needs a typed_config", ts.name),
-            ));
-        }
-    };
-    match xds_client::any::effective_type_name(any).as_str() {
-        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => Ok(None),
-        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => {
-            let p: DownstreamTlsContext =
-                xds_client::any::unpack(any).map_err(|e| ConfigError::new("transport_socket", e.to_string()))?;
-            let t = crate::tls::ServerTls::from_proto(&p, cx.secrets.clone(), "transport_socket.typed_config")?;
-            t.check_node(&cx.node, "transport_socket.typed_config")?;
-            Ok(Some(Arc::new(t)))
-        }
-        t => Err(ConfigError::new("transport_socket", format!("transport socket {} ({t}) is not supported", ts.name))),
-    }
-}
-
 fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, ConfigError> {
     let tls = match &fc.transport_socket {
-        Some(ts) => downstream_transport(ts, cx)?,
+        Some(ts) => crate::transport_socket::downstream(ts, cx)?,
         None => None,
     };
     let matcher = match &fc.filter_chain_match {
@@ -537,66 +469,15 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
         if terminal.is_some() {
             return Err(ConfigError::new(field, "a terminal filter must be the last filter in the chain"));
         }
-        match build_network_filter(f, cx).map_err(|e| e.within(&field))? {
-            Built::Terminal(t) => terminal = Some(t),
-            Built::Filter(nf) => filters.push(nf),
-            Built::MetadataExchange(m) => metadata_exchange = Some(m),
-            Built::Skip => {}
+        match crate::filters::network::build(f, cx).map_err(|e| e.within(&field))? {
+            NetworkFilterConfig::Terminal(t) => terminal = Some(t),
+            NetworkFilterConfig::Filter(nf) => filters.push(nf),
+            NetworkFilterConfig::MetadataExchange(m) => metadata_exchange = Some(m),
+            NetworkFilterConfig::Skip => {}
         }
     }
     let Some(terminal) = terminal else {
         return Err(ConfigError::new("filters", "the last filter of a chain must be a terminal filter"));
     };
     Ok(NetworkChain { name: fc.name.clone(), matcher, tls, filters, metadata_exchange, terminal })
-}
-
-/// Istio's network filters that only add telemetry; skipping them changes nothing on the wire.
-/// (The metadata exchange by these names in another form than its own typed config, e.g. as
-/// Wasm, is skipped too; its own config runs the exchange.)
-const TELEMETRY_ONLY: &[&str] =
-    &["istio.stats", "stats.PluginConfig", "envoy.filters.network.metadata_exchange", "istio.metadata_exchange"];
-
-/// What a network filter entry becomes.
-enum Built {
-    Terminal(Terminal),
-    Filter(Arc<dyn NetworkFilter>),
-    MetadataExchange(Arc<MetadataExchange>),
-    Skip,
-}
-
-/// Builds a network filter: terminal filters, non-terminal ones (RBAC), or skipped ones.
-fn build_network_filter(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<Built, ConfigError> {
-    let any = match &f.config_type {
-        Some(filter::ConfigType::TypedConfig(a)) => a,
-        _ => {
-            return Err(ConfigError::new(
-                "typed_config",
-                format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name),
-            ));
-        }
-    };
-    let type_name = xds_client::any::effective_type_name(any);
-    let unpack_err = |e: xds_client::any::AnyError| ConfigError::new("typed_config", e.to_string());
-    match type_name.as_str() {
-        hcm::TYPE => {
-            let p: HcmProto = xds_client::any::unpack(any).map_err(unpack_err)?;
-            let h = HttpConnectionManager::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
-            Ok(Built::Terminal(Terminal::Http(Arc::new(h))))
-        }
-        tcp_proxy::TYPE => {
-            let p: TcpProxyProto = xds_client::any::unpack(any).map_err(unpack_err)?;
-            let t = TcpProxy::from_proto(&p, cx).map_err(|e| e.within("typed_config"))?;
-            Ok(Built::Terminal(Terminal::Tcp(Arc::new(t))))
-        }
-        network_rbac::TYPE => Ok(Built::Filter(network_rbac::factory(&f.name, any, cx)?)),
-        metadata_exchange::TYPE => Ok(Built::MetadataExchange(MetadataExchange::from_any(any, cx)?)),
-        // Istio's `istio_authn` stores the peer's and the local SPIFFE principal as filter state
-        // for RBAC; remora's RBAC engine reads them straight from the connection's TLS facts.
-        "io.istio.network.authn.Config" => Ok(Built::Skip),
-        t if TELEMETRY_ONLY.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => Ok(Built::Skip),
-        t => Err(ConfigError::new(
-            "typed_config",
-            format!("Didn't find a registered implementation for '{}' with type URL: '{t}'", f.name),
-        )),
-    }
 }

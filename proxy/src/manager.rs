@@ -25,8 +25,9 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::config::BuildCtx;
+use crate::filters::network::Terminal;
 use crate::filters::network::http_connection_manager::RouteSource;
-use crate::listener::{ActiveListeners, Listener, Terminal};
+use crate::listener::{ActiveListeners, Listener};
 use crate::router::RouteTable;
 use crate::runtime::Shared;
 use crate::stats::{Counter, Gauge};

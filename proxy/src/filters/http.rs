@@ -112,18 +112,31 @@ pub trait HttpFilter: Send + Sync {
     }
 }
 
-/// Builds a filter from its `typed_config`.
-pub type FilterFactory = fn(name: &str, any: &Any, cx: &BuildCtx) -> Result<Arc<dyn HttpFilter>, ConfigError>;
+/// Installs a filter into the chain from its `typed_config`: `(name, typed_config, cx, chain)`.
+/// Most push an `HttpFilter`; the router and Istio's ALPN filter configure the terminal step,
+/// and `istio_authn` is only checked.
+type FilterFactory = fn(&str, &Any, &BuildCtx, &mut FilterChain) -> Result<(), ConfigError>;
 /// Builds a per-route config from a `typed_per_filter_config` entry.
 pub type PerRouteFactory = fn(any: &Any, cx: &BuildCtx) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError>;
 
+/// The router filter's config type: the terminal filter of every chain.
+const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+
 /// The HTTP filters remora implements, by the type of their `typed_config`.
 const FILTERS: &[(&str, FilterFactory)] = &[
-    (cors::TYPE, cors::factory),
-    (fault::TYPE, fault::factory),
-    (local_ratelimit::TYPE, local_ratelimit::factory),
-    (compressor::TYPE, compressor::factory),
-    (rbac::TYPE, rbac::factory),
+    (ROUTER_TYPE, |_, any, _, chain| chain.router.apply_any(any, "")),
+    (cors::TYPE, |name, any, cx, chain| chain.push(cors::factory(name, any, cx)?)),
+    (fault::TYPE, |name, any, cx, chain| chain.push(fault::factory(name, any, cx)?)),
+    (local_ratelimit::TYPE, |name, any, cx, chain| chain.push(local_ratelimit::factory(name, any, cx)?)),
+    (compressor::TYPE, |name, any, cx, chain| chain.push(compressor::factory(name, any, cx)?)),
+    (rbac::TYPE, |name, any, cx, chain| chain.push(rbac::factory(name, any, cx)?)),
+    (istio_stats::TYPE, |name, any, cx, chain| chain.push(istio_stats::factory(name, any, cx)?)),
+    (peer_metadata::TYPE, |name, any, cx, chain| chain.push(peer_metadata::factory(name, any, cx)?)),
+    (istio_alpn::TYPE, |_, any, _, chain| {
+        chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, "")?));
+        Ok(())
+    }),
+    (istio_authn::TYPE, |_, any, _, _| istio_authn::check(any, "")),
 ];
 
 /// Per-route config types, by type name.
@@ -209,7 +222,7 @@ pub fn compile_per_filter(
             Some((_, factory)) => {
                 out.insert(name.clone(), factory(&inner, cx).map_err(|e| e.within(&f))?);
             }
-            None if TELEMETRY_ONLY.contains(&name.as_str()) || TELEMETRY_TYPES.contains(&t.as_str()) => {}
+            None if super::telemetry_only(name, &t) => {}
             None => {
                 return Err(ConfigError::new(
                     f,
@@ -230,24 +243,12 @@ pub struct FilterChain {
     pub alpn_override: Option<Arc<istio_alpn::AlpnOverride>>,
 }
 
-/// Filters Istio installs for telemetry only; skipping them changes nothing a client sees.
-const TELEMETRY_ONLY: &[&str] = &[
-    "istio.stats",
-    "istio.metadata_exchange",
-    "envoy.filters.http.grpc_stats",
-    "envoy.wasm.stats",
-    "envoy.wasm.metadata_exchange",
-    "istio_authn",
-];
-
-const TELEMETRY_TYPES: &[&str] = &[
-    "stats.PluginConfig",
-    "io.istio.http.peer_metadata.Config",
-    "istio.mixer.v1.config.client.HttpClientConfig",
-    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
-];
-
 impl FilterChain {
+    fn push(&mut self, filter: Arc<dyn HttpFilter>) -> Result<(), ConfigError> {
+        self.filters.push(filter);
+        Ok(())
+    }
+
     pub fn from_proto(filters: &[HttpFilterProto], cx: &BuildCtx, field: &str) -> Result<Self, ConfigError> {
         let mut chain = FilterChain { filters: Vec::new(), router: router::RouterConfig::new(cx), alpn_override: None };
         let mut saw_router = false;
@@ -259,64 +260,34 @@ impl FilterChain {
                     format!("Error: terminal filter named {} must be the last filter", "envoy.filters.http.router"),
                 ));
             }
-            let type_name = match &f.config_type {
-                Some(http_filter::ConfigType::TypedConfig(any)) => xds_client::any::effective_type_name(any),
+            let any = match &f.config_type {
+                Some(http_filter::ConfigType::TypedConfig(any)) => any,
                 Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
                     if f.is_optional {
                         continue;
                     }
                     return Err(ConfigError::new(fld, format!("filter {}: config_discovery is not supported", f.name)));
                 }
-                None => String::new(),
-            };
-            match type_name.as_str() {
-                "envoy.extensions.filters.http.router.v3.Router" => {
-                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
-                        chain.router.apply_any(any, &fld)?;
-                    }
-                    saw_router = true;
-                }
-                istio_authn::TYPE => {
-                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
-                        istio_authn::check(any, &fld)?;
-                    }
-                }
-                istio_alpn::TYPE => {
-                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
-                        chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, &fld)?));
-                    }
-                }
-                istio_stats::TYPE => {
-                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
-                        chain.filters.push(istio_stats::factory(&f.name, any, cx).map_err(|e| e.within(&fld))?);
-                    }
-                }
-                peer_metadata::TYPE => {
-                    if let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type {
-                        chain.filters.push(peer_metadata::factory(&f.name, any, cx).map_err(|e| e.within(&fld))?);
-                    }
-                }
-                t if TELEMETRY_TYPES.contains(&t) || TELEMETRY_ONLY.contains(&f.name.as_str()) => {
-                    tracing::debug!("skipping telemetry-only HTTP filter {} ({t})", f.name);
-                }
-                "" => {
+                None => {
                     return Err(ConfigError::new(
                         fld,
                         format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name),
                     ));
                 }
-                t if FILTERS.iter().any(|(n, _)| *n == t) => {
-                    if let (Some((_, factory)), Some(http_filter::ConfigType::TypedConfig(any))) =
-                        (FILTERS.iter().find(|(n, _)| *n == t), &f.config_type)
-                    {
-                        chain.filters.push(factory(&f.name, any, cx).map_err(|e| e.within(&fld))?);
-                    }
+            };
+            let t = xds_client::any::effective_type_name(any);
+            match FILTERS.iter().find(|(n, _)| *n == t) {
+                Some((_, factory)) => {
+                    factory(&f.name, any, cx, &mut chain).map_err(|e| e.within(&fld))?;
+                    saw_router = t == ROUTER_TYPE;
                 }
-                t => {
-                    if f.is_optional {
-                        tracing::info!("skipping optional HTTP filter {} ({t}): not supported", f.name);
-                        continue;
-                    }
+                None if super::telemetry_only(&f.name, &t) => {
+                    tracing::debug!("skipping telemetry-only HTTP filter {} ({t})", f.name);
+                }
+                None if f.is_optional => {
+                    tracing::info!("skipping optional HTTP filter {} ({t}): not supported", f.name);
+                }
+                None => {
                     return Err(ConfigError::new(
                         fld,
                         format!("Didn't find a registered implementation for '{}' with type URL: '{t}'", f.name),

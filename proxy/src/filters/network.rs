@@ -7,9 +7,82 @@ pub mod rbac;
 pub mod tcp_proxy;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::listener::v3::{Filter as NetworkFilterProto, filter};
+use envoy_types::pb::google::protobuf::Any;
+
+use crate::config::{BuildCtx, ConfigError};
 use crate::stream_info::ConnInfo;
+use http_connection_manager::HttpConnectionManager;
+use metadata_exchange::MetadataExchange;
+use tcp_proxy::TcpProxy;
+
+/// What a filter chain does with a connection.
+pub enum Terminal {
+    Http(Arc<HttpConnectionManager>),
+    Tcp(Arc<TcpProxy>),
+}
+
+/// What a network filter entry of a chain becomes.
+pub enum NetworkFilterConfig {
+    /// The last filter: HTTP or TCP proxying.
+    Terminal(Terminal),
+    /// A filter that may close the connection before the terminal one sees it.
+    Filter(Arc<dyn NetworkFilter>),
+    /// Istio's TCP metadata exchange, run by the listener around the transport socket.
+    MetadataExchange(Arc<MetadataExchange>),
+    /// Nothing to run (see the registry for why).
+    Skip,
+}
+
+type Factory = fn(name: &str, any: &Any, cx: &BuildCtx) -> Result<NetworkFilterConfig, ConfigError>;
+
+fn unpack<T: prost::Message + prost::Name + Default>(any: &Any) -> Result<T, ConfigError> {
+    xds_client::any::unpack(any).map_err(|e| ConfigError::new("typed_config", e.to_string()))
+}
+
+/// The network filters remora implements, by the type of their `typed_config`.
+const REGISTRY: &[(&str, Factory)] = &[
+    (http_connection_manager::TYPE, |_, any, cx| {
+        let h = HttpConnectionManager::from_proto(&unpack(any)?, cx).map_err(|e| e.within("typed_config"))?;
+        Ok(NetworkFilterConfig::Terminal(Terminal::Http(Arc::new(h))))
+    }),
+    (tcp_proxy::TYPE, |_, any, cx| {
+        let t = TcpProxy::from_proto(&unpack(any)?, cx).map_err(|e| e.within("typed_config"))?;
+        Ok(NetworkFilterConfig::Terminal(Terminal::Tcp(Arc::new(t))))
+    }),
+    (rbac::TYPE, |name, any, cx| Ok(NetworkFilterConfig::Filter(rbac::factory(name, any, cx)?))),
+    (metadata_exchange::TYPE, |_, any, cx| {
+        Ok(NetworkFilterConfig::MetadataExchange(MetadataExchange::from_any(any, cx)?))
+    }),
+    // Istio's `istio_authn` stores the peer's and the local SPIFFE principal as filter state for
+    // RBAC; remora's RBAC engine reads them straight from the connection's TLS facts.
+    ("io.istio.network.authn.Config", |_, _, _| Ok(NetworkFilterConfig::Skip)),
+];
+
+/// Builds one entry of a filter chain's `filters`.
+pub fn build(f: &NetworkFilterProto, cx: &BuildCtx) -> Result<NetworkFilterConfig, ConfigError> {
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(ConfigError::new(
+            "typed_config",
+            format!("Didn't find a registered implementation for '{}' with type URL: ''", f.name),
+        ));
+    };
+    let type_name = xds_client::any::effective_type_name(any);
+    match REGISTRY.iter().find(|(t, _)| *t == type_name) {
+        Some((_, factory)) => factory(&f.name, any, cx),
+        None if super::telemetry_only(&f.name, &type_name) => {
+            tracing::debug!("skipping telemetry-only network filter {} ({type_name})", f.name);
+            Ok(NetworkFilterConfig::Skip)
+        }
+        None => Err(ConfigError::new(
+            "typed_config",
+            format!("Didn't find a registered implementation for '{}' with type URL: '{type_name}'", f.name),
+        )),
+    }
+}
 
 /// What a non-terminal network filter sees of a connection.
 pub struct NetworkCtx<'a> {

@@ -131,51 +131,6 @@ impl HeaderMutations {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use envoy_types::pb::envoy::config::core::v3::HeaderValue as HV;
-
-    fn opt(k: &str, v: &str, action: HeaderAppendAction) -> HeaderValueOption {
-        HeaderValueOption {
-            header: Some(HV { key: k.into(), value: v.into(), ..Default::default() }),
-            append_action: action as i32,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn append_actions() {
-        let m = HeaderMutations::from_proto(
-            &[
-                opt("x-a", "2", HeaderAppendAction::AppendIfExistsOrAdd),
-                opt("x-b", "2", HeaderAppendAction::AddIfAbsent),
-                opt("x-c", "2", HeaderAppendAction::OverwriteIfExistsOrAdd),
-                opt("x-d", "2", HeaderAppendAction::OverwriteIfExists),
-                opt("x-e", "%DOWNSTREAM_REMOTE_ADDRESS%", HeaderAppendAction::AppendIfExistsOrAdd),
-            ],
-            &["x-gone".into()],
-            "add",
-            "remove",
-        )
-        .unwrap();
-        let mut h = HeaderMap::new();
-        for k in ["x-a", "x-b", "x-c", "x-gone"] {
-            h.insert(k, "1".parse().unwrap());
-        }
-        m.apply(&mut h, &FormatContext::default());
-        assert_eq!(h.get_all("x-a").iter().count(), 2);
-        assert_eq!(h["x-b"], "1");
-        assert_eq!(h["x-c"], "2");
-        assert!(!h.contains_key("x-d"));
-        assert!(!h.contains_key("x-e"), "empty values are dropped");
-        assert!(!h.contains_key("x-gone"));
-        assert!(
-            HeaderMutations::from_proto(&[opt(":path", "x", HeaderAppendAction::AddIfAbsent)], &[], "a", "r").is_err()
-        );
-    }
-}
-
 // === applying the levels ===
 
 /// Response header mutations: most specific first unless the table asks otherwise.
@@ -221,5 +176,50 @@ pub fn apply_request_mutations(
         if !m.is_empty() {
             m.apply(headers, &cx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::HeaderValue as HV;
+
+    fn opt(k: &str, v: &str, action: HeaderAppendAction) -> HeaderValueOption {
+        HeaderValueOption {
+            header: Some(HV { key: k.into(), value: v.into(), ..Default::default() }),
+            append_action: action as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_actions() {
+        let m = HeaderMutations::from_proto(
+            &[
+                opt("x-a", "2", HeaderAppendAction::AppendIfExistsOrAdd),
+                opt("x-b", "2", HeaderAppendAction::AddIfAbsent),
+                opt("x-c", "2", HeaderAppendAction::OverwriteIfExistsOrAdd),
+                opt("x-d", "2", HeaderAppendAction::OverwriteIfExists),
+                opt("x-e", "%DOWNSTREAM_REMOTE_ADDRESS%", HeaderAppendAction::AppendIfExistsOrAdd),
+            ],
+            &["x-gone".into()],
+            "add",
+            "remove",
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        for k in ["x-a", "x-b", "x-c", "x-gone"] {
+            h.insert(k, "1".parse().unwrap());
+        }
+        m.apply(&mut h, &FormatContext::default());
+        assert_eq!(h.get_all("x-a").iter().count(), 2);
+        assert_eq!(h["x-b"], "1");
+        assert_eq!(h["x-c"], "2");
+        assert!(!h.contains_key("x-d"));
+        assert!(!h.contains_key("x-e"), "empty values are dropped");
+        assert!(!h.contains_key("x-gone"));
+        assert!(
+            HeaderMutations::from_proto(&[opt(":path", "x", HeaderAppendAction::AddIfAbsent)], &[], "a", "r").is_err()
+        );
     }
 }

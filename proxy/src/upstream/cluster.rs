@@ -266,14 +266,14 @@ impl Cluster {
         };
         let lb = LbPolicy::from_proto(p, "")?;
         let tls = match &p.transport_socket {
-            Some(ts) => upstream_transport(ts, cx, "transport_socket")?,
+            Some(ts) => crate::transport_socket::upstream(ts, cx, "transport_socket")?,
             None => None,
         };
         let mut tls_matches = Vec::new();
         for (i, m) in p.transport_socket_matches.iter().enumerate() {
             let f = format!("transport_socket_matches[{i}]");
             let t = match &m.transport_socket {
-                Some(ts) => upstream_transport(ts, cx, &format!("{f}.transport_socket"))?,
+                Some(ts) => crate::transport_socket::upstream(ts, cx, &format!("{f}.transport_socket"))?,
                 None => None,
             };
             tls_matches.push((m.r#match.clone().unwrap_or_default(), t));
@@ -608,32 +608,6 @@ pub fn socket_address_of(
     let ip: std::net::IpAddr =
         host.parse().map_err(|_| ConfigError::new(field, format!("malformed IP address: {host}")))?;
     Ok(SocketAddr::new(ip, port))
-}
-
-/// An upstream transport socket: TLS (Some) or raw buffer (None).
-fn upstream_transport(
-    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
-    cx: &BuildCtx,
-    field: &str,
-) -> Result<Option<Arc<crate::tls::ClientTls>>, ConfigError> {
-    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
-    let any = match &ts.config_type {
-        Some(ConfigType::TypedConfig(a)) => a,
-        None if ts.name == "envoy.transport_sockets.raw_buffer" || ts.name.is_empty() => return Ok(None),
-        None => return Err(ConfigError::new(field, format!("transport socket {} needs a typed_config", ts.name))),
-    };
-    match xds_client::any::effective_type_name(any).as_str() {
-        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => Ok(None),
-        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => {
-            let p: UpstreamTlsContext =
-                xds_client::any::unpack(any).map_err(|e| ConfigError::new(field, e.to_string()))?;
-            let t = crate::tls::ClientTls::from_proto(&p, cx.secrets.clone(), &format!("{field}.typed_config"))?;
-            t.check_node(&cx.node, &format!("{field}.typed_config"))?;
-            Ok(Some(Arc::new(t)))
-        }
-        t => Err(ConfigError::new(field, format!("transport socket {} ({t}) is not supported", ts.name))),
-    }
 }
 
 fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, ConfigError> {
