@@ -21,9 +21,9 @@ use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 
 pub use filter::{Entry, Filter};
 pub use flags::ResponseFlags;
-pub use sink::{Destination, Sink, flush_all, set_flush_interval};
+pub use sink::{Destination, Sink, flush_all};
 
-use crate::config::ConfigError;
+use crate::config::{BuildCtx, ConfigError};
 use crate::formatter::{FormatContext, Formatter};
 
 /// Envoy's default access log line.
@@ -153,7 +153,7 @@ fn default_format() -> Result<Format, ConfigError> {
 }
 
 impl AccessLog {
-    pub fn from_proto(p: &AccessLogProto, field: &str) -> Result<Self, ConfigError> {
+    pub fn from_proto(p: &AccessLogProto, field: &str, cx: &BuildCtx) -> Result<Self, ConfigError> {
         let filter = p.filter.as_ref().map(|f| Filter::from_proto(f, &format!("{field}.filter"))).transpose()?;
         let Some(access_log::ConfigType::TypedConfig(any)) = &p.config_type else {
             return Err(ConfigError::new(
@@ -207,14 +207,15 @@ impl AccessLog {
                 ));
             }
         };
-        let sink = Sink::open(&dest).map_err(|e| ConfigError::new(field, e))?;
+        let flush = cx.file_flush_interval.unwrap_or(sink::DEFAULT_FLUSH_INTERVAL);
+        let sink = Sink::open(&dest, flush).map_err(|e| ConfigError::new(field, e))?;
         Ok(AccessLog { name: p.name.clone(), filter, format, omit_empty, sink })
     }
 
     /// Compiles a list of `access_log` entries. Loggers that only ship telemetry elsewhere
     /// (gRPC access log service, OpenTelemetry, Wasm) are skipped with a warning: they change
     /// nothing a client sees (DESIGN: telemetry-only extensions).
-    pub fn list_from_proto(list: &[AccessLogProto], field: &str) -> Result<Vec<AccessLog>, ConfigError> {
+    pub fn list_from_proto(list: &[AccessLogProto], field: &str, cx: &BuildCtx) -> Result<Vec<AccessLog>, ConfigError> {
         let mut out = Vec::with_capacity(list.len());
         for (i, a) in list.iter().enumerate() {
             if let Some(access_log::ConfigType::TypedConfig(any)) = &a.config_type {
@@ -224,7 +225,7 @@ impl AccessLog {
                     continue;
                 }
             }
-            out.push(AccessLog::from_proto(a, &format!("{field}[{i}]"))?);
+            out.push(AccessLog::from_proto(a, &format!("{field}[{i}]"), cx)?);
         }
         Ok(out)
     }

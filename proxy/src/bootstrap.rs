@@ -110,6 +110,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         listener_stat_name: None,
         http_stat_prefix: None,
         inbound: false,
+        file_flush_interval: Some(std::time::Duration::from_millis(opts.file_flush_interval_msec)),
         extensions: crate::filters::EXTENSIONS,
     };
     let mut clusters = Vec::new();

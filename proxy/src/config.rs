@@ -58,6 +58,8 @@ pub struct BuildCtx {
     /// While building a listener: its `traffic_direction` is INBOUND (Istio's stats filter
     /// reports as `destination` there, else as `source`).
     pub inbound: bool,
+    /// `--file-flush-interval-msec`: how often access log files are flushed (None: Envoy's 10 s).
+    pub file_flush_interval: Option<std::time::Duration>,
     /// The extension hooks the core calls while translating (`crate::filters::EXTENSIONS` in a
     /// running proxy; none by default).
     pub extensions: Extensions,

@@ -161,7 +161,7 @@ impl Listener {
             inbound: p.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
             stop: watch::channel(false).0,
             drain: watch::channel(false).0,
-            access_logs: crate::access_log::AccessLog::list_from_proto(&p.access_log, "access_log")?.into(),
+            access_logs: crate::access_log::AccessLog::list_from_proto(&p.access_log, "access_log", cx)?.into(),
         })
     }
 

@@ -232,6 +232,7 @@ mod tests {
             http_stat_prefix: None,
             secrets: Default::default(),
             inbound: false,
+            file_flush_interval: None,
             extensions: Default::default(),
         }
     }

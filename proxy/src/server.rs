@@ -39,8 +39,6 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         println!("remora version: {VERSION}/1.40.0-compatible/Clean/RELEASE/rustls");
         return ExitCode::SUCCESS;
     }
-    crate::access_log::set_flush_interval(opts.file_flush_interval_msec);
-    crate::xds::set_reject_unknown_dynamic_fields(opts.reject_unknown_dynamic_fields);
     let logs = match crate::logging::init(&opts.log_level, opts.component_log_level.as_deref()) {
         Ok(l) => l,
         Err(e) => {
@@ -164,7 +162,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     // Dynamic resources: the server goes LIVE and reports its workers started once the first
     // CDS and LDS were applied (or their initial fetch timed out), as Envoy's init manager does;
     // pilot-agent's readiness probe waits for exactly that.
-    let mut initial = start_dynamic(&bootstrap_dynamic, &manager);
+    let mut initial = start_dynamic(&bootstrap_dynamic, &manager, opts.reject_unknown_dynamic_fields);
     let mut initial_timeout = Duration::from_secs(15);
     let secrets_from_ca = match crate::ca_client::start(&opts, &node, &manager) {
         Ok(b) => b,
@@ -267,15 +265,16 @@ async fn flush_server_stats(stats: Arc<crate::stats::Store>, shared: Arc<Shared>
 fn start_dynamic(
     d: &envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources,
     manager: &Arc<ConfigManager>,
+    reject_unknown: bool,
 ) -> Vec<crate::stats::Counter> {
     let mut waits = Vec::new();
-    crate::xds::follow_files(manager.clone());
+    crate::xds::follow_files(manager.clone(), reject_unknown);
     if let Some(p) = d.cds_config.as_ref().and_then(crate::config::file_source) {
-        crate::xds::watch_file(manager.clone(), p, crate::xds::CLUSTER);
+        crate::xds::watch_file(manager.clone(), p, crate::xds::CLUSTER, reject_unknown);
         waits.push(manager.cds.update_attempt.clone());
     }
     if let Some(p) = d.lds_config.as_ref().and_then(crate::config::file_source) {
-        crate::xds::watch_file(manager.clone(), p, crate::xds::LISTENER);
+        crate::xds::watch_file(manager.clone(), p, crate::xds::LISTENER, reject_unknown);
         waits.push(manager.lds.update_attempt.clone());
     }
     waits

@@ -90,16 +90,10 @@ fn fingerprint(p: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64)>
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
-/// `--reject-unknown-dynamic-fields`: without it, unknown fields in file-based xDS are
-/// dropped, as Envoy does for dynamic config (static config is strict).
-static REJECT_UNKNOWN_DYNAMIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn set_reject_unknown_dynamic_fields(reject: bool) {
-    REJECT_UNKNOWN_DYNAMIC.store(reject, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Reads a DiscoveryResponse (JSON or YAML by extension) from a file.
-fn read_response(path: &std::path::Path) -> Result<DiscoveryResponse, String> {
+/// Reads a DiscoveryResponse (JSON or YAML by extension) from a file. Without
+/// `reject_unknown` (`--reject-unknown-dynamic-fields`) unknown fields are dropped, as Envoy
+/// does for dynamic config (static config is strict).
+fn read_response(path: &std::path::Path, reject_unknown: bool) -> Result<DiscoveryResponse, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let yaml = path.extension().and_then(|e| e.to_str()) != Some("json");
     let json = if yaml {
@@ -107,10 +101,7 @@ fn read_response(path: &std::path::Path) -> Result<DiscoveryResponse, String> {
     } else {
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
     };
-    let options = xds_client::json::JsonOptions {
-        allow_unknown_fields: !REJECT_UNKNOWN_DYNAMIC.load(std::sync::atomic::Ordering::Relaxed),
-        yaml_scalars: yaml,
-    };
+    let options = xds_client::json::JsonOptions { allow_unknown_fields: !reject_unknown, yaml_scalars: yaml };
     let pool = xds_client::descriptors::pool();
     let r = xds_client::json::message_from_json::<DiscoveryResponse>(&pool, json, options)
         .map_err(|e| format!("{}: {e}", path.display()));
@@ -121,15 +112,21 @@ fn read_response(path: &std::path::Path) -> Result<DiscoveryResponse, String> {
 
 /// Watches a file-based xDS source: applies it now and whenever it changes (polled every
 /// 500 ms by modification time, size and inode, so the atomic rename or symlink swap of a
-/// `watched_directory` is seen too). `type_url` is what the file must carry.
-pub fn watch_file(manager: Arc<ConfigManager>, path: PathBuf, type_url: &'static str) -> tokio::task::AbortHandle {
+/// `watched_directory` is seen too). `type_url` is what the file must carry; `reject_unknown`
+/// is `--reject-unknown-dynamic-fields`.
+pub fn watch_file(
+    manager: Arc<ConfigManager>,
+    path: PathBuf,
+    type_url: &'static str,
+    reject_unknown: bool,
+) -> tokio::task::AbortHandle {
     let task = tokio::spawn(async move {
         let mut last = None;
         loop {
             let fp = fingerprint(&path);
             if fp.is_some() && fp != last {
                 last = fp;
-                match read_response(&path) {
+                match read_response(&path, reject_unknown) {
                     Ok(r) => {
                         let bad = r.resources.iter().find(|a| a.type_url != type_url).map(|a| a.type_url.clone());
                         let res = match bad {
@@ -158,7 +155,7 @@ pub fn watch_file(manager: Arc<ConfigManager>, path: PathBuf, type_url: &'static
 }
 
 /// Keeps one watcher per file-based xDS file (SDS, RDS, EDS) the config references.
-pub fn follow_files(manager: Arc<ConfigManager>) {
+pub fn follow_files(manager: Arc<ConfigManager>, reject_unknown: bool) {
     let mut rx = manager.interest();
     tokio::spawn(async move {
         let mut watching: std::collections::BTreeMap<(PathBuf, &'static str), tokio::task::AbortHandle> =
@@ -175,7 +172,7 @@ pub fn follow_files(manager: Arc<ConfigManager>) {
             for k in want {
                 if let std::collections::btree_map::Entry::Vacant(e) = watching.entry(k) {
                     let (path, type_url) = e.key().clone();
-                    e.insert(watch_file(manager.clone(), path, type_url));
+                    e.insert(watch_file(manager.clone(), path, type_url, reject_unknown));
                 }
             }
             if rx.changed().await.is_err() {

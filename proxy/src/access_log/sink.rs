@@ -2,14 +2,13 @@
 //! stdout/stderr, each drained by its own background thread.
 //!
 //! Workers only send a line over a channel. The thread appends to a buffer and writes it when
-//! 64 KiB are pending, when the flush interval (`--file-flush-interval-msec`, default 10 s) has
+//! 64 KiB are pending, when the flush interval (`--file-flush-interval-msec`, default 10 s, passed in when the sink opens) has
 //! passed, or when asked to flush (shutdown). Sinks are shared by destination, like Envoy's
 //! access log manager.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -17,12 +16,8 @@ use std::time::{Duration, Instant};
 /// Pending bytes that trigger a write before the interval.
 const FLUSH_SIZE: usize = 64 * 1024;
 
-static FLUSH_INTERVAL_MS: AtomicU64 = AtomicU64::new(10_000);
-
-/// Sets the flush interval (from `--file-flush-interval-msec`).
-pub fn set_flush_interval(ms: u64) {
-    FLUSH_INTERVAL_MS.store(ms.max(1), Ordering::Relaxed);
-}
+/// Envoy's default `--file-flush-interval-msec`.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
@@ -51,7 +46,8 @@ fn registry() -> &'static Mutex<HashMap<Destination, Weak<Sink>>> {
 impl Sink {
     /// Opens (or shares) the sink for a destination. Files are opened now, as Envoy does, so a
     /// bad path is a config error.
-    pub fn open(dest: &Destination) -> Result<Arc<Sink>, String> {
+    /// `flush` is `--file-flush-interval-msec`; a shared sink keeps the interval it opened with.
+    pub fn open(dest: &Destination, flush: Duration) -> Result<Arc<Sink>, String> {
         let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = reg.get(dest).and_then(Weak::upgrade) {
             return Ok(s);
@@ -70,7 +66,7 @@ impl Sink {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("access_log".into())
-            .spawn(move || drain(rx, out))
+            .spawn(move || drain(rx, out, flush.max(Duration::from_millis(1))))
             .map_err(|e| format!("cannot start the access log thread: {e}"))?;
         let sink = Arc::new(Sink { tx: Some(tx), thread: Some(thread) });
         reg.retain(|_, w| w.strong_count() > 0);
@@ -125,7 +121,7 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn drain(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Write + Send>) {
+fn drain(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Write + Send>, interval: Duration) {
     let mut buf: Vec<u8> = Vec::with_capacity(FLUSH_SIZE);
     let mut last = Instant::now();
     let write_out = |buf: &mut Vec<u8>, out: &mut Box<dyn Write + Send>| {
@@ -137,7 +133,6 @@ fn drain(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Write + Send>) {
         }
     };
     loop {
-        let interval = Duration::from_millis(FLUSH_INTERVAL_MS.load(Ordering::Relaxed));
         let wait = interval.saturating_sub(last.elapsed());
         match rx.recv_timeout(wait) {
             Ok(Msg::Line(l)) => {

@@ -37,14 +37,20 @@ fn config_errors() {
             &envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors {},
         ))),
     };
-    assert!(AccessLog::from_proto(&bad_type, "access_log[0]").is_err());
-    let e = AccessLog::from_proto(&file_log(std::path::Path::new("/nonexistent/dir/x.log"), None), "a").err().unwrap();
+    assert!(AccessLog::from_proto(&bad_type, "access_log[0]", &BuildCtx::default()).is_err());
+    let e = AccessLog::from_proto(
+        &file_log(std::path::Path::new("/nonexistent/dir/x.log"), None),
+        "a",
+        &BuildCtx::default(),
+    )
+    .err()
+    .unwrap();
     assert!(e.reason.contains("unable to open file '/nonexistent/dir/x.log'"), "{e}");
     let mut p = file_log(std::path::Path::new("/dev/null"), None);
     p.filter = Some(AccessLogFilter {
         filter_specifier: Some(FilterSpecifier::ResponseFlagFilter(ResponseFlagFilter { flags: vec!["XX".into()] })),
     });
-    assert!(AccessLog::from_proto(&p, "a").is_err(), "unknown flag");
+    assert!(AccessLog::from_proto(&p, "a", &BuildCtx::default()).is_err(), "unknown flag");
 }
 
 #[test]
@@ -61,7 +67,7 @@ fn default_line_and_filters() {
             }),
         })),
     });
-    let log = AccessLog::from_proto(&p, "a").unwrap();
+    let log = AccessLog::from_proto(&p, "a", &BuildCtx::default()).unwrap();
     let mut h = http::HeaderMap::new();
     h.insert("user-agent", "curl/8".parse().unwrap());
     h.insert("x-request-id", "rid".parse().unwrap());
@@ -112,6 +118,11 @@ fn telemetry_loggers_are_skipped() {
             value: Vec::new(),
         })),
     };
-    let logs = AccessLog::list_from_proto(&[otel, file_log(std::path::Path::new("/dev/null"), None)], "a").unwrap();
+    let logs = AccessLog::list_from_proto(
+        &[otel, file_log(std::path::Path::new("/dev/null"), None)],
+        "a",
+        &BuildCtx::default(),
+    )
+    .unwrap();
     assert_eq!(logs.len(), 1);
 }

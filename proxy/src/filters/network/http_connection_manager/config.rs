@@ -225,7 +225,7 @@ impl HttpConnectionManager {
                 .map(|u| u.upgrade_type.to_ascii_lowercase())
                 .collect(),
             stats: HcmStats::new(cx, &p.stat_prefix),
-            access_logs: crate::access_log::AccessLog::list_from_proto(&p.access_log, "access_log")?.into(),
+            access_logs: crate::access_log::AccessLog::list_from_proto(&p.access_log, "access_log", cx)?.into(),
         };
         Ok(hcm)
     }
