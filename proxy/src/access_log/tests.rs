@@ -1,3 +1,5 @@
+//! Unit tests of access logs: config translation, filters and formatting.
+
 use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLogFilter, ComparisonFilter, ResponseFlagFilter, StatusCodeFilter, access_log_filter::FilterSpecifier,
 };

@@ -1,3 +1,5 @@
+//! Unit tests of the compressor filter: config translation and compression on real bodies.
+
 use std::io::Read;
 
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
