@@ -6,6 +6,7 @@
 
 mod direct;
 pub mod forward;
+mod upstream_headers;
 
 use std::net::SocketAddr;
 
