@@ -349,12 +349,12 @@ pub struct RequestGuard {
 }
 
 impl RequestGuard {
-    /// Envoy's `attachStreamToClient`: refused (overflow, counted as a pending overflow) when
-    /// `max_requests` is reached.
+    /// Envoy's `attachStreamToClient`: refused (overflow, `upstream_rq_active_overflow` as
+    /// Envoy 1.40 counts it) when `max_requests` is reached.
     pub fn attach(cluster: &Arc<Cluster>, prio: Priority) -> Option<Self> {
         let l = cluster.circuit_breakers.get(prio);
         if !l.requests.can_create() {
-            cluster.stats.upstream_rq_pending_overflow.inc();
+            cluster.stats.upstream_rq_active_overflow.inc();
             return None;
         }
         l.requests.inc();

@@ -82,6 +82,7 @@ pub struct ClusterStats {
     pub upstream_rq_retry_overflow: Counter,
     pub upstream_rq_retry_limit_exceeded: Counter,
     pub upstream_rq_pending_overflow: Counter,
+    pub upstream_rq_active_overflow: Counter,
     pub upstream_rq_pending_total: Counter,
     pub upstream_rq_pending_active: Gauge,
     pub upstream_rq_pending_failure_eject: Counter,
@@ -148,6 +149,7 @@ impl ClusterStats {
             upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
             upstream_rq_pending_active: {
                 let g = g("upstream_rq_pending_active");
                 g.set(0);
@@ -179,6 +181,14 @@ impl ClusterStats {
     }
 }
 
+/// When health changes were last delivered to the load balancers, and whether a merged
+/// delivery is scheduled (Envoy's `update_merge_window`).
+#[derive(Debug, Default)]
+struct HealthUpdates {
+    last: Option<std::time::Instant>,
+    pending: bool,
+}
+
 /// `upstream_connection_options.tcp_keepalive`: set on every upstream socket (unset fields
 /// keep the system's values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -198,6 +208,8 @@ pub struct Cluster {
     pub lb: LbPolicy,
     /// The policy with `common_lb_config` (panic threshold, locality weighting).
     pub lb_config: LbConfig,
+    /// `common_lb_config.update_merge_window` (default 1 s; 0 delivers every change at once).
+    pub lb_config_merge_window: Duration,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub max_requests_per_connection: Option<u32>,
@@ -219,8 +231,9 @@ pub struct Cluster {
     pub upstream_filters: Vec<crate::config::ExtensionConfig>,
     pub hosts: ArcSwap<HostSet>,
     /// Serialises the writers of `hosts` (EDS/DNS updates and health changes, all on the main
-    /// runtime); readers never take it.
-    hosts_write: std::sync::Mutex<()>,
+    /// runtime) and holds when health changes were last published (`update_merge_window`);
+    /// readers never take it.
+    hosts_write: std::sync::Mutex<HealthUpdates>,
     pub dns_targets: Vec<DnsTarget>,
     pub dns_refresh: Duration,
     pub dns_family: DnsFamily,
@@ -320,6 +333,11 @@ impl Cluster {
             discovery,
             lb,
             lb_config,
+            lb_config_merge_window: p
+                .common_lb_config
+                .as_ref()
+                .and_then(|c| c.update_merge_window.as_ref())
+                .map_or(Duration::from_secs(1), duration),
             connect_timeout: p.connect_timeout.as_ref().map(duration).unwrap_or(Duration::from_secs(5)),
             protocol,
             max_requests_per_connection,
@@ -332,7 +350,7 @@ impl Cluster {
             upstream_bind: upstream_bind(p)?,
             upstream_filters: (cx.extensions.upstream_filters)(&p.filters, cx)?,
             hosts: ArcSwap::from_pointee(HostSet::default()),
-            hosts_write: std::sync::Mutex::new(()),
+            hosts_write: std::sync::Mutex::new(HealthUpdates::default()),
             dns_targets: Vec::new(),
             dns_refresh: p
                 .dns_refresh_rate
@@ -447,7 +465,7 @@ impl Cluster {
     /// Publishes a new host set, keeping the identity (and outlier state) of hosts that did
     /// not change.
     pub fn set_hosts(&self, hosts: Vec<Endpoint>) {
-        let _w = self.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.hosts.load();
         let outlier = self.outlier.is_some();
         let all: Vec<Arc<Host>> = hosts.into_iter().map(|ep| HostSet::reuse(&previous, ep, outlier)).collect();
@@ -460,16 +478,46 @@ impl Cluster {
             if let Some(d) = &self.outlier {
                 d.stats.ejections_active.set(all.iter().filter(|h| h.ejected()).count() as i64);
             }
+            // A membership change is delivered at once and restarts the merge window (it
+            // carries any merged health change with it); the initial hosts do not count, as
+            // Envoy only watches updates once the cluster is initialised.
+            if !previous.all.is_empty() {
+                w.last = Some(std::time::Instant::now());
+            }
         }
         self.hosts.store(Arc::new(super::lb::build_host_set(all, &self.lb_config)));
     }
 
     /// Republishes the current hosts after a health change (an outlier ejection or
-    /// unejection): the load balancers' available hosts, panic flags and priority loads.
-    pub fn refresh_health(&self) {
-        let _w = self.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
-        let all = self.hosts.load().all.clone();
-        self.hosts.store(Arc::new(super::lb::build_host_set(all, &self.lb_config)));
+    /// unejection): the load balancers' available hosts, panic flags and priority loads. As
+    /// Envoy's cluster manager does, a health change within `update_merge_window` (default 1 s)
+    /// of the previous delivered update waits for the window's end and goes out merged with any
+    /// other in between.
+    pub fn refresh_health(self: &Arc<Self>) {
+        let mut w = self.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let window = self.lb_config_merge_window;
+        let in_window = !window.is_zero() && w.last.is_some_and(|t| now.saturating_duration_since(t) <= window);
+        if !in_window {
+            w.last = Some(now);
+            let all = self.hosts.load().all.clone();
+            self.hosts.store(Arc::new(super::lb::build_host_set(all, &self.lb_config)));
+            return;
+        }
+        if w.pending {
+            return;
+        }
+        w.pending = true;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            let Some(c) = weak.upgrade() else { return };
+            let mut w = c.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
+            w.pending = false;
+            w.last = Some(std::time::Instant::now());
+            let all = c.hosts.load().all.clone();
+            c.hosts.store(Arc::new(super::lb::build_host_set(all, &c.lb_config)));
+        });
     }
 
     /// Picks a host for a request (`hash` for hash policies, `avoid` for the previous-hosts
@@ -590,8 +638,9 @@ fn lb_config(p: &ClusterProto, policy: LbPolicy, discovery: DiscoveryType) -> Re
     if lb.ignore_new_hosts_until_first_hc {
         return Err(ConfigError::new(f("ignore_new_hosts_until_first_hc"), "not supported by remora"));
     }
-    // `update_merge_window` only batches membership updates in time; remora applies each at
-    // once, which routes the same.
+    if lb.update_merge_window.as_ref().is_some_and(|d| d.seconds < 0 || d.nanos < 0) {
+        return Err(ConfigError::new(f("update_merge_window"), "Invalid duration: Expected positive duration"));
+    }
     Ok(c)
 }
 
