@@ -193,8 +193,13 @@ fn count(v: &[u16], status: u16) -> usize {
     v.iter().filter(|s| **s == status).count()
 }
 
+/// The scenarios depend on timing (hundreds of milliseconds of margin): they run one at a time
+/// even when the test harness runs this file's tests in parallel.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `scenario` on every proxy and checks that they observed the same.
 fn differential<T: std::fmt::Debug + PartialEq>(name: &str, scenario: impl Fn(&Run) -> T, expect: impl Fn(&T)) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut seen: Vec<(Kind, T)> = Vec::new();
     for kind in kinds() {
         let run = Run::start(kind);
