@@ -388,11 +388,13 @@ fn outlier_consecutive_5xx_ejects_and_returns() {
                 "ejections_overflow",
             ]
             .map(|n| (n, r.od("od", n)))
-            .to_vec();
+            .into_iter()
+            .chain([("membership_healthy", r.stat("od", "membership_healthy"))])
+            .collect::<Vec<_>>();
             let flags_ejected = r.health_flags("od", r.bad.port);
             // base_ejection_time 2 s, checked every 1 s interval.
             let unejected = wait_unejected(r, "od", 6);
-            let flags_after = r.health_flags("od", r.bad.port);
+            let flags_after = format!("{} {}", r.health_flags("od", r.bad.port), r.stat("od", "membership_healthy"));
             // Past the 1 s update_merge_window, the next ejection reaches the load balancer at
             // once: the bad host answers 3 more times.
             thread::sleep(Duration::from_millis(1200));
@@ -427,7 +429,8 @@ fn outlier_consecutive_5xx_ejects_and_returns() {
             );
             assert_eq!(e.flags_ejected, "/failed_outlier_check");
             assert!(e.unejected);
-            assert_eq!(e.flags_after, "healthy");
+            assert_eq!(e.flags_after, "healthy 3");
+            assert_eq!(e.ejected.last(), Some(&("membership_healthy", 2)));
             assert_eq!((e.second, e.merged, e.enforced_after, e.panic), (3, true, 3, 0));
         },
     );

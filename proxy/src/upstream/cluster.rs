@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 
 use super::circuit_breaker::CircuitBreakers;
 use super::host::{Endpoint, Host, HostSet, Locality};
-use super::lb::{LbConfig, LbPolicy};
+use super::lb::{EndpointPolicy, LbConfig, LbPolicy, build_host_set};
 use super::outlier::{Detector, OutlierConfig, OutlierStats};
 use crate::config::{BuildCtx, ConfigError, duration};
 use crate::stats::{CodeStats, Counter, Gauge, Histogram, Store};
@@ -187,6 +187,8 @@ impl ClusterStats {
 struct HealthUpdates {
     last: Option<std::time::Instant>,
     pending: bool,
+    /// The last EDS `policy` (overprovisioning factor, weighted priority health).
+    policy: EndpointPolicy,
 }
 
 /// `upstream_connection_options.tcp_keepalive`: set on every upstream socket (unset fields
@@ -416,6 +418,16 @@ impl Cluster {
 
     /// Replaces membership with the endpoints of a ClusterLoadAssignment (STATIC and EDS).
     pub fn set_load_assignment(&self, cla: &ClusterLoadAssignment) -> Result<(), ConfigError> {
+        let mut policy = EndpointPolicy::default();
+        if let Some(p) = &cla.policy {
+            if let Some(f) = p.overprovisioning_factor {
+                if f.value == 0 {
+                    return Err(ConfigError::new("policy.overprovisioning_factor", "value must be greater than 0"));
+                }
+                policy.overprovisioning_factor = f.value;
+            }
+            policy.weighted_priority_health = p.weighted_priority_health;
+        }
         let mut hosts = Vec::new();
         for (i, lle) in cla.endpoints.iter().enumerate() {
             let locality = lle.locality.as_ref().map(|l| {
@@ -458,6 +470,7 @@ impl Cluster {
                 h.locality_weight = locality_weight;
             }
         }
+        self.hosts_write.lock().unwrap_or_else(|p| p.into_inner()).policy = policy;
         self.set_hosts(hosts);
         Ok(())
     }
@@ -473,7 +486,7 @@ impl Cluster {
         // Like Envoy, an empty cluster never touches its membership gauges.
         if changed {
             self.stats.membership_total.set(all.len() as i64);
-            self.stats.membership_healthy.set(all.iter().filter(|h| h.healthy()).count() as i64);
+            self.stats.membership_healthy.set(all.iter().filter(|h| h.available()).count() as i64);
             self.stats.membership_change.inc();
             if let Some(d) = &self.outlier {
                 d.stats.ejections_active.set(all.iter().filter(|h| h.ejected()).count() as i64);
@@ -485,7 +498,7 @@ impl Cluster {
                 w.last = Some(std::time::Instant::now());
             }
         }
-        self.hosts.store(Arc::new(super::lb::build_host_set(all, &self.lb_config)));
+        self.hosts.store(Arc::new(build_host_set(all, &self.lb_config, w.policy)));
     }
 
     /// Republishes the current hosts after a health change (an outlier ejection or
@@ -495,13 +508,16 @@ impl Cluster {
     /// other in between.
     pub fn refresh_health(self: &Arc<Self>) {
         let mut w = self.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
+        // The cluster's own view changes at once (Envoy's priority set on the main thread).
+        let available = self.hosts.load().all.iter().filter(|h| h.available()).count();
+        self.stats.membership_healthy.set(available as i64);
         let now = std::time::Instant::now();
         let window = self.lb_config_merge_window;
         let in_window = !window.is_zero() && w.last.is_some_and(|t| now.saturating_duration_since(t) <= window);
         if !in_window {
             w.last = Some(now);
             let all = self.hosts.load().all.clone();
-            self.hosts.store(Arc::new(super::lb::build_host_set(all, &self.lb_config)));
+            self.hosts.store(Arc::new(build_host_set(all, &self.lb_config, w.policy)));
             return;
         }
         if w.pending {
@@ -516,7 +532,7 @@ impl Cluster {
             w.pending = false;
             w.last = Some(std::time::Instant::now());
             let all = c.hosts.load().all.clone();
-            c.hosts.store(Arc::new(super::lb::build_host_set(all, &c.lb_config)));
+            c.hosts.store(Arc::new(build_host_set(all, &c.lb_config, w.policy)));
         });
     }
 

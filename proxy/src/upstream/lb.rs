@@ -90,8 +90,20 @@ impl Default for LbConfig {
     }
 }
 
-/// Envoy's default overprovisioning factor (percent).
-const OVERPROVISIONING: u64 = 140;
+/// The EDS `ClusterLoadAssignment.policy` parts the priority load uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    /// Percent (Envoy's default 140): a level counts as fully healthy from 100/140 available.
+    pub overprovisioning_factor: u32,
+    /// Level health by host weight rather than host count.
+    pub weighted_priority_health: bool,
+}
+
+impl Default for EndpointPolicy {
+    fn default() -> Self {
+        EndpointPolicy { overprovisioning_factor: 140, weighted_priority_health: false }
+    }
+}
 
 /// Precomputed per-priority state.
 #[derive(Debug)]
@@ -145,7 +157,7 @@ pub struct Localities {
 
 impl Localities {
     /// None when no locality has an effective weight (Envoy then picks over the whole level).
-    fn build(policy: LbPolicy, hosts: &[Arc<Host>]) -> Option<Localities> {
+    fn build(policy: LbPolicy, hosts: &[Arc<Host>], overprovisioning: u32) -> Option<Localities> {
         // (locality, its weight, host count, available hosts)
         type Group<'a> = (Option<&'a Arc<super::host::Locality>>, u32, usize, Vec<Arc<Host>>);
         let mut by_locality: Vec<Group<'_>> = Vec::new();
@@ -167,7 +179,7 @@ impl Localities {
         let mut groups = Vec::new();
         let mut weights = Vec::new();
         for (_, weight, total, available) in by_locality {
-            let ratio = (OVERPROVISIONING as f64 / 100.0 * available.len() as f64 / total as f64).min(1.0);
+            let ratio = (f64::from(overprovisioning) / 100.0 * available.len() as f64 / total as f64).min(1.0);
             let effective = f64::from(weight) * ratio;
             if effective > 0.0 && !available.is_empty() {
                 weights.push((effective * 1000.0).round().max(1.0) as u64);
@@ -191,7 +203,7 @@ impl Localities {
 /// Builds the snapshot the load balancers read: per level the available hosts, the panic flag
 /// and the LB state, and the priority load (Envoy's `recalculatePerPriorityState` and
 /// `recalculatePerPriorityPanic`, without degraded hosts).
-pub fn build_host_set(all: Vec<Arc<Host>>, cfg: &LbConfig) -> HostSet {
+pub fn build_host_set(all: Vec<Arc<Host>>, cfg: &LbConfig, ep: EndpointPolicy) -> HostSet {
     let mut levels: Vec<u32> = all.iter().map(|h| h.priority).collect();
     levels.sort_unstable();
     levels.dedup();
@@ -199,7 +211,14 @@ pub fn build_host_set(all: Vec<Arc<Host>>, cfg: &LbConfig) -> HostSet {
         levels.into_iter().map(|p| (p, all.iter().filter(|h| h.priority == p).cloned().collect())).collect();
     let available: Vec<usize> = grouped.iter().map(|(_, h)| h.iter().filter(|h| h.available()).count()).collect();
     let totals: Vec<usize> = grouped.iter().map(|(_, h)| h.len()).collect();
-    let (load, panic) = priority_load(&available, &totals, cfg.panic_threshold);
+    let health: Vec<(u64, u64)> = grouped
+        .iter()
+        .map(|(_, hosts)| {
+            let unit = |h: &Arc<Host>| if ep.weighted_priority_health { u64::from(h.weight) } else { 1 };
+            (hosts.iter().filter(|h| h.available()).map(unit).sum(), hosts.iter().map(unit).sum())
+        })
+        .collect();
+    let (load, panic) = priority_load(&available, &totals, &health, cfg.panic_threshold, ep.overprovisioning_factor);
     let priorities = grouped
         .into_iter()
         .zip(available)
@@ -215,7 +234,7 @@ pub fn build_host_set(all: Vec<Arc<Host>>, cfg: &LbConfig) -> HostSet {
             };
             let lb = LbState::build(cfg.policy, &pick, (!weights.is_empty()).then_some(&weights[..]));
             let localities = (cfg.locality_weighted && !panic && !cfg.policy.uses_hash())
-                .then(|| Localities::build(cfg.policy, &hosts))
+                .then(|| Localities::build(cfg.policy, &hosts, ep.overprovisioning_factor))
                 .flatten();
             PriorityHosts { priority, hosts, available, panic, pick, lb, localities }
         })
@@ -224,17 +243,23 @@ pub fn build_host_set(all: Vec<Arc<Host>>, cfg: &LbConfig) -> HostSet {
     HostSet { all, priorities, load, empty_panic }
 }
 
-/// Per level (available, total host counts): the load percentages and panic flags.
-pub fn priority_load(available: &[usize], totals: &[usize], threshold: u32) -> (Vec<u32>, Vec<bool>) {
+/// Per level: the load percentages and panic flags, from the available and total host counts
+/// (panic) and the (available, total) health units, counts or weights (load).
+pub fn priority_load(
+    available: &[usize],
+    totals: &[usize],
+    units: &[(u64, u64)],
+    threshold: u32,
+    overprovisioning: u32,
+) -> (Vec<u32>, Vec<bool>) {
     let n = totals.len();
     let mut load = vec![0u32; n];
     if n == 0 {
         return (load, Vec::new());
     }
-    let health: Vec<u32> = available
+    let health: Vec<u32> = units
         .iter()
-        .zip(totals)
-        .map(|(&a, &t)| if t == 0 { 0 } else { (OVERPROVISIONING * a as u64 / t as u64).min(100) as u32 })
+        .map(|&(a, t)| (u64::from(overprovisioning) * a).checked_div(t).unwrap_or(0).min(100) as u32)
         .collect();
     let normalized_total = health.iter().sum::<u32>().min(100);
     if normalized_total > 0 {
@@ -544,7 +569,7 @@ mod tests {
             .enumerate()
             .map(|(i, w)| Arc::new(Host::new(format!("10.0.0.{}:80", i + 1).parse().unwrap(), "", *w, 0, None)))
             .collect();
-        build_host_set(hosts, &LbConfig { policy, ..Default::default() })
+        build_host_set(hosts, &LbConfig { policy, ..Default::default() }, EndpointPolicy::default())
     }
 
     fn counts(policy: LbPolicy, weights: &[u32], n: usize, hash: impl Fn(usize) -> Option<u64>) -> Vec<usize> {
@@ -596,31 +621,54 @@ mod tests {
         Arc::new(h)
     }
 
+    fn units(a: &[usize], t: &[usize]) -> Vec<(u64, u64)> {
+        a.iter().zip(t).map(|(a, t)| (*a as u64, *t as u64)).collect()
+    }
+
     #[test]
     fn priority_load_spills_over_like_envoy() {
         // All healthy: P0 takes everything.
-        assert_eq!(priority_load(&[4, 4], &[4, 4], 50), (vec![100, 0], vec![false, false]));
+        assert_eq!(
+            priority_load(&[4, 4], &[4, 4], &units(&[4, 4], &[4, 4]), 50, 140),
+            (vec![100, 0], vec![false, false])
+        );
         // P0 at 50 % available: health 70, P1 takes the rest.
-        assert_eq!(priority_load(&[2, 4], &[4, 4], 50), (vec![70, 30], vec![false, false]));
+        assert_eq!(
+            priority_load(&[2, 4], &[4, 4], &units(&[2, 4], &[4, 4]), 50, 140),
+            (vec![70, 30], vec![false, false])
+        );
         // 80 % available is still full health thanks to the 1.4 overprovisioning.
-        assert_eq!(priority_load(&[4, 0], &[5, 5], 50).0, vec![100, 0]);
+        assert_eq!(priority_load(&[4, 0], &[5, 5], &units(&[4, 0], &[5, 5]), 50, 140).0, vec![100, 0]);
         // Both levels low: normalized total health 28 + 14 = 42 -> loads 66/33 (+1 rounding to
         // P0), and both below 50 % available: total panic, load by host count.
-        assert_eq!(priority_load(&[1, 1], &[5, 10], 50), (vec![34, 66], vec![true, true]));
+        assert_eq!(
+            priority_load(&[1, 1], &[5, 10], &units(&[1, 1], &[5, 10]), 50, 140),
+            (vec![34, 66], vec![true, true])
+        );
         // Normalized total health 100 (35 + 105): no level is in panic.
-        assert_eq!(priority_load(&[1, 3], &[4, 4], 50), (vec![35, 65], vec![false, false]));
+        assert_eq!(
+            priority_load(&[1, 3], &[4, 4], &units(&[1, 3], &[4, 4]), 50, 140),
+            (vec![35, 65], vec![false, false])
+        );
         // One level in panic, the other not: load stays health-based.
-        assert_eq!(priority_load(&[0, 3], &[4, 5], 50), (vec![0, 100], vec![true, false]));
+        assert_eq!(
+            priority_load(&[0, 3], &[4, 5], &units(&[0, 3], &[4, 5]), 50, 140),
+            (vec![0, 100], vec![true, false])
+        );
         // Nothing available and threshold 0: no panic, P0 nominally takes the load.
-        assert_eq!(priority_load(&[0], &[3], 0), (vec![100], vec![false]));
-        assert_eq!(priority_load(&[0], &[3], 50), (vec![100], vec![true]));
+        assert_eq!(priority_load(&[0], &[3], &units(&[0], &[3]), 0, 140), (vec![100], vec![false]));
+        assert_eq!(priority_load(&[0], &[3], &units(&[0], &[3]), 50, 140), (vec![100], vec![true]));
+        // EDS policy: overprovisioning factor 100, and health by weight (P0's available host
+        // weighs 3 of 4).
+        assert_eq!(priority_load(&[2, 4], &[4, 4], &units(&[2, 4], &[4, 4]), 50, 100).0, vec![50, 50]);
+        assert_eq!(priority_load(&[1, 4], &[2, 4], &[(3, 4), (4, 4)], 50, 100).0, vec![75, 25]);
     }
 
     #[test]
     fn ejected_hosts_are_skipped_until_panic() {
         let cfg = LbConfig::default();
         let hosts: Vec<Arc<Host>> = (0..4).map(|i| host(i, 0, i == 0)).collect();
-        let s = build_host_set(hosts.clone(), &cfg);
+        let s = build_host_set(hosts.clone(), &cfg, EndpointPolicy::default());
         assert!(!s.priorities[0].panic);
         for _ in 0..20 {
             let p = choose(cfg.policy, &s, None, &[]);
@@ -629,7 +677,7 @@ mod tests {
         }
         // 3 of 4 ejected: 25 % available < 50 %: panic, every host is used again.
         let hosts: Vec<Arc<Host>> = (0..4).map(|i| host(i, 0, i != 0)).collect();
-        let s = build_host_set(hosts.clone(), &cfg);
+        let s = build_host_set(hosts.clone(), &cfg, EndpointPolicy::default());
         let mut seen = std::collections::HashSet::new();
         for _ in 0..20 {
             let p = choose(cfg.policy, &s, None, &[]);
@@ -638,13 +686,18 @@ mod tests {
         }
         assert_eq!(seen.len(), 4);
         // With the threshold at 0 there is no panic: only the available host.
-        let s = build_host_set(hosts.clone(), &LbConfig { panic_threshold: 0, ..cfg });
+        let s = build_host_set(hosts.clone(), &LbConfig { panic_threshold: 0, ..cfg }, EndpointPolicy::default());
         for _ in 0..10 {
             assert_eq!(choose(cfg.policy, &s, None, &[]).host.unwrap().id, hosts[0].id);
         }
         // An empty cluster is in panic unless the threshold is 0.
-        assert!(choose(cfg.policy, &build_host_set(Vec::new(), &cfg), None, &[]).panic);
-        let p = choose(cfg.policy, &build_host_set(Vec::new(), &LbConfig { panic_threshold: 0, ..cfg }), None, &[]);
+        assert!(choose(cfg.policy, &build_host_set(Vec::new(), &cfg, EndpointPolicy::default()), None, &[]).panic);
+        let p = choose(
+            cfg.policy,
+            &build_host_set(Vec::new(), &LbConfig { panic_threshold: 0, ..cfg }, EndpointPolicy::default()),
+            None,
+            &[],
+        );
         assert!(!p.panic && p.host.is_none());
     }
 
@@ -652,7 +705,7 @@ mod tests {
     fn failover_to_the_next_priority() {
         let cfg = LbConfig::default();
         let hosts: Vec<Arc<Host>> = vec![host(0, 0, true), host(1, 0, true), host(0, 1, false), host(1, 1, false)];
-        let s = build_host_set(hosts, &cfg);
+        let s = build_host_set(hosts, &cfg, EndpointPolicy::default());
         assert_eq!(s.load, vec![0, 100]);
         for _ in 0..20 {
             assert_eq!(choose(cfg.policy, &s, None, &[]).host.unwrap().priority, 1);
@@ -670,7 +723,7 @@ mod tests {
         };
         let hosts = vec![mk(0, "a", 1), mk(1, "b", 3), mk(2, "b", 3)];
         let cfg = LbConfig { locality_weighted: true, ..Default::default() };
-        let s = build_host_set(hosts.clone(), &cfg);
+        let s = build_host_set(hosts.clone(), &cfg, EndpointPolicy::default());
         let mut c = [0usize; 3];
         for _ in 0..400 {
             let h = choose(cfg.policy, &s, None, &[]).host.unwrap();
@@ -684,7 +737,7 @@ mod tests {
             locality_weighted: true,
             ..Default::default()
         };
-        let s = build_host_set(hosts.clone(), &cfg);
+        let s = build_host_set(hosts.clone(), &cfg, EndpointPolicy::default());
         for k in 0..20u64 {
             assert_eq!(choose(cfg.policy, &s, Some(hash_key(&k.to_le_bytes())), &[]).host.unwrap().id, hosts[1].id);
         }
