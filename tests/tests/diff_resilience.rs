@@ -510,6 +510,34 @@ fn outlier_success_rate_and_failure_percentage() {
 }
 
 #[test]
+fn locality_weights_and_priority_failover() {
+    differential(
+        "locality, failover",
+        |r| {
+            let mut shares = std::collections::BTreeMap::new();
+            let n = 400;
+            for _ in 0..n {
+                let up = get(r.port(), "/loc", &[]).header("x-echo-upstream").unwrap_or("none").to_string();
+                *shares.entry(up).or_insert(0usize) += 1;
+            }
+            // Within 5 points of zone-a 25 %, zone-b's two hosts 37.5 % each.
+            let near = |u: &str, want: f64| {
+                let got = *shares.get(u).unwrap_or(&0) as f64 / n as f64;
+                (got - want).abs() < 0.05
+            };
+            let locality = (near("a", 0.25), near("b", 0.375), near("c", 0.375));
+            let failover = r.sequential("/failover", 12);
+            (locality, failover, r.od("failover", "ejections_active"), r.stat("failover", "lb_healthy_panic"))
+        },
+        |e| {
+            assert_eq!(e.0, (true, true, true));
+            assert_eq!(e.1, [503, 503, 503, 200, 200, 200, 200, 200, 200, 200, 200, 200]);
+            assert_eq!((e.2, e.3), (1, 0));
+        },
+    );
+}
+
+#[test]
 fn clusters_admin_lines() {
     differential(
         "/clusters",
