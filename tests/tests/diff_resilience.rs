@@ -308,6 +308,49 @@ fn circuit_breakers_under_concurrency() {
 }
 
 #[test]
+fn tcp_proxy_max_connections() {
+    differential(
+        "tcp_proxy circuit breakers",
+        |r| {
+            let port = r.proxy.port("tcp");
+            // HTTP/1.1 with `Connection: close` through the TCP proxy: one connection each, the
+            // first held for 1.2 s.
+            let first = thread::spawn(move || get(port, "/", &[("x-echo-delay-ms", "1200")]));
+            thread::sleep(Duration::from_millis(300));
+            let second = thread::spawn(move || get(port, "/", &[("x-echo-delay-ms", "50")]));
+            thread::sleep(Duration::from_millis(300));
+            let pending = r.stat("cbtcp", "upstream_rq_pending_active");
+            let mut all = concurrent(port, "/", &[], 3);
+            all.push(first.join().unwrap());
+            all.push(second.join().unwrap());
+            let stats = [
+                "upstream_rq_pending_overflow",
+                "upstream_rq_pending_total",
+                "upstream_cx_total",
+                "upstream_cx_overflow",
+            ]
+            .map(|n| (n, r.stat("cbtcp", n)))
+            .to_vec();
+            (statuses(&all), pending, stats)
+        },
+        |e| {
+            // Envoy's tcp_proxy refuses over max_connections rather than queueing.
+            assert_eq!(e.0, [0, 0, 0, 0, 200], "every connection but the first is closed at once");
+            assert_eq!(e.1, 0);
+            assert_eq!(
+                e.2,
+                [
+                    ("upstream_rq_pending_overflow", 0),
+                    ("upstream_rq_pending_total", 1),
+                    ("upstream_cx_total", 1),
+                    ("upstream_cx_overflow", 4)
+                ]
+            );
+        },
+    );
+}
+
+#[test]
 fn max_retries_overflow() {
     differential(
         "max_retries",

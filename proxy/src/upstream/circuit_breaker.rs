@@ -390,6 +390,24 @@ impl ConnectionGuard {
     }
 }
 
+/// The TCP proxy's check (Envoy's `tcp_proxy` before it asks its pool): over
+/// `max_connections` (DEFAULT priority) the connection is refused (`upstream_cx_overflow`);
+/// else it passes through the pool's pending state (`upstream_rq_pending_total`) and counts
+/// against the limit until it closes.
+pub fn tcp_connection(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Option<ConnectionGuard> {
+    let limits = cluster.circuit_breakers.get(Priority::Default);
+    if !limits.connections.can_create() {
+        cluster.stats.upstream_cx_overflow.inc();
+        return None;
+    }
+    if !limits.pending.can_create() {
+        cluster.stats.upstream_rq_pending_overflow.inc();
+        return None;
+    }
+    drop(Held::pending(cluster, Priority::Default));
+    Some(ConnectionGuard::new(cluster, host, Priority::Default))
+}
+
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.cluster.circuit_breakers.get(self.prio).connections.dec();

@@ -16,7 +16,6 @@ use crate::config::{BuildCtx, ConfigError, duration};
 use crate::runtime::WorkerCtx;
 use crate::stats::{Counter, Gauge, GaugeGuard};
 use crate::stream_info::ResetReason;
-use crate::upstream::circuit_breaker::{ConnectionGuard, Priority};
 use crate::upstream::cluster::DiscoveryType;
 use crate::upstream::connect::UpstreamIo;
 use crate::upstream::host::ActiveRequest;
@@ -135,8 +134,8 @@ impl TcpProxy {
                 return;
             };
             let active = ActiveRequest::new(&host);
-            // Counted against the cluster's max_connections (not enforced here: see the README).
-            let cx = ConnectionGuard::new(&cluster, &host, Priority::Default);
+            // The cluster's max_connections, as Envoy's tcp_proxy applies it (refused, not queued).
+            let Some(cx) = crate::upstream::circuit_breaker::tcp_connection(&cluster, &host) else { return };
             let result = crate::upstream::connect::connect(&cluster, &host).await;
             if let Some(d) = &cluster.outlier {
                 let outcome = match &result {
