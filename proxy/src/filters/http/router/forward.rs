@@ -147,8 +147,9 @@ impl Forward<'_> {
         .then(|| parts.headers.clone());
 
         let prio = if action.high_priority { Priority::High } else { Priority::Default };
-        let grpc =
-            parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // Only outlier detection reads it (a gRPC status counts as its HTTP equivalent).
+        let grpc = cluster.outlier.is_some()
+            && parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 
         // Envoy's x-envoy-* request controls (consumed here, never forwarded).
         let suppress = router.suppress_envoy_headers;
