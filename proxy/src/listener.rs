@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{BuildCtx, ConfigError, duration};
-use crate::filters::listener::ListenerFilters;
+use crate::filters::listener::{ListenerFilters, Which};
 use crate::filters::network::metadata_exchange::{self, MetadataExchange};
 use crate::filters::network::{NetworkAction, NetworkCtx, NetworkFilter, NetworkFilterConfig, Terminal};
 use crate::runtime::WorkerCtx;
@@ -40,6 +40,7 @@ pub struct NetworkChain {
 
 pub struct ListenerStats {
     pub downstream_cx_total: Counter,
+    pub downstream_global_cx_overflow: Counter,
     pub downstream_cx_active: Gauge,
     pub downstream_cx_destroy: Counter,
     pub no_filter_chain_match: Counter,
@@ -147,6 +148,7 @@ impl Listener {
             matchers,
             stats: ListenerStats {
                 downstream_cx_total: c("downstream_cx_total"),
+                downstream_global_cx_overflow: c("downstream_global_cx_overflow"),
                 downstream_cx_active: cx.stats.gauge(&format!("listener.{stat_addr}.downstream_cx_active")),
                 downstream_cx_destroy: c("downstream_cx_destroy"),
                 no_filter_chain_match: c("no_filter_chain_match"),
@@ -189,7 +191,7 @@ impl Listener {
         let mut restored = false;
         // Envoy adds the original_dst listener filter itself when `use_original_dst` is set
         // (Istio's virtualOutbound lists no listener filters and relies on it).
-        if (self.listener_filters.original_dst || self.use_original_dst)
+        if (self.listener_filters.runs(Which::OriginalDst, local.port()) || self.use_original_dst)
             && let Some(dst) = crate::filters::listener::original_dst::original_dst(&stream, local)
         {
             restored = dst != local;
@@ -236,14 +238,14 @@ impl Listener {
         let mut transport = "raw_buffer";
         let mut sni = None;
         let mut alpn: Vec<String> = Vec::new();
-        if self.listener_filters.tls_inspector
+        if self.listener_filters.runs(Which::TlsInspector, local.port())
             && let Some(h) = crate::filters::listener::tls_inspector::inspect(&stream, timeout).await
         {
             transport = "tls";
             sni = h.server_name;
             alpn = h.alpn;
         }
-        if self.listener_filters.http_inspector
+        if self.listener_filters.runs(Which::HttpInspector, local.port())
             && transport == "raw_buffer"
             && let Some(p) = crate::filters::listener::http_inspector::inspect(&stream, timeout).await
         {

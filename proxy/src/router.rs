@@ -109,6 +109,20 @@ impl RouteTable {
                 }
             }
         }
+        // Envoy bounds direct response bodies (4 KiB unless the table says otherwise).
+        let max_body = p.max_direct_response_body_size_bytes.map_or(4096, |v| v.value as usize);
+        for (i, vh) in t.vhosts.iter().enumerate() {
+            for (j, r) in vh.routes.iter().enumerate() {
+                if let route::Action::Direct(d) = &r.action
+                    && d.body.len() > max_body
+                {
+                    return Err(ConfigError::new(
+                        format!("virtual_hosts[{i}].routes[{j}].direct_response.body"),
+                        format!("response body size is {} bytes; maximum is {max_body}", d.body.len()),
+                    ));
+                }
+            }
+        }
         t.suffixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         t.prefixes.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         Ok(t)
@@ -231,9 +245,7 @@ mod tests {
             node: Arc::default(),
             http_stat_prefix: None,
             secrets: Default::default(),
-            inbound: false,
-            file_flush_interval: None,
-            extensions: Default::default(),
+            ..Default::default()
         }
     }
 

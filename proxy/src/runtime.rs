@@ -42,8 +42,10 @@ pub struct Shared {
     pub local_address: std::net::IpAddr,
     /// Set when connections should close gracefully (drain).
     pub drain: watch::Sender<bool>,
-    /// Open downstream connections, for shutdown.
+    /// Open downstream connections, for shutdown and the global limit.
     pub connections: AtomicUsize,
+    /// The overload manager's global downstream connection limit (`usize::MAX`: none).
+    pub max_connections: usize,
     /// `--drain-time-s`: how long a drained listener's HTTP/1 connections stay usable.
     pub drain_time: std::time::Duration,
 }

@@ -86,7 +86,7 @@ fn serve(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) 
 }
 
 async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
-    let ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap } = config;
+    let ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap, max_downstream_connections } = config;
     let bootstrap_dynamic = bootstrap.dynamic_resources.clone().unwrap_or_default();
     let server_state = stats.gauge("server.state");
     server_state.set(state::INITIALIZING);
@@ -103,6 +103,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         local_address: local_address(opts.local_address_ip_version),
         drain: drain_tx,
         connections: AtomicUsize::new(0),
+        max_connections: max_downstream_connections.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
         drain_time: Duration::from_secs(opts.drain_time_s),
     });
     let n = opts.workers();
