@@ -297,7 +297,7 @@ impl Listener {
             }
             Some(tls) => {
                 let Some(s) = self.handshake(tls, stream).await else { return };
-                let conn = conn_info(s.get_ref().1, tls);
+                let conn = crate::tls::conn_info(s.get_ref().1, tls);
                 // After the handshake the filters see the peer's identity.
                 let ncx = NetworkCtx { remote, local, conn: &conn };
                 if let NetworkAction::Close { delay } = crate::filters::network::run_filters(&chain.filters, &ncx) {
@@ -344,30 +344,19 @@ impl Listener {
         tls: &crate::tls::ServerTls,
         stream: TcpStream,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let cfg = match tls.config() {
-            Ok(c) => c,
-            Err(e) => {
-                // Secrets not there yet (SDS): the connection is refused, as while Envoy warms.
-                tracing::debug!(target: "remora::listener", "listener {}: TLS not ready: {e}", self.name);
-                self.stats.ssl_connection_error.inc();
-                return None;
-            }
-        };
-        let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
-        match tokio::time::timeout(Duration::from_secs(15), accept).await {
+        use crate::tls::HandshakeFailure as F;
+        match tokio::time::timeout(Duration::from_secs(15), tls.accept(stream)).await {
             Ok(Ok(s)) => {
                 self.stats.ssl_handshake.inc();
                 Some(s)
             }
             Ok(Err(e)) => {
                 self.stats.ssl_connection_error.inc();
-                match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
-                    Some(rustls::Error::NoCertificatesPresented) => self.stats.ssl_no_certificate.inc(),
-                    Some(rustls::Error::InvalidCertificate(
-                        rustls::CertificateError::ApplicationVerificationFailure,
-                    )) => self.stats.ssl_fail_verify_san.inc(),
-                    Some(rustls::Error::InvalidCertificate(_)) => self.stats.ssl_fail_verify_error.inc(),
-                    _ => {}
+                match e.failure {
+                    F::NoCertificate => self.stats.ssl_no_certificate.inc(),
+                    F::FailVerifySan => self.stats.ssl_fail_verify_san.inc(),
+                    F::FailVerifyError => self.stats.ssl_fail_verify_error.inc(),
+                    F::NotReady | F::Other => {}
                 }
                 tracing::debug!(target: "remora::listener", "listener {}: TLS handshake failed: {e}", self.name);
                 None
@@ -422,33 +411,6 @@ pub fn stat_address(a: SocketAddr) -> String {
         SocketAddr::V4(v) => format!("{}_{}", v.ip(), v.port()),
         SocketAddr::V6(v) => format!("[{}]_{}", v.ip().to_string().replace(':', "_"), v.port()),
     }
-}
-
-/// What the peer presented, for filters, headers and logs.
-fn conn_info(s: &rustls::ServerConnection, tls: &crate::tls::ServerTls) -> ConnInfo {
-    let mut c = ConnInfo {
-        sni: s.server_name().map(str::to_string),
-        alpn: s.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned()),
-        tls_version: s.protocol_version().map(|v| match v {
-            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-            _ => "TLSv1.2",
-        }),
-        local_uri_sans: tls.local_uri_sans(),
-        ..Default::default()
-    };
-    if let Some(chain) = s.peer_certificates()
-        && let Some(leaf) = chain.first()
-    {
-        if let Some(sans) = crate::tls::verify::sans_of(leaf) {
-            c.peer_uri_sans = sans.uri;
-            c.peer_dns_sans = sans.dns;
-        }
-        // Envoy's subject form (RFC 2253, most specific RDN first), for XFCC and RBAC.
-        c.peer_subject = certs::PeerIdentity::from_der(leaf).ok().map(|id| id.subject);
-        c.peer_cert_sha256 = Some(crate::tls::verify::sha256_hex(leaf));
-        c.peer_chain = chain.iter().map(|d| d.clone().into_owned()).collect();
-    }
-    c
 }
 
 fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, ConfigError> {

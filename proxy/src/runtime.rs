@@ -12,7 +12,7 @@
 //! | the listener set | `listener::ActiveListeners` (`ArcSwap`) | LDS | read once per accepted connection (the original_dst hand-off) |
 //! | a cluster's hosts | `Cluster::hosts` (`ArcSwap<HostSet>`) | EDS, DNS | each pick loads one whole `HostSet` (hosts with their LB state) |
 //! | an HCM's route table | the RDS slot (`ArcSwapOption<RouteTable>`) shared by the HCMs naming it | RDS | a request loads the table once, before routing |
-//! | TLS secrets | `tls::SecretStore` (`ArcSwap` map + generation) | SDS, the CA client | a handshake reads one generation; contexts are rebuilt when it changes |
+//! | TLS secrets | `tls::SecretStore` (certs: one `ArcSwapOption` slot per name) | SDS, the CA client | a handshake loads each slot it reads once; nothing is rebuilt (session resumption resets) |
 //!
 //! Each cell is swapped whole, so nothing half-applied is visible: a listener's RDS slot and a
 //! cluster's hosts are filled before the listener or cluster is published (warming), and a
