@@ -1,0 +1,311 @@
+//! The runner behind `remora demo`: the control plane (one xDS harness per proxy, Delta ADS), the
+//! Istio CA, one demo-app process per Deployment replica with a remora sidecar beside it (plain
+//! ports: every pod gets its own loopback addresses), and a remora ingress gateway. It watches the
+//! folder and pushes changes; a refused change is printed and the last good config keeps serving.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use certs::test_util::{TestCaOptions, TestCaServer};
+use tokio::process::{Child, Command};
+use xds_client::server::ControlPlane;
+
+use crate::manifest;
+use crate::model::{Mesh, Pod};
+use crate::xds::{self, GATEWAY_NAMESPACE, GATEWAY_SA, Proxy};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mesh: PathBuf,
+    /// Where the gateway's first HTTP server port is published on 127.0.0.1 (others follow).
+    pub gateway_port: u16,
+    pub remora: PathBuf,
+    pub app: PathBuf,
+    /// Logs, bootstraps and certificates go here.
+    pub work_dir: PathBuf,
+    /// Once up, the runner writes a JSON summary (admin ports, gateway address) here.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Loads and checks a folder.
+pub fn load(dir: &Path) -> Result<Mesh, manifest::ManifestError> {
+    Mesh::build(manifest::load_dir(dir)?)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct ProxyRun {
+    /// `None` for the gateway.
+    pod: Option<Pod>,
+    cp: ControlPlane,
+    admin: u16,
+}
+
+fn bootstrap(node_id: &str, cluster: &str, ns: &str, sa: &str, labels: &BTreeMap<String, String>, admin: u16, xds: SocketAddr) -> String {
+    let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
+    format!(
+        r#"{{
+  "node": {{"id": "{node_id}", "cluster": "{cluster}",
+    "metadata": {{"NAMESPACE": "{ns}", "SERVICE_ACCOUNT": "{sa}", "CLUSTER_ID": "Kubernetes", "LABELS": {labels}}}}},
+  "admin": {{"address": {{"socket_address": {{"address": "127.0.0.1", "port_value": {admin}}}}}}},
+  "dynamic_resources": {{
+    "ads_config": {{"api_type": "DELTA_GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
+      "grpc_services": [{{"envoy_grpc": {{"cluster_name": "xds-grpc"}}}}]}},
+    "cds_config": {{"ads": {{}}, "resource_api_version": "V3"}},
+    "lds_config": {{"ads": {{}}, "resource_api_version": "V3"}}
+  }},
+  "static_resources": {{"clusters": [
+    {{"name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
+      "typed_extension_protocol_options": {{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {{
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {{"http2_protocol_options": {{}}}}}}}},
+      "load_assignment": {{"cluster_name": "xds-grpc", "endpoints": [{{"lb_endpoints": [{{"endpoint": {{"address":
+        {{"socket_address": {{"address": "{ip}", "port_value": {port}}}}}}}}}]}}]}}}},
+    {{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+      "load_assignment": {{"cluster_name": "sds-grpc", "endpoints": [{{"lb_endpoints": [{{"endpoint": {{"address":
+        {{"pipe": {{"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}}}}}]}}]}}}}
+  ]}}
+}}"#,
+        ip = xds.ip(),
+        port = xds.port()
+    )
+}
+
+/// Serves `mesh` to every proxy: replaces each harness's resources.
+fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) -> Result<(), String> {
+    for p in proxies {
+        let proxy = match &p.pod {
+            Some(pod) => Proxy::Sidecar(pod),
+            None => Proxy::Gateway { bind: gateway_bind },
+        };
+        for (ty, res) in crate::resources(mesh, &proxy)? {
+            p.cp.set_all(ty, res);
+        }
+    }
+    Ok(())
+}
+
+/// Fingerprint of the folder: names, sizes and modification times of its YAML files.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.len(), m.modified().ok()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+pub async fn run(opts: Options) -> Result<(), String> {
+    let mesh = load(&opts.mesh).map_err(|e| format!("refused: {e}"))?;
+    std::fs::create_dir_all(&opts.work_dir).map_err(|e| format!("{}: {e}", opts.work_dir.display()))?;
+    let ca = TestCaServer::start(TestCaOptions::default()).await.map_err(|e| format!("starting the Istio CA: {e}"))?;
+    let root = opts.work_dir.join("ca-root.pem");
+    std::fs::write(&root, ca.root_pem()).map_err(|e| format!("{}: {e}", root.display()))?;
+
+    let mut gateway_bind = Vec::new();
+    let mut next = opts.gateway_port;
+    let mut gw_ports: Vec<u16> = mesh.gateways.iter().flat_map(|g| g.spec.servers.iter().map(|s| s.port.number)).collect();
+    gw_ports.sort();
+    gw_ports.dedup();
+    for p in gw_ports {
+        gateway_bind.push((p, next));
+        next = next.saturating_add(1);
+    }
+
+    let mut children: Vec<(String, Child)> = Vec::new();
+    let mut proxies = Vec::new();
+    let result = start_all(&opts, &mesh, &ca, &root, &gateway_bind, &mut children, &mut proxies).await;
+    if let Err(e) = result {
+        stop_all(&mut children).await;
+        return Err(e);
+    }
+    print_summary(&opts, &mesh, &proxies, &gateway_bind);
+
+    let mut current = fingerprint(&opts.mesh);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut good = mesh;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for (name, c) in children.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                eprintln!("remora-demo: {name} exited ({status}); see {}", opts.work_dir.join(format!("{name}.log")).display());
+            }
+        }
+        children.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));
+        let now = fingerprint(&opts.mesh);
+        if now == current {
+            continue;
+        }
+        current = now;
+        match load(&opts.mesh) {
+            Err(e) => eprintln!("remora-demo: refused: {e}; still serving the last good config"),
+            Ok(m) if m.pods != good.pods => eprintln!(
+                "remora-demo: refused: {}: Deployments or replicas changed; the demo does not add or remove pods \
+                 while running (restart it); still serving the last good config",
+                opts.mesh.display()
+            ),
+            Ok(m) => match push(&m, &proxies, &gateway_bind) {
+                Ok(()) => {
+                    eprintln!("remora-demo: pushed the new config to {} proxies", proxies.len());
+                    good = m;
+                }
+                Err(e) => eprintln!("remora-demo: refused: {e}; still serving the last good config"),
+            },
+        }
+    }
+    eprintln!("remora-demo: stopping {} processes", children.len());
+    stop_all(&mut children).await;
+    for p in &proxies {
+        p.cp.stop();
+    }
+    Ok(())
+}
+
+async fn stop_all(children: &mut Vec<(String, Child)>) {
+    for (_, c) in children.iter_mut() {
+        let _ = c.start_kill();
+    }
+    for (_, c) in children.iter_mut() {
+        let _ = c.wait().await;
+    }
+    children.clear();
+}
+
+fn log_file(opts: &Options, name: &str) -> Result<std::fs::File, String> {
+    let p = opts.work_dir.join(format!("{name}.log"));
+    std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_proxy(
+    opts: &Options,
+    mesh: &Mesh,
+    pod: Option<&Pod>,
+    gateway_bind: &[(u16, u16)],
+    ca: &TestCaServer,
+    root: &Path,
+    children: &mut Vec<(String, Child)>,
+    proxies: &mut Vec<ProxyRun>,
+) -> Result<(), String> {
+    let cp = ControlPlane::new();
+    let addr = cp.serve_tcp(([127, 0, 0, 1], 0).into()).await.map_err(|e| e.to_string())?;
+    let admin = free_port().map_err(|e| e.to_string())?;
+    let (name, node, cluster, ns, sa, labels) = match pod {
+        Some(p) => (
+            format!("sidecar-{}", p.name),
+            p.node_id(),
+            format!("{}.{}", p.app(), p.namespace),
+            p.namespace.clone(),
+            p.service_account.clone(),
+            p.labels.clone(),
+        ),
+        None => (
+            "gateway".to_string(),
+            xds::gateway_node_id(),
+            format!("istio-ingressgateway.{GATEWAY_NAMESPACE}"),
+            GATEWAY_NAMESPACE.to_string(),
+            GATEWAY_SA.to_string(),
+            BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
+        ),
+    };
+    let run = ProxyRun { pod: pod.cloned(), cp, admin };
+    push(mesh, std::slice::from_ref(&run), gateway_bind)?;
+    let cfg = opts.work_dir.join(format!("{name}.json"));
+    std::fs::write(&cfg, bootstrap(&node, &cluster, &ns, &sa, &labels, admin, addr)).map_err(|e| format!("{}: {e}", cfg.display()))?;
+    let child = Command::new(&opts.remora)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--concurrency", "1", "-l", "info"])
+        .args(["--ca-address", &ca.addr().to_string(), "--ca-server-name", ca.server_name()])
+        .arg("--ca-root-cert")
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(log_file(opts, &name)?)
+        .stderr(log_file(opts, &format!("{name}.err"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", opts.remora.display()))?;
+    children.push((name, child));
+    proxies.push(run);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_all(
+    opts: &Options,
+    mesh: &Mesh,
+    ca: &TestCaServer,
+    root: &Path,
+    gateway_bind: &[(u16, u16)],
+    children: &mut Vec<(String, Child)>,
+    proxies: &mut Vec<ProxyRun>,
+) -> Result<(), String> {
+    for pod in &mesh.pods {
+        let listen: Vec<String> = pod.ports.iter().map(|p| format!("{}:{p}", pod.app_ip)).collect();
+        let child = Command::new(&opts.app)
+            .env("SERVICE", pod.app())
+            .env("VERSION", pod.version())
+            .env("POD", &pod.name)
+            .env("LISTEN", listen.join(","))
+            .env("OUTBOUND", pod.outbound_ip.to_string())
+            .stdin(Stdio::null())
+            .stdout(log_file(opts, &format!("app-{}", pod.name))?)
+            .stderr(log_file(opts, &format!("app-{}.err", pod.name))?)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", opts.app.display()))?;
+        children.push((format!("app-{}", pod.name), child));
+        start_proxy(opts, mesh, Some(pod), gateway_bind, ca, root, children, proxies).await?;
+    }
+    if !gateway_bind.is_empty() {
+        start_proxy(opts, mesh, None, gateway_bind, ca, root, children, proxies).await?;
+    }
+    Ok(())
+}
+
+fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) {
+    let mut admins = serde_json::Map::new();
+    println!("remora demo: {} pods from {}", mesh.pods.len(), opts.mesh.display());
+    for p in proxies {
+        let name = p.pod.as_ref().map(|p| p.name.clone()).unwrap_or_else(|| "gateway".into());
+        match &p.pod {
+            Some(pod) => println!(
+                "  {name:<24} app {}  sidecar in {}  out {}  admin http://127.0.0.1:{}/stats/prometheus",
+                pod.app_ip, pod.ip, pod.outbound_ip, p.admin
+            ),
+            None => println!("  {name:<24} ingress gateway  admin http://127.0.0.1:{}/stats/prometheus", p.admin),
+        }
+        admins.insert(name, serde_json::json!(p.admin));
+    }
+    for (port, local) in gateway_bind {
+        println!("gateway: Gateway port {port} is on http://127.0.0.1:{local}/");
+    }
+    if let Some((_, local)) = gateway_bind.first() {
+        println!("try:\n  curl -s http://127.0.0.1:{local}/\n  for i in $(seq 20); do curl -s http://127.0.0.1:{local}/; echo; done");
+    }
+    println!("logs, bootstraps and the CA root: {}\nCtrl-C stops everything.", opts.work_dir.display());
+    if let Some(f) = &opts.ready_file {
+        let summary = serde_json::json!({
+            "admin": admins,
+            "gateway": gateway_bind.iter().map(|(p, l)| (p.to_string(), serde_json::json!(l))).collect::<serde_json::Map<_, _>>(),
+            "pods": mesh.pods.iter().map(|p| serde_json::json!({"name": p.name, "ip": p.ip.to_string(),
+                "app": p.app_ip.to_string(), "outbound": p.outbound_ip.to_string()})).collect::<Vec<_>>(),
+        });
+        let _ = std::fs::write(f, summary.to_string());
+    }
+}
