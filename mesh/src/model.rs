@@ -217,6 +217,17 @@ impl Mesh {
         Ok(mesh)
     }
 
+    /// Moves every pod to the loopback block `127.{1,2,3}.BLOCK.N`, so two meshes on one machine
+    /// (or a test beside a running demo) do not share addresses.
+    pub fn renumber(&mut self, block: u8) {
+        for p in &mut self.pods {
+            let n = p.ip.octets()[3];
+            p.ip = Ipv4Addr::new(127, 1, block, n);
+            p.app_ip = Ipv4Addr::new(127, 2, block, n);
+            p.outbound_ip = Ipv4Addr::new(127, 3, block, n);
+        }
+    }
+
     pub fn service(&self, fqdn: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.fqdn() == fqdn)
     }

@@ -106,7 +106,10 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)>
 }
 
 pub async fn run(opts: Options) -> Result<(), String> {
-    let mesh = load(&opts.mesh).map_err(|e| format!("refused: {e}"))?;
+    // A loopback block of our own (127.x.BLOCK.N), so a second mesh does not collide with us.
+    let block = (std::process::id() % 250 + 1) as u8;
+    let mut mesh = load(&opts.mesh).map_err(|e| format!("refused: {e}"))?;
+    mesh.renumber(block);
     std::fs::create_dir_all(&opts.work_dir).map_err(|e| format!("{}: {e}", opts.work_dir.display()))?;
     let ca = TestCaServer::start(TestCaOptions::default()).await.map_err(|e| format!("starting the Istio CA: {e}"))?;
     let root = opts.work_dir.join("ca-root.pem");
@@ -129,15 +132,21 @@ pub async fn run(opts: Options) -> Result<(), String> {
         stop_all(&mut children).await;
         return Err(e);
     }
-    print_summary(&opts, &mesh, &proxies, &gateway_bind);
+    let nacks = wait_ready(&proxies).await;
+    for n in &nacks {
+        eprintln!("remora-demo: a proxy refused config: {n}");
+    }
+    print_summary(&opts, &mesh, &proxies, &gateway_bind, &nacks);
 
     let mut current = fingerprint(&opts.mesh);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("SIGINT handler: {e}"))?;
     let mut good = mesh;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
@@ -152,7 +161,10 @@ pub async fn run(opts: Options) -> Result<(), String> {
             continue;
         }
         current = now;
-        match load(&opts.mesh) {
+        match load(&opts.mesh).map(|mut m| {
+            m.renumber(block);
+            m
+        }) {
             Err(e) => eprintln!("remora-demo: refused: {e}; still serving the last good config"),
             Ok(m) if m.pods != good.pods => eprintln!(
                 "remora-demo: refused: {}: Deployments or replicas changed; the demo does not add or remove pods \
@@ -278,7 +290,45 @@ async fn start_all(
     Ok(())
 }
 
-fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) {
+/// Admin `/ready` of a proxy: whether it answers 200 (LIVE).
+async fn admin_ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.1 200")
+}
+
+/// Waits (up to 60 s) until every proxy has ACKed listeners and routes (or NACKed something) and
+/// its admin says LIVE; returns the NACKs (`node: message`).
+async fn wait_ready(proxies: &[ProxyRun]) -> Vec<String> {
+    use xds_client::ads::{LISTENER, ROUTE};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for p in proxies {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        p.cp.wait_for(
+            |cp| {
+                let acks = cp.acks();
+                !cp.nacks().is_empty() || [LISTENER, ROUTE].iter().all(|t| acks.iter().any(|a| a.type_url == *t))
+            },
+            left,
+        )
+        .await;
+        while tokio::time::Instant::now() < deadline && !admin_ready(p.admin).await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    proxies
+        .iter()
+        .flat_map(|p| p.cp.nacks())
+        .map(|n| format!("{}: {}", n.node_id, n.error_detail.unwrap_or_default()))
+        .collect()
+}
+
+fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)], nacks: &[String]) {
     let mut admins = serde_json::Map::new();
     println!("remora demo: {} pods from {}", mesh.pods.len(), opts.mesh.display());
     for p in proxies {
@@ -301,6 +351,7 @@ fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind
     println!("logs, bootstraps and the CA root: {}\nCtrl-C stops everything.", opts.work_dir.display());
     if let Some(f) = &opts.ready_file {
         let summary = serde_json::json!({
+            "nacks": nacks,
             "admin": admins,
             "gateway": gateway_bind.iter().map(|(p, l)| (p.to_string(), serde_json::json!(l))).collect::<serde_json::Map<_, _>>(),
             "pods": mesh.pods.iter().map(|p| serde_json::json!({"name": p.name, "ip": p.ip.to_string(),
