@@ -384,11 +384,8 @@ pub struct Manifests {
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (sorted by name).
 pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
-    let io = |e: std::io::Error| ManifestError {
-        file: dir.display().to_string(),
-        field: "-".into(),
-        reason: e.to_string(),
-    };
+    let io =
+        |e: std::io::Error| ManifestError { file: dir.display().to_string(), field: "-".into(), reason: e.to_string() };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -398,8 +395,11 @@ pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
     let mut out = Manifests::default();
     for path in files {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ManifestError { file: file.clone(), field: "-".into(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| ManifestError {
+            file: file.clone(),
+            field: "-".into(),
+            reason: e.to_string(),
+        })?;
         load_text(&file, &text, &mut out)?;
     }
     Ok(out)
@@ -428,12 +428,8 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
             serde_yaml::from_str(&doc).map_err(|e| err(format!("document at line {line}"), e.to_string()))?;
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         let api = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string();
-        let name = value
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(|k| k.as_str())
-            .unwrap_or("?")
-            .to_string();
+        let name =
+            value.get("metadata").and_then(|m| m.get("name")).and_then(|k| k.as_str()).unwrap_or("?").to_string();
         let at = format!("{kind} {name} (line {line})");
         if name == "?" && !kind.is_empty() {
             return Err(err(format!("{at}: metadata.name"), "missing".into()));

@@ -168,7 +168,11 @@ impl Mesh {
                     }
                 };
                 if p.protocol.as_deref().is_some_and(|pr| pr != "TCP") {
-                    return Err(fail(&s.file, format!("{at}: spec.ports[{i}].protocol"), "only TCP is supported".into()));
+                    return Err(fail(
+                        &s.file,
+                        format!("{at}: spec.ports[{i}].protocol"),
+                        "only TCP is supported".into(),
+                    ));
                 }
                 let name = p.name.clone().unwrap_or_else(|| "http".into());
                 if !(name == "http" || name.starts_with("http-") || name == "http2" || name.starts_with("http2-"))
@@ -177,7 +181,9 @@ impl Mesh {
                     return Err(fail(
                         &s.file,
                         format!("{at}: spec.ports[{i}].name"),
-                        format!("port '{name}': the demo control plane serves HTTP ports only (name it http or http-*)"),
+                        format!(
+                            "port '{name}': the demo control plane serves HTTP ports only (name it http or http-*)"
+                        ),
                     ));
                 }
                 ports.push(Port { name, port: p.port, target });
@@ -314,17 +320,30 @@ impl Mesh {
                     return Err(fail(&vs.file, field("route"), "at least one destination is needed".into()));
                 }
                 for (j, m) in r.matches.iter().enumerate() {
-                    for (what, sm) in m.uri.iter().map(|u| ("uri".to_string(), u)).chain(m.headers.iter().map(|(h, s)| (format!("headers.{h}"), s))) {
+                    for (what, sm) in m
+                        .uri
+                        .iter()
+                        .map(|u| ("uri".to_string(), u))
+                        .chain(m.headers.iter().map(|(h, s)| (format!("headers.{h}"), s)))
+                    {
                         let set = [&sm.exact, &sm.prefix, &sm.regex].iter().filter(|o| o.is_some()).count();
                         if set != 1 {
-                            return Err(fail(&vs.file, field(&format!("match[{j}].{what}")), "give exactly one of exact, prefix, regex".into()));
+                            return Err(fail(
+                                &vs.file,
+                                field(&format!("match[{j}].{what}")),
+                                "give exactly one of exact, prefix, regex".into(),
+                            ));
                         }
                     }
                 }
                 for (j, d) in r.route.iter().enumerate() {
                     let host = fqdn(&d.destination.host, &vs.namespace);
                     let Some(svc) = self.service(&host) else {
-                        return Err(fail(&vs.file, field(&format!("route[{j}].destination.host")), format!("no Service '{host}'")));
+                        return Err(fail(
+                            &vs.file,
+                            field(&format!("route[{j}].destination.host")),
+                            format!("no Service '{host}'"),
+                        ));
                     };
                     match &d.destination.port {
                         Some(p) if !svc.ports.iter().any(|sp| sp.port == p.number) => {
@@ -344,7 +363,9 @@ impl Mesh {
                         _ => {}
                     }
                     if let Some(subset) = &d.destination.subset {
-                        let known = self.destination_rule(&host).is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
+                        let known = self
+                            .destination_rule(&host)
+                            .is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
                         if !known {
                             return Err(fail(
                                 &vs.file,

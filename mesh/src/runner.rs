@@ -46,7 +46,15 @@ struct ProxyRun {
     admin: u16,
 }
 
-fn bootstrap(node_id: &str, cluster: &str, ns: &str, sa: &str, labels: &BTreeMap<String, String>, admin: u16, xds: SocketAddr) -> String {
+fn bootstrap(
+    node_id: &str,
+    cluster: &str,
+    ns: &str,
+    sa: &str,
+    labels: &BTreeMap<String, String>,
+    admin: u16,
+    xds: SocketAddr,
+) -> String {
     let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
     format!(
         r#"{{
@@ -117,7 +125,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
 
     let mut gateway_bind = Vec::new();
     let mut next = opts.gateway_port;
-    let mut gw_ports: Vec<u16> = mesh.gateways.iter().flat_map(|g| g.spec.servers.iter().map(|s| s.port.number)).collect();
+    let mut gw_ports: Vec<u16> =
+        mesh.gateways.iter().flat_map(|g| g.spec.servers.iter().map(|s| s.port.number)).collect();
     gw_ports.sort();
     gw_ports.dedup();
     for p in gw_ports {
@@ -152,7 +161,10 @@ pub async fn run(opts: Options) -> Result<(), String> {
         }
         for (name, c) in children.iter_mut() {
             if let Ok(Some(status)) = c.try_wait() {
-                eprintln!("remora-demo: {name} exited ({status}); see {}", opts.work_dir.join(format!("{name}.log")).display());
+                eprintln!(
+                    "remora-demo: {name} exited ({status}); see {}",
+                    opts.work_dir.join(format!("{name}.log")).display()
+                );
             }
         }
         children.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_))));
@@ -238,7 +250,8 @@ async fn start_proxy(
     let run = ProxyRun { pod: pod.cloned(), cp, admin };
     push(mesh, std::slice::from_ref(&run), gateway_bind)?;
     let cfg = opts.work_dir.join(format!("{name}.json"));
-    std::fs::write(&cfg, bootstrap(&node, &cluster, &ns, &sa, &labels, admin, addr)).map_err(|e| format!("{}: {e}", cfg.display()))?;
+    std::fs::write(&cfg, bootstrap(&node, &cluster, &ns, &sa, &labels, admin, addr))
+        .map_err(|e| format!("{}: {e}", cfg.display()))?;
     let child = Command::new(&opts.remora)
         .arg("-c")
         .arg(&cfg)
@@ -346,7 +359,9 @@ fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind
         println!("gateway: Gateway port {port} is on http://127.0.0.1:{local}/");
     }
     if let Some((_, local)) = gateway_bind.first() {
-        println!("try:\n  curl -s http://127.0.0.1:{local}/\n  for i in $(seq 20); do curl -s http://127.0.0.1:{local}/; echo; done");
+        println!(
+            "try:\n  curl -s http://127.0.0.1:{local}/\n  for i in $(seq 20); do curl -s http://127.0.0.1:{local}/; echo; done"
+        );
     }
     println!("logs, bootstraps and the CA root: {}\nCtrl-C stops everything.", opts.work_dir.display());
     if let Some(f) = &opts.ready_file {

@@ -18,7 +18,9 @@ pub enum Proxy<'a> {
     Sidecar(&'a Pod),
     /// The ingress gateway: the Gateway servers' ports are published on `bind` (server port ->
     /// local port).
-    Gateway { bind: &'a [(u16, u16)] },
+    Gateway {
+        bind: &'a [(u16, u16)],
+    },
 }
 
 pub const GATEWAY_NAMESPACE: &str = "istio-system";
@@ -277,7 +279,9 @@ fn inbound_listener(mesh: &Mesh, pod: &Pod, port: u16, strict: bool) -> Value {
     let operation = mesh
         .services
         .iter()
-        .find(|s| s.ports.iter().any(|p| p.target == port) && mesh.pods_of(s, &Default::default()).any(|p| p.name == pod.name))
+        .find(|s| {
+            s.ports.iter().any(|p| p.target == port) && mesh.pods_of(s, &Default::default()).any(|p| p.name == pod.name)
+        })
         .map(|s| format!("{}:{port}/*", s.fqdn()))
         .unwrap_or_default();
     let hcm = |_tls: bool| {
@@ -306,7 +310,7 @@ fn inbound_listener(mesh: &Mesh, pod: &Pod, port: u16, strict: bool) -> Value {
         "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "common_tls_context": {
-                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
+                "tls_params": {},
                 "alpn_protocols": ["istio-peer-exchange", "h2", "http/1.1"],
                 "tls_certificate_sds_secret_configs": [sds("default")],
                 "combined_validation_context": {

@@ -110,8 +110,16 @@ fn demo_mesh_end_to_end() {
     let mut demo_run = Demo { child, work: work.clone() };
     let deadline = Instant::now() + Duration::from_secs(90);
     while !ready.exists() {
-        assert!(Instant::now() < deadline, "demo not ready: {}", std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default());
-        assert!(demo_run.child.try_wait().unwrap().is_none(), "demo exited: {}", std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "demo not ready: {}",
+            std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default()
+        );
+        assert!(
+            demo_run.child.try_wait().unwrap().is_none(),
+            "demo exited: {}",
+            std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(200));
@@ -137,16 +145,21 @@ fn demo_mesh_end_to_end() {
 
     // mTLS: the reviews sidecars' inbound listeners completed TLS handshakes with client certs.
     let admin = |pod: &str| summary["admin"][pod].as_u64().unwrap();
-    let handshakes: u64 = ["reviews-v1-0", "reviews-v1-1", "reviews-v2-0"].iter().map(|p| stat(admin(p), "_9080.ssl.handshake")).sum();
+    let handshakes: u64 =
+        ["reviews-v1-0", "reviews-v1-1", "reviews-v2-0"].iter().map(|p| stat(admin(p), "_9080.ssl.handshake")).sum();
     assert!(handshakes > 0, "no TLS handshakes on the reviews sidecars");
     assert!(stat(admin("frontend-0"), "reviews.default.svc.cluster.local.ssl.handshake") > 0);
     // STRICT: plaintext straight to a sidecar's inbound port gets no answer.
-    let pod_ip = summary["pods"].as_array().unwrap().iter().find(|p| p["name"] == "reviews-v1-0").unwrap()["ip"].as_str().unwrap().to_string();
+    let pod_ip = summary["pods"].as_array().unwrap().iter().find(|p| p["name"] == "reviews-v1-0").unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let plain = get(&format!("{pod_ip}:9080"), "/");
     assert!(!matches!(plain, Ok((200, _))), "plaintext was served under STRICT: {plain:?}");
 
     // A bad file is refused with its name; the mesh keeps serving.
-    std::fs::write(mesh_dir.join("zz-bad.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {}\n").unwrap();
+    std::fs::write(mesh_dir.join("zz-bad.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {}\n")
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let err = std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default();
@@ -161,7 +174,10 @@ fn demo_mesh_end_to_end() {
 
     // Shift the canary to 0/100: every answer comes from v2.
     let routing = mesh_dir.join("routing.yaml");
-    let text = std::fs::read_to_string(&routing).unwrap().replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 100");
+    let text = std::fs::read_to_string(&routing)
+        .unwrap()
+        .replace("weight: 90", "weight: 0")
+        .replace("weight: 10", "weight: 100");
     std::fs::write(&routing, text).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while v2_share(&gw, 20) != 20 {

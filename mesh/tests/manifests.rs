@@ -44,7 +44,10 @@ fn unknown_kind_is_refused() {
         "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec: {hosts: [a.com]}\n",
     );
     let e = refused(d.path());
-    assert!(e.contains("bad.yaml") && e.contains("ServiceEntry ext") && e.contains("kind 'ServiceEntry' is not supported"), "{e}");
+    assert!(
+        e.contains("bad.yaml") && e.contains("ServiceEntry ext") && e.contains("kind 'ServiceEntry' is not supported"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -59,10 +62,14 @@ fn dangling_subset_is_refused() {
 
 #[test]
 fn dangling_host_is_refused() {
-    let text = std::fs::read_to_string(demo_dir().join("routing.yaml")).unwrap().replace("host: frontend,", "host: nowhere,");
+    let text =
+        std::fs::read_to_string(demo_dir().join("routing.yaml")).unwrap().replace("host: frontend,", "host: nowhere,");
     let d = with_file("routing.yaml", &text);
     let e = refused(d.path());
-    assert!(e.contains("route[0].destination.host") && e.contains("no Service 'nowhere.default.svc.cluster.local'"), "{e}");
+    assert!(
+        e.contains("route[0].destination.host") && e.contains("no Service 'nowhere.default.svc.cluster.local'"),
+        "{e}"
+    );
 }
 
 #[test]

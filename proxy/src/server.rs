@@ -314,7 +314,10 @@ fn demo_command(args: &[std::ffi::OsString]) -> ExitCode {
         cmd.env("REMORA_BIN", me);
     }
     let err = cmd.args(args).exec();
-    eprintln!("remora demo: cannot run {}: {err} (build it with `cargo build -p mesh`, or set REMORA_DEMO_BIN)", runner.display());
+    eprintln!(
+        "remora demo: cannot run {}: {err} (build it with `cargo build -p mesh`, or set REMORA_DEMO_BIN)",
+        runner.display()
+    );
     ExitCode::from(1)
 }
 

@@ -38,7 +38,8 @@ impl App {
         let path = req.uri().path().to_string();
         let mut me = self.me();
         if let Some(code) = path.strip_prefix("/status/") {
-            let status = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            let status =
+                code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
             return json(status, me);
         }
         if let Some(ms) = path.strip_prefix("/delay/") {
@@ -50,7 +51,8 @@ impl App {
             let (host, tail) = rest.split_once('/').unwrap_or((rest, ""));
             return match self.call(host, &format!("/{tail}")).await {
                 Ok((status, body)) => {
-                    me["upstream"] = serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
+                    me["upstream"] =
+                        serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
                     me["upstream_status"] = status.as_u16().into();
                     json(StatusCode::OK, me)
                 }

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "remora demo", about = "Run a local mesh (control plane, apps, remora sidecars, ingress gateway) from Kubernetes and Istio manifests")]
+#[command(
+    name = "remora demo",
+    about = "Run a local mesh (control plane, apps, remora sidecars, ingress gateway) from Kubernetes and Istio manifests"
+)]
 struct Args {
     /// The folder of manifests.
     #[arg(long, default_value = "examples/demo")]
@@ -53,13 +56,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    let work_dir = args
-        .work_dir
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("remora-demo-{}", std::process::id())));
+    let work_dir =
+        args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("remora-demo-{}", std::process::id())));
     let opts = mesh::runner::Options {
         mesh: args.mesh,
         gateway_port: args.gateway_port,
-        remora: args.remora.or_else(|| std::env::var_os("REMORA_BIN").map(PathBuf::from)).unwrap_or_else(|| sibling("remora")),
+        remora: args
+            .remora
+            .or_else(|| std::env::var_os("REMORA_BIN").map(PathBuf::from))
+            .unwrap_or_else(|| sibling("remora")),
         app: args.app.unwrap_or_else(|| sibling("demo-app")),
         work_dir,
         ready_file: args.ready_file,

@@ -117,11 +117,8 @@ fn vs_routes(mesh: &Mesh, ns: &str, r: &HttpRoute, port_hint: Option<u16>) -> Ve
                     _ => json!({"prefix": "/"}),
                 };
                 if !m.headers.is_empty() {
-                    out["headers"] = m
-                        .headers
-                        .iter()
-                        .map(|(h, sm)| json!({"name": h, "string_match": string_match(sm)}))
-                        .collect();
+                    out["headers"] =
+                        m.headers.iter().map(|(h, sm)| json!({"name": h, "string_match": string_match(sm)})).collect();
                 }
                 out
             })
@@ -181,13 +178,17 @@ pub fn gateway_route_configs(mesh: &Mesh) -> Vec<Value> {
     for port in ports {
         let mut vhosts: Vec<Value> = Vec::new();
         for vs in &mesh.virtual_services {
-            let bound = vs.spec.gateways.iter().filter_map(|g| mesh.gateway(g, &vs.namespace)).any(|g| {
-                g.spec.servers.iter().any(|s| s.port.number == port)
-            });
+            let bound = vs
+                .spec
+                .gateways
+                .iter()
+                .filter_map(|g| mesh.gateway(g, &vs.namespace))
+                .any(|g| g.spec.servers.iter().any(|s| s.port.number == port));
             if !bound {
                 continue;
             }
-            let routes: Vec<Value> = vs.spec.http.iter().flat_map(|r| vs_routes(mesh, &vs.namespace, r, None)).collect();
+            let routes: Vec<Value> =
+                vs.spec.http.iter().flat_map(|r| vs_routes(mesh, &vs.namespace, r, None)).collect();
             for h in &vs.spec.hosts {
                 let domains = if h == "*" { json!(["*"]) } else { json!([h, format!("{h}:{port}")]) };
                 vhosts.push(json!({"name": format!("{h}:{port}"), "domains": domains, "routes": routes, "include_request_attempt_count": true}));
