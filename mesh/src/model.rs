@@ -110,6 +110,13 @@ impl Mesh {
             }
             let ports: Vec<u16> =
                 d.spec.template.spec.containers.iter().flat_map(|c| c.ports.iter().map(|p| p.container_port)).collect();
+            if let Some(p) = ports.iter().enumerate().find_map(|(i, p)| ports[..i].contains(p).then_some(*p)) {
+                return Err(fail(
+                    &d.file,
+                    format!("{at}: spec.template.spec.containers"),
+                    format!("container port {p} is declared twice in one pod"),
+                ));
+            }
             for r in 0..replicas {
                 let n = pods.len() + 1;
                 if n > 250 {

@@ -134,6 +134,14 @@ pub async fn run(opts: Options) -> Result<(), String> {
         next = next.saturating_add(1);
     }
 
+    for (port, local) in &gateway_bind {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", *local)) {
+            return Err(format!(
+                "the gateway's port {port} is to be published on 127.0.0.1:{local}, which is not free ({e}); \
+                 pass --gateway-port"
+            ));
+        }
+    }
     let mut children: Vec<(String, Child)> = Vec::new();
     let mut proxies = Vec::new();
     let result = start_all(&opts, &mesh, &ca, &root, &gateway_bind, &mut children, &mut proxies).await;
@@ -153,6 +161,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| format!("SIGINT handler: {e}"))?;
     let mut good = mesh;
+    let mut seen_nacks = nacks.len();
     loop {
         tokio::select! {
             _ = int.recv() => break,
@@ -187,6 +196,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 Ok(()) => {
                     eprintln!("remora-demo: pushed the new config to {} proxies", proxies.len());
                     good = m;
+                    report_new_nacks(&proxies, &mut seen_nacks).await;
                 }
                 Err(e) => eprintln!("remora-demo: refused: {e}; still serving the last good config"),
             },
@@ -301,6 +311,20 @@ async fn start_all(
         start_proxy(opts, mesh, None, gateway_bind, ca, root, children, proxies).await?;
     }
     Ok(())
+}
+
+/// Prints the NACKs that arrived since the last look (give the proxies a moment to answer).
+async fn report_new_nacks(proxies: &[ProxyRun], seen: &mut usize) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all: Vec<String> = proxies
+        .iter()
+        .flat_map(|p| p.cp.nacks())
+        .map(|n| format!("{}: {}", n.node_id, n.error_detail.unwrap_or_default()))
+        .collect();
+    for n in all.iter().skip(*seen) {
+        eprintln!("remora-demo: a proxy refused config: {n}");
+    }
+    *seen = all.len();
 }
 
 /// Admin `/ready` of a proxy: whether it answers 200 (LIVE).

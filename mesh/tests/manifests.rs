@@ -94,3 +94,36 @@ fn check_flag_reports_and_fails() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml") && err.contains("kind 'Pod' is not supported"), "{err}");
 }
+
+#[test]
+fn port_clash_in_a_pod_is_refused() {
+    let text = std::fs::read_to_string(demo_dir().join("workloads.yaml"))
+        .unwrap()
+        .replace("ports: [{containerPort: 9081}]", "ports: [{containerPort: 9081}, {containerPort: 9081}]");
+    let d = with_file("workloads.yaml", &text);
+    let e = refused(d.path());
+    assert!(
+        e.contains("workloads.yaml")
+            && e.contains("Deployment ratings")
+            && e.contains("container port 9081 is declared twice"),
+        "{e}"
+    );
+}
+
+#[test]
+fn busy_gateway_port_is_a_clear_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remora-demo"))
+        .arg("--mesh")
+        .arg(demo_dir())
+        .args(["--gateway-port", &port.to_string(), "--remora", "/nonexistent/remora", "--app", "/nonexistent/app"])
+        .arg("--work-dir")
+        .arg(work.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}, which is not free")) && err.contains("--gateway-port"), "{err}");
+}
