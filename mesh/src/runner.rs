@@ -46,7 +46,9 @@ struct ProxyRun {
     admin: u16,
 }
 
-fn bootstrap(
+/// The bootstrap pilot-agent would write for a proxy: node, admin, Delta ADS to `xds`, and an
+/// `sds-grpc` cluster that remora never dials because `--ca-address` serves the secrets.
+pub fn bootstrap(
     node_id: &str,
     cluster: &str,
     ns: &str,
