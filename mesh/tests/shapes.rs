@@ -120,3 +120,24 @@ fn fields_are_ones_istiod_sets() {
     let missing: Vec<_> = ours.difference(&theirs).collect();
     assert!(missing.is_empty(), "fields istiod does not set in the dump: {missing:#?}");
 }
+
+#[test]
+fn peer_authentication_sets_the_inbound_chains() {
+    let mut mesh = demo();
+    let pod = mesh.pods.iter().find(|p| p.name == "ratings-0").unwrap().clone();
+    let inbound = |mesh: &mesh::model::Mesh| {
+        let ls = xds::listeners(mesh, &Proxy::Sidecar(&pod));
+        let l = ls.into_iter().find(|l| l["name"] == format!("{}_9081", pod.ip)).unwrap();
+        l["filter_chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["filter_chain_match"]["transport_protocol"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    // STRICT (examples/demo, mesh-wide): TLS only, client certificate required.
+    assert_eq!(inbound(&mesh), ["tls"]);
+    // PERMISSIVE: TLS and plaintext, told apart by the TLS inspector.
+    mesh.strict.insert("istio-system".into(), false);
+    assert_eq!(inbound(&mesh), ["tls", "raw_buffer"]);
+}
