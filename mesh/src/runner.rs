@@ -144,6 +144,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
             ));
         }
     }
+    check_privileged_ports(&mesh, block)?;
     let mut children: Vec<(String, Child)> = Vec::new();
     let mut proxies = Vec::new();
     let result = start_all(&opts, &mesh, &ca, &root, &gateway_bind, &mut children, &mut proxies).await;
@@ -315,6 +316,22 @@ async fn start_all(
     Ok(())
 }
 
+/// Plain-ports mode binds every service and container port on loopback addresses: ports below
+/// the unprivileged limit (1024 by default) need root or CAP_NET_BIND_SERVICE. Probe one on an
+/// unused address of our block and say so up front rather than let sidecars fail to listen.
+fn check_privileged_ports(mesh: &Mesh, block: u8) -> Result<(), String> {
+    let mut ports: Vec<u16> = mesh.service_ports().into_iter().collect();
+    ports.extend(mesh.pods.iter().flat_map(|p| p.ports.iter().copied()));
+    let Some(low) = ports.into_iter().filter(|p| *p < 1024).min() else { return Ok(()) };
+    match std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 3, block, 254), low)) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
+            "port {low} is below 1024 and this user may not bind it ({e}); the demo binds every service and \
+             container port on loopback addresses: use ports >= 1024 in the manifests, or run as root"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Prints the NACKs that arrived since the last look (give the proxies a moment to answer).
 async fn report_new_nacks(proxies: &[ProxyRun], seen: &mut usize) {
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -360,11 +377,19 @@ async fn wait_ready(proxies: &[ProxyRun]) -> Vec<String> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    proxies
+    let mut out: Vec<String> = proxies
         .iter()
         .flat_map(|p| p.cp.nacks())
         .map(|n| format!("{}: {}", n.node_id, n.error_detail.unwrap_or_default()))
-        .collect()
+        .collect();
+    // Each harness serves one proxy: a stream from another node id would get someone else's config.
+    for p in proxies {
+        let want = p.pod.as_ref().map(Pod::node_id).unwrap_or_else(xds::gateway_node_id);
+        for s in p.cp.streams().into_iter().filter(|s| s.node_id != want) {
+            out.push(format!("{}: connected to the control plane of {want}", s.node_id));
+        }
+    }
+    out
 }
 
 fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)], nacks: &[String]) {
