@@ -1,6 +1,8 @@
 //! The xDS istiod would send each proxy, in istiod's names and shapes (pilot/pkg/networking/core:
 //! cluster_builder.go, listener.go, httproute.go, route/route.go, gateway.go), for interception
-//! mode NONE ("plain ports"): listeners bind to the pod's own addresses instead of 15001/15006.
+//! mode NONE ("plain ports"): listeners bind to the pod's own addresses instead of 15001/15006;
+//! inbound listeners are the ones istiod builds in that mode from a Sidecar's ingress listeners
+//! (listener_inbound.go), one per served target port, bound to the pod IP.
 //! Istio's telemetry filters (istio.stats, metadata exchange, grpc_stats, istio.alpn) are left
 //! out; see mesh/README in the top-level README's "Demo mesh" section.
 

@@ -47,8 +47,9 @@ fn names_are_istiods() {
     assert_eq!(r9080["virtual_hosts"][0]["name"], "reviews.default.svc.cluster.local:9080");
     assert_eq!(
         r9080["virtual_hosts"][0]["domains"],
-        serde_json::json!(["reviews.default.svc.cluster.local", "reviews", "reviews.default", "reviews.default.svc"])
+        serde_json::json!(["reviews.default.svc.cluster.local", "reviews", "reviews.default.svc", "reviews.default"])
     );
+    assert_eq!(r9080["virtual_hosts"].as_array().unwrap().last().unwrap()["name"], "block_all");
     let gw = xds::gateway_route_configs(&mesh);
     assert_eq!(gw[0]["name"], "http.8080");
     assert_eq!(gw[0]["virtual_hosts"][0]["name"], "*:8080");

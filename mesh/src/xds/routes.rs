@@ -144,25 +144,40 @@ fn mesh_routes(mesh: &Mesh, host: &str, port: u16) -> Option<Vec<Value>> {
 }
 
 /// Sidecar route configs: `PORT` per service port, a virtual host per service (domains: the
-/// FQDN, `name.ns`, `name.ns.svc`, and the short name in the proxy's own namespace).
+/// FQDN, the short name in the proxy's own namespace, `name.ns.svc`, `name.ns`), then `block_all`.
 pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for port in mesh.service_ports() {
         let mut vhosts = Vec::new();
         for svc in mesh.services.iter().filter(|s| s.ports.iter().any(|p| p.port == port)) {
             let host = svc.fqdn();
-            let mut domains = vec![host.clone()];
-            if svc.namespace == proxy_ns {
-                domains.push(svc.name.clone());
-            }
-            domains.push(format!("{}.{}", svc.name, svc.namespace));
-            domains.push(format!("{}.{}.svc", svc.name, svc.namespace));
+            // generateVirtualHostDomains/generateAltVirtualHostsForKubernetesService (httproute.go):
+            // no `:port` variants since the route table ignores the port in host matching.
+            let domains = if svc.namespace == proxy_ns {
+                vec![
+                    host.clone(),
+                    svc.name.clone(),
+                    format!("{}.{}.svc", svc.name, svc.namespace),
+                    format!("{}.{}", svc.name, svc.namespace),
+                ]
+            } else {
+                vec![
+                    host.clone(),
+                    format!("{}.{}", svc.name, svc.namespace),
+                    format!("{}.{}.svc", svc.name, svc.namespace),
+                ]
+            };
             let routes = mesh_routes(mesh, &host, port).unwrap_or_else(|| vec![default_route(svc, port)]);
             vhosts.push(json!({"name": format!("{host}:{port}"), "domains": domains, "routes": routes, "include_request_attempt_count": true}));
         }
+        // buildCatchAllVirtualHost: REGISTRY_ONLY's `block_all` (502). ALLOW_ANY's `allow_any` to
+        // PassthroughCluster needs the original destination, which plain-ports mode does not have.
+        vhosts.push(json!({"name": "block_all", "domains": ["*"], "include_request_attempt_count": true,
+            "routes": [{"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}));
         out.push(json!({
             "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             "name": port.to_string(), "virtual_hosts": vhosts, "validate_clusters": false,
+            "max_direct_response_body_size_bytes": 1048576, "ignore_port_in_host_matching": true,
         }));
     }
     out
@@ -197,6 +212,7 @@ pub fn gateway_route_configs(mesh: &Mesh) -> Vec<Value> {
         out.push(json!({
             "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             "name": format!("http.{port}"), "virtual_hosts": vhosts, "validate_clusters": false,
+            "max_direct_response_body_size_bytes": 1048576, "ignore_port_in_host_matching": true,
         }));
     }
     out
