@@ -50,6 +50,28 @@ fn names_are_istiods() {
         serde_json::json!(["reviews.default.svc.cluster.local", "reviews", "reviews.default.svc", "reviews.default"])
     );
     assert_eq!(r9080["virtual_hosts"].as_array().unwrap().last().unwrap()["name"], "block_all");
+    // The canary route: weighted subsets, the VirtualService's retries and timeout.
+    let canary = &r9080["virtual_hosts"][0]["routes"][0];
+    assert_eq!(canary["name"], "canary");
+    assert_eq!(
+        canary["route"]["weighted_clusters"]["clusters"],
+        serde_json::json!([
+            {"name": "outbound|9080|v1|reviews.default.svc.cluster.local", "weight": 90},
+            {"name": "outbound|9080|v2|reviews.default.svc.cluster.local", "weight": 10}
+        ])
+    );
+    let retry = &canary["route"]["retry_policy"];
+    assert_eq!(retry["num_retries"], 3);
+    assert_eq!(retry["retry_on"], "5xx,connect-failure,refused-stream");
+    assert_eq!(retry["per_try_timeout"], "2s");
+    assert!(retry.get("retriable_status_codes").is_none());
+    assert_eq!(canary["route"]["timeout"], "10s");
+    // A service no VirtualService routes gets istiod's default route and retry policy.
+    let r9081 = routes.iter().find(|r| r["name"] == "9081").unwrap();
+    let default = &r9081["virtual_hosts"][0]["routes"][0];
+    assert_eq!(default["name"], "default");
+    assert_eq!(default["route"]["cluster"], "outbound|9081||ratings.default.svc.cluster.local");
+    assert_eq!(default["route"]["retry_policy"]["retriable_status_codes"], serde_json::json!([503]));
     let gw = xds::gateway_route_configs(&mesh);
     assert_eq!(gw[0]["name"], "http.8080");
     assert_eq!(gw[0]["virtual_hosts"][0]["name"], "*:8080");

@@ -10,15 +10,32 @@ use crate::model::{Mesh, Service, fqdn};
 
 const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
+/// The route's retry policy (route/retry/retry.go): the default one as the 1.18/1.20 dumps show
+/// it (2 retries, retriable status 503), or a VirtualService's `retries` as `ConvertPolicy` does:
+/// integers in `retryOn` become retriable status codes.
 fn retry_policy(attempts: u32, retry_on: Option<&str>, per_try: Option<f64>) -> Value {
     let mut p = json!({
-        "retry_on": retry_on.unwrap_or(DEFAULT_RETRY_ON),
+        "retry_on": DEFAULT_RETRY_ON,
         "num_retries": attempts,
         "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config":
             {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
         "host_selection_retry_max_attempts": "5",
-        "retriable_status_codes": [503],
     });
+    match retry_on {
+        None => p["retriable_status_codes"] = json!([503]),
+        Some(on) => {
+            let (codes, policies): (Vec<&str>, Vec<&str>) =
+                on.split(',').map(str::trim).filter(|x| !x.is_empty()).partition(|x| x.parse::<u32>().is_ok());
+            let mut on = policies.join(",");
+            if !codes.is_empty() {
+                p["retriable_status_codes"] = codes.iter().filter_map(|c| c.parse::<u32>().ok()).collect();
+                if !on.contains("retriable-status-codes") {
+                    on.push_str(",retriable-status-codes");
+                }
+            }
+            p["retry_on"] = json!(on);
+        }
+    }
     if let Some(t) = per_try {
         p["per_try_timeout"] = json!(dur(t));
     }
@@ -205,7 +222,8 @@ pub fn gateway_route_configs(mesh: &Mesh) -> Vec<Value> {
             let routes: Vec<Value> =
                 vs.spec.http.iter().flat_map(|r| vs_routes(mesh, &vs.namespace, r, None)).collect();
             for h in &vs.spec.hosts {
-                let domains = if h == "*" { json!(["*"]) } else { json!([h, format!("{h}:{port}")]) };
+                // gateway.go: the host alone; the table ignores the port in host matching.
+                let domains = json!([h]);
                 vhosts.push(json!({"name": format!("{h}:{port}"), "domains": domains, "routes": routes, "include_request_attempt_count": true}));
             }
         }
