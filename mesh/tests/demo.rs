@@ -64,6 +64,9 @@ struct Demo {
 impl Drop for Demo {
     /// On a failed assertion: Ctrl-C first so the runner stops its processes, then SIGKILL.
     fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
@@ -195,4 +198,147 @@ fn demo_mesh_end_to_end() {
     let left = Command::new("pgrep").args(["-f", demo_run.work.to_str().unwrap()]).output().unwrap();
     assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
     eprintln!("demo test took {:?}", started.elapsed());
+}
+
+const SHOP: &str = r#"---
+# A mesh that is not examples/demo: another namespace, a named targetPort, a gateway in
+# istio-system with a host, faults on the gateway routes, PERMISSIVE mTLS.
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http-web, port: 8090, targetPort: web}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop, labels: {team: a}}
+spec:
+  selector: {matchLabels: {app: web}}
+  strategy: {type: RollingUpdate}
+  template:
+    metadata: {labels: {app: web, version: v3}}
+    spec:
+      serviceAccountName: web
+      containers:
+      - name: web
+        image: example/web:1
+        imagePullPolicy: IfNotPresent
+        ports: [{containerPort: 8091, name: web}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 9300}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: api, version: v1}}
+    spec:
+      containers: [{name: api, ports: [{containerPort: 9300}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["web.example.com"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: ["web.example.com"]
+  gateways: [istio-system/public]
+  http:
+  - match: [{uri: {prefix: /teapot}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /slow}}]
+    fault: {delay: {fixedDelay: 400ms}}
+    route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 8090}}}]
+  - route: [{destination: {host: web}}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: PERMISSIVE}}
+"#;
+
+/// Gets with a Host header.
+fn get_host(addr: &str, host: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[test]
+fn another_mesh_faults_hosts_and_permissive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mesh_dir = tmp.path().join("mesh");
+    std::fs::create_dir(&mesh_dir).unwrap();
+    std::fs::write(mesh_dir.join("shop.yml"), SHOP).unwrap();
+    let work = tmp.path().join("work");
+    let ready = tmp.path().join("ready.json");
+    let gw_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_remora-demo"))
+        .arg("--mesh")
+        .arg(&mesh_dir)
+        .args(["--gateway-port", &gw_port.to_string()])
+        .arg("--remora")
+        .arg(remora_bin())
+        .arg("--work-dir")
+        .arg(&work)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("demo.err")).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut demo_run = Demo { child, work };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ready.exists() {
+        let err = std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "not ready: {err}");
+        assert!(demo_run.child.try_wait().unwrap().is_none(), "exited: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    assert_eq!(summary["nacks"], serde_json::json!([]));
+    let gw = format!("127.0.0.1:{gw_port}");
+    let (status, body) = get_host(&gw, "web.example.com", "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"service\":\"web\"") && body.contains("\"version\":\"v3\""), "{body}");
+    // The port is ignored in host matching, as istiod configures the gateway.
+    assert_eq!(get_host(&gw, "web.example.com:80", "/").0, 200);
+    assert_eq!(get_host(&gw, "other.example.com", "/").0, 404);
+    assert_eq!(get_host(&gw, "web.example.com", "/teapot").0, 418);
+    let t = Instant::now();
+    assert_eq!(get_host(&gw, "web.example.com", "/slow").0, 200);
+    assert!(t.elapsed() >= Duration::from_millis(400), "no delay: {:?}", t.elapsed());
+    // web -> api across the mesh (short name, same namespace), then PERMISSIVE: plaintext to the
+    // api sidecar is served too.
+    let (status, body) = get_host(&gw, "web.example.com", "/call/api:9300/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"upstream_status\":200") && body.contains("\"service\":\"api\""), "{body}");
+    let api_ip = summary["pods"].as_array().unwrap().iter().find(|p| p["name"] == "api-0").unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(get_host(&format!("{api_ip}:9300"), "api", "/").0, 200);
+    drop(demo_run);
+    let left = Command::new("pgrep").args(["-f", tmp.path().join("work").to_str().unwrap()]).output().unwrap();
+    assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
 }
