@@ -23,6 +23,13 @@ pub struct Port {
     pub target: u16,
 }
 
+impl Port {
+    /// Istio's protocol selection by port name: `http2`/`http2-*` speak HTTP/2 (h2c) upstream.
+    pub fn is_h2(&self) -> bool {
+        self.name == "http2" || self.name.starts_with("http2-")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Service {
     pub name: String,

@@ -66,7 +66,11 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
             std::iter::once("").chain(dr.iter().flat_map(|d| d.spec.subsets.iter().map(|s| s.name.as_str()))).collect();
         for port in &svc.ports {
             for subset in &subsets {
-                out.push(outbound_cluster(mesh, svc, port.port, subset));
+                let mut c = outbound_cluster(mesh, svc, port.port, subset);
+                if port.is_h2() {
+                    c["typed_extension_protocol_options"] = h2_options();
+                }
+                out.push(c);
             }
         }
     }
@@ -81,6 +85,10 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
                 "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
                     {"socket_address": {"address": pod.app_ip.to_string(), "port_value": target}}}}]}]},
             }));
+            let h2 = mesh.services.iter().flat_map(|s| s.ports.iter()).any(|p| p.target == target && p.is_h2());
+            if h2 && let Some(c) = out.last_mut() {
+                c["typed_extension_protocol_options"] = h2_options();
+            }
         }
     }
     out.push(json!({"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
@@ -90,6 +98,14 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
         "circuit_breakers": {"thresholds": [{"max_connections": 4294967295u32, "max_pending_requests": 4294967295u32,
             "max_requests": 4294967295u32, "max_retries": 4294967295u32, "track_remaining": true}]}}));
     out
+}
+
+/// cluster_builder.go for HTTP/2 ports: the upstream speaks h2 (h2c inside the pod, h2 inside
+/// the mTLS tunnel between sidecars).
+fn h2_options() -> Value {
+    json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}})
 }
 
 /// The (service port, target port) pairs a pod serves, once per target port as istiod builds one

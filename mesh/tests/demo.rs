@@ -202,7 +202,7 @@ fn demo_mesh_end_to_end() {
 
 const SHOP: &str = r#"---
 # A mesh that is not examples/demo: another namespace, a named targetPort, a gateway in
-# istio-system with a host, faults on the gateway routes, PERMISSIVE mTLS.
+# istio-system with a host, faults on the gateway routes, an HTTP/2 port, PERMISSIVE mTLS.
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
@@ -231,7 +231,7 @@ kind: Service
 metadata: {name: api, namespace: shop}
 spec:
   selector: {app: api}
-  ports: [{name: http, port: 9300}]
+  ports: [{name: http2, port: 9300}]
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -338,6 +338,16 @@ fn another_mesh_faults_hosts_and_permissive() {
         .unwrap()
         .to_string();
     assert_eq!(get_host(&format!("{api_ip}:9300"), "api", "/").0, 200);
+    // api's port is named http2: web's sidecar speaks h2 to api's, api's sidecar h2c to the app.
+    let web_admin = summary["admin"]["web-0"].as_u64().unwrap();
+    assert!(stat(web_admin, "outbound|9300||api.shop.svc.cluster.local.upstream_cx_http2_total") > 0);
+    let api_admin = summary["admin"]["api-0"].as_u64().unwrap();
+    let api1_admin = summary["admin"]["api-1"].as_u64().unwrap();
+    assert!(
+        stat(api_admin, "inbound|9300||.upstream_cx_http2_total")
+            + stat(api1_admin, "inbound|9300||.upstream_cx_http2_total")
+            > 0
+    );
     drop(demo_run);
     let left = Command::new("pgrep").args(["-f", tmp.path().join("work").to_str().unwrap()]).output().unwrap();
     assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
