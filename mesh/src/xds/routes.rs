@@ -66,6 +66,8 @@ fn string_match(m: &StringMatch) -> Value {
 
 /// One VirtualService http route as Envoy routes (one per match, as istiod splits them).
 fn vs_routes(mesh: &Mesh, ns: &str, r: &HttpRoute, port_hint: Option<u16>) -> Vec<Value> {
+    // Mesh::build refuses a route without destinations.
+    let Some(first) = r.route.first().map(|d| &d.destination) else { return Vec::new() };
     let dest = |d: &crate::manifest::Destination| {
         let host = fqdn(&d.host, ns);
         let port = d
@@ -80,7 +82,7 @@ fn vs_routes(mesh: &Mesh, ns: &str, r: &HttpRoute, port_hint: Option<u16>) -> Ve
     let timeout = r.timeout.as_deref().and_then(parse_duration).map(dur).unwrap_or_else(|| "0s".into());
     let mut action = json!({"timeout": timeout, "max_grpc_timeout": timeout});
     if r.route.len() == 1 {
-        action["cluster"] = json!(dest(&r.route[0].destination));
+        action["cluster"] = json!(dest(first));
     } else {
         let clusters: Vec<Value> = r
             .route
@@ -101,7 +103,6 @@ fn vs_routes(mesh: &Mesh, ns: &str, r: &HttpRoute, port_hint: Option<u16>) -> Ve
         }
         None => action["retry_policy"] = retry_policy(2, None, None),
     }
-    let first = &r.route[0].destination;
     let operation = format!("{}:{}/*", fqdn(&first.host, ns), first.port.as_ref().map(|p| p.number).unwrap_or(80));
     let mut route = json!({"route": action, "decorator": {"operation": operation}});
     if let Some(n) = &r.name {
