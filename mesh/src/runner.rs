@@ -100,16 +100,14 @@ fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) -> Resul
     Ok(())
 }
 
-/// Fingerprint of the folder: names, sizes and modification times of its YAML files.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+/// Fingerprint of the folder: names and contents of its files (manifest folders are small; an
+/// edit that keeps the size within the mtime granularity is still seen).
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            Some((e.path(), m.len(), m.modified().ok()))
-        })
+        .filter_map(|e| Some((e.path(), std::fs::read(e.path()).ok()?)))
         .collect();
     v.sort();
     v
