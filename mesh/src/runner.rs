@@ -407,10 +407,33 @@ fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind
     for (port, local) in gateway_bind {
         println!("gateway: Gateway port {port} is on http://127.0.0.1:{local}/");
     }
-    if let Some((_, local)) = gateway_bind.first() {
-        println!(
-            "try:\n  curl -s http://127.0.0.1:{local}/\n  for i in $(seq 20); do curl -s http://127.0.0.1:{local}/; echo; done"
-        );
+    if let Some((port, local)) = gateway_bind.first() {
+        // The first host a VirtualService binds to a Gateway on this port ("*" needs no header).
+        let host = mesh
+            .virtual_services
+            .iter()
+            .filter(|vs| {
+                vs.spec
+                    .gateways
+                    .iter()
+                    .filter_map(|g| mesh.gateway(g, &vs.namespace))
+                    .any(|g| g.spec.servers.iter().any(|s| s.port.number == *port))
+            })
+            .flat_map(|vs| vs.spec.hosts.iter())
+            .next()
+            .filter(|h| h.as_str() != "*")
+            .map(|h| format!(" -H 'Host: {h}'"))
+            .unwrap_or_default();
+        println!("try:\n  curl -s{host} http://127.0.0.1:{local}/");
+        for svc in &mesh.services {
+            if let Some(p) = svc.ports.first() {
+                println!(
+                    "  curl -s{host} http://127.0.0.1:{local}/call/{}.{}:{}/   # through the gateway's backend to {}",
+                    svc.name, svc.namespace, p.port, svc.name
+                );
+            }
+        }
+        println!("  curl -s{host} http://127.0.0.1:{local}/status/503   /delay/500   (the demo app's knobs)");
     }
     println!("logs, bootstraps and the CA root: {}\nCtrl-C stops everything.", opts.work_dir.display());
     if let Some(f) = &opts.ready_file {
