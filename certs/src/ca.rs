@@ -7,13 +7,19 @@
 //! answer (leaf first, root last) is checked (leaf chains to the root, carries the requested
 //! identity, matches our key) and written to the [`SecretStore`] as `default` and `ROOTCA`,
 //! the names SDS would use. [`CaClient::run`] renews at a fraction of the lifetime (default
-//! one half) and retries failures with capped exponential backoff and jitter.
+//! one half) and retries failures with capped exponential backoff and jitter;
+//! [`CaClient::run_with`] is the same loop handing each certificate to the caller instead (the
+//! proxy installs it through its SDS path, as [`IssuedWorkloadCert::sds_secrets`]).
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
@@ -22,7 +28,7 @@ use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::tls::{PeerIdentity, TlsError, base_provider};
-use crate::{DEFAULT_CERT_SECRET, ROOT_CA_SECRET, SecretStore, SpiffeId};
+use crate::{CompiledSecret, DEFAULT_CERT_SECRET, ROOT_CA_SECRET, SecretStore, SpiffeId};
 
 /// Generated from `proto/istio/v1/auth/ca.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -119,6 +125,35 @@ impl IssuedWorkloadCert {
         let life = (self.not_after - self.not_before).max(0) as f64;
         let at = self.not_before as f64 + life * fraction.clamp(0.0, 1.0);
         UNIX_EPOCH + Duration::from_secs_f64(at.max(0.0))
+    }
+
+    /// The certificate as SDS would deliver it, the way pilot-agent's SDS server does: the
+    /// trust bundle first (`root_secret`, a validation context with the root), then the
+    /// workload certificate (`cert_secret`, chain and key).
+    pub fn sds_secrets(&self, cert_secret: &str, root_secret: &str) -> Vec<Secret> {
+        fn inline(s: &str) -> Option<DataSource> {
+            Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(s.to_string())),
+                ..Default::default()
+            })
+        }
+        vec![
+            Secret {
+                name: root_secret.to_string(),
+                r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                    trusted_ca: inline(&self.root_pem),
+                    ..Default::default()
+                })),
+            },
+            Secret {
+                name: cert_secret.to_string(),
+                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                    certificate_chain: inline(&self.chain_pem),
+                    private_key: inline(&self.key_pem),
+                    ..Default::default()
+                })),
+            },
+        ]
     }
 }
 
@@ -305,20 +340,44 @@ impl CaClient {
     /// Requests a certificate and writes it and the root into `store`.
     pub async fn refresh(&self, store: &SecretStore) -> Result<IssuedWorkloadCert, CaError> {
         let issued = self.request().await?;
-        // Root first, so a peer certificate from the new CA verifies as soon as ours is in use.
-        store.set_trusted_ca_pem(&self.cfg.root_secret, issued.root_pem.as_bytes())?;
-        store.set_tls_certificate_pem(&self.cfg.cert_secret, issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())?;
+        self.install(store, &issued)?;
         Ok(issued)
     }
 
-    /// Keeps the certificate fresh until `shutdown` completes: renews at `renew_fraction` of
-    /// each certificate's lifetime, retrying failures with backoff (never past the point where
-    /// it would be useless to wait: a retry is always scheduled).
+    /// Writes `issued` into `store` as one update (all or nothing).
+    fn install(&self, store: &SecretStore, issued: &IssuedWorkloadCert) -> Result<(), TlsError> {
+        let mut compiled = Vec::new();
+        for s in issued.sds_secrets(&self.cfg.cert_secret, &self.cfg.root_secret) {
+            let c = CompiledSecret::from_proto(&s, &format!("secret {:?}", s.name))?;
+            compiled.push((s.name, c));
+        }
+        store.set(compiled);
+        Ok(())
+    }
+
+    /// Keeps the certificate fresh in `store` until `shutdown` completes: renews at
+    /// `renew_fraction` of each certificate's lifetime, retrying failures with backoff (never
+    /// past the point where it would be useless to wait: a retry is always scheduled).
     pub async fn run(self, store: SecretStore, shutdown: impl std::future::Future<Output = ()>) {
+        let client = self.clone();
+        self.run_with(move |issued| client.install(&store, issued).map_err(|e| e.to_string()), shutdown).await
+    }
+
+    /// [`run`](Self::run), handing each new certificate to `install` instead of a store. An
+    /// error from `install` counts as a failed renewal (retried with backoff).
+    pub async fn run_with(
+        self,
+        mut install: impl FnMut(&IssuedWorkloadCert) -> Result<(), String>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut delay = self.cfg.retry_initial;
         loop {
-            let wait = match self.refresh(&store).await {
+            let result = match self.request().await {
+                Ok(issued) => install(&issued).map(|()| issued).map_err(|e| format!("installing the certificate: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let wait = match result {
                 Ok(issued) => {
                     delay = self.cfg.retry_initial;
                     let at = issued.renew_at(self.cfg.renew_fraction);

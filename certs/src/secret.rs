@@ -8,8 +8,13 @@
 //! secret is rejected (NACKed) before anything can use it. Certificates and validation contexts
 //! live in separate namespaces, as Envoy keys its SDS subscriptions by type.
 //!
+//! Updates come one at a time ([`SecretStore::apply`], the `set_*` helpers) or as a batch
+//! ([`CompiledSecret::from_proto`] for each secret of an SDS response, then one
+//! [`SecretStore::set`]), so a caller can validate a whole response before anything changes.
+//!
 //! Change notification: [`SecretStore::subscribe`] returns a `watch` receiver whose value (a
-//! generation counter) changes on every update, so warming listeners/clusters can wait.
+//! generation counter) changes on every update, so warming listeners/clusters can wait. Every
+//! update also resets TLS session resumption (see `tls::resumption`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +34,37 @@ use crate::tls::{CertificateSecret, TlsError, ValidationSecret, compile_tls_cert
 pub const DEFAULT_CERT_SECRET: &str = "default";
 /// Istio's name for the trust bundle secret.
 pub const ROOT_CA_SECRET: &str = "ROOTCA";
+
+/// A validated and compiled secret, not stored yet: what [`SecretStore::set`] takes.
+#[derive(Debug, Clone)]
+pub enum CompiledSecret {
+    /// A certificate chain and its private key (`tls_certificate`).
+    TlsCertificate(Arc<CertificateSecret>),
+    /// A trust bundle and SAN matchers (`validation_context`).
+    ValidationContext(Arc<ValidationSecret>),
+}
+
+impl CompiledSecret {
+    /// Compiles an SDS (or static bootstrap) `Secret`; `field` names it in errors, e.g.
+    /// `static_resources.secrets[0]`. Errors mean the secret must be refused (NACKed).
+    pub fn from_proto(secret: &Secret, field: &str) -> Result<Self, TlsError> {
+        match &secret.r#type {
+            Some(secret::Type::TlsCertificate(c)) => Ok(CompiledSecret::TlsCertificate(Arc::new(
+                compile_tls_certificate(c, &format!("{field}.tls_certificate"))?,
+            ))),
+            Some(secret::Type::ValidationContext(v)) => Ok(CompiledSecret::ValidationContext(Arc::new(
+                compile_validation_secret(v, &format!("{field}.validation_context"))?,
+            ))),
+            Some(secret::Type::SessionTicketKeys(_)) => {
+                Err(TlsError::unsupported(format!("{field}.session_ticket_keys"), "session ticket keys"))
+            }
+            Some(secret::Type::GenericSecret(_)) => {
+                Err(TlsError::unsupported(format!("{field}.generic_secret"), "generic secrets"))
+            }
+            None => Err(TlsError::invalid(field, "has no type")),
+        }
+    }
+}
 
 /// One named value, shared by every config that references the name.
 pub(crate) struct Slot<T> {
@@ -121,24 +157,27 @@ impl SecretStore {
     /// Applies an SDS `Secret`. Errors (which name the secret and field) mean the update must
     /// be NACKed; the previous value stays in place.
     pub fn apply(&self, secret: &Secret) -> Result<(), TlsError> {
-        let field = format!("secret {:?}", secret.name);
         if secret.name.is_empty() {
             return Err(TlsError::invalid("secret.name", "must not be empty"));
         }
-        match &secret.r#type {
-            Some(secret::Type::TlsCertificate(c)) => {
-                self.set_tls_certificate_as(&secret.name, c, &format!("{field}.tls_certificate"))
+        let compiled = CompiledSecret::from_proto(secret, &format!("secret {:?}", secret.name))?;
+        self.set([(secret.name.clone(), compiled)]);
+        Ok(())
+    }
+
+    /// Stores compiled secrets, replacing values of the same name and kind, as one update (one
+    /// generation, one reset of session resumption). Later entries win over earlier ones.
+    pub fn set(&self, secrets: impl IntoIterator<Item = (String, CompiledSecret)>) {
+        let mut changed = false;
+        for (name, secret) in secrets {
+            match secret {
+                CompiledSecret::TlsCertificate(c) => self.cert_slot(&name).value.store(Some(c)),
+                CompiledSecret::ValidationContext(v) => self.validation_slot(&name).value.store(Some(v)),
             }
-            Some(secret::Type::ValidationContext(v)) => {
-                self.set_validation_context_as(&secret.name, v, &format!("{field}.validation_context"))
-            }
-            Some(secret::Type::SessionTicketKeys(_)) => {
-                Err(TlsError::unsupported(format!("{field}.session_ticket_keys"), "session ticket keys"))
-            }
-            Some(secret::Type::GenericSecret(_)) => {
-                Err(TlsError::unsupported(format!("{field}.generic_secret"), "generic secrets"))
-            }
-            None => Err(TlsError::invalid(&field, "has no type")),
+            changed = true;
+        }
+        if changed {
+            self.bump();
         }
     }
 
@@ -149,8 +188,7 @@ impl SecretStore {
 
     fn set_tls_certificate_as(&self, name: &str, cert: &TlsCertificate, field: &str) -> Result<(), TlsError> {
         let compiled = compile_tls_certificate(cert, field)?;
-        self.cert_slot(name).value.store(Some(Arc::new(compiled)));
-        self.bump();
+        self.set([(name.to_string(), CompiledSecret::TlsCertificate(Arc::new(compiled)))]);
         Ok(())
     }
 
@@ -173,8 +211,7 @@ impl SecretStore {
         field: &str,
     ) -> Result<(), TlsError> {
         let compiled = compile_validation_secret(ctx, field)?;
-        self.validation_slot(name).value.store(Some(Arc::new(compiled)));
-        self.bump();
+        self.set([(name.to_string(), CompiledSecret::ValidationContext(Arc::new(compiled)))]);
         Ok(())
     }
 
@@ -184,19 +221,27 @@ impl SecretStore {
         self.set_validation_context(name, &ctx)
     }
 
-    /// Removes a secret of either kind (SDS removal). Configs using it go back to warming;
-    /// established connections are unaffected.
-    pub fn remove(&self, name: &str) {
+    /// Removes secrets of either kind (SDS removal), as one update. Configs using them go back
+    /// to warming; established connections are unaffected.
+    pub fn remove<S: AsRef<str>>(&self, names: &[S]) {
         let mut changed = false;
-        if let Some(s) = self.inner.certs.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
-            changed |= s.value.swap(None).is_some();
-        }
-        if let Some(s) = self.inner.validations.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
-            changed |= s.value.swap(None).is_some();
+        for name in names {
+            let name = name.as_ref();
+            if let Some(s) = self.inner.certs.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+                changed |= s.value.swap(None).is_some();
+            }
+            if let Some(s) = self.inner.validations.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+                changed |= s.value.swap(None).is_some();
+            }
         }
         if changed {
             self.bump();
         }
+    }
+
+    /// Whether a secret of either kind is present under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tls_certificate(name).is_some() || self.validation_context(name).is_some()
     }
 
     /// The current certificate named `name`.

@@ -35,7 +35,7 @@ pub use client::ClientTlsConfig;
 pub use matcher::{SanMatcher, SanType, StringMatch};
 pub use peer::PeerIdentity;
 pub use server::ServerTlsConfig;
-pub use validation::ValidationSecret;
+pub use validation::{SanMismatch, ValidationSecret};
 
 pub(crate) use certificate::compile_tls_certificate;
 pub(crate) use validation::compile_validation_secret;
@@ -80,6 +80,48 @@ pub enum Readiness {
 impl Readiness {
     pub fn is_ready(&self) -> bool {
         matches!(self, Readiness::Ready)
+    }
+}
+
+/// The secrets a compiled context reads: its certificates and its validation settings.
+pub(crate) struct Secrets<'a> {
+    pub(crate) certs: &'a [certificate::CertSource],
+    pub(crate) validation: &'a validation::ValidationSource,
+}
+
+impl Secrets<'_> {
+    /// Whether every named secret is present (no allocation).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.certs.iter().all(|s| s.load().is_some()) && self.validation.is_ready()
+    }
+
+    /// The SDS secret names, certificates first, present or not.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let certs = self.certs.iter().filter_map(|s| s.secret_name());
+        certs.chain(self.validation.secret_name()).map(str::to_string).collect()
+    }
+
+    pub(crate) fn readiness(&self) -> Readiness {
+        let mut missing: Vec<String> = self
+            .certs
+            .iter()
+            .filter(|s| s.load().is_none())
+            .filter_map(|s| s.secret_name().map(str::to_string))
+            .collect();
+        if !self.validation.is_ready() {
+            missing.extend(self.validation.secret_name().map(str::to_string));
+        }
+        if missing.is_empty() { Readiness::Ready } else { Readiness::Warming { missing } }
+    }
+
+    /// Waits until every named secret is present.
+    pub(crate) async fn wait(&self, store: &crate::SecretStore) {
+        let mut rx = store.subscribe();
+        while !self.is_ready() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certs::dev_ca::{CaOptions, DevCa, IssuedCert, Validity};
-use certs::test_util::{install, istio_inbound_context, istio_outbound_context, new_root, workload};
+use certs::test_util::{install, istio_inbound_context, istio_outbound_context, new_root, sds, workload};
 use certs::{ClientTlsConfig, PeerIdentity, SecretStore, ServerTlsConfig};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{CommonTlsContext, DownstreamTlsContext};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -375,4 +376,49 @@ async fn subject_and_hash_match_openssl() {
     let subject = openssl_x509(ca.cert_pem(), &["-noout", "-subject", "-nameopt", "RFC2253"]).await;
     let der = CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
     assert_eq!(format!("subject={}", PeerIdentity::from_der(&der).unwrap().subject), subject);
+}
+
+/// An X.509 v1 certificate (no extensions), as Envoy's own examples ship, and its key.
+const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBLTCB1QIUToBRwf1o5IlQ6ndiQi3lSuB+PC8wCgYIKoZIzj0EAwIwGTEXMBUG
+A1UEAwwOdjEuZXhhbXBsZS5jb20wIBcNMjYxMjA3MDUwODA4WhgPMjEyNjExMTMw
+NTA4MDhaMBkxFzAVBgNVBAMMDnYxLmV4YW1wbGUuY29tMFkwEwYHKoZIzj0CAQYI
+KoZIzj0DAQcDQgAE049+AXt4VWZ14tbd9mYSE8nlWwA6LqCGFya/SGQQxXpAGZgi
+RDZDH5hDwOW0roHkj4IIXtZH/SJe7BAYICn40zAKBggqhkjOPQQDAgNHADBEAiBa
+vVMzpUzVYiMyD2BBIYt1+1D5vUQxGj+ao42cYvmywQIgKfx1lT37Orr8zLLJOsjM
+Zy3AoViZfSUhYu7C4K42esk=
+-----END CERTIFICATE-----
+";
+const V1_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgpuPvArCR2n5/A3KN
+xWZUQ/jf2ZSLM71PJ3JPHZXaeoChRANCAATTj34Be3hVZnXi1t32ZhITyeVbADou
+oIYXJr9IZBDFekAZmCJENkMfmEPA5bSugeSPgghe1kf9Il7sEBggKfjT
+-----END PRIVATE KEY-----
+";
+
+#[tokio::test]
+async fn x509_v1_server_certificates_are_accepted_like_envoy() {
+    let store = SecretStore::new();
+    store.set_tls_certificate_pem("v1", V1_CERT.as_bytes(), V1_KEY.as_bytes()).unwrap();
+    let id = store.tls_certificate("v1").unwrap().identity().clone();
+    assert_eq!(id.subject, "CN=v1.example.com");
+    // The key check still applies.
+    let other = workload(&new_root(), SERVER_ID, day());
+    let e = store.set_tls_certificate_pem("v1", V1_CERT.as_bytes(), other.key_pem.as_bytes()).unwrap_err().to_string();
+    assert!(e.contains("private key does not match"), "{e}");
+
+    let server_ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds("v1")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let server = Arc::new(ServerTlsConfig::from_proto(&server_ctx, &store).unwrap());
+    // OpenSSL (like curl, and Envoy as a client) takes the v1 certificate; rustls as a client
+    // does not (webpki refuses v1 end-entity certificates), so the peer here is s_client.
+    let (addr, task) = remora_server(server).await;
+    let out = s_client(addr, &["-servername".to_string(), "v1.example.com".to_string()]).await;
+    assert_eq!(out, "pong -\n");
+    assert!(task.await.unwrap().unwrap().is_none());
 }

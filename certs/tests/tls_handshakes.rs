@@ -262,7 +262,7 @@ async fn warming_until_secrets_arrive() {
     task.await.unwrap().pop().unwrap().unwrap();
 
     // Removing a secret sends the config back to warming.
-    store.remove(ROOT_CA_SECRET);
+    store.remove(&[ROOT_CA_SECRET]);
     assert_eq!(server.readiness(), Readiness::Warming { missing: vec![ROOT_CA_SECRET.into()] });
 }
 
@@ -679,7 +679,7 @@ fn unsupported_security_settings_are_errors() {
 
     // A downstream context without any certificate.
     let e = err_of(ServerTlsConfig::from_proto(&DownstreamTlsContext::default(), &store));
-    assert!(e.contains("no TLS certificate"), "{e}");
+    assert!(e == "common_tls_context: No TLS certificates found for server context", "{e}");
 
     // auto_sni_san_validation without a CA.
     let ctx = UpstreamTlsContext { auto_sni_san_validation: true, ..Default::default() };
@@ -787,4 +787,174 @@ async fn combined_context_without_any_ca_fails_handshakes_with_a_reason() {
     let (addr, _task) = serve(m.server.clone(), 1).await;
     let err = exchange(&m.client, addr).await.unwrap_err();
     assert!(err.contains("SAN-based verification of peer certificates without trusted CA"), "{err}");
+}
+
+/// Captures the CA names a server sends in its `CertificateRequest`.
+#[derive(Debug)]
+struct CaNames {
+    inner: Arc<dyn rustls::client::ResolvesClientCert>,
+    seen: std::sync::Mutex<Option<Vec<Vec<u8>>>>,
+}
+
+impl rustls::client::ResolvesClientCert for CaNames {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        *self.seen.lock().unwrap() = Some(root_hint_subjects.iter().map(|s| s.to_vec()).collect());
+        self.inner.resolve(root_hint_subjects, sigschemes)
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.has_certs()
+    }
+}
+
+/// Handshakes with `client`'s config and returns the CA names the server asked for (None: no
+/// certificate was requested).
+async fn ca_names_sent(server: Arc<ServerTlsConfig>, client: &ClientTlsConfig) -> Option<Vec<Vec<u8>>> {
+    let mut cfg = rustls::ClientConfig::clone(client.client_config());
+    let capture = Arc::new(CaNames { inner: cfg.client_auth_cert_resolver.clone(), seen: Default::default() });
+    cfg.client_auth_cert_resolver = capture.clone();
+    let (addr, task) = serve(server, 1).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(client.server_name(None), tcp).await.unwrap();
+    tls.write_all(b"ping\n").await.unwrap();
+    let mut buf = String::new();
+    tls.read_to_string(&mut buf).await.unwrap();
+    task.await.unwrap().pop().unwrap().unwrap();
+    capture.seen.lock().unwrap().take()
+}
+
+fn subject_der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    cert.subject().as_raw().to_vec()
+}
+
+#[tokio::test]
+async fn certificate_request_names_the_trusted_cas_like_envoy() {
+    // BoringSSL (Envoy) sends the trusted CAs' names unless suppress_client_ca_list is set.
+    let m = mesh();
+    assert_eq!(ca_names_sent(m.server.clone(), &m.client).await, Some(vec![subject_der(m.ca.cert_pem())]));
+
+    // The trust bundle comes from SDS: a rotated bundle is named from the next handshake on.
+    let other = certs::dev_ca::DevCa::new_root(&certs::dev_ca::CaOptions {
+        common_name: "Other Root".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let bundle = format!("{}{}", m.ca.cert_pem(), other.cert_pem());
+    m.server_store.set_trusted_ca_pem(ROOT_CA_SECRET, bundle.as_bytes()).unwrap();
+    let names = ca_names_sent(m.server.clone(), &m.client).await.unwrap();
+    assert_eq!(names, vec![subject_der(m.ca.cert_pem()), subject_der(other.cert_pem())]);
+
+    // suppress_client_ca_list: the certificate is still requested and verified, not advertised.
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(DEFAULT_CERT_SECRET)],
+            validation_context_type: Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(m.ca.cert_pem())),
+                suppress_client_ca_list: true,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let server = Arc::new(ServerTlsConfig::from_proto(&ctx, &m.server_store).unwrap());
+    assert_eq!(ca_names_sent(server, &m.client).await, Some(vec![]));
+}
+
+#[test]
+fn require_client_certificate_without_a_trusted_ca_is_refused() {
+    // Envoy would accept this and then neither request nor check a certificate.
+    let store = SecretStore::new();
+    for vc in [None, Some(CertificateValidationContext::default())] {
+        let ctx = DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds(DEFAULT_CERT_SECRET)],
+                validation_context_type: vc.map(ValidationContextType::ValidationContext),
+                ..Default::default()
+            }),
+            require_client_certificate: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            ..Default::default()
+        };
+        let e = err_of(ServerTlsConfig::from_proto(&ctx, &store));
+        assert!(e.starts_with("require_client_certificate: needs a validation context"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn client_alpn_override_and_readiness() {
+    let m = mesh();
+    let server =
+        ServerTlsConfig::from_proto(&istio_inbound_context("cluster.local", &["h2", "istio"]), &m.server_store)
+            .unwrap();
+    assert!(server.is_ready());
+    assert_eq!(server.secret_names(), vec![DEFAULT_CERT_SECRET.to_string(), ROOT_CA_SECRET.to_string()]);
+    assert_eq!(m.client.secret_names(), vec![DEFAULT_CERT_SECRET.to_string(), ROOT_CA_SECRET.to_string()]);
+    let server = Arc::new(server);
+    // The context offers istio-peer-exchange, istio; the override offers h2.
+    let h2 = [b"h2".to_vec()];
+    let cfg = m.client.client_config_with_alpn(&h2);
+    assert!(Arc::ptr_eq(&cfg, &m.client.client_config_with_alpn(&h2)), "built once per list");
+    assert_eq!(cfg.alpn_protocols, h2);
+    assert_eq!(m.client.alpn_protocols(), [b"istio-peer-exchange".to_vec(), b"istio".to_vec()]);
+    let (addr, task) = serve(server, 1).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(m.client.server_name(None), tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"ping\n").await.unwrap();
+    let mut buf = String::new();
+    tls.read_to_string(&mut buf).await.unwrap();
+    assert_eq!(task.await.unwrap().pop().unwrap().unwrap().alpn, Some(b"h2".to_vec()));
+
+    // Removing a secret makes both ends not ready.
+    m.client_store.remove(&[DEFAULT_CERT_SECRET]);
+    assert!(!m.client.is_ready());
+    assert!(!m.client_store.contains(DEFAULT_CERT_SECRET));
+    assert!(m.client_store.contains(ROOT_CA_SECRET));
+}
+
+#[test]
+fn secrets_are_compiled_whole_then_stored_as_one_update() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    let ca = new_root();
+    let issued = workload(&ca, SERVER_ID, day());
+    let store = SecretStore::new();
+    let good = Secret { name: "default".into(), r#type: Some(secret::Type::TlsCertificate(tls_certificate(&issued))) };
+    let bad = Secret {
+        name: "ROOTCA".into(),
+        r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+            trusted_ca: Some(inline("garbage")),
+            ..Default::default()
+        })),
+    };
+    let e = certs::CompiledSecret::from_proto(&bad, "static_resources.secrets[1]").unwrap_err().to_string();
+    assert!(e.starts_with("static_resources.secrets[1].validation_context.trusted_ca: no PEM certificate"), "{e}");
+    let before = store.generation();
+    let compiled = certs::CompiledSecret::from_proto(&good, "default").unwrap();
+    let root = certs::CompiledSecret::from_proto(
+        &Secret {
+            name: "ROOTCA".into(),
+            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(ca.cert_pem())),
+                ..Default::default()
+            })),
+        },
+        "ROOTCA",
+    )
+    .unwrap();
+    store.set(vec![("default".to_string(), compiled), ("ROOTCA".to_string(), root)]);
+    assert_eq!(store.generation(), before + 1);
+    assert!(store.contains("default") && store.contains("ROOTCA"));
+    // Separate namespaces, as Envoy's SDS subscriptions by type: a certificate named ROOTCA
+    // would not be the trust bundle.
+    assert!(store.tls_certificate("ROOTCA").is_none());
+    store.remove(&["default", "ROOTCA"]);
+    assert_eq!(store.generation(), before + 2);
+    assert!(!store.contains("default"));
 }

@@ -151,6 +151,16 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
         "/clusters" => dump::clusters(st, get("format") == Some("json")),
+        "/config_guard" => {
+            // What is accepted without effect: telemetry-only fields remora does not act on.
+            let mut out = String::from("# field (Message.field)\ttimes seen\twhy it has no effect\n");
+            if let Some(g) = &st.control.manager.build_ctx().guard {
+                for (field, why, n) in g.seen() {
+                    out.push_str(&format!("{field}\t{n}\t{why}\n"));
+                }
+            }
+            text(StatusCode::OK, out)
+        }
         "/listeners" => dump::listeners(st, get("format") == Some("json")),
         "/logging" => {
             if params.is_empty() {

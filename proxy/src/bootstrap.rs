@@ -9,6 +9,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 
 use crate::cli::Options;
+use crate::config::field_guard::FieldGuard;
 use crate::config::{BuildCtx, ConfigError, NodeInfo};
 use crate::listener::Listener;
 use crate::stats::Store;
@@ -24,6 +25,8 @@ pub struct ServerConfig {
     pub listeners: Vec<Arc<Listener>>,
     pub cx: BuildCtx,
     pub bootstrap: Bootstrap,
+    /// The overload manager's `global_downstream_max_connections`, if configured.
+    pub max_downstream_connections: Option<u64>,
 }
 
 fn hostname() -> String {
@@ -77,7 +80,13 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
     };
     let stats = Arc::new(Store::with_matcher(tags, matcher));
 
+    // Honour or refuse: every field set in the bootstrap is implemented, a stated no-op or
+    // telemetry-only (accepted loudly); anything else stops the start with its path.
+    let guard = Arc::new(FieldGuard::load().map_err(|e| ConfigError::new("", e))?);
+    guard.admit(b, &stats).map_err(|f| ConfigError::unsupported(&f))?;
     check_runtime(b)?;
+    check_bootstrap_extensions(b)?;
+    let max_downstream_connections = overload_manager(b)?;
 
     let admin = match &b.admin {
         Some(a) if a.address.is_some() => Some(socket_address_of(a.address.as_ref(), "admin.address")?),
@@ -111,6 +120,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         http_stat_prefix: None,
         inbound: false,
         file_flush_interval: Some(std::time::Duration::from_millis(opts.file_flush_interval_msec)),
+        guard: Some(guard),
         extensions: crate::filters::EXTENSIONS,
     };
     let mut clusters = Vec::new();
@@ -128,7 +138,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         listeners.push(Arc::new(Listener::from_proto(l, &cx).map_err(|e| e.within(&field))?));
     }
 
-    Ok(ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap: b.clone() })
+    Ok(ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap: b.clone(), max_downstream_connections })
 }
 
 /// Envoy watches disk runtime layers at start-up and fails if they cannot be watched.
@@ -149,4 +159,52 @@ fn check_runtime(b: &Bootstrap) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// `bootstrap_extensions`: Istio's `envoy.bootstrap.internal_listener` registers internal
+/// listeners, which remora refuses where a listener asks for one, so the registry itself changes
+/// nothing; any other bootstrap extension is refused by name.
+fn check_bootstrap_extensions(b: &Bootstrap) -> Result<(), ConfigError> {
+    const INTERNAL_LISTENER: &str = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener";
+    for (i, e) in b.bootstrap_extensions.iter().enumerate() {
+        let t = e.typed_config.as_ref().map(xds_client::any::effective_type_name).unwrap_or_default();
+        if t != INTERNAL_LISTENER {
+            return Err(ConfigError::new(
+                format!("bootstrap_extensions[{i}]"),
+                format!("bootstrap extension {} ({t}) is not supported by remora", e.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The overload manager: remora implements the global downstream connection limit
+/// (`envoy.resource_monitors.global_downstream_max_connections`, what Istio's bootstrap sets);
+/// other resource monitors are refused by name, and overload actions by the field guard.
+fn overload_manager(b: &Bootstrap) -> Result<Option<u64>, ConfigError> {
+    use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
+    const TYPE: &str = "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
+    let Some(om) = &b.overload_manager else { return Ok(None) };
+    let mut max = None;
+    for (i, m) in om.resource_monitors.iter().enumerate() {
+        let field = format!("overload_manager.resource_monitors[{i}]");
+        let Some(envoy_types::pb::envoy::config::overload::v3::resource_monitor::ConfigType::TypedConfig(any)) =
+            &m.config_type
+        else {
+            return Err(ConfigError::new(field, format!("resource monitor {} needs a typed_config", m.name)));
+        };
+        if xds_client::any::effective_type_name(any) != TYPE {
+            return Err(ConfigError::new(field, format!("resource monitor {} is not supported by remora", m.name)));
+        }
+        let c: DownstreamConnectionsConfig =
+            xds_client::any::unpack(any).map_err(|e| ConfigError::new(&field, e.to_string()))?;
+        if c.max_active_downstream_connections <= 0 {
+            return Err(ConfigError::new(
+                format!("{field}.typed_config.max_active_downstream_connections"),
+                "value must be greater than 0",
+            ));
+        }
+        max = Some(c.max_active_downstream_connections as u64);
+    }
+    Ok(max)
 }

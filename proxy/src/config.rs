@@ -6,6 +6,8 @@
 //! handles) is compiled there, once. Assembling and publishing the compiled objects is the config
 //! manager's job (`crate::manager`), not this module's.
 
+pub mod field_guard;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -26,6 +28,17 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// A field the guard refused: its path and "not supported by remora".
+    pub fn unsupported(f: &field_guard::Finding) -> Self {
+        let mut what = format!("not supported by remora ({}", f.field);
+        if !f.reason.is_empty() {
+            what.push_str(": ");
+            what.push_str(&f.reason);
+        }
+        what.push(')');
+        ConfigError::new(f.path.clone(), what)
+    }
+
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError { field: field.into(), reason: reason.into() }
     }
@@ -60,6 +73,8 @@ pub struct BuildCtx {
     pub inbound: bool,
     /// `--file-flush-interval-msec`: how often access log files are flushed (None: Envoy's 10 s).
     pub file_flush_interval: Option<std::time::Duration>,
+    /// The field-coverage guard (None: unchecked, as in unit tests).
+    pub guard: Option<Arc<field_guard::FieldGuard>>,
     /// The extension hooks the core calls while translating (`crate::filters::EXTENSIONS` in a
     /// running proxy; none by default).
     pub extensions: Extensions,

@@ -36,3 +36,22 @@ pub const EXTENSIONS: crate::config::Extensions = crate::config::Extensions {
     legacy_cors: http::cors::CorsPolicy::legacy_extension,
     upstream_filters: network::upstream_filters,
 };
+
+#[cfg(test)]
+mod tests {
+    /// Every typed config an extension registry accepts is walked by the field-coverage guard,
+    /// except the ones that are only checked, whose fields their own code reads whole.
+    #[test]
+    fn every_registered_extension_config_is_covered_by_the_field_guard() {
+        let guard = crate::config::field_guard::FieldGuard::load().unwrap();
+        let mut types: Vec<&str> = super::http::FILTERS.iter().map(|(t, _)| *t).collect();
+        types.extend(super::http::PER_ROUTE.iter().map(|(t, _)| *t));
+        types.extend(super::network::REGISTRY.iter().map(|(t, _)| *t));
+        let missing: Vec<&str> = types
+            .into_iter()
+            .filter(|t| !guard.covers(t))
+            .filter(|t| *t != "io.istio.network.authn.Config" && *t != "io.istio.http.peer_metadata.Config")
+            .collect();
+        assert!(missing.is_empty(), "not in fields.txt: {missing:?}");
+    }
+}

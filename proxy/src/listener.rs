@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{BuildCtx, ConfigError, duration};
-use crate::filters::listener::ListenerFilters;
+use crate::filters::listener::{ListenerFilters, Which};
 use crate::filters::network::metadata_exchange::{self, MetadataExchange};
 use crate::filters::network::{NetworkAction, NetworkCtx, NetworkFilter, NetworkFilterConfig, Terminal};
 use crate::runtime::WorkerCtx;
@@ -40,6 +40,7 @@ pub struct NetworkChain {
 
 pub struct ListenerStats {
     pub downstream_cx_total: Counter,
+    pub downstream_global_cx_overflow: Counter,
     pub downstream_cx_active: Gauge,
     pub downstream_cx_destroy: Counter,
     pub no_filter_chain_match: Counter,
@@ -147,6 +148,7 @@ impl Listener {
             matchers,
             stats: ListenerStats {
                 downstream_cx_total: c("downstream_cx_total"),
+                downstream_global_cx_overflow: c("downstream_global_cx_overflow"),
                 downstream_cx_active: cx.stats.gauge(&format!("listener.{stat_addr}.downstream_cx_active")),
                 downstream_cx_destroy: c("downstream_cx_destroy"),
                 no_filter_chain_match: c("no_filter_chain_match"),
@@ -189,7 +191,7 @@ impl Listener {
         let mut restored = false;
         // Envoy adds the original_dst listener filter itself when `use_original_dst` is set
         // (Istio's virtualOutbound lists no listener filters and relies on it).
-        if (self.listener_filters.original_dst || self.use_original_dst)
+        if (self.listener_filters.runs(Which::OriginalDst, local.port()) || self.use_original_dst)
             && let Some(dst) = crate::filters::listener::original_dst::original_dst(&stream, local)
         {
             restored = dst != local;
@@ -236,14 +238,14 @@ impl Listener {
         let mut transport = "raw_buffer";
         let mut sni = None;
         let mut alpn: Vec<String> = Vec::new();
-        if self.listener_filters.tls_inspector
+        if self.listener_filters.runs(Which::TlsInspector, local.port())
             && let Some(h) = crate::filters::listener::tls_inspector::inspect(&stream, timeout).await
         {
             transport = "tls";
             sni = h.server_name;
             alpn = h.alpn;
         }
-        if self.listener_filters.http_inspector
+        if self.listener_filters.runs(Which::HttpInspector, local.port())
             && transport == "raw_buffer"
             && let Some(p) = crate::filters::listener::http_inspector::inspect(&stream, timeout).await
         {
@@ -295,7 +297,7 @@ impl Listener {
             }
             Some(tls) => {
                 let Some(s) = self.handshake(tls, stream).await else { return };
-                let conn = conn_info(s.get_ref().1, tls);
+                let conn = crate::tls::conn_info(s.get_ref().1, tls);
                 // After the handshake the filters see the peer's identity.
                 let ncx = NetworkCtx { remote, local, conn: &conn };
                 if let NetworkAction::Close { delay } = crate::filters::network::run_filters(&chain.filters, &ncx) {
@@ -342,30 +344,19 @@ impl Listener {
         tls: &crate::tls::ServerTls,
         stream: TcpStream,
     ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-        let cfg = match tls.config() {
-            Ok(c) => c,
-            Err(e) => {
-                // Secrets not there yet (SDS): the connection is refused, as while Envoy warms.
-                tracing::debug!(target: "remora::listener", "listener {}: TLS not ready: {e}", self.name);
-                self.stats.ssl_connection_error.inc();
-                return None;
-            }
-        };
-        let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
-        match tokio::time::timeout(Duration::from_secs(15), accept).await {
+        use crate::tls::HandshakeFailure as F;
+        match tokio::time::timeout(Duration::from_secs(15), tls.accept(stream)).await {
             Ok(Ok(s)) => {
                 self.stats.ssl_handshake.inc();
                 Some(s)
             }
             Ok(Err(e)) => {
                 self.stats.ssl_connection_error.inc();
-                match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
-                    Some(rustls::Error::NoCertificatesPresented) => self.stats.ssl_no_certificate.inc(),
-                    Some(rustls::Error::InvalidCertificate(
-                        rustls::CertificateError::ApplicationVerificationFailure,
-                    )) => self.stats.ssl_fail_verify_san.inc(),
-                    Some(rustls::Error::InvalidCertificate(_)) => self.stats.ssl_fail_verify_error.inc(),
-                    _ => {}
+                match e.failure {
+                    F::NoCertificate => self.stats.ssl_no_certificate.inc(),
+                    F::FailVerifySan => self.stats.ssl_fail_verify_san.inc(),
+                    F::FailVerifyError => self.stats.ssl_fail_verify_error.inc(),
+                    F::NotReady | F::Other => {}
                 }
                 tracing::debug!(target: "remora::listener", "listener {}: TLS handshake failed: {e}", self.name);
                 None
@@ -420,33 +411,6 @@ pub fn stat_address(a: SocketAddr) -> String {
         SocketAddr::V4(v) => format!("{}_{}", v.ip(), v.port()),
         SocketAddr::V6(v) => format!("[{}]_{}", v.ip().to_string().replace(':', "_"), v.port()),
     }
-}
-
-/// What the peer presented, for filters, headers and logs.
-fn conn_info(s: &rustls::ServerConnection, tls: &crate::tls::ServerTls) -> ConnInfo {
-    let mut c = ConnInfo {
-        sni: s.server_name().map(str::to_string),
-        alpn: s.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned()),
-        tls_version: s.protocol_version().map(|v| match v {
-            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-            _ => "TLSv1.2",
-        }),
-        local_uri_sans: tls.local_uri_sans(),
-        ..Default::default()
-    };
-    if let Some(chain) = s.peer_certificates()
-        && let Some(leaf) = chain.first()
-    {
-        if let Some(sans) = crate::tls::verify::sans_of(leaf) {
-            c.peer_uri_sans = sans.uri;
-            c.peer_dns_sans = sans.dns;
-        }
-        // Envoy's subject form (RFC 2253, most specific RDN first), for XFCC and RBAC.
-        c.peer_subject = certs::PeerIdentity::from_der(leaf).ok().map(|id| id.subject);
-        c.peer_cert_sha256 = Some(crate::tls::verify::sha256_hex(leaf));
-        c.peer_chain = chain.iter().map(|d| d.clone().into_owned()).collect();
-    }
-    c
 }
 
 fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, ConfigError> {

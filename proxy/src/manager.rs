@@ -206,6 +206,16 @@ impl ConfigManager {
         })
     }
 
+    /// The field-coverage guard's verdict on one resource: `Err` names the refused field.
+    fn admit<M: prost::Message + prost::Name>(&self, resource: &M) -> Result<(), String> {
+        match &self.cx.guard {
+            Some(g) => {
+                g.admit(resource, &self.cx.stats).map_err(|f| crate::config::ConfigError::unsupported(&f).to_string())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The published listeners.
     pub fn active_listeners(&self) -> Arc<Vec<Arc<Listener>>> {
         self.listeners.load_full()

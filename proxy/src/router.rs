@@ -30,6 +30,30 @@ pub struct VirtualHost {
     pub per_filter: crate::config::PerFilterConfigs,
     /// The deprecated `cors` field (the CORS filter reads it when no typed config is set).
     pub cors: Option<crate::config::ExtensionConfig>,
+    /// `require_tls`: which requests must have come over TLS (else a 301 to https).
+    pub require_tls: RequireTls,
+}
+
+/// A virtual host's `require_tls` (Istio's Gateway `httpsRedirect` sets ALL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequireTls {
+    None,
+    /// Requests not marked internal (`x-envoy-internal: true`) must use TLS.
+    ExternalOnly,
+    All,
+}
+
+impl RequireTls {
+    /// Whether a request must be redirected to https: Envoy reads the scheme from
+    /// `x-forwarded-proto`, which the connection manager has set by now.
+    pub fn redirects(self, headers: &http::HeaderMap) -> bool {
+        let https = headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        match self {
+            RequireTls::None => false,
+            RequireTls::All => !https,
+            RequireTls::ExternalOnly => !https && headers.get("x-envoy-internal").is_none_or(|v| v != "true"),
+        }
+    }
 }
 
 /// A compiled `RouteConfiguration`.
@@ -105,6 +129,20 @@ impl RouteTable {
                             "Only unique values for domains are permitted. Duplicate entry of domain {d} in route {}",
                             p.name
                         ),
+                    ));
+                }
+            }
+        }
+        // Envoy bounds direct response bodies (4 KiB unless the table says otherwise).
+        let max_body = p.max_direct_response_body_size_bytes.map_or(4096, |v| v.value as usize);
+        for (i, vh) in t.vhosts.iter().enumerate() {
+            for (j, r) in vh.routes.iter().enumerate() {
+                if let route::Action::Direct(d) = &r.action
+                    && d.body.len() > max_body
+                {
+                    return Err(ConfigError::new(
+                        format!("virtual_hosts[{i}].routes[{j}].direct_response.body"),
+                        format!("response body size is {} bytes; maximum is {max_body}", d.body.len()),
                     ));
                 }
             }
@@ -204,6 +242,20 @@ fn compile_vhost(
             cx,
             &format!("{field}.typed_per_filter_config"),
         )?,
+        require_tls: {
+            use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType as T;
+            match T::try_from(vh.require_tls) {
+                Ok(T::None) => RequireTls::None,
+                Ok(T::ExternalOnly) => RequireTls::ExternalOnly,
+                Ok(T::All) => RequireTls::All,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{field}.require_tls"),
+                        "value must be one of the defined enum values",
+                    ));
+                }
+            }
+        },
         cors: match &vh.cors {
             Some(c) => Some((cx.extensions.legacy_cors)(c, &format!("{field}.cors"))?),
             None => None,
@@ -231,9 +283,7 @@ mod tests {
             node: Arc::default(),
             http_stat_prefix: None,
             secrets: Default::default(),
-            inbound: false,
-            file_flush_interval: None,
-            extensions: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -12,7 +12,7 @@
 //! | the listener set | `listener::ActiveListeners` (`ArcSwap`) | LDS | read once per accepted connection (the original_dst hand-off) |
 //! | a cluster's hosts | `Cluster::hosts` (`ArcSwap<HostSet>`) | EDS, DNS, the outlier detector (health changes) | each pick loads one whole `HostSet` (hosts with their LB state) |
 //! | an HCM's route table | the RDS slot (`ArcSwapOption<RouteTable>`) shared by the HCMs naming it | RDS | a request loads the table once, before routing |
-//! | TLS secrets | `tls::SecretStore` (`ArcSwap` map + generation) | SDS, the CA client | a handshake reads one generation; contexts are rebuilt when it changes |
+//! | TLS secrets | `tls::SecretStore` (certs: one `ArcSwapOption` slot per name) | SDS, the CA client | a handshake loads each slot it reads once; nothing is rebuilt (session resumption resets) |
 //!
 //! Each cell is swapped whole, so nothing half-applied is visible: a listener's RDS slot and a
 //! cluster's hosts are filled before the listener or cluster is published (warming), and a
@@ -42,8 +42,10 @@ pub struct Shared {
     pub local_address: std::net::IpAddr,
     /// Set when connections should close gracefully (drain).
     pub drain: watch::Sender<bool>,
-    /// Open downstream connections, for shutdown.
+    /// Open downstream connections, for shutdown and the global limit.
     pub connections: AtomicUsize,
+    /// The overload manager's global downstream connection limit (`usize::MAX`: none).
+    pub max_connections: usize,
     /// `--drain-time-s`: how long a drained listener's HTTP/1 connections stay usable.
     pub drain_time: std::time::Duration,
 }

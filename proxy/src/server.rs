@@ -25,6 +25,9 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "certs") {
         return certs_command(&args[1..]);
     }
+    if args.get(1).is_some_and(|a| a == "demo") {
+        return demo_command(&args[2..]);
+    }
     let opts = match Options::try_parse_from(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -86,7 +89,7 @@ fn serve(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) 
 }
 
 async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
-    let ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap } = config;
+    let ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap, max_downstream_connections } = config;
     let bootstrap_dynamic = bootstrap.dynamic_resources.clone().unwrap_or_default();
     let server_state = stats.gauge("server.state");
     server_state.set(state::INITIALIZING);
@@ -103,6 +106,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         local_address: local_address(opts.local_address_ip_version),
         drain: drain_tx,
         connections: AtomicUsize::new(0),
+        max_connections: max_downstream_connections.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
         drain_time: Duration::from_secs(opts.drain_time_s),
     });
     let n = opts.workers();
@@ -293,6 +297,28 @@ fn local_address(v: crate::cli::IpVersion) -> std::net::IpAddr {
         .and_then(|s| s.local_addr())
         .map(|a| a.ip())
         .unwrap_or(fallback)
+}
+
+/// `remora demo [--mesh DIR] ...`: execs the mesh crate's runner, `remora-demo` (`$REMORA_DEMO_BIN`,
+/// else next to this binary, else on PATH), with this binary as the sidecars' proxy; the runner
+/// lives in its own binary so the sidecar does not grow.
+fn demo_command(args: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe().ok();
+    let runner = std::env::var_os("REMORA_DEMO_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| me.as_ref().and_then(|m| m.parent()).map(|d| d.join("remora-demo")).filter(|p| p.exists()))
+        .unwrap_or_else(|| "remora-demo".into());
+    let mut cmd = std::process::Command::new(&runner);
+    if let Some(me) = &me {
+        cmd.env("REMORA_BIN", me);
+    }
+    let err = cmd.args(args).exec();
+    eprintln!(
+        "remora demo: cannot run {}: {err} (build it with `cargo build -p mesh`, or set REMORA_DEMO_BIN)",
+        runner.display()
+    );
+    ExitCode::from(1)
 }
 
 /// `remora certs ...`: the dev CA (root and SPIFFE workload certificates for demos and tests).

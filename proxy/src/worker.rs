@@ -86,6 +86,12 @@ async fn accept_loop(
         tokio::select! {
             r = socket.accept() => match r {
                 Ok((stream, remote)) => {
+                    // The overload manager's global limit: Envoy closes the connection at once.
+                    if ctx.shared.connections.load(Ordering::Relaxed) >= ctx.shared.max_connections {
+                        listener.stats.downstream_global_cx_overflow.inc();
+                        drop(stream);
+                        continue;
+                    }
                     let l = listener.clone();
                     let c = ctx.clone();
                     let all = listeners.clone();

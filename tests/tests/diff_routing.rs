@@ -329,6 +329,29 @@ fn redirects(s: &mut Suite) {
                 .expect_resp("location", Some(location)),
         );
     }
+    // require_tls: a 301 to https for plain requests; x-forwarded-proto https passes.
+    for (name, host) in [("require-tls/all", "tls-all.test"), ("require-tls/external-only", "tls-ext.test")] {
+        s.add_both(
+            Case::new(name, get("/p?q=1").host(host))
+                .expect_status(301)
+                .expect_local()
+                .expect_resp("location", Some(&format!("https://{host}/p?q=1"))),
+        );
+        s.add_both(
+            Case::new(&format!("{name}/forwarded-https"), get("/p").host(host).header("x-forwarded-proto", "https"))
+                .expect_status(200)
+                .expect_upstream("a"),
+        );
+    }
+    s.add_both(
+        // A client cannot claim to be internal: the connection manager strips x-envoy-internal.
+        Case::new(
+            "require-tls/external-only/claims-internal",
+            get("/p").host("tls-ext.test").header("x-envoy-internal", "true"),
+        )
+        .expect_status(301)
+        .expect_local(),
+    );
     s.add_both(
         // host_redirect drops the port the client sent.
         Case::new("redirect/port-from-host", get("/redirect/host").host("r.test:1234"))

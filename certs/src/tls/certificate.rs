@@ -93,16 +93,22 @@ pub(crate) fn compile_tls_certificate(c: &TlsCertificate, field: &str) -> Result
         TlsError::Invalid { reason, .. } => TlsError::invalid(&chain_field, reason),
         e => e,
     })?;
-    let certified = CertifiedKey::new(chain, signing_key);
-    match certified.keys_match() {
-        Ok(()) => {}
-        // Some key types cannot report their public key; nothing to compare then.
-        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(_) => {
-            return Err(TlsError::invalid(&key_field, "private key does not match the leaf certificate's public key"));
-        }
+    // Compared by hand rather than with `CertifiedKey::keys_match`, which parses the leaf with
+    // webpki and so refuses X.509 v1 certificates that Envoy (and its examples) accept. Some key
+    // types cannot report their public key; nothing to compare then.
+    if let Some(key_spki) = signing_key.public_key()
+        && leaf_spki(&chain[0]).is_some_and(|cert_spki| cert_spki != key_spki.as_ref())
+    {
+        return Err(TlsError::invalid(&key_field, "private key does not match the leaf certificate's public key"));
     }
+    let certified = CertifiedKey::new(chain, signing_key);
     Ok(CertificateSecret { certified: Arc::new(certified), identity })
+}
+
+/// The DER `SubjectPublicKeyInfo` of a certificate (any X.509 version).
+fn leaf_spki(leaf: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.public_key().raw.to_vec())
 }
 
 // === CertSource ===

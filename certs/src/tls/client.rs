@@ -8,6 +8,7 @@
 use std::io;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{CommonTlsContext, UpstreamTlsContext};
 use rustls::ClientConfig;
 use rustls::client::{ResolvesClientCert, Resumption};
@@ -19,13 +20,20 @@ use super::certificate::{CertSource, alpn, cert_sources, check_common_unsupporte
 use super::params::{self, Side};
 use super::resumption::ClientSessions;
 use super::validation::{UpstreamVerifier, ValidationSource};
-use super::{Readiness, TlsError};
+use super::{Readiness, Secrets, TlsError};
 use crate::SecretStore;
+
+/// Most ALPN variants kept per context (they come from config, so there are few).
+const MAX_ALPN_VARIANTS: usize = 8;
+
+/// The config with another ALPN list, by list.
+type AlpnVariants = Vec<(Vec<Vec<u8>>, Arc<ClientConfig>)>;
 
 /// A compiled `UpstreamTlsContext`.
 #[derive(Debug)]
 pub struct ClientTlsConfig {
     config: Arc<ClientConfig>,
+    alpn_variants: ArcSwap<AlpnVariants>,
     sni: Option<ServerName<'static>>,
     auto_host_sni: bool,
     resolver: Arc<ClientCertResolver>,
@@ -86,6 +94,8 @@ impl ClientTlsConfig {
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(resolver.clone());
         cfg.alpn_protocols = alpn(common);
+        // Envoy sends SNI only when configured (or taken from the host with auto_host_sni).
+        cfg.enable_sni = sni.is_some() || ctx.auto_host_sni;
         // Envoy's default is one session key; the cache is dropped whenever secrets change, as
         // Envoy's context rebuild does.
         let size = ctx.max_session_keys.map_or(1, |v| v.value as usize);
@@ -97,6 +107,7 @@ impl ClientTlsConfig {
 
         Ok(ClientTlsConfig {
             config: Arc::new(cfg),
+            alpn_variants: ArcSwap::from_pointee(Vec::new()),
             sni,
             auto_host_sni: ctx.auto_host_sni,
             resolver,
@@ -109,6 +120,32 @@ impl ClientTlsConfig {
     /// The rustls config, shared by every handshake of this context.
     pub fn client_config(&self) -> &Arc<ClientConfig> {
         &self.config
+    }
+
+    /// The rustls config offering `alpn` instead of the context's ALPN list (Istio's ALPN
+    /// override); everything else, session cache included, is shared with
+    /// [`client_config`](Self::client_config). Built once per list.
+    pub fn client_config_with_alpn(&self, alpn: &[Vec<u8>]) -> Arc<ClientConfig> {
+        if alpn == self.config.alpn_protocols.as_slice() {
+            return self.config.clone();
+        }
+        if let Some((_, cfg)) = self.alpn_variants.load().iter().find(|(a, _)| a.as_slice() == alpn) {
+            return cfg.clone();
+        }
+        let mut cfg = ClientConfig::clone(&self.config);
+        cfg.alpn_protocols = alpn.to_vec();
+        let cfg = Arc::new(cfg);
+        self.alpn_variants.rcu(|variants| {
+            let mut v = AlpnVariants::clone(variants);
+            if !v.iter().any(|(a, _)| a.as_slice() == alpn) {
+                if v.len() >= MAX_ALPN_VARIANTS {
+                    v.remove(0);
+                }
+                v.push((alpn.to_vec(), cfg.clone()));
+            }
+            v
+        });
+        cfg
     }
 
     /// The server name for a connection. `host_name` is the upstream host's hostname when
@@ -136,28 +173,35 @@ impl ClientTlsConfig {
         tokio_rustls::TlsConnector::from(self.config.clone()).connect(self.server_name(host_name), io).await
     }
 
+    fn secrets(&self) -> Secrets<'_> {
+        Secrets { certs: self.resolver.source.as_slice(), validation: &self.verifier.source }
+    }
+
+    /// Whether every secret this config names is present: [`readiness`](Self::readiness)
+    /// without the names, no allocation (for a check per connection).
+    pub fn is_ready(&self) -> bool {
+        self.secrets().is_ready()
+    }
+
+    /// The SDS secret names this config reads (the certificate, then the validation
+    /// context), present or not.
+    pub fn secret_names(&self) -> Vec<String> {
+        self.secrets().names()
+    }
+
+    /// The ALPN protocols offered, in preference order.
+    pub fn alpn_protocols(&self) -> &[Vec<u8>] {
+        &self.config.alpn_protocols
+    }
+
     /// Whether every secret this config names is present.
     pub fn readiness(&self) -> Readiness {
-        let mut missing = Vec::new();
-        if let Some(s) = &self.resolver.source
-            && s.load().is_none()
-        {
-            missing.extend(s.secret_name().map(str::to_string));
-        }
-        if !self.verifier.source.is_ready() {
-            missing.extend(self.verifier.source.secret_name().map(str::to_string));
-        }
-        if missing.is_empty() { Readiness::Ready } else { Readiness::Warming { missing } }
+        self.secrets().readiness()
     }
 
     /// Waits until [`readiness`](Self::readiness) is `Ready`.
     pub async fn ready(&self) {
-        let mut rx = self.store.subscribe();
-        while !self.readiness().is_ready() {
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
+        self.secrets().wait(&self.store).await
     }
 
     /// Settings that were narrowed to what rustls implements.

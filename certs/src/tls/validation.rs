@@ -68,6 +68,9 @@ pub(crate) struct Validation {
     /// Chain verification for client certificates (clientAuth EKU), built from `roots`.
     client_chain: Option<Arc<dyn ClientCertVerifier>>,
     san_matchers: Vec<SanMatcher>,
+    /// The trusted CAs' subjects, sent in a server's `CertificateRequest` (empty with
+    /// `suppress_client_ca_list`), as BoringSSL does for Envoy.
+    ca_names: Vec<DistinguishedName>,
 }
 
 impl Validation {
@@ -156,7 +159,11 @@ fn compile(ctx: &CertificateValidationContext, field: &str) -> Result<Validation
             (Some(roots), Some(client_chain))
         }
     };
-    Ok(Validation { roots, client_chain, san_matchers })
+    let ca_names = match &roots {
+        Some(r) if !ctx.suppress_client_ca_list => r.subjects(),
+        _ => Vec::new(),
+    };
+    Ok(Validation { roots, client_chain, san_matchers, ca_names })
 }
 
 // === impl ValidationSource ===
@@ -255,6 +262,11 @@ impl ValidationSource {
         !matches!(self, ValidationSource::None)
     }
 
+    /// Whether the settings come from SDS (and so can change without a rebuild).
+    pub(crate) fn is_dynamic(&self) -> bool {
+        matches!(self, ValidationSource::Sds(_) | ValidationSource::Combined(_))
+    }
+
     /// The SDS secret this source waits for, if any.
     pub(crate) fn secret_name(&self) -> Option<&str> {
         match self {
@@ -350,8 +362,19 @@ impl fmt::Debug for ValidationSource {
 
 // === SAN checks ===
 
-/// rustls shows certificate errors with `{:?}`, so Debug carries the readable message.
-struct SanMismatch(String);
+/// The error a handshake fails with when the peer's certificate chains to a trusted CA but its
+/// SANs match no configured matcher (Envoy counts these as `ssl.fail_verify_san`). It reaches
+/// callers as `rustls::Error::InvalidCertificate(CertificateError::Other(..))`, the alert sent
+/// is `certificate_unknown`, as BoringSSL sends for Envoy. rustls shows certificate errors
+/// with `{:?}`, so Debug carries the readable message.
+pub struct SanMismatch(String);
+
+impl SanMismatch {
+    /// Whether `e` (a handshake error) is a SAN mismatch.
+    pub fn is(e: &rustls::Error) -> bool {
+        matches!(e, rustls::Error::InvalidCertificate(CertificateError::Other(o)) if o.0.is::<SanMismatch>())
+    }
+}
 
 impl fmt::Debug for SanMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -478,41 +501,64 @@ impl ServerCertVerifier for UpstreamVerifier {
 
 // === impl DownstreamVerifier ===
 
-/// Verifies client certificates on inbound connections: chain to `trusted_ca` (clientAuth),
-/// then SAN matchers. The CA list is not sent to clients (like `suppress_client_ca_list`).
-pub(crate) struct DownstreamVerifier {
+/// What a server checks client certificates against: the validation settings and whether a
+/// certificate is required. Shared by the [`DownstreamVerifier`] of every config rebuild.
+pub(crate) struct DownstreamValidation {
     pub(crate) source: ValidationSource,
     pub(crate) require_client_cert: bool,
-    pub(crate) algs: WebPkiSupportedAlgorithms,
 }
 
-impl DownstreamVerifier {
-    pub(crate) fn new(source: ValidationSource, require_client_cert: bool) -> Self {
-        DownstreamVerifier { source, require_client_cert, algs: verify_algorithms() }
-    }
-}
-
-impl fmt::Debug for DownstreamVerifier {
+impl fmt::Debug for DownstreamValidation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DownstreamVerifier")
+        f.debug_struct("DownstreamValidation")
             .field("source", &self.source)
             .field("require_client_cert", &self.require_client_cert)
             .finish()
     }
 }
 
+/// Verifies client certificates on inbound connections: chain to `trusted_ca` (clientAuth),
+/// then SAN matchers. It carries the CA names of the moment it was made, sent in the
+/// `CertificateRequest` as BoringSSL does for Envoy: rustls reads them by reference, so a server
+/// config is rebuilt with a new verifier when an SDS trust bundle changes.
+pub(crate) struct DownstreamVerifier {
+    validation: Arc<DownstreamValidation>,
+    ca_names: Vec<DistinguishedName>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl DownstreamVerifier {
+    pub(crate) fn new(validation: Arc<DownstreamValidation>) -> Self {
+        let ca_names = match validation.source.current() {
+            Current::Ready(v) => v.ca_names.clone(),
+            _ => Vec::new(),
+        };
+        DownstreamVerifier { validation, ca_names, algs: verify_algorithms() }
+    }
+}
+
+impl fmt::Debug for DownstreamVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DownstreamVerifier")
+            .field("validation", &self.validation)
+            .field("ca_names", &self.ca_names.len())
+            .finish()
+    }
+}
+
 impl ClientCertVerifier for DownstreamVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.require_client_cert || self.source.is_configured()
+        self.validation.require_client_cert || self.validation.source.is_configured()
     }
 
     fn client_auth_mandatory(&self) -> bool {
         // Envoy: required if asked for, or if SAN matchers must be checked.
-        self.require_client_cert || matches!(self.source.current(), Current::Ready(v) if !v.san_matchers.is_empty())
+        self.validation.require_client_cert
+            || matches!(self.validation.source.current(), Current::Ready(v) if !v.san_matchers.is_empty())
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
+        &self.ca_names
     }
 
     fn verify_client_cert(
@@ -521,7 +567,7 @@ impl ClientCertVerifier for DownstreamVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let v = match self.source.current() {
+        let v = match self.validation.source.current() {
             // A certificate nobody can verify is not accepted as an identity.
             Current::Unverified => {
                 return Err(rustls::Error::General("no trusted CA configured to verify the client certificate".into()));

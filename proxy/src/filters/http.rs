@@ -115,7 +115,7 @@ pub trait HttpFilter: Send + Sync {
 /// Installs a filter into the chain from its `typed_config`: `(name, typed_config, cx, chain)`.
 /// Most push an `HttpFilter`; the router and Istio's ALPN filter configure the terminal step,
 /// and `istio_authn` is only checked.
-type FilterFactory = fn(&str, &Any, &BuildCtx, &mut FilterChain) -> Result<(), ConfigError>;
+pub(crate) type FilterFactory = fn(&str, &Any, &BuildCtx, &mut FilterChain) -> Result<(), ConfigError>;
 /// Builds a per-route config from a `typed_per_filter_config` entry.
 pub type PerRouteFactory = fn(any: &Any, cx: &BuildCtx) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError>;
 
@@ -123,7 +123,7 @@ pub type PerRouteFactory = fn(any: &Any, cx: &BuildCtx) -> Result<Arc<dyn std::a
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
 
 /// The HTTP filters remora implements, by the type of their `typed_config`.
-const FILTERS: &[(&str, FilterFactory)] = &[
+pub(crate) const FILTERS: &[(&str, FilterFactory)] = &[
     (ROUTER_TYPE, |_, any, _, chain| chain.router.apply_any(any, "")),
     (cors::TYPE, |name, any, cx, chain| chain.push(cors::factory(name, any, cx)?)),
     (fault::TYPE, |name, any, cx, chain| chain.push(fault::factory(name, any, cx)?)),
@@ -140,7 +140,7 @@ const FILTERS: &[(&str, FilterFactory)] = &[
 ];
 
 /// Per-route config types, by type name.
-const PER_ROUTE: &[(&str, PerRouteFactory)] = &[
+pub(crate) const PER_ROUTE: &[(&str, PerRouteFactory)] = &[
     (cors::PER_ROUTE_TYPE, cors::per_route_factory),
     (fault::TYPE, fault::per_route_factory),
     (local_ratelimit::TYPE, local_ratelimit::per_route_factory),

@@ -37,14 +37,14 @@ pub enum NetworkFilterConfig {
     Skip,
 }
 
-type Factory = fn(name: &str, any: &Any, cx: &BuildCtx) -> Result<NetworkFilterConfig, ConfigError>;
+pub(crate) type Factory = fn(name: &str, any: &Any, cx: &BuildCtx) -> Result<NetworkFilterConfig, ConfigError>;
 
 fn unpack<T: prost::Message + prost::Name + Default>(any: &Any) -> Result<T, ConfigError> {
     xds_client::any::unpack(any).map_err(|e| ConfigError::new("typed_config", e.to_string()))
 }
 
 /// The network filters remora implements, by the type of their `typed_config`.
-const REGISTRY: &[(&str, Factory)] = &[
+pub(crate) const REGISTRY: &[(&str, Factory)] = &[
     (http_connection_manager::TYPE, |_, any, cx| {
         let h = HttpConnectionManager::from_proto(&unpack(any)?, cx).map_err(|e| e.within("typed_config"))?;
         Ok(NetworkFilterConfig::Terminal(Terminal::Http(Arc::new(h))))

@@ -39,6 +39,10 @@ impl ConfigManager {
             {
                 continue; // unchanged: keep the object, its pools and stats
             }
+            if let Err(e) = self.admit(&p) {
+                errors.push(ResourceError::new(&name, e));
+                continue;
+            }
             let cluster = match Cluster::from_proto(&p, &self.cx) {
                 Ok(c) => Arc::new(c),
                 Err(e) => {

@@ -28,6 +28,10 @@ impl ConfigManager {
                 .filter(|c| c.eds_service_name.as_deref() == Some(svc.as_str()))
                 .cloned()
                 .collect();
+            if let Err(e) = self.admit(&cla) {
+                errors.push(ResourceError::new(&svc, e));
+                continue;
+            }
             let mut ok = true;
             for c in &targets {
                 if let Err(e) = c.set_load_assignment(&cla) {

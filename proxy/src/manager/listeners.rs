@@ -47,6 +47,10 @@ impl ConfigManager {
                         .push(ResourceError::new(&name, format!("listener '{name}' is static and cannot be updated")));
                     continue;
                 }
+                if let Err(e) = self.admit(&p) {
+                    errors.push(ResourceError::new(&name, e));
+                    continue;
+                }
                 let l = match Listener::from_proto(&p, &cx) {
                     Ok(l) => Arc::new(l),
                     Err(e) => {

@@ -25,6 +25,10 @@ impl ConfigManager {
             for rc in resources {
                 let name = rc.name.clone();
                 // RDS route configs do not validate clusters by default (Envoy).
+                if let Err(e) = self.admit(&rc) {
+                    errors.push(ResourceError::new(&name, e));
+                    continue;
+                }
                 let table = match RouteTable::from_proto(&rc, &cx, false) {
                     Ok(t) => Arc::new(t),
                     Err(e) => {

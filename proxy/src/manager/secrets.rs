@@ -17,6 +17,10 @@ impl ConfigManager {
         let mut errors = Vec::new();
         let mut good = Vec::new();
         for s in resources {
+            if let Err(e) = self.admit(&s) {
+                errors.push(ResourceError::new(&s.name, e));
+                continue;
+            }
             match crate::tls::secrets::Secret::from_proto(&s, &s.name) {
                 Ok(v) => good.push((s.name.clone(), v)),
                 Err(e) => errors.push(ResourceError::new(&s.name, e)),

@@ -1,152 +1,73 @@
-//! The secret store: named TLS certificates and validation contexts, from the bootstrap's
-//! `static_resources.secrets` and from SDS. Readers check the generation to rebuild configs.
+//! Secrets: the store is the certs crate's [`SecretStore`] (named certificates and validation
+//! contexts, validated when set, read lock-free per handshake, session resumption reset on every
+//! change). The config manager fills it from the bootstrap's `static_resources.secrets`, SDS,
+//! file-based SDS and the CA client, one [`Secret`] at a time compiled first, so a bad one is
+//! refused before anything changes.
+//!
+//! What is the proxy's own is where a TLS context's SDS secrets come from ([`SdsSources`]): the
+//! files of file-based SDS the config manager watches, and whether any secret is fetched from a
+//! config source at all (Envoy then requires the node's id and cluster).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 
-use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret as SecretProto, secret};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::watch;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, SdsSecretConfig, common_tls_context::ValidationContextType,
+};
 
-use super::verify::Validation;
-use crate::config::ConfigError;
-use crate::config::read_data_source;
+use crate::config::{ConfigError, NodeInfo};
 
-/// A certificate chain and its private key.
-#[derive(Debug)]
-pub struct CertKey {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-    /// URI SANs of the leaf (our own identity, `%DOWNSTREAM_LOCAL_URI_SAN%`).
-    pub uri_sans: Vec<String>,
+pub use certs::SecretStore;
+
+/// A compiled secret, ready for [`SecretStore::set`]: `Secret::from_proto(&proto, field)`.
+pub use certs::CompiledSecret as Secret;
+
+/// The SDS side of a `CommonTlsContext`, as the proxy wires it.
+#[derive(Debug, Default)]
+pub(crate) struct SdsSources {
+    /// Files of file-based SDS (`sds_config.path_config_source`), watched for the secrets.
+    pub(crate) files: Vec<PathBuf>,
+    /// Envoy's SDS API name for the first secret fetched from a config source (not static).
+    api: Option<&'static str>,
 }
 
-impl CertKey {
-    /// Parses PEM certificate chain and key bytes.
-    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8], field: &str) -> Result<Self, ConfigError> {
-        use rustls_pki_types::pem::PemObject;
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(chain_pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| ConfigError::new(format!("{field}.certificate_chain"), format!("invalid PEM: {e}")))?;
-        if chain.is_empty() {
-            return Err(ConfigError::new(format!("{field}.certificate_chain"), "no certificate found in PEM"));
+impl SdsSources {
+    pub(crate) fn of(common: Option<&CommonTlsContext>) -> Self {
+        let mut out = SdsSources::default();
+        let Some(c) = common else { return out };
+        for s in &c.tls_certificate_sds_secret_configs {
+            out.add(s, "TlsCertificateSdsApi");
         }
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|e| ConfigError::new(format!("{field}.private_key"), format!("invalid private key PEM: {e}")))?;
-        let uri_sans = super::verify::sans_of(&chain[0]).map(|s| s.uri).unwrap_or_default();
-        Ok(CertKey { chain, key, uri_sans })
-    }
-
-    pub fn from_proto(
-        c: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate,
-        field: &str,
-    ) -> Result<Self, ConfigError> {
-        let chain = match &c.certificate_chain {
-            Some(d) => read_data_source(d, &format!("{field}.certificate_chain"))?,
-            None => return Err(ConfigError::new(field, "certificate_chain is required")),
-        };
-        let key = match &c.private_key {
-            Some(d) => read_data_source(d, &format!("{field}.private_key"))?,
-            None => return Err(ConfigError::new(field, "private_key is required")),
-        };
-        if c.private_key_provider.is_some() {
-            return Err(ConfigError::new(field, "private_key_provider is not supported"));
-        }
-        if c.password.is_some() {
-            return Err(ConfigError::new(field, "encrypted private keys (password) are not supported"));
-        }
-        CertKey::from_pem(&chain, &key, field)
-    }
-}
-
-/// One named secret.
-#[derive(Debug, Clone)]
-pub enum Secret {
-    Certificate(Arc<CertKey>),
-    Validation(Arc<Validation>),
-}
-
-impl Secret {
-    pub fn from_proto(p: &SecretProto, field: &str) -> Result<Self, ConfigError> {
-        match &p.r#type {
-            Some(secret::Type::TlsCertificate(c)) => Ok(Secret::Certificate(Arc::new(CertKey::from_proto(c, field)?))),
-            Some(secret::Type::ValidationContext(v)) => {
-                Ok(Secret::Validation(Arc::new(Validation::from_proto(v, &format!("{field}.validation_context"))?)))
+        let validation = match &c.validation_context_type {
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => Some(s),
+            Some(ValidationContextType::CombinedValidationContext(cv)) => {
+                cv.validation_context_sds_secret_config.as_ref()
             }
-            Some(_) => {
-                Err(ConfigError::new(field, "only tls_certificate and validation_context secrets are supported"))
-            }
-            None => Err(ConfigError::new(field, "secret has no type")),
+            _ => None,
+        };
+        if let Some(s) = validation {
+            out.add(s, "CertificateValidationContextSdsApi");
         }
+        out
     }
-}
 
-/// Named secrets, swapped atomically; `generation` changes on every update.
-pub struct SecretStore {
-    secrets: ArcSwap<HashMap<String, Secret>>,
-    generation: AtomicU64,
-    changed: watch::Sender<u64>,
-}
-
-impl Default for SecretStore {
-    fn default() -> Self {
-        SecretStore {
-            secrets: ArcSwap::from_pointee(HashMap::new()),
-            generation: AtomicU64::new(1),
-            changed: watch::channel(1).0,
+    fn add(&mut self, s: &SdsSecretConfig, api: &'static str) {
+        let Some(source) = &s.sds_config else { return };
+        if let Some(p) = crate::config::file_source(source) {
+            self.files.push(p);
         }
-    }
-}
-
-impl std::fmt::Debug for SecretStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretStore").field("generation", &self.generation()).finish()
-    }
-}
-
-impl SecretStore {
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.api.get_or_insert(api);
     }
 
-    pub fn get(&self, name: &str) -> Option<Secret> {
-        self.secrets.load().get(name).cloned()
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.secrets.load().contains_key(name)
-    }
-
-    /// Adds or replaces secrets (one update, one generation bump).
-    pub fn set(&self, updates: Vec<(String, Secret)>) {
-        let mut m = HashMap::clone(&self.secrets.load());
-        for (n, s) in updates {
-            m.insert(n, s);
+    /// Envoy refuses secrets from a config source when the node has no id or cluster.
+    pub(crate) fn check_node(&self, node: &NodeInfo, field: &str) -> Result<(), ConfigError> {
+        match self.api {
+            Some(api) if node.id.is_empty() || node.cluster.is_empty() => Err(ConfigError::new(
+                field,
+                format!(
+                    "{api}: node 'id' and 'cluster' are required. Set it either in 'node' config or via --service-node and --service-cluster options."
+                ),
+            )),
+            _ => Ok(()),
         }
-        self.secrets.store(Arc::new(m));
-        let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.changed.send_replace(g);
-    }
-
-    pub fn remove(&self, names: &[String]) {
-        let mut m = HashMap::clone(&self.secrets.load());
-        for n in names {
-            m.remove(n);
-        }
-        self.secrets.store(Arc::new(m));
-        let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.changed.send_replace(g);
-    }
-
-    /// Notified on every change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.secrets.load().keys().cloned().collect()
     }
 }

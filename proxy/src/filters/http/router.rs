@@ -109,6 +109,11 @@ pub async fn route(ds: &Downstream<'_>, parts: &mut Parts, body: Incoming, r: Ro
         stats.no_route.inc();
         return LocalReply::no_route().into_response();
     };
+    if vhost.require_tls.redirects(&parts.headers) {
+        // Envoy's SSL redirect route: 301 to the same URL over https, nothing else applied.
+        stats.rq_direct_response.inc();
+        return direct::https_redirect(r.authority, r.path_and_query);
+    }
     let format_cx = FormatContext {
         downstream_remote: Some(r.downstream_remote),
         downstream_direct_remote: Some(ds.remote),

@@ -55,6 +55,18 @@ pub(super) fn redirect(
     r
 }
 
+/// `require_tls`: a 301 to the request's URL over https, empty body.
+pub(super) fn https_redirect(authority: &str, path_and_query: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::empty());
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    r.extensions_mut().insert(LocalReplied { flag: "", details: "direct_response", body: bytes::Bytes::new() });
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path_and_query}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    r
+}
+
 /// The scheme of the request as the client sent it: `x-forwarded-proto`, else the transport's.
 fn scheme_for_redirect(parts: &Parts, ds: &Downstream<'_>) -> String {
     parts

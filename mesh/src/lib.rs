@@ -1,0 +1,41 @@
+//! The local mesh: a demo and test control plane that reads Kubernetes and Istio manifests and
+//! serves each proxy the xDS istiod would (`model`, `xds`), an Istio CA for SPIFFE certificates,
+//! the demo app and the runner behind `remora demo` (`runner`). Production meshes use istiod.
+
+pub mod manifest;
+pub mod model;
+pub mod runner;
+pub mod xds;
+
+use envoy_types::pb::google::protobuf::Any;
+use xds_client::ads;
+
+use crate::model::Mesh;
+use crate::xds::Proxy;
+
+/// The resources of one proxy by type URL, in istiod's push order.
+pub type Resources = Vec<(&'static str, Vec<(String, Any)>)>;
+
+/// Generates and encodes every resource `proxy` gets.
+pub fn resources(mesh: &Mesh, proxy: &Proxy) -> Result<Resources, String> {
+    let routes = match proxy {
+        Proxy::Sidecar(pod) => xds::sidecar_route_configs(mesh, &pod.namespace),
+        Proxy::Gateway { .. } => xds::gateway_route_configs(mesh),
+    };
+    let groups = [
+        (ads::CLUSTER, xds::clusters(mesh, proxy)),
+        (ads::ENDPOINT, xds::endpoints(mesh)),
+        (ads::LISTENER, xds::listeners(mesh, proxy)),
+        (ads::ROUTE, routes),
+    ];
+    let mut out = Vec::new();
+    for (ty, values) in groups {
+        let mut encoded = Vec::new();
+        for v in values {
+            let (_, name, any) = xds_client::server::resource_from_json(&v, "generated").map_err(|e| e.to_string())?;
+            encoded.push((name, any));
+        }
+        out.push((ty, encoded));
+    }
+    Ok(out)
+}
