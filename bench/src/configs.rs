@@ -94,8 +94,24 @@ fn admin(port: u16) -> String {
     format!("admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}\n")
 }
 
+/// What istiod puts on an outbound cluster with a DestinationRule's connection pool and outlier
+/// detection: circuit breakers with remaining gauges, locality weighting, outlier detection,
+/// TCP keepalive (for measuring their cost beside the plain hop).
+pub const RESILIENCE: &str = r#"    circuit_breakers:
+      thresholds:
+      - {max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}
+    common_lb_config: {locality_weighted_lb_config: {}}
+    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50}
+    upstream_connection_options: {tcp_keepalive: {keepalive_time: 300}}
+"#;
+
 /// One plaintext HTTP/1.1 hop: listener `port` -> static cluster on `upstream`.
 pub fn envoy_hop(admin_port: u16, port: u16, upstream: u16) -> String {
+    envoy_hop_with(admin_port, port, upstream, "")
+}
+
+/// [`envoy_hop`] with `extra` cluster fields (for instance [`RESILIENCE`]).
+pub fn envoy_hop_with(admin_port: u16, port: u16, upstream: u16, extra: &str) -> String {
     format!(
         r#"{admin}static_resources:
   listeners:
@@ -107,7 +123,7 @@ pub fn envoy_hop(admin_port: u16, port: u16, upstream: u16) -> String {
 {cluster}"#,
         admin = admin(admin_port),
         hcm = hcm("hop", "upstream", "AUTO"),
-        cluster = static_cluster("upstream", upstream, ""),
+        cluster = static_cluster("upstream", upstream, extra),
     )
 }
 

@@ -78,6 +78,10 @@ enum Cmd {
         port: u16,
         #[arg(long)]
         admin_port: u16,
+        /// Add the circuit breakers, outlier detection, locality weighting and keepalive istiod
+        /// puts on an outbound cluster with a DestinationRule.
+        #[arg(long)]
+        resilience: bool,
     },
     /// One config-scale measurement (started by `run`, pinned to the load CPU): the xDS harness
     /// in this process, the proxy on --proxy-cpu; prints JSON.
@@ -157,11 +161,12 @@ fn main() -> Result<()> {
             scenarios::openloop_main(addr, rate, connections, duration, warmup)
         }
         Cmd::Handshakes { addr, connections, duration } => scenarios::handshakes_main(addr, connections, duration),
-        Cmd::HopConfigs { dir, upstream_port, port, admin_port } => {
+        Cmd::HopConfigs { dir, upstream_port, port, admin_port, resilience } => {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let nginx = configs::upstream_nginx(&dir.display().to_string(), upstream_port);
             fs::write(dir.join("nginx.conf"), nginx).context("writing nginx.conf")?;
-            let bootstrap = configs::envoy_hop(admin_port, port, upstream_port);
+            let extra = if resilience { configs::RESILIENCE } else { "" };
+            let bootstrap = configs::envoy_hop_with(admin_port, port, upstream_port, extra);
             fs::write(dir.join("remora.yaml"), bootstrap).context("writing remora.yaml")?;
             Ok(())
         }

@@ -119,7 +119,7 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
                     .filter(|e| filter.regex.as_ref().is_none_or(|r| r.is_match(&e.name)))
                     .filter_map(|e| match e.value {
                         crate::stats::Value::Counter(v) => Some(serde_json::json!({"name": &*e.name, "value": v})),
-                        crate::stats::Value::Gauge(v) => Some(serde_json::json!({"name": &*e.name, "value": v})),
+                        crate::stats::Value::Gauge(v) => Some(serde_json::json!({"name": &*e.name, "value": v as u64})),
                         crate::stats::Value::Histogram(_) => None,
                     })
                     .collect();

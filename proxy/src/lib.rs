@@ -7,7 +7,7 @@
 //! - L0 toolkit: `config` (errors, build context, extension hooks), `stream_info`, `matcher`,
 //!   `stats`, `formatter`, `access_log`, `http`, `tls`, `transport_socket`, `logging`.
 //! - L1 core data plane: `router` (route tables), `upstream` (clusters, hosts, load balancers,
-//!   pools), `runtime` (the live state workers read).
+//!   pools, circuit breakers, outlier detection), `runtime` (the live state workers read).
 //! - L2 extensions: `filters::{listener, network, http, common}`, one Envoy extension per module.
 //! - L3 assembly: `listener`, `manager` (the config manager).
 //! - L4 process: `worker`, `server`, `lifecycle`, `admin`, `xds`, `ca_client`, `cli`, `bootstrap`.

@@ -243,7 +243,7 @@ impl ConfigManager {
         {
             let mut st = self.state();
             for c in clusters {
-                self.spawn_dns(&c);
+                self.spawn_cluster_tasks(&c);
                 self.cluster_added.inc();
                 st.static_clusters.insert(c.name.to_string(), c);
             }

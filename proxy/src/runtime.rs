@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | the cluster set | [`Shared::clusters`] (`ArcSwap<ClusterSet>`) | CDS | a request loads it once and keeps that `Arc` for its life |
 //! | the listener set | `listener::ActiveListeners` (`ArcSwap`) | LDS | read once per accepted connection (the original_dst hand-off) |
-//! | a cluster's hosts | `Cluster::hosts` (`ArcSwap<HostSet>`) | EDS, DNS | each pick loads one whole `HostSet` (hosts with their LB state) |
+//! | a cluster's hosts | `Cluster::hosts` (`ArcSwap<HostSet>`) | EDS, DNS, the outlier detector (health changes) | each pick loads one whole `HostSet` (hosts with their LB state) |
 //! | an HCM's route table | the RDS slot (`ArcSwapOption<RouteTable>`) shared by the HCMs naming it | RDS | a request loads the table once, before routing |
 //! | TLS secrets | `tls::SecretStore` (certs: one `ArcSwapOption` slot per name) | SDS, the CA client | a handshake loads each slot it reads once; nothing is rebuilt (session resumption resets) |
 //!

@@ -1,9 +1,11 @@
-//! The upstream side: clusters and their hosts, the published cluster set, load balancers and
-//! per-worker connection pools.
+//! The upstream side: clusters and their hosts, the published cluster set, load balancers,
+//! per-worker connection pools, circuit breakers and outlier detection.
 
+pub mod circuit_breaker;
 pub mod cluster;
 pub mod cluster_manager;
 pub mod connect;
 pub mod host;
 pub mod lb;
+pub mod outlier;
 pub mod pool;

@@ -200,7 +200,11 @@ pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
                         "hostname": &*h.hostname,
                         "weight": h.weight,
                         "priority": h.priority,
-                        "health_status": {"eds_health_status": "HEALTHY"},
+                        "health_status": if h.ejected() {
+                            serde_json::json!({"eds_health_status": "HEALTHY", "failed_outlier_check": true})
+                        } else {
+                            serde_json::json!({"eds_health_status": "HEALTHY"})
+                        },
                     })
                 })
                 .collect();
@@ -214,12 +218,23 @@ pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
         let Some(c) = snap.clusters.get(n) else {
             continue;
         };
-        let t = c.thresholds;
         out.push_str(&format!("{n}::observability_name::{n}\n"));
-        out.push_str(&format!("{n}::default_priority::max_connections::{}\n", t.max_connections));
-        out.push_str(&format!("{n}::default_priority::max_pending_requests::{}\n", t.max_pending_requests));
-        out.push_str(&format!("{n}::default_priority::max_requests::{}\n", t.max_requests));
-        out.push_str(&format!("{n}::default_priority::max_retries::{}\n", t.max_retries));
+        if let Some(d) = &c.outlier {
+            for (local, prefix) in [(false, ""), (true, "local_origin_")] {
+                let (avg, threshold) = d.success_rate_numbers(local);
+                out.push_str(&format!("{n}::outlier::{prefix}success_rate_average::{}\n", format_g(avg)));
+                out.push_str(&format!(
+                    "{n}::outlier::{prefix}success_rate_ejection_threshold::{}\n",
+                    format_g(threshold)
+                ));
+            }
+        }
+        for (prio, l) in [("default", &c.circuit_breakers.default), ("high", &c.circuit_breakers.high)] {
+            out.push_str(&format!("{n}::{prio}_priority::max_connections::{}\n", l.connections.max()));
+            out.push_str(&format!("{n}::{prio}_priority::max_pending_requests::{}\n", l.pending.max()));
+            out.push_str(&format!("{n}::{prio}_priority::max_requests::{}\n", l.requests.max()));
+            out.push_str(&format!("{n}::{prio}_priority::max_retries::{}\n", l.max_retries()));
+        }
         out.push_str(&format!("{n}::added_via_api::false\n"));
         for h in c.hosts.load().all.iter() {
             let a = h.address;
@@ -228,15 +243,30 @@ pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
                 h.active_requests.load(std::sync::atomic::Ordering::Relaxed)
             ));
             out.push_str(&format!("{n}::{a}::hostname::{}\n", h.hostname));
-            out.push_str(&format!(
-                "{n}::{a}::health_flags::{}\n",
-                if h.healthy() { "healthy" } else { "/failed_eds_health" }
-            ));
+            out.push_str(&format!("{n}::{a}::health_flags::{}\n", h.health_flags()));
             out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight));
+            let l = h.locality.as_deref();
+            out.push_str(&format!("{n}::{a}::region::{}\n", l.map_or("", |l| &l.region)));
+            out.push_str(&format!("{n}::{a}::zone::{}\n", l.map_or("", |l| &l.zone)));
+            out.push_str(&format!("{n}::{a}::sub_zone::{}\n", l.map_or("", |l| &l.sub_zone)));
             out.push_str(&format!("{n}::{a}::priority::{}\n", h.priority));
+            let rate = |local| h.outlier.as_deref().map_or(-1.0, |m| m.success_rate(local));
+            out.push_str(&format!("{n}::{a}::success_rate::{}\n", rate(false)));
+            out.push_str(&format!("{n}::{a}::local_origin_success_rate::{}\n", rate(true)));
         }
     }
     reply(out, false)
+}
+
+/// A number as C's `%g` prints it (6 significant digits, no trailing zeros), as Envoy's
+/// `/clusters` does for the outlier lines.
+fn format_g(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let decimals = (5 - v.abs().log10().floor() as i32).clamp(0, 17) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
 }
 
 /// `/listeners`: `name::address` lines, or JSON.

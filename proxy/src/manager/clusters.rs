@@ -1,5 +1,6 @@
 //! CDS: clusters added, changed (new objects, new pools) or removed; EDS clusters warm until
-//! their endpoints arrive; DNS clusters get their resolver tasks.
+//! their endpoints arrive; DNS clusters get their resolver tasks and clusters with outlier
+//! detection their detector task (each ends when its cluster object is dropped).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -59,7 +60,7 @@ impl ConfigManager {
                     None => warming = true,
                 }
             }
-            self.spawn_dns(&cluster);
+            self.spawn_cluster_tasks(&cluster);
             if st.clusters.contains_key(&name) {
                 self.cluster_modified.inc();
             } else {
@@ -108,6 +109,12 @@ impl ConfigManager {
                 me.publish();
             }
         });
+    }
+
+    /// Starts a new cluster object's tasks: DNS resolution, outlier detection.
+    pub(super) fn spawn_cluster_tasks(&self, c: &Arc<Cluster>) {
+        self.spawn_dns(c);
+        crate::upstream::outlier::detector::spawn(c);
     }
 
     pub(super) fn spawn_dns(&self, c: &Arc<Cluster>) {

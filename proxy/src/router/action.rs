@@ -77,6 +77,8 @@ pub struct RouteAction {
     pub hash_policy: Vec<HashPolicy>,
     pub max_grpc_timeout: Option<Duration>,
     pub append_x_forwarded_host: bool,
+    /// `priority: HIGH`: the cluster's high-priority circuit breakers and connection pools.
+    pub high_priority: bool,
     /// The deprecated `cors` field (the CORS filter reads it when no typed config is set).
     pub cors: Option<crate::config::ExtensionConfig>,
 }
@@ -253,6 +255,10 @@ impl RouteAction {
                 None => continue,
             });
         }
+        // RoutingPriority: DEFAULT (0) or HIGH (1); PGV's `enum.defined_only`.
+        if !matches!(p.priority, 0 | 1) {
+            return Err(ConfigError::new(format!("{field}.priority"), "value must be one of the defined enum values"));
+        }
         Ok(RouteAction {
             cluster,
             prefix_rewrite: (!p.prefix_rewrite.is_empty()).then(|| p.prefix_rewrite.clone()),
@@ -268,6 +274,7 @@ impl RouteAction {
                 .and_then(|m| m.grpc_timeout_header_max.as_ref())
                 .map(duration),
             append_x_forwarded_host: p.append_x_forwarded_host,
+            high_priority: p.priority == 1,
             cors: match &p.cors {
                 Some(c) => Some((cx.extensions.legacy_cors)(c, &format!("{field}.cors"))?),
                 None => None,

@@ -206,6 +206,10 @@ impl RetryPolicy {
 
     /// Should a failure before response headers be retried?
     pub fn retry_on_reset(&self, reason: ResetReason) -> bool {
+        // A circuit breaker's overflow is never retried (Envoy's "never retry" condition).
+        if reason == ResetReason::Overflow {
+            return false;
+        }
         let b = self.retry_on;
         if b & (on::FIVE_XX | on::GATEWAY_ERROR | on::RESET) != 0 {
             return true;

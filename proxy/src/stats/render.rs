@@ -43,7 +43,8 @@ pub fn text(store: &Store, filter: &Filter) -> String {
                 let _ = writeln!(out, "{}: {v}", e.name);
             }
             Value::Gauge(v) => {
-                let _ = writeln!(out, "{}: {v}", e.name);
+                // Envoy's gauges are unsigned (an unlimited `remaining_cx_pools` is u64::MAX).
+                let _ = writeln!(out, "{}: {}", e.name, *v as u64);
             }
             Value::Histogram(s) => {
                 if s.count == 0 {
@@ -96,7 +97,7 @@ pub fn prometheus(store: &Store, used_only: bool) -> String {
         let lines = &mut families.entry(family.clone()).or_insert((kind, Vec::new())).1;
         match &e.value {
             Value::Counter(v) => lines.push(format!("{family}{{{labels}}} {v}")),
-            Value::Gauge(v) => lines.push(format!("{family}{{{labels}}} {v}")),
+            Value::Gauge(v) => lines.push(format!("{family}{{{labels}}} {}", *v as u64)),
             Value::Histogram(s) => {
                 let sep = if labels.is_empty() { "" } else { "," };
                 let mut cum = 0;

@@ -1,10 +1,11 @@
 //! Clusters: translation of `envoy.config.cluster.v3.Cluster` (STATIC, STRICT_DNS, LOGICAL_DNS,
 //! EDS) and the runtime object routes forward to: settings, the current host set (swapped
-//! atomically on DNS refresh or EDS update), circuit-breaker counters and stats.
+//! atomically on DNS refresh, EDS update or a host's health change), circuit breakers, the
+//! outlier detector and stats.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -13,10 +14,14 @@ use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 
-use super::host::{Endpoint, Host, HostSet, PriorityHosts};
-use super::lb::{LbPolicy, LbState};
+use super::circuit_breaker::CircuitBreakers;
+use super::host::{Endpoint, Host, HostSet};
+use super::lb::{LbConfig, LbPolicy};
+use super::outlier::{Detector, OutlierConfig, OutlierStats};
 use crate::config::{BuildCtx, ConfigError, duration};
 use crate::stats::{CodeStats, Counter, Gauge, Histogram, Store};
+
+mod membership;
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -71,8 +76,6 @@ pub struct ClusterStats {
     pub warming_state: Gauge,
     pub membership_degraded: Gauge,
     pub membership_excluded: Gauge,
-    /// Circuit-breaker open gauges (always 0 until thresholds trip), for both priorities.
-    pub circuit_breakers: Vec<Gauge>,
     pub upstream_rq_time: Histogram,
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_per_try_timeout: Counter,
@@ -81,7 +84,11 @@ pub struct ClusterStats {
     pub upstream_rq_retry_overflow: Counter,
     pub upstream_rq_retry_limit_exceeded: Counter,
     pub upstream_rq_pending_overflow: Counter,
+    pub upstream_rq_active_overflow: Counter,
     pub upstream_rq_pending_total: Counter,
+    pub upstream_rq_pending_active: Gauge,
+    pub upstream_rq_pending_failure_eject: Counter,
+    pub upstream_cx_overflow: Counter,
     pub upstream_cx_total: Counter,
     pub upstream_cx_active: Gauge,
     pub upstream_cx_http1_total: Counter,
@@ -135,19 +142,6 @@ impl ClusterStats {
                 g.set(0);
                 g
             },
-            circuit_breakers: ["default", "high"]
-                .iter()
-                .flat_map(|prio| {
-                    ["cx_open", "cx_pool_open", "rq_open", "rq_pending_open", "rq_retry_open"]
-                        .iter()
-                        .map(move |n| format!("circuit_breakers.{prio}.{n}"))
-                })
-                .map(|n| {
-                    let g = g(&n);
-                    g.set(0);
-                    g
-                })
-                .collect(),
             upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
@@ -157,6 +151,14 @@ impl ClusterStats {
             upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
+            upstream_rq_pending_active: {
+                let g = g("upstream_rq_pending_active");
+                g.set(0);
+                g
+            },
+            upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
             upstream_cx_total: c("upstream_cx_total"),
             upstream_cx_active: g("upstream_cx_active"),
             upstream_cx_http1_total: c("upstream_cx_http1_total"),
@@ -181,19 +183,13 @@ impl ClusterStats {
     }
 }
 
-/// Circuit-breaker thresholds (default priority).
-#[derive(Debug, Clone, Copy)]
-pub struct Thresholds {
-    pub max_connections: u32,
-    pub max_pending_requests: u32,
-    pub max_requests: u32,
-    pub max_retries: u32,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
-    }
+/// `upstream_connection_options.tcp_keepalive`: set on every upstream socket (unset fields
+/// keep the system's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
 }
 
 /// A cluster as traffic sees it.
@@ -204,11 +200,18 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub discovery: DiscoveryType,
     pub lb: LbPolicy,
+    /// The policy with `common_lb_config` (panic threshold, locality weighting).
+    pub lb_config: LbConfig,
+    /// `common_lb_config.update_merge_window` (default 1 s; 0 delivers every change at once).
+    pub lb_config_merge_window: Duration,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub max_requests_per_connection: Option<u32>,
     pub idle_timeout: Option<Duration>,
-    pub thresholds: Thresholds,
+    pub circuit_breakers: CircuitBreakers,
+    /// `outlier_detection`; its task is started by the config manager.
+    pub outlier: Option<Detector>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// The cluster's `transport_socket` (None: plaintext).
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// `transport_socket_matches`: endpoint metadata match → transport (None: plaintext).
@@ -221,6 +224,10 @@ pub struct Cluster {
     /// metadata exchange is the one remora has); the extension that reads one downcasts it.
     pub upstream_filters: Vec<crate::config::ExtensionConfig>,
     pub hosts: ArcSwap<HostSet>,
+    /// Serialises the writers of `hosts` (EDS/DNS updates and health changes, all on the main
+    /// runtime) and holds when health changes were last published (`update_merge_window`);
+    /// readers never take it.
+    hosts_write: std::sync::Mutex<membership::HealthUpdates>,
     pub dns_targets: Vec<DnsTarget>,
     pub dns_refresh: Duration,
     pub dns_family: DnsFamily,
@@ -228,8 +235,6 @@ pub struct Cluster {
     /// File-based EDS (`eds_config.path_config_source`): the file the endpoints come from.
     pub eds_file: Option<std::path::PathBuf>,
     pub stats: ClusterStats,
-    pub active_requests: AtomicU32,
-    pub active_retries: AtomicU32,
     /// ORIGINAL_DST hosts by address, reused while connections to them come and go.
     original_dst_hosts: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Host>>>,
     /// The proto it was built from (for `/config_dump` and change detection).
@@ -296,23 +301,6 @@ impl Cluster {
                 max_requests_per_connection = Some(m.value).filter(|v| *v > 0);
             }
         }
-        let mut thresholds = Thresholds::default();
-        if let Some(cb) = &p.circuit_breakers
-            && let Some(t) = cb.thresholds.iter().find(|t| t.priority == 0)
-        {
-            if let Some(v) = t.max_connections {
-                thresholds.max_connections = v.value;
-            }
-            if let Some(v) = t.max_pending_requests {
-                thresholds.max_pending_requests = v.value;
-            }
-            if let Some(v) = t.max_requests {
-                thresholds.max_requests = v.value;
-            }
-            if let Some(v) = t.max_retries {
-                thresholds.max_retries = v.value;
-            }
-        }
         let dns_family = match cluster::DnsLookupFamily::try_from(p.dns_lookup_family) {
             Ok(cluster::DnsLookupFamily::Auto) => DnsFamily::Auto,
             Ok(cluster::DnsLookupFamily::V4Only) => DnsFamily::V4Only,
@@ -325,22 +313,38 @@ impl Cluster {
             tracing::warn!(cluster = %p.name, "active health checks are not supported yet; hosts are treated as healthy");
         }
         let stat_name = if p.alt_stat_name.is_empty() { p.name.as_str() } else { p.alt_stat_name.as_str() };
+        let lb_config = lb_config(p, lb, discovery)?;
+        let tcp_keepalive = tcp_keepalive(p);
+        let outlier = match &p.outlier_detection {
+            Some(od) => Some(Detector::new(OutlierConfig::from_proto(od)?, OutlierStats::new(&cx.stats, stat_name))),
+            None => None,
+        };
+        let circuit_breakers = CircuitBreakers::from_proto(p.circuit_breakers.as_ref(), &cx.stats, stat_name)?;
         let stats = ClusterStats::new(&cx.stats, stat_name);
         let mut c = Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             name: p.name.as_str().into(),
             discovery,
             lb,
+            lb_config,
+            lb_config_merge_window: p
+                .common_lb_config
+                .as_ref()
+                .and_then(|c| c.update_merge_window.as_ref())
+                .map_or(Duration::from_secs(1), duration),
             connect_timeout: p.connect_timeout.as_ref().map(duration).unwrap_or(Duration::from_secs(5)),
             protocol,
             max_requests_per_connection,
             idle_timeout,
-            thresholds,
+            circuit_breakers,
+            outlier,
+            tcp_keepalive,
             tls,
             tls_matches,
             upstream_bind: upstream_bind(p)?,
             upstream_filters: (cx.extensions.upstream_filters)(&p.filters, cx)?,
             hosts: ArcSwap::from_pointee(HostSet::default()),
+            hosts_write: std::sync::Mutex::new(membership::HealthUpdates::default()),
             dns_targets: Vec::new(),
             dns_refresh: p
                 .dns_refresh_rate
@@ -352,8 +356,6 @@ impl Cluster {
             eds_service_name: None,
             eds_file: None,
             stats,
-            active_requests: AtomicU32::new(0),
-            active_retries: AtomicU32::new(0),
             original_dst_hosts: Default::default(),
             proto: p.clone(),
         };
@@ -404,69 +406,6 @@ impl Cluster {
             }
         }
         Ok(c)
-    }
-
-    /// Replaces membership with the endpoints of a ClusterLoadAssignment (STATIC and EDS).
-    pub fn set_load_assignment(&self, cla: &ClusterLoadAssignment) -> Result<(), ConfigError> {
-        let mut hosts = Vec::new();
-        for (i, lle) in cla.endpoints.iter().enumerate() {
-            for (j, le) in lle.lb_endpoints.iter().enumerate() {
-                let f = format!("endpoints[{i}].lb_endpoints[{j}]");
-                let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &le.host_identifier else {
-                    return Err(ConfigError::new(f, "named endpoints are not supported"));
-                };
-                let weight = le.load_balancing_weight.map(|w| w.value).unwrap_or(1);
-                // EDS health: UNHEALTHY(2), DRAINING(3), TIMEOUT(4) are not used for traffic.
-                if matches!(le.health_status, 2..=4) {
-                    continue;
-                }
-                let field = format!("{f}.endpoint.address");
-                if let Some(address::Address::Pipe(p)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) {
-                    if p.path.is_empty() {
-                        return Err(ConfigError::new(field, "pipe path must not be empty"));
-                    }
-                    hosts.push(Endpoint {
-                        address: SocketAddr::from(([0, 0, 0, 0], 0)),
-                        pipe: Some(p.path.clone().into()),
-                        hostname: ep.hostname.clone(),
-                        weight,
-                        priority: lle.priority,
-                        metadata: le.metadata.clone(),
-                    });
-                    continue;
-                }
-                let addr = socket_address_of(ep.address.as_ref(), &field)?;
-                hosts.push(Endpoint::ip(addr, ep.hostname.clone(), weight, lle.priority, le.metadata.clone()));
-            }
-        }
-        self.set_hosts(hosts);
-        Ok(())
-    }
-
-    /// Publishes a new host set, keeping the identity of hosts that did not change.
-    pub fn set_hosts(&self, hosts: Vec<Endpoint>) {
-        let previous = self.hosts.load();
-        let all: Vec<Arc<Host>> = hosts.into_iter().map(|ep| HostSet::reuse(&previous, ep)).collect();
-        let mut levels: Vec<u32> = all.iter().map(|h| h.priority).collect();
-        levels.sort_unstable();
-        levels.dedup();
-        let priorities = levels
-            .into_iter()
-            .map(|p| {
-                let hosts: Vec<Arc<Host>> = all.iter().filter(|h| h.priority == p).cloned().collect();
-                PriorityHosts { priority: p, lb: LbState::build(self.lb, &hosts), hosts }
-            })
-            .collect();
-        let changed = previous.all.len() != all.len() || previous.all.iter().zip(&all).any(|(a, b)| a.id != b.id);
-        // Like Envoy, an empty cluster never touches its membership gauges.
-        if changed {
-            self.stats.membership_total.set(all.len() as i64);
-            self.stats.membership_healthy.set(all.iter().filter(|h| h.healthy()).count() as i64);
-        }
-        if changed {
-            self.stats.membership_change.inc();
-        }
-        self.hosts.store(Arc::new(HostSet { all, priorities }));
     }
 
     /// The host for an ORIGINAL_DST connection to `addr` (cached so pools can be reused; hosts
@@ -524,6 +463,73 @@ impl Cluster {
         matches!(self.discovery, DiscoveryType::StrictDns | DiscoveryType::LogicalDns)
             && self.dns_targets.iter().any(|t| t.host.parse::<std::net::IpAddr>().is_err())
     }
+}
+
+/// `common_lb_config`: the healthy panic threshold and locality weighting are honoured, the
+/// rest is refused when set (it would change where traffic goes).
+fn lb_config(p: &ClusterProto, policy: LbPolicy, discovery: DiscoveryType) -> Result<LbConfig, ConfigError> {
+    use cluster::common_lb_config::LocalityConfigSpecifier as L;
+    let mut c = LbConfig { policy, ..LbConfig::default() };
+    let Some(lb) = &p.common_lb_config else { return Ok(c) };
+    let f = |n: &str| format!("common_lb_config.{n}");
+    if let Some(t) = &lb.healthy_panic_threshold {
+        if !(0.0..=100.0).contains(&t.value) {
+            return Err(ConfigError::new(f("healthy_panic_threshold.value"), "value must be inside range [0, 100]"));
+        }
+        c.panic_threshold = t.value.round() as u32;
+    }
+    match &lb.locality_config_specifier {
+        None => {}
+        Some(L::LocalityWeightedLbConfig(_)) => c.locality_weighted = true,
+        Some(L::ZoneAwareLbConfig(_)) => {
+            return Err(ConfigError::new(f("zone_aware_lb_config"), "not supported by remora"));
+        }
+    }
+    if let Some(ch) = &lb.consistent_hashing_lb_config {
+        if ch.use_hostname_for_hashing {
+            if matches!(discovery, DiscoveryType::Static) {
+                return Err(ConfigError::new(
+                    f("consistent_hashing_lb_config.use_hostname_for_hashing"),
+                    "Cannot use hostname for consistent hashing loadbalancing for cluster of type: 'envoy.cluster.static'",
+                ));
+            }
+            return Err(ConfigError::new(
+                f("consistent_hashing_lb_config.use_hostname_for_hashing"),
+                "not supported by remora",
+            ));
+        }
+        if ch.hash_balance_factor.is_some() {
+            return Err(ConfigError::new(
+                f("consistent_hashing_lb_config.hash_balance_factor"),
+                "not supported by remora",
+            ));
+        }
+    }
+    if lb.override_host_status.is_some() {
+        return Err(ConfigError::new(f("override_host_status"), "not supported by remora"));
+    }
+    if lb.close_connections_on_host_set_change {
+        return Err(ConfigError::new(f("close_connections_on_host_set_change"), "not supported by remora"));
+    }
+    if lb.ignore_new_hosts_until_first_hc {
+        return Err(ConfigError::new(f("ignore_new_hosts_until_first_hc"), "not supported by remora"));
+    }
+    if lb.update_merge_window.as_ref().is_some_and(|d| d.seconds < 0 || d.nanos < 0) {
+        return Err(ConfigError::new(f("update_merge_window"), "Invalid duration: Expected positive duration"));
+    }
+    Ok(c)
+}
+
+/// `upstream_connection_options.tcp_keepalive` (seconds; 0 leaves the system's value, as a 0
+/// would be refused by the kernel).
+fn tcp_keepalive(p: &ClusterProto) -> Option<TcpKeepalive> {
+    let k = p.upstream_connection_options.as_ref()?.tcp_keepalive.as_ref()?;
+    let secs = |v: Option<u32>| v.filter(|v| *v > 0).map(|v| Duration::from_secs(u64::from(v)));
+    Some(TcpKeepalive {
+        probes: k.keepalive_probes.map(|v| v.value).filter(|v| *v > 0),
+        time: secs(k.keepalive_time.map(|v| v.value)),
+        interval: secs(k.keepalive_interval.map(|v| v.value)),
+    })
 }
 
 fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<DnsTarget>, ConfigError> {

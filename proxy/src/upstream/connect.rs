@@ -7,21 +7,44 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, TcpKeepalive};
 use super::host::Host;
 use crate::stream_info::ResetReason;
 
 /// Connects a TCP socket, first binding `source` (port 0) when set.
 pub async fn connect_tcp(addr: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
-    match source {
-        None => TcpStream::connect(addr).await,
-        Some(ip) => {
-            let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-            sock.set_reuseaddr(true)?;
-            sock.bind(SocketAddr::new(ip, 0))?;
-            sock.connect(addr).await
-        }
+    connect_tcp_with(addr, source, None).await
+}
+
+/// Like [`connect_tcp`], with the cluster's TCP keepalive set on the socket before it connects
+/// (Envoy's `upstream_connection_options.tcp_keepalive`).
+pub async fn connect_tcp_with(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    keepalive: Option<&TcpKeepalive>,
+) -> std::io::Result<TcpStream> {
+    if source.is_none() && keepalive.is_none() {
+        return TcpStream::connect(addr).await;
     }
+    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if let Some(k) = keepalive {
+        let mut ka = socket2::TcpKeepalive::new();
+        if let Some(t) = k.time {
+            ka = ka.with_time(t);
+        }
+        if let Some(i) = k.interval {
+            ka = ka.with_interval(i);
+        }
+        if let Some(p) = k.probes {
+            ka = ka.with_retries(p);
+        }
+        socket2::SockRef::from(&sock).set_tcp_keepalive(&ka)?;
+    }
+    if let Some(ip) = source {
+        sock.set_reuseaddr(true)?;
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    sock.connect(addr).await
 }
 
 /// A connected upstream transport.
@@ -112,7 +135,8 @@ pub async fn connect_with_alpn(
         match &host.pipe {
             Some(p) => tokio::net::UnixStream::connect(p).await.map(UpstreamIo::Unix),
             None => {
-                let s = connect_tcp(host.address, cluster.bind_for(host.address)).await?;
+                let s = connect_tcp_with(host.address, cluster.bind_for(host.address), cluster.tcp_keepalive.as_ref())
+                    .await?;
                 let _ = s.set_nodelay(true);
                 match tls {
                     None => Ok(UpstreamIo::Tcp(s)),

@@ -15,10 +15,11 @@ use super::metadata_exchange::MetadataExchange;
 use crate::config::{BuildCtx, ConfigError, duration};
 use crate::runtime::WorkerCtx;
 use crate::stats::{Counter, Gauge, GaugeGuard};
+use crate::stream_info::ResetReason;
 use crate::upstream::cluster::DiscoveryType;
 use crate::upstream::connect::UpstreamIo;
 use crate::upstream::host::ActiveRequest;
-use crate::upstream::lb;
+use crate::upstream::outlier::Outcome;
 
 pub const TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
@@ -126,15 +127,26 @@ impl TcpProxy {
             let host = if cluster.discovery == DiscoveryType::OriginalDst {
                 original_dst.map(|a| cluster.original_dst_host(a))
             } else {
-                lb::choose(cluster.lb, &cluster.hosts.load(), None, &[])
+                cluster.choose_host(None, &[])
             };
             let Some(host) = host else {
                 cluster.stats.upstream_cx_none_healthy.inc();
                 return;
             };
             let active = ActiveRequest::new(&host);
-            match crate::upstream::connect::connect(&cluster, &host).await {
-                Ok(io) => break (io.into_inner(), active),
+            // The cluster's max_connections, as Envoy's tcp_proxy applies it (refused, not queued).
+            let Some(cx) = crate::upstream::circuit_breaker::tcp_connection(&cluster, &host) else { return };
+            let result = crate::upstream::connect::connect(&cluster, &host).await;
+            if let Some(d) = &cluster.outlier {
+                let outcome = match &result {
+                    Ok(_) => Outcome::LocalOriginConnectSuccessFinal,
+                    Err(ResetReason::ConnectTimeout) => Outcome::LocalOriginTimeout,
+                    Err(_) => Outcome::LocalOriginConnectFailed,
+                };
+                d.put_result(&host, outcome, None);
+            }
+            match result {
+                Ok(io) => break (io.into_inner(), (active, cx)),
                 Err(_) if attempts < self.max_connect_attempts => continue,
                 Err(_) => return,
             }

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
@@ -27,9 +26,11 @@ use crate::router::retry::{RetryPolicy, parse_retry_on};
 use crate::router::route::Route;
 use crate::router::{RouteTable, VirtualHost};
 use crate::stream_info::ResetReason;
+use crate::upstream::circuit_breaker::{Held, Priority, RequestGuard};
 use crate::upstream::cluster::{Cluster, DiscoveryType, UpstreamProtocol};
 use crate::upstream::host::{ActiveRequest, Host};
-use crate::upstream::lb::{self, combine_hash, hash_key};
+use crate::upstream::lb::{combine_hash, hash_key};
+use crate::upstream::outlier::{Outcome, grpc_to_http};
 use crate::upstream::pool::Lease;
 
 /// The body size kept for retries (Envoy's default per-connection buffer limit).
@@ -68,6 +69,21 @@ impl Forward<'_> {
             s.external_upstream_rq.record(status, true);
             s.external_upstream_rq_completed.inc();
         }
+    }
+
+    /// An overflow local reply (a circuit breaker): 503 UO with `x-envoy-overloaded: true`
+    /// unless Envoy's headers are suppressed.
+    fn overflow_reply(
+        &self,
+        cluster: &Cluster,
+        internal: bool,
+        weighted: Option<&WeightedCluster>,
+    ) -> Response<ResponseBody> {
+        let mut r = LocalReply::overflow();
+        if !self.cx.router.suppress_envoy_headers {
+            r.headers.insert(http::HeaderName::from_static("x-envoy-overloaded"), HeaderValue::from_static("true"));
+        }
+        self.cluster_reply(cluster, internal, weighted, r)
     }
 
     /// A local reply about the upstream: counted against the cluster, then sent.
@@ -130,12 +146,10 @@ impl Forward<'_> {
         .any(|m| m.uses_request_headers())
         .then(|| parts.headers.clone());
 
-        // Circuit breaker on concurrent requests.
-        if cluster.active_requests.load(Ordering::Relaxed) >= cluster.thresholds.max_requests {
-            stats.upstream_rq_pending_overflow.inc();
-            return self.cluster_reply(&cluster, internal, weighted, LocalReply::overflow());
-        }
-        let _cluster_active = ClusterRequest::new(&cluster);
+        let prio = if action.high_priority { Priority::High } else { Priority::Default };
+        // Only outlier detection reads it (a gRPC status counts as its HTTP equivalent).
+        let grpc = cluster.outlier.is_some()
+            && parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 
         // Envoy's x-envoy-* request controls (consumed here, never forwarded).
         let suppress = router.suppress_envoy_headers;
@@ -284,6 +298,9 @@ impl Forward<'_> {
         let mut attempted: Vec<u64> = Vec::new();
         let mut retries_done = 0u32;
         let mut attempt = 0u32;
+        // The retry in flight (Envoy's retries resource), held until the retried attempt is
+        // answered.
+        let mut _retry_held: Option<Held> = None;
         loop {
             attempt += 1;
             let avoid: &[u64] = if policy.as_ref().is_some_and(|p| p.avoid_previous_hosts) { &attempted } else { &[] };
@@ -293,14 +310,10 @@ impl Forward<'_> {
                 // when nothing was restored, as in Envoy.
                 self.cx.conn.original_dst.map(|a| cluster.original_dst_host(a))
             } else {
-                let set = cluster.hosts.load();
-                lb::choose(cluster.lb, &set, hash, avoid)
+                cluster.choose_host(hash, avoid)
             };
             let Some(host) = host else {
                 stats.upstream_cx_none_healthy.inc();
-                if cluster.hosts.load().is_empty() {
-                    stats.lb_healthy_panic.inc();
-                }
                 return self.cluster_reply(&cluster, internal, weighted, LocalReply::no_healthy_upstream());
             };
             attempted.push(host.id);
@@ -334,27 +347,51 @@ impl Forward<'_> {
                 }
             };
             let started = Instant::now();
-            let outcome = self.attempt(&cluster, &host, h2, req, per_try, deadline).await;
-            let retry_allowed = |p: &RetryPolicy| {
-                retries_done < p.num_retries
-                    && (body_is_empty || replay.as_ref().is_some_and(ReplayBody::can_replay))
-                    && deadline.is_none_or(|d| Instant::now() < d)
+            let outcome = self.attempt(&cluster, &host, h2, req, per_try, deadline, prio).await;
+            // The retried attempt is answered: its retry is no longer in flight.
+            _retry_held = None;
+            let can_replay = body_is_empty || replay.as_ref().is_some_and(ReplayBody::can_replay);
+            // Envoy's `shouldRetry`: the per-request limit, then the cluster's retry circuit
+            // breaker (or budget); a granted retry is held until the retried attempt answers.
+            let mut try_retry = |p: &RetryPolicy| -> bool {
+                if retries_done >= p.num_retries {
+                    stats.upstream_rq_retry_limit_exceeded.inc();
+                    return false;
+                }
+                if !can_replay || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return false;
+                }
+                if !cluster.circuit_breakers.get(prio).can_retry() {
+                    stats.upstream_rq_retry_overflow.inc();
+                    return false;
+                }
+                _retry_held = Some(Held::retry(&cluster, prio));
+                retries_done += 1;
+                stats.upstream_rq_retry.inc();
+                true
             };
             match outcome {
-                Ok((resp, lease, active)) => {
+                Ok((resp, lease, active, rq)) => {
                     let status = resp.status().as_u16();
+                    if let Some(d) = &cluster.outlier {
+                        // A gRPC status in the headers counts as its HTTP equivalent (Envoy).
+                        let code = if grpc {
+                            resp.headers()
+                                .get("grpc-status")
+                                .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+                                .map_or(status, grpc_to_http)
+                        } else {
+                            status
+                        };
+                        d.put_http_code(&host, code);
+                    }
                     if let Some(p) = policy.as_ref() {
                         if p.retry_on_response(status, resp.headers()) {
-                            if retry_allowed(p) && self.take_retry_budget(&cluster) {
-                                retries_done += 1;
-                                stats.upstream_rq_retry.inc();
+                            if try_retry(p) {
                                 self.charge(&cluster, status, internal);
                                 drop(resp);
                                 self.backoff(p, retries_done, deadline).await;
                                 continue;
-                            }
-                            if retries_done >= p.num_retries {
-                                stats.upstream_rq_retry_limit_exceeded.inc();
                             }
                         } else if retries_done > 0 {
                             stats.upstream_rq_retry_success.inc();
@@ -363,7 +400,7 @@ impl Forward<'_> {
                     if status == 101
                         && let Some(down) = upgrade
                     {
-                        return self.join_upgrade(resp, down, active, &cluster, started);
+                        return self.join_upgrade(resp, down, (active, rq), &cluster, started);
                     }
                     self.charge(&cluster, status, internal);
                     let mut resp = resp;
@@ -373,7 +410,7 @@ impl Forward<'_> {
                     return self.respond(
                         resp,
                         lease,
-                        active,
+                        (active, rq),
                         (&cluster, &host),
                         started,
                         attempt,
@@ -383,37 +420,42 @@ impl Forward<'_> {
                     );
                 }
                 Err(AttemptError::GlobalTimeout) => {
+                    if let Some(d) = &cluster.outlier {
+                        d.put_result(&host, Outcome::LocalOriginTimeout, Some(504));
+                    }
                     stats.upstream_rq_timeout.inc();
                     return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
                 }
                 Err(AttemptError::PerTryTimeout) => {
+                    if let Some(d) = &cluster.outlier {
+                        d.put_result(&host, Outcome::LocalOriginTimeout, Some(504));
+                    }
                     stats.upstream_rq_per_try_timeout.inc();
                     if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout())
-                        && retry_allowed(p)
-                        && self.take_retry_budget(&cluster)
+                        && try_retry(p)
                     {
-                        retries_done += 1;
-                        stats.upstream_rq_retry.inc();
                         self.backoff(p, retries_done, deadline).await;
                         continue;
                     }
                     stats.upstream_rq_timeout.inc();
                     return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
                 }
+                Err(AttemptError::Reset(ResetReason::Overflow)) => {
+                    // A circuit breaker: no outlier report, no retry (Envoy).
+                    return self.overflow_reply(&cluster, internal, weighted);
+                }
                 Err(AttemptError::Reset(reason)) => {
+                    if let Some(d) = &cluster.outlier {
+                        d.put_result(&host, Outcome::LocalOriginConnectFailed, None);
+                    }
                     if reason != ResetReason::ConnectFailure && reason != ResetReason::ConnectTimeout {
                         stats.upstream_rq_rx_reset.inc();
                     }
-                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_reset(reason)) {
-                        if retry_allowed(p) && self.take_retry_budget(&cluster) {
-                            retries_done += 1;
-                            stats.upstream_rq_retry.inc();
-                            self.backoff(p, retries_done, deadline).await;
-                            continue;
-                        }
-                        if retries_done >= p.num_retries {
-                            stats.upstream_rq_retry_limit_exceeded.inc();
-                        }
+                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_reset(reason))
+                        && try_retry(p)
+                    {
+                        self.backoff(p, retries_done, deadline).await;
+                        continue;
                     }
                     return self.cluster_reply(
                         &cluster,
@@ -424,22 +466,6 @@ impl Forward<'_> {
                 }
             }
         }
-    }
-
-    /// Enforces the cluster's `max_retries` circuit breaker for one retry.
-    fn take_retry_budget(&self, cluster: &Arc<Cluster>) -> bool {
-        let n = cluster.active_retries.fetch_add(1, Ordering::Relaxed);
-        let c = cluster.clone();
-        // The budget is held for the back-off; released right after.
-        let ok = n < cluster.thresholds.max_retries;
-        if !ok {
-            cluster.stats.upstream_rq_retry_overflow.inc();
-        }
-        tokio::task::spawn_local(async move {
-            tokio::task::yield_now().await;
-            c.active_retries.fetch_sub(1, Ordering::Relaxed);
-        });
-        ok
     }
 
     async fn backoff(&self, p: &RetryPolicy, n: u32, deadline: Option<Instant>) {
@@ -453,6 +479,7 @@ impl Forward<'_> {
     }
 
     /// One attempt: connection, request, response headers, within the per-try and global limits.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         cluster: &Arc<Cluster>,
@@ -461,25 +488,27 @@ impl Forward<'_> {
         req: Request<RequestBody>,
         per_try: Option<Duration>,
         deadline: Option<Instant>,
-    ) -> Result<(Response<Incoming>, Option<Lease>, ActiveRequest), AttemptError> {
+        prio: Priority,
+    ) -> Result<(Response<Incoming>, Option<Lease>, ActiveRequest, RequestGuard), AttemptError> {
         let active = ActiveRequest::new(host);
         let pools = self.cx.worker.pools.clone();
-        let mut rq_active = None;
         let fut = async {
             let http10 = req.version() == http::Version::HTTP_10;
             let alpn = self.cx.alpn_override.and_then(|o| o.for_request(h2, http10));
-            let lease = pools.acquire(cluster, host, h2, alpn).await.map_err(AttemptError::Reset)?;
-            // Counted once the request goes out on a connection, as Envoy does.
-            cluster.stats.upstream_rq_total.inc();
-            rq_active = Some(crate::stats::GaugeGuard::new(&cluster.stats.upstream_rq_active));
+            // The request guard counts it in `upstream_rq_total`/`_active` and `max_requests`
+            // once it is on a connection, as Envoy does.
+            let (lease, rq) = pools.acquire(cluster, host, h2, alpn, prio).await.map_err(AttemptError::Reset)?;
+            if let Some(d) = &cluster.outlier {
+                d.put_result(host, Outcome::LocalOriginConnectSuccess, None);
+            }
             match lease {
                 Lease::H1 { mut sender, served, key, max } => {
                     let resp = sender.send_request(req).await.map_err(|e| AttemptError::Reset(classify(&e)))?;
-                    Ok((resp, Some(Lease::H1 { sender, served: served + 1, key, max })))
+                    Ok((resp, Some(Lease::H1 { sender, served: served + 1, key, max }), rq))
                 }
                 Lease::H2 { mut sender } => {
                     let resp = sender.send_request(req).await.map_err(|e| AttemptError::Reset(classify(&e)))?;
-                    Ok((resp, None))
+                    Ok((resp, None, rq))
                 }
             }
         };
@@ -498,8 +527,7 @@ impl Forward<'_> {
             },
             None => fut.await,
         };
-        drop(rq_active);
-        r.map(|(resp, lease)| (resp, lease, active))
+        r.map(|(resp, lease, rq)| (resp, lease, active, rq))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -507,7 +535,7 @@ impl Forward<'_> {
         &self,
         resp: Response<Incoming>,
         lease: Option<Lease>,
-        active: ActiveRequest,
+        active: (ActiveRequest, RequestGuard),
         (cluster, host): (&Arc<Cluster>, &Arc<Host>),
         started: Instant,
         attempt: u32,
@@ -564,7 +592,7 @@ impl Forward<'_> {
         &self,
         mut resp: Response<Incoming>,
         down: hyper::upgrade::OnUpgrade,
-        active: ActiveRequest,
+        active: (ActiveRequest, RequestGuard),
         cluster: &Arc<Cluster>,
         started: Instant,
     ) -> Response<ResponseBody> {
@@ -629,22 +657,6 @@ impl Forward<'_> {
             }
         }
         (acc, set_cookie)
-    }
-}
-
-/// Counts a request against its cluster's `max_requests` while alive.
-struct ClusterRequest(Arc<Cluster>);
-
-impl ClusterRequest {
-    fn new(c: &Arc<Cluster>) -> Self {
-        c.active_requests.fetch_add(1, Ordering::Relaxed);
-        ClusterRequest(c.clone())
-    }
-}
-
-impl Drop for ClusterRequest {
-    fn drop(&mut self) {
-        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
