@@ -286,6 +286,8 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<String>,
     #[serde(default)]
     pub max_ejection_percent: Option<u32>,
+    #[serde(default)]
+    pub min_health_percent: Option<i32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

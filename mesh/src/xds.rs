@@ -168,10 +168,40 @@ fn outbound_cluster(mesh: &Mesh, svc: &Service, port: u16, subset: &str) -> Valu
             dr.namespace, dr.meta.name
         ));
     }
-    // istiod turns outlierDetection into the cluster's `outlier_detection`; remora's field guard
-    // refuses that field (outlier ejection is not implemented), so it is left out: the
-    // DestinationRule is accepted, its outlierDetection has no effect (README, "Demo mesh").
+    if let Some(od) = &tp.outlier_detection {
+        apply_outlier_detection(&mut c, od);
+    }
     c
+}
+
+/// istiod's `applyOutlierDetection` (pilot/pkg/networking/core/cluster_traffic_policy.go):
+/// success-rate ejection off, consecutive 5xx and gateway errors enforced at 100 % when set,
+/// interval, base ejection time and max ejection percent as given, and the healthy panic
+/// threshold set to `minHealthPercent` (0, panic mode off, unless the rule says otherwise).
+fn apply_outlier_detection(c: &mut Value, od: &crate::manifest::OutlierDetection) {
+    let mut o = json!({"enforcing_success_rate": 0});
+    if let Some(v) = od.consecutive5xx_errors {
+        o["consecutive_5xx"] = json!(v);
+        o["enforcing_consecutive_5xx"] = json!(if v > 0 { 100 } else { 0 });
+    }
+    if let Some(v) = od.consecutive_gateway_errors {
+        o["consecutive_gateway_failure"] = json!(v);
+        o["enforcing_consecutive_gateway_failure"] = json!(if v > 0 { 100 } else { 0 });
+    }
+    if let Some(d) = od.interval.as_deref().and_then(crate::manifest::parse_duration) {
+        o["interval"] = json!(dur(d));
+    }
+    if let Some(d) = od.base_ejection_time.as_deref().and_then(crate::manifest::parse_duration) {
+        o["base_ejection_time"] = json!(dur(d));
+    }
+    if let Some(p) = od.max_ejection_percent.filter(|p| *p > 0) {
+        o["max_ejection_percent"] = json!(p);
+    }
+    c["outlier_detection"] = o;
+    let min_health = od.min_health_percent.unwrap_or(0);
+    if min_health >= 0 {
+        c["common_lb_config"] = json!({"healthy_panic_threshold": {"value": f64::from(min_health)}});
+    }
 }
 
 /// istiod's ISTIO_MUTUAL client context (cluster_builder.go `buildIstioMutualTLS`): SDS
