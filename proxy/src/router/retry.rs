@@ -127,14 +127,11 @@ impl RetryPolicy {
                 ));
             }
         }
-        if p.rate_limited_retry_back_off.is_some() {
-            tracing::debug!("{field}.rate_limited_retry_back_off is not used yet");
-        }
         for (i, pred) in p.retry_host_predicate.iter().enumerate() {
             match pred.name.as_str() {
                 "envoy.retry_host_predicates.previous_hosts" => r.avoid_previous_hosts = true,
-                // Host-selection hints that only change which host is picked: accepted, no effect.
-                "envoy.retry_host_predicates.omit_canary_hosts" | "envoy.retry_host_predicates.omit_host_metadata" => {}
+                // omit_canary_hosts and omit_host_metadata change which hosts a retry may pick:
+                // not implemented, so refused rather than ignored.
                 other => {
                     return Err(ConfigError::new(
                         format!("{field}.retry_host_predicate[{i}]"),
