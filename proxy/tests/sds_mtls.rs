@@ -191,8 +191,15 @@ fn sds_over_unix_socket_rotation_under_load() {
     let r = Remora::start(&sds_bootstrap(admin, outbound, inbound, app, &sock), admin);
     let log = || std::fs::read_to_string(&r.log).unwrap_or_default();
 
-    // The secrets came over SDS (StreamSecrets, by name) and were ACKed.
-    let sub = cp.subscribed(ads::SECRET).map(|s| s.names.into_iter().collect::<Vec<_>>()).unwrap_or_default();
+    // The secrets came over SDS (StreamSecrets, by name) and were ACKed. The admin port can
+    // answer before the SDS stream has subscribed: wait for it (on a loaded machine it takes a
+    // moment).
+    let subscribed = || cp.subscribed(ads::SECRET).map(|s| s.names.into_iter().collect::<Vec<_>>()).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while subscribed().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sub = subscribed();
     assert!(sub.contains(&"default".to_string()) && sub.contains(&"ROOTCA".to_string()), "subscribed {sub:?}");
     assert!(cp.nacks().is_empty(), "NACKs {:?}", cp.nacks());
     assert_eq!(http_get(outbound, "/"), Some((200, "app".into())), "{}", log());

@@ -20,6 +20,10 @@ pub enum RequestBody {
     Empty,
     Incoming(Incoming),
     Replay(ReplayBody),
+    /// The body of the first attempt, copied to request mirrors as it streams.
+    Tee(Box<TeeBody>),
+    /// A mirror's copy.
+    Mirror(MirrorBody),
 }
 
 impl Body for RequestBody {
@@ -31,6 +35,8 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Tee(b) => Pin::new(b.as_mut()).poll_frame(cx),
+            RequestBody::Mirror(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -39,6 +45,8 @@ impl Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::Incoming(b) => b.is_end_stream(),
             RequestBody::Replay(b) => b.is_end_stream(),
+            RequestBody::Tee(b) => b.inner.is_end_stream(),
+            RequestBody::Mirror(_) => false,
         }
     }
 
@@ -47,6 +55,120 @@ impl Body for RequestBody {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Incoming(b) => b.size_hint(),
             RequestBody::Replay(b) => b.size_hint(),
+            RequestBody::Tee(b) => b.inner.size_hint(),
+            RequestBody::Mirror(b) => b.hint,
+        }
+    }
+}
+
+// === TeeBody, MirrorBody ===
+
+/// Frames a mirror may fall behind by before it is dropped (the caller never waits on it).
+const MIRROR_BACKLOG: usize = 64;
+
+/// One mirror's end of a tee.
+struct MirrorTx {
+    tx: tokio::sync::mpsc::Sender<Frame<Bytes>>,
+    aborted: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The first attempt's body, copied frame by frame to request mirrors. A mirror that falls
+/// behind, or a body that ends early, aborts that mirror's request instead of sending a
+/// truncated body as if it were whole.
+pub struct TeeBody {
+    inner: RequestBody,
+    copies: Vec<MirrorTx>,
+    done: bool,
+}
+
+/// A mirror's copy of the request body.
+pub struct MirrorBody {
+    rx: tokio::sync::mpsc::Receiver<Frame<Bytes>>,
+    aborted: Arc<std::sync::atomic::AtomicBool>,
+    hint: SizeHint,
+}
+
+impl TeeBody {
+    /// Tees `inner`; returns the tee and one body per mirror.
+    pub fn new(inner: RequestBody, mirrors: usize) -> (TeeBody, Vec<MirrorBody>) {
+        let hint = inner.size_hint();
+        let mut copies = Vec::with_capacity(mirrors);
+        let mut bodies = Vec::with_capacity(mirrors);
+        for _ in 0..mirrors {
+            let (tx, rx) = tokio::sync::mpsc::channel(MIRROR_BACKLOG);
+            let aborted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            copies.push(MirrorTx { tx, aborted: aborted.clone() });
+            bodies.push(MirrorBody { rx, aborted, hint });
+        }
+        (TeeBody { inner, copies, done: false }, bodies)
+    }
+
+    fn abort_all(&mut self) {
+        for c in self.copies.drain(..) {
+            c.aborted.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for TeeBody {
+    fn drop(&mut self) {
+        if !self.done {
+            self.abort_all();
+        }
+    }
+}
+
+impl Body for TeeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.as_mut().get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.copies.retain(|c| {
+                    let copy = match (frame.data_ref(), frame.trailers_ref()) {
+                        (Some(d), _) => Frame::data(d.clone()),
+                        (None, Some(t)) => Frame::trailers(t.clone()),
+                        (None, None) => return true,
+                    };
+                    let sent = c.tx.try_send(copy).is_ok();
+                    if !sent {
+                        c.aborted.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    sent
+                });
+                // hyper stops polling once a body says it has ended (content-length reached).
+                if this.inner.is_end_stream() {
+                    this.done = true;
+                    this.copies.clear();
+                }
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                this.copies.clear();
+            }
+            Poll::Ready(Some(Err(_))) => this.abort_all(),
+            Poll::Pending => {}
+        }
+        r
+    }
+}
+
+impl Body for MirrorBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(f)) => Poll::Ready(Some(Ok(f))),
+            Poll::Ready(None) if this.aborted.load(std::sync::atomic::Ordering::Relaxed) => {
+                Poll::Ready(Some(Err("the mirrored request body did not arrive whole".into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -81,6 +81,39 @@ pub struct RouteAction {
     pub high_priority: bool,
     /// The deprecated `cors` field (the CORS filter reads it when no typed config is set).
     pub cors: Option<crate::config::ExtensionConfig>,
+    /// `request_mirror_policies`: shadow copies sent fire-and-forget.
+    pub mirrors: Vec<MirrorPolicy>,
+}
+
+/// One `request_mirror_policies` entry (Istio's VirtualService `mirror`/`mirrorPercentage`).
+#[derive(Debug, Clone)]
+pub struct MirrorPolicy {
+    /// The cluster by name, or (`cluster_header`) by a request header.
+    pub cluster: ClusterSpecifier,
+    /// `runtime_fraction` (all requests when unset).
+    pub fraction: crate::config::Percent,
+    /// Append `-shadow` to the host (unless `disable_shadow_host_suffix_append`).
+    pub shadow_suffix: bool,
+}
+
+impl MirrorPolicy {
+    fn from_proto(p: &route_action::RequestMirrorPolicy, field: &str) -> Result<Self, ConfigError> {
+        let cluster = match (p.cluster.is_empty(), p.cluster_header.is_empty()) {
+            (false, true) => ClusterSpecifier::Name(p.cluster.as_str().into()),
+            (true, false) => ClusterSpecifier::Header(
+                http::HeaderName::from_bytes(p.cluster_header.as_bytes())
+                    .map_err(|_| ConfigError::new(format!("{field}.cluster_header"), "invalid header name"))?,
+            ),
+            _ => {
+                return Err(ConfigError::new(field, "only one of cluster and cluster_header can be specified"));
+            }
+        };
+        Ok(MirrorPolicy {
+            cluster,
+            fraction: crate::config::Percent::from_runtime(p.runtime_fraction.as_ref(), crate::config::Percent::ALWAYS),
+            shadow_suffix: !p.disable_shadow_host_suffix_append,
+        })
+    }
 }
 
 /// Converts an RE2 substitution (`\1`) into the regex crate's (`${1}`).
@@ -275,6 +308,12 @@ impl RouteAction {
                 .map(duration),
             append_x_forwarded_host: p.append_x_forwarded_host,
             high_priority: p.priority == 1,
+            mirrors: p
+                .request_mirror_policies
+                .iter()
+                .enumerate()
+                .map(|(i, m)| MirrorPolicy::from_proto(m, &format!("{field}.request_mirror_policies[{i}]")))
+                .collect::<Result<_, _>>()?,
             cors: match &p.cors {
                 Some(c) => Some((cx.extensions.legacy_cors)(c, &format!("{field}.cors"))?),
                 None => None,

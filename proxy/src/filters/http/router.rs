@@ -6,6 +6,7 @@
 
 mod direct;
 pub mod forward;
+mod mirror;
 mod upstream_headers;
 
 use std::net::SocketAddr;

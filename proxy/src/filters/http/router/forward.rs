@@ -293,6 +293,19 @@ impl Forward<'_> {
             Some(RequestBody::Incoming(body))
         };
         let body_is_empty = matches!(first_body, Some(RequestBody::Empty));
+        if !action.mirrors.is_empty() {
+            first_body = super::mirror::start(
+                self.cx,
+                &action.mirrors,
+                parts,
+                &headers,
+                &authority,
+                &path_and_query,
+                reuse_pq,
+                first_body,
+                timeout,
+            );
+        }
 
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut attempted: Vec<u64> = Vec::new();
