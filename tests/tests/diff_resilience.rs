@@ -183,9 +183,17 @@ impl Run {
         body.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or("<absent>").to_string()
     }
 
-    /// `n` sequential requests: the statuses in order.
+    /// `n` sequential requests: the statuses in order. They are 20 ms apart: an ejection is
+    /// decided off the request path (Envoy's main thread, remora's detector task) and must not
+    /// race the next request on a loaded machine.
     fn sequential(&self, path: &str, n: usize) -> Vec<u16> {
-        (0..n).map(|_| get(self.port(), path, &[]).status).collect()
+        (0..n)
+            .map(|_| {
+                let s = get(self.port(), path, &[]).status;
+                thread::sleep(Duration::from_millis(20));
+                s
+            })
+            .collect()
     }
 }
 
@@ -493,7 +501,13 @@ fn outlier_overflow_panic_and_local_origin() {
             // the traffic (the round-robin restart after the ejection may give it one more).
             let panic = (8..=12).contains(&count(&r.sequential("/od-panic", 20), 503));
             let panic_stats = (r.od("od-panic", "ejections_active"), r.stat("od-panic", "lb_healthy_panic") >= 10);
-            let local: Vec<Reply> = (0..15).map(|_| get(r.port(), "/od-local", &[])).collect();
+            let local: Vec<Reply> = (0..15)
+                .map(|_| {
+                    let x = get(r.port(), "/od-local", &[]);
+                    thread::sleep(Duration::from_millis(20));
+                    x
+                })
+                .collect();
             let local_503: Vec<String> = local.iter().filter(|x| x.status == 503).map(|x| x.body.clone()).collect();
             let local_stats = [
                 "ejections_enforced_consecutive_local_origin_failure",
@@ -631,6 +645,7 @@ fn upstream_tcp_keepalive() {
 /// code, and (remora) that the message names the field.
 #[test]
 fn bad_values_get_envoys_verdict() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let base = std::fs::read_to_string(tests::process::crate_dir().join("configs/diff_resilience.yaml")).unwrap();
     let cases: &[(&str, &str, &str)] = &[
         (
