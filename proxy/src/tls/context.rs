@@ -143,6 +143,12 @@ impl ClientTls {
     pub fn server_name(&self) -> ServerName<'static> {
         self.config.server_name(None)
     }
+
+    /// The name for a handshake with `host`: with `auto_host_sni`, the host's hostname (from
+    /// DNS or the endpoint's `hostname`) when it has one, else [`server_name`](Self::server_name).
+    pub fn server_name_for(&self, hostname: &str) -> ServerName<'static> {
+        self.config.server_name((!hostname.is_empty()).then_some(hostname))
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +235,18 @@ mod tests {
         assert_eq!(h2.alpn_protocols, [b"h2".to_vec()]);
         // No SNI configured: rustls gets an address, for which it sends none.
         assert!(matches!(client.server_name(), ServerName::IpAddress(_)));
+    }
+
+    #[test]
+    fn auto_host_sni_uses_the_host_name() {
+        let store = Arc::new(SecretStore::new());
+        let auto = UpstreamTlsContext { auto_host_sni: true, ..Default::default() };
+        let client = ClientTls::from_proto(&auto, store.clone(), "c").unwrap();
+        assert!(matches!(client.server_name_for("svc.example"), ServerName::DnsName(n) if n.as_ref() == "svc.example"));
+        // A host without a name keeps the configured behaviour (no SNI).
+        assert!(matches!(client.server_name_for(""), ServerName::IpAddress(_)));
+        let plain = ClientTls::from_proto(&UpstreamTlsContext::default(), store, "c").unwrap();
+        assert!(matches!(plain.server_name_for("svc.example"), ServerName::IpAddress(_)));
     }
 
     #[test]

@@ -146,7 +146,8 @@ pub async fn connect_with_alpn(
                             None => t.config(),
                         }
                         .map_err(std::io::Error::other)?;
-                        let tls = tokio_rustls::TlsConnector::from(cfg).connect(t.server_name(), s).await;
+                        let tls =
+                            tokio_rustls::TlsConnector::from(cfg).connect(t.server_name_for(&host.hostname), s).await;
                         match tls {
                             Ok(s) => {
                                 cluster.stats.ssl_handshake.inc();
