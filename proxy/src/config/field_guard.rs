@@ -222,7 +222,7 @@ impl FieldGuard {
 
     /// Checks a resource and accounts for what it carries: a telemetry-only field is logged the
     /// first time it is seen and counted in `config_guard.telemetry_only.<Message>.<field>`.
-    /// Returns the refusal as `(path, reason)` for the caller's error.
+    /// Returns the refused field, if any, for the caller's error.
     pub fn admit<M: prost::Message + prost::Name>(&self, m: &M, stats: &crate::stats::Store) -> Result<(), Finding> {
         let found = self.check_message(m)?;
         if found.is_empty() {
