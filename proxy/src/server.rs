@@ -56,9 +56,13 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         config_yaml: opts.config_yaml.clone(),
         allow_unknown_fields: opts.allow_unknown_static_fields,
     };
+    // Loading the bootstrap and compiling the field guard both use the descriptor pool: hold it
+    // across both so it is decoded once, then give its memory back.
+    let pool = xds_client::descriptors::pool();
     let config = xds_client::bootstrap::load(&src)
         .map_err(|e| e.to_string())
         .and_then(|b| bootstrap::build(&b, &opts).map_err(|e| e.to_string()));
+    drop(pool);
     xds_client::descriptors::release_memory();
     let config = match config {
         Ok(c) => c,

@@ -205,18 +205,20 @@ impl ConfigManager {
     }
 }
 
+/// The RDS sources of a listener's HTTP chains: the route configuration name, the slot its
+/// table goes into, and its file for file-based RDS.
+fn rds(l: &Listener) -> impl Iterator<Item = (&String, &Arc<ArcSwapOption<RouteTable>>, &Option<std::path::PathBuf>)> {
+    l.chains.iter().chain(l.default_chain.iter()).filter_map(|c| match &c.terminal {
+        Terminal::Http(h) => match &h.routes {
+            RouteSource::Rds { name, table, file } => Some((name, table, file)),
+            RouteSource::Static(_) => None,
+        },
+        Terminal::Tcp(_) => None,
+    })
+}
+
 pub(super) fn rds_slots(l: &Listener) -> Vec<(String, Arc<ArcSwapOption<RouteTable>>)> {
-    l.chains
-        .iter()
-        .chain(l.default_chain.iter())
-        .filter_map(|c| match &c.terminal {
-            Terminal::Http(h) => match &h.routes {
-                RouteSource::Rds { name, table, .. } => Some((name.clone(), table.clone())),
-                RouteSource::Static(_) => None,
-            },
-            Terminal::Tcp(_) => None,
-        })
-        .collect()
+    rds(l).map(|(n, t, _)| (n.clone(), t.clone())).collect()
 }
 
 /// SDS secret names the listener's TLS filter chains need.
@@ -234,20 +236,10 @@ pub(super) fn listener_secrets(l: &Listener) -> Vec<String> {
 }
 
 pub(super) fn rds_names(l: &Listener) -> Vec<String> {
-    rds_slots(l).into_iter().map(|(n, _)| n).collect()
+    rds(l).map(|(n, _, _)| n.clone()).collect()
 }
 
 /// Each RDS route configuration a listener needs, with its file for file-based RDS.
 pub(super) fn rds_sources(l: &Listener) -> Vec<(String, Option<std::path::PathBuf>)> {
-    l.chains
-        .iter()
-        .chain(l.default_chain.iter())
-        .filter_map(|c| match &c.terminal {
-            Terminal::Http(h) => match &h.routes {
-                RouteSource::Rds { name, file, .. } => Some((name.clone(), file.clone())),
-                RouteSource::Static(_) => None,
-            },
-            Terminal::Tcp(_) => None,
-        })
-        .collect()
+    rds(l).map(|(n, _, f)| (n.clone(), f.clone())).collect()
 }

@@ -133,7 +133,19 @@ impl HeaderMutations {
 
 // === applying the levels ===
 
-/// Response header mutations: most specific first unless the table asks otherwise.
+/// The levels (weighted cluster, route, virtual host, route table) in the order they apply: most
+/// specific first unless the table says `most_specific_header_mutations_wins`.
+fn ordered<'a>(
+    table: &super::RouteTable,
+    mut levels: [Option<&'a HeaderMutations>; 4],
+) -> [Option<&'a HeaderMutations>; 4] {
+    if table.most_specific_header_mutations_wins {
+        levels.reverse();
+    }
+    levels
+}
+
+/// Response header mutations, in [`ordered`] order.
 pub fn apply_response_mutations(
     table: &super::RouteTable,
     vhost: &super::VirtualHost,
@@ -142,11 +154,10 @@ pub fn apply_response_mutations(
     headers: &mut http::HeaderMap,
     fcx: &FormatContext<'_>,
 ) {
-    let mut levels =
-        [weighted, Some(&route.response_headers), Some(&vhost.response_headers), Some(&table.response_headers)];
-    if table.most_specific_header_mutations_wins {
-        levels.reverse();
-    }
+    let levels = ordered(
+        table,
+        [weighted, Some(&route.response_headers), Some(&vhost.response_headers), Some(&table.response_headers)],
+    );
     let cx = FormatContext { response_headers: None, ..*fcx };
     for m in levels.into_iter().flatten() {
         if !m.is_empty() {
@@ -164,11 +175,10 @@ pub fn apply_request_mutations(
     headers: &mut http::HeaderMap,
     fcx: &FormatContext<'_>,
 ) {
-    let mut levels =
-        [weighted, Some(&route.request_headers), Some(&vhost.request_headers), Some(&table.request_headers)];
-    if table.most_specific_header_mutations_wins {
-        levels.reverse();
-    }
+    let levels = ordered(
+        table,
+        [weighted, Some(&route.request_headers), Some(&vhost.request_headers), Some(&table.request_headers)],
+    );
     // Substitutions read the request headers as they were before any mutation.
     let original = levels.iter().flatten().any(|m| !m.is_empty()).then(|| headers.clone());
     let cx = FormatContext { request_headers: original.as_ref(), ..*fcx };
