@@ -28,6 +28,9 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "demo") {
         return demo_command(&args[2..]);
     }
+    if args.get(1).is_some_and(|a| a == "explain") {
+        return crate::cli::explain_command(&args[2..]);
+    }
     let opts = match Options::try_parse_from(&args) {
         Ok(o) => o,
         Err(e) => {
