@@ -61,7 +61,7 @@ pub struct RouteMatcher {
 /// What the route acts with.
 #[derive(Debug, Clone)]
 pub enum Action {
-    Route(RouteAction),
+    Route(Box<RouteAction>),
     Redirect(Redirect),
     Direct(DirectResponse),
     NonForwarding,
@@ -281,13 +281,13 @@ impl Route {
         let matcher = RouteMatcher::from_proto(m, &format!("{field}.match"))?;
         use route::Action as A;
         let action = match &p.action {
-            Some(A::Route(r)) => Action::Route(RouteAction::from_proto(
+            Some(A::Route(r)) => Action::Route(Box::new(RouteAction::from_proto(
                 r,
                 vhost_retry,
                 cx,
                 validate_clusters,
                 &format!("{field}.route"),
-            )?),
+            )?)),
             Some(A::Redirect(r)) => Action::Redirect(Redirect::from_proto(r, &format!("{field}.redirect"))?),
             Some(A::DirectResponse(d)) => {
                 Action::Direct(DirectResponse::from_proto(d, &format!("{field}.direct_response"))?)
