@@ -129,20 +129,22 @@ struct FieldInfo {
     ty: Ty,
     repeated: bool,
     in_oneof: bool,
-    /// The field's own rule (for repeated fields: min/max items live in `items_count`).
-    rule: Option<Rule>,
-    items: Option<Rule>,
+    /// The field's own rule (for repeated fields: min/max items live in `items_count`). Boxed:
+    /// most fields have none, and the table lives as long as the process.
+    rule: Option<Box<Rule>>,
+    items: Option<Box<Rule>>,
     items_count: (Option<u64>, Option<u64>),
     unique: bool,
-    map_keys: Option<Rule>,
-    map_values: Option<Rule>,
+    map_keys: Option<Box<Rule>>,
+    map_values: Option<Box<Rule>>,
     /// The field's type carries rules (descend into it).
     descend: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 struct MessageRules {
-    fields: HashMap<u32, FieldInfo>,
+    /// By field number, sorted.
+    fields: Vec<(u32, FieldInfo)>,
     /// Oneofs with `(validate.required) = true`: (name, member field numbers).
     required_oneofs: Vec<(String, Vec<u32>)>,
 }
@@ -383,13 +385,13 @@ impl Rules {
         // Keep only messages with a rule somewhere below them; mark the fields to descend.
         let mut has: std::collections::HashSet<String> = all
             .iter()
-            .filter(|(_, r)| !r.required_oneofs.is_empty() || r.fields.values().any(|f| f.has_rule()))
+            .filter(|(_, r)| !r.required_oneofs.is_empty() || r.fields.iter().any(|(_, f)| f.has_rule()))
             .map(|(n, _)| n.clone())
             .collect();
         loop {
             let before = has.len();
             for (name, r) in &all {
-                if !has.contains(name) && r.fields.values().any(|f| f.reaches(&has)) {
+                if !has.contains(name) && r.fields.iter().any(|(_, f)| f.reaches(&has)) {
                     has.insert(name.clone());
                 }
             }
@@ -397,15 +399,17 @@ impl Rules {
                 break;
             }
         }
-        let mut messages = HashMap::new();
+        let mut messages = HashMap::with_capacity(has.len());
         for (name, mut r) in all {
             if !has.contains(&name) {
                 continue;
             }
-            r.fields.retain(|_, f| {
+            r.fields.retain_mut(|(_, f)| {
                 f.descend = f.reaches(&has);
                 f.has_rule() || f.descend
             });
+            r.fields.sort_by_key(|(n, _)| *n);
+            r.fields.shrink_to_fit();
             messages.insert(name, r);
         }
         Rules { messages }
@@ -427,7 +431,7 @@ impl Rules {
                 Some((_, c)) => *c += 1,
                 None => seen.push((number, 1)),
             }
-            let Some(f) = msg.fields.get(&number) else { continue };
+            let Some(f) = msg.field(number) else { continue };
             let index = seen.iter().find(|(n, _)| *n == number).map_or(0, |(_, c)| c - 1);
             let base = path.len();
             push_name(path, &f.name);
@@ -446,7 +450,7 @@ impl Rules {
                     {
                         items.entry(number).or_default().push(b.to_vec());
                     }
-                    self.check_value(type_name, f, f.items.as_ref(), &v, path)?;
+                    self.check_value(type_name, f, f.items.as_deref(), &v, path)?;
                     path.truncate(b2);
                     i += 1;
                 }
@@ -454,13 +458,13 @@ impl Rules {
                     *c = i;
                 }
             } else {
-                self.check_value(type_name, f, f.rule.as_ref(), &value, path)?;
+                self.check_value(type_name, f, f.rule.as_deref(), &value, path)?;
             }
             path.truncate(base);
         }
         // Presence: required messages and durations, required oneofs, item counts, the zero
         // value of unset scalars.
-        for (number, f) in &msg.fields {
+        for (number, f) in msg.fields.iter().map(|(n, f)| (n, f)) {
             let count = seen.iter().find(|(n, _)| n == number).map_or(0, |(_, c)| *c);
             let violation = |reason: String| {
                 let mut p = path.clone();
@@ -495,7 +499,7 @@ impl Rules {
             if count > 0 || f.in_oneof {
                 continue;
             }
-            match &f.rule {
+            match f.rule.as_deref() {
                 Some(Rule::Message { required: true })
                 | Some(Rule::Duration { required: true, .. })
                 | Some(Rule::Any { required: true, .. }) => {
@@ -615,6 +619,12 @@ impl Rules {
     }
 }
 
+impl MessageRules {
+    fn field(&self, number: u32) -> Option<&FieldInfo> {
+        self.fields.binary_search_by_key(&number, |(n, _)| *n).ok().map(|i| &self.fields[i].1)
+    }
+}
+
 impl FieldInfo {
     fn has_rule(&self) -> bool {
         self.rule.is_some()
@@ -692,11 +702,13 @@ fn compile_message(
                         let kk = entry.get_field(1).map(|k| k.kind());
                         info.map_keys = get(&mr, "keys")
                             .and_then(|v| v.as_message().cloned())
-                            .and_then(|km| kk.as_ref().and_then(|kk| compile_rule(&km, kk)));
+                            .and_then(|km| kk.as_ref().and_then(|kk| compile_rule(&km, kk)))
+                            .map(Box::new);
                     }
                     info.map_values = get(&mr, "values")
                         .and_then(|v| v.as_message().cloned())
-                        .and_then(|vm| value_kind.as_ref().and_then(|vk| compile_rule(&vm, vk)));
+                        .and_then(|vm| value_kind.as_ref().and_then(|vk| compile_rule(&vm, vk)))
+                        .map(Box::new);
                 }
                 info.repeated = true;
             } else if f.is_list() {
@@ -705,13 +717,14 @@ fn compile_message(
                     info.unique = b(&rr, "unique");
                     info.items = get(&rr, "items")
                         .and_then(|v| v.as_message().cloned())
-                        .and_then(|im| compile_rule(&im, &value_kind_for_rule));
+                        .and_then(|im| compile_rule(&im, &value_kind_for_rule))
+                        .map(Box::new);
                 }
             } else {
-                info.rule = compile_rule(r, &value_kind_for_rule);
+                info.rule = compile_rule(r, &value_kind_for_rule).map(Box::new);
             }
         }
-        out.fields.insert(f.number(), info);
+        out.fields.push((f.number(), info));
     }
     if let Some(oe) = oneof_ext {
         for o in m.oneofs() {
