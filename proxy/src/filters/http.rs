@@ -84,6 +84,16 @@ pub fn per_route_of<'a, T: 'static>(route: Option<RouteRef<'a>>, filter_name: &s
 #[derive(Debug)]
 pub struct Disabled;
 
+/// Whether the filter named `name` runs for this route: the most specific per-route entry
+/// decides (a `Disabled` marker turns it off, any other entry on), else the chain's default.
+fn runs_on(route: Option<RouteRef<'_>>, name: &str, default_disabled: bool) -> bool {
+    let Some(r) = route else { return !default_disabled };
+    match [&r.route.per_filter, &r.vhost.per_filter, &r.table.per_filter].into_iter().find_map(|m| m.get(name)) {
+        Some(c) => !c.is::<Disabled>(),
+        None => !default_disabled,
+    }
+}
+
 pub use crate::config::PerFilterConfigs;
 
 /// An HTTP filter instance (immutable config, shared by all requests).
@@ -212,7 +222,13 @@ pub fn compile_per_filter(
                     t = xds_client::any::effective_type_name(&c);
                     inner = c;
                 }
-                None => continue,
+                None if fc.is_optional => continue,
+                None => {
+                    return Err(ConfigError::new(
+                        f,
+                        format!("Empty route/virtual host per filter configuration for {name} filter"),
+                    ));
+                }
             }
             if fc.is_optional && !PER_ROUTE.iter().any(|(n, _)| *n == t) {
                 continue;
@@ -238,6 +254,9 @@ pub fn compile_per_filter(
 #[derive(Clone)]
 pub struct FilterChain {
     pub filters: Vec<Arc<dyn HttpFilter>>,
+    /// Per filter (same index): `HttpFilter.disabled`, off unless a route's per-filter config
+    /// turns it on.
+    pub default_disabled: Vec<bool>,
     pub router: router::RouterConfig,
     /// Istio's `istio.alpn`: the ALPN upstream TLS connections offer, by upstream protocol.
     pub alpn_override: Option<Arc<istio_alpn::AlpnOverride>>,
@@ -249,8 +268,31 @@ impl FilterChain {
         Ok(())
     }
 
+    /// Which filters run for a request on `route` (bit i: filter i), when any is disabled by
+    /// default or by the route; None when all run, the common case, decided without lookups.
+    pub fn active(&self, route: Option<RouteRef<'_>>) -> Option<u128> {
+        let any_per_filter = route.is_some_and(|r| {
+            !(r.route.per_filter.is_empty() && r.vhost.per_filter.is_empty() && r.table.per_filter.is_empty())
+        });
+        if !any_per_filter && !self.default_disabled.iter().any(|d| *d) {
+            return None;
+        }
+        let mut bits = 0u128;
+        for (i, f) in self.filters.iter().enumerate().take(128) {
+            if runs_on(route, f.name(), self.default_disabled.get(i).copied().unwrap_or(false)) {
+                bits |= 1 << i;
+            }
+        }
+        Some(bits)
+    }
+
     pub fn from_proto(filters: &[HttpFilterProto], cx: &BuildCtx, field: &str) -> Result<Self, ConfigError> {
-        let mut chain = FilterChain { filters: Vec::new(), router: router::RouterConfig::new(cx), alpn_override: None };
+        let mut chain = FilterChain {
+            filters: Vec::new(),
+            default_disabled: Vec::new(),
+            router: router::RouterConfig::new(cx),
+            alpn_override: None,
+        };
         let mut saw_router = false;
         for (i, f) in filters.iter().enumerate() {
             let fld = format!("{field}[{i}]");
@@ -278,7 +320,14 @@ impl FilterChain {
             let t = xds_client::any::effective_type_name(any);
             match FILTERS.iter().find(|(n, _)| *n == t) {
                 Some((_, factory)) => {
+                    if f.disabled && t == ROUTER_TYPE {
+                        return Err(ConfigError::new(
+                            format!("{fld}.disabled"),
+                            "the router filter cannot be disabled",
+                        ));
+                    }
                     factory(&f.name, any, cx, &mut chain).map_err(|e| e.within(&fld))?;
+                    chain.default_disabled.resize(chain.filters.len(), f.disabled);
                     saw_router = t == ROUTER_TYPE;
                 }
                 None if super::telemetry_only(&f.name, &t) => {

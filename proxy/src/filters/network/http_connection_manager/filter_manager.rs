@@ -61,9 +61,15 @@ pub(super) async fn run(
         state: http::Extensions::new(),
     };
     let filters = &hcm.filters.filters;
+    // `disabled` filters and per-route FilterConfig { disabled } (None: every filter runs).
+    let active = hcm.filters.active(rcx.route);
+    let runs = |i: usize| active.is_none_or(|bits| i >= 128 || bits & (1 << i) != 0);
     let mut answered_by = filters.len();
     let mut early: Option<Response<ResponseBody>> = None;
     for (i, f) in filters.iter().enumerate() {
+        if !runs(i) {
+            continue;
+        }
         match f.on_request(&mut rcx, parts) {
             FilterAction::Continue => {}
             FilterAction::Delay(d) => tokio::time::sleep(d).await,
@@ -102,11 +108,15 @@ pub(super) async fn run(
     };
     // Response path: the filters before the one that answered, in reverse order.
     let (mut rparts, mut rbody) = resp.into_parts();
-    for f in filters[..answered_by].iter().rev() {
-        f.on_response(&mut rcx, &mut rparts);
+    for (i, f) in filters[..answered_by].iter().enumerate().rev() {
+        if runs(i) {
+            f.on_response(&mut rcx, &mut rparts);
+        }
     }
-    for f in filters[..answered_by].iter().rev() {
-        rbody = f.wrap_body(&mut rcx, &rparts, rbody);
+    for (i, f) in filters[..answered_by].iter().enumerate().rev() {
+        if runs(i) {
+            rbody = f.wrap_body(&mut rcx, &rparts, rbody);
+        }
     }
     if let Some(req) = logged {
         note_for_log(&mut rparts.extensions, &rcx, req);
