@@ -7,6 +7,7 @@ pub mod fault;
 pub mod istio_alpn;
 pub mod istio_authn;
 pub mod istio_stats;
+pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod peer_metadata;
 pub mod rbac;
@@ -130,6 +131,7 @@ pub(crate) const FILTERS: &[(&str, FilterFactory)] = &[
     (local_ratelimit::TYPE, |name, any, cx, chain| chain.push(local_ratelimit::factory(name, any, cx)?)),
     (compressor::TYPE, |name, any, cx, chain| chain.push(compressor::factory(name, any, cx)?)),
     (rbac::TYPE, |name, any, cx, chain| chain.push(rbac::factory(name, any, cx)?)),
+    (jwt_authn::TYPE, |name, any, cx, chain| chain.push(jwt_authn::factory(name, any, cx)?)),
     (istio_stats::TYPE, |name, any, cx, chain| chain.push(istio_stats::factory(name, any, cx)?)),
     (peer_metadata::TYPE, |name, any, cx, chain| chain.push(peer_metadata::factory(name, any, cx)?)),
     (istio_alpn::TYPE, |_, any, _, chain| {
@@ -146,6 +148,7 @@ pub(crate) const PER_ROUTE: &[(&str, PerRouteFactory)] = &[
     (local_ratelimit::TYPE, local_ratelimit::per_route_factory),
     (compressor::PER_ROUTE_TYPE, compressor::per_route_factory),
     (rbac::PER_ROUTE_TYPE, rbac::per_route_factory),
+    (jwt_authn::PER_ROUTE_TYPE, jwt_authn::per_route_factory),
 ];
 
 /// Turns a filter's local reply into Envoy's gRPC form when the request is gRPC
