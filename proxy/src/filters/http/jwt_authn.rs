@@ -374,12 +374,14 @@ impl JwtAuthnFilter {
         self.rules.iter().find(|(m, _)| m.matches(&input).is_some()).and_then(|(_, r)| r.as_ref())
     }
 
-    fn reject(&self, req: &Parts, status: Status) -> LocalReply {
+    /// `original`: the request's URI before verification (a removed query token stays in the
+    /// realm, as in Envoy).
+    fn reject(&self, req: &Parts, original: &http::Uri, status: Status) -> LocalReply {
         let mut reply = if self.strip_failure_response {
             LocalReply::new(status.http_status(), "", "", status.details())
         } else {
             let mut r = LocalReply::new(status.http_status(), status.text(), "", status.details());
-            let mut v = format!("Bearer realm=\"{}\"", original_uri(req));
+            let mut v = format!("Bearer realm=\"{}\"", original_uri(req, original));
             if status != Status::JwtMissed {
                 v.push_str(", error=\"invalid_token\"");
             }
@@ -402,11 +404,11 @@ fn authority(req: &Parts) -> &str {
 
 /// Envoy's `buildOriginalUri`: `<x-forwarded-proto>://<host><path>`, the path before any rewrite
 /// and cut to 256 bytes.
-fn original_uri(req: &Parts) -> String {
+fn original_uri(req: &Parts, uri: &http::Uri) -> String {
     let proto = req.headers.get(crate::http::headers::X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()).unwrap_or("");
     let path = match req.headers.get(crate::http::headers::X_ENVOY_ORIGINAL_PATH).and_then(|v| v.to_str().ok()) {
         Some(p) => p,
-        None => req.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        None => uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
     };
     let mut cut = path.len().min(MAX_REALM_PATH);
     while !path.is_char_boundary(cut) {
@@ -467,6 +469,8 @@ impl HttpFilter for JwtAuthnFilter {
             stats.allowed.inc();
             return FilterAction::Continue;
         };
+        // A cheap clone (shared bytes), kept for the realm of a rejection.
+        let original = req.uri.clone();
         let mut vcx = VerifyCtx { req, now: now_secs(), extracted: Vec::new() };
         let status = requirement.verify(&self.providers, &mut vcx);
         let extracted = std::mem::take(&mut vcx.extracted);
@@ -482,7 +486,7 @@ impl HttpFilter for JwtAuthnFilter {
         } else {
             stats.denied.inc();
             tracing::debug!(target: "remora::jwt_authn", "rejected: {}", status.text());
-            FilterAction::Respond(self.reject(req, status))
+            FilterAction::Respond(self.reject(req, &original, status))
         }
     }
 }

@@ -202,7 +202,7 @@ fn verify_token(
             (exp, Some(secs)) => (exp as f64 - cx.now as f64) < secs,
         };
         if !ok {
-            return Status::JwtExpired;
+            return Status::JwtVerificationFail;
         }
     }
     let Some(jwks) = &p.jwks else { return Status::JwksNoValidKeys };
