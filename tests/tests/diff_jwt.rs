@@ -120,7 +120,7 @@ fn jwt_authn_matches_envoy() {
     let ed = Signer::ed("ed-1");
     let other_rs = Signer::rsa("rs-1");
     let mut s = Suite::new("jwt", "diff_jwt.yaml")
-        .upstreams(&["a"])
+        .upstreams(&["a", "b"])
         .value("jwks_rs", rs.jwks())
         .value("jwks_es", es.jwks())
         .value("jwks_ed", ed.jwks());
@@ -221,6 +221,18 @@ fn jwt_authn_matches_envoy() {
     s.add(Case::new("sub/ok", sub("spiffe://td/ns/a", 300)).expect_status(200));
     s.add(Case::new("sub/wrong-subject", sub("alice", 300)).expect_status(401));
     s.add(Case::new("sub/lifetime-too-long", sub("spiffe://td/ns/a", 3600)).expect_status(401));
+
+    // clear_route_cache: the claim header written by the filter selects the route.
+    let cr = |team: &str| {
+        let mut c = claims("https://cr.example.com", "dave");
+        c["org"]["team"] = json!(team);
+        Request::get("/cr").header("x-cr-token", &es.token(&c))
+    };
+    s.add_both(
+        Case::new("clear-route-cache/blue", cr("blue")).expect_upstream("b").expect_seen("x-route-team", Some("blue")),
+    );
+    s.add(Case::new("clear-route-cache/red", cr("red")).expect_upstream("a"));
+    s.add(Case::new("clear-route-cache/forged", Request::get("/cr").header("x-route-team", "blue")).expect_status(401));
 
     // Requirements.
     s.add(Case::new("any/es", Request::get("/any").header("x-es-token", &es_good)).expect_status(200));

@@ -81,6 +81,11 @@ pub fn per_route_of<'a, T: 'static>(route: Option<RouteRef<'a>>, filter_name: &s
         .and_then(|c| c.downcast_ref::<T>())
 }
 
+/// Set in `RequestCtx::state` by a filter that changed what route selection reads (Envoy's
+/// `clearRouteCache`): the filter manager selects the route again before the next filter.
+#[derive(Debug, Clone, Copy)]
+pub struct ClearRouteCache;
+
 /// Marker stored for `envoy.config.route.v3.FilterConfig { disabled: true }`.
 #[derive(Debug)]
 pub struct Disabled;

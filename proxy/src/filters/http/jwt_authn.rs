@@ -9,9 +9,10 @@
 //! (`forward_payload_header`), claims to headers (`claim_to_headers`), and its payload/header to
 //! the dynamic metadata namespace `envoy.filters.http.jwt_authn` (what Istio's RBAC reads).
 //!
-//! Config is compiled once: JWKS are parsed when the listener is built. Remote JWKS, filter-state
-//! rules, `failed_status_in_metadata`, `clear_route_cache` and extract-only requirements are
-//! refused by the field guard. Stats: `http.<hcm prefix>.jwt_authn.<stat_prefix>allowed|denied|
+//! `clear_route_cache` has the route selected again after a token verified (claim headers can
+//! then steer routing). Config is compiled once: JWKS are parsed when the listener is built.
+//! Remote JWKS, filter-state rules, `failed_status_in_metadata` and extract-only requirements are
+//! refused. Stats: `http.<hcm prefix>.jwt_authn.<stat_prefix>allowed|denied|
 //! cors_preflight_bypassed`.
 
 mod extractor;
@@ -167,6 +168,7 @@ fn provider_from_proto(p: &JwtProvider, field: &str) -> Result<Provider, ConfigE
             .unwrap_or_default(),
         header_in_metadata: p.header_in_metadata.clone(),
         claim_to_headers,
+        clear_route_cache: p.clear_route_cache,
         clock_skew: if p.clock_skew_seconds > 0 { u64::from(p.clock_skew_seconds) } else { DEFAULT_CLOCK_SKEW },
         jwks,
         extractor: Extractor::new([locations]),
@@ -471,9 +473,10 @@ impl HttpFilter for JwtAuthnFilter {
         };
         // A cheap clone (shared bytes), kept for the realm of a rejection.
         let original = req.uri.clone();
-        let mut vcx = VerifyCtx { req, now: now_secs(), extracted: Vec::new() };
+        let mut vcx = VerifyCtx { req, now: now_secs(), extracted: Vec::new(), clear_route_cache: false };
         let status = requirement.verify(&self.providers, &mut vcx);
         let extracted = std::mem::take(&mut vcx.extracted);
+        let clear_route_cache = vcx.clear_route_cache;
         if !extracted.is_empty() {
             let md = crate::filters::common::metadata_mut(&mut cx.state);
             for (k, s) in extracted {
@@ -482,6 +485,9 @@ impl HttpFilter for JwtAuthnFilter {
         }
         if status.is_ok() {
             stats.allowed.inc();
+            if clear_route_cache {
+                cx.state.insert(super::ClearRouteCache);
+            }
             FilterAction::Continue
         } else {
             stats.denied.inc();

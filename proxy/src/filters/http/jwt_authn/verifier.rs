@@ -59,6 +59,8 @@ pub struct Provider {
     pub space_delimited_claims: Vec<String>,
     pub header_in_metadata: String,
     pub claim_to_headers: Vec<(HeaderName, String)>,
+    /// Select the route again after a token of this provider verified.
+    pub clear_route_cache: bool,
     pub clock_skew: u64,
     /// None when the configured set had no usable key (every token then fails as in Envoy).
     pub jwks: Option<Jwks>,
@@ -99,6 +101,8 @@ pub struct VerifyCtx<'r> {
     /// What verified tokens put into the metadata (`payload_in_metadata` /
     /// `header_in_metadata` name -> struct).
     pub extracted: Vec<(String, Struct)>,
+    /// A verified token's provider asks for the route to be selected again.
+    pub clear_route_cache: bool,
 }
 
 impl Requirement {
@@ -244,6 +248,7 @@ fn accept(p: &Provider, jwt: &Jwt<'_>, token: &Token<'_>, cx: &mut VerifyCtx<'_>
     if !p.forward {
         token.location.remove(cx.req);
     }
+    cx.clear_route_cache |= p.clear_route_cache;
     if !p.header_in_metadata.is_empty() {
         cx.extracted.push((p.header_in_metadata.clone(), to_struct(&jwt.header, &[])));
     }
