@@ -120,7 +120,7 @@ pub trait HttpFilter: Send + Sync {
 
 /// Installs a filter into the chain from its `typed_config`: `(name, typed_config, cx, chain)`.
 /// Most push an `HttpFilter`; the router and Istio's ALPN filter configure the terminal step,
-/// and `istio_authn` is only checked.
+/// and `istio_authn` adds a filter only when it has origins.
 pub(crate) type FilterFactory = fn(&str, &Any, &BuildCtx, &mut FilterChain) -> Result<(), ConfigError>;
 /// Builds a per-route config from a `typed_per_filter_config` entry.
 pub type PerRouteFactory = fn(any: &Any, cx: &BuildCtx) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError>;
@@ -143,7 +143,10 @@ pub(crate) const FILTERS: &[(&str, FilterFactory)] = &[
         chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, "")?));
         Ok(())
     }),
-    (istio_authn::TYPE, |_, any, _, _| istio_authn::check(any, "")),
+    (istio_authn::TYPE, |name, any, _, chain| match istio_authn::from_any(name, any, "")? {
+        Some(f) => chain.push(f),
+        None => Ok(()),
+    }),
 ];
 
 /// Per-route config types, by type name.

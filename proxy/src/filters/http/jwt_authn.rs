@@ -84,6 +84,15 @@ pub fn factory(name: &str, any: &Any, cx: &BuildCtx) -> Result<Arc<dyn HttpFilte
     Ok(Arc::new(JwtAuthnFilter::from_proto(name, &p, cx).map_err(|e| e.within("typed_config"))?))
 }
 
+/// A JSON object as the `Struct` the filter puts in the metadata (for tests of the filters that
+/// read it).
+#[cfg(test)]
+pub(crate) fn payload_struct(
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> envoy_types::pb::google::protobuf::Struct {
+    verifier::to_struct(m, &[])
+}
+
 // === config translation ===
 
 fn header_name(s: &str, field: &str) -> Result<HeaderName, ConfigError> {

@@ -529,3 +529,88 @@ fn per_route_disabled_and_requirement_name() {
     // Routes carrying these are exercised end to end in tests/tests/diff_jwt.rs.
     let _ = (ta, f);
 }
+
+/// Istio 1.10-1.20's chain: jwt_authn (payload under the issuer) -> istio_authn (origins) -> RBAC
+/// on `istio_authn` `request.auth.principal`; and Istio 1.21+'s: RBAC on the jwt_authn payload.
+#[test]
+fn istio_chains_reach_rbac() {
+    use crate::filters::http::rbac::RbacFilter;
+    let ec = ec_key("k", false);
+    let rbac = |v: Value| {
+        let p = xds_client::json::message_from_json(
+            &xds_client::descriptors::pool(),
+            v,
+            xds_client::json::JsonOptions::default(),
+        )
+        .unwrap();
+        let cx =
+            BuildCtx { stats: Arc::new(Store::default()), http_stat_prefix: Some("ing".into()), ..Default::default() };
+        RbacFilter::from_proto("envoy.filters.http.rbac", &p, &cx).unwrap()
+    };
+    let principal = |filter: &str, path: Value, v: &str| {
+        json!({"rules": {"action": "ALLOW", "policies": {"p": {"permissions": [{"any": true}],
+            "principals": [{"metadata": {"filter": filter, "path": path, "value": {"string_match": {"exact": v}}}}]}}}})
+    };
+    let chain = |filters: Vec<Arc<dyn HttpFilter>>, token: &str| {
+        let conn = ConnInfo::default();
+        let mut cx = RequestCtx {
+            remote: "10.0.0.1:1".parse().unwrap(),
+            direct_remote: "10.0.0.1:1".parse().unwrap(),
+            local: "10.0.0.2:80".parse().unwrap(),
+            conn: &conn,
+            route: None,
+            stat_prefix: "ing",
+            state: http::Extensions::new(),
+        };
+        let (mut parts, ()) = http::Request::builder()
+            .uri("/")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+            .into_parts();
+        for f in &filters {
+            if let FilterAction::Respond(r) = f.on_request(&mut cx, &mut parts) {
+                return r.status.as_u16();
+            }
+        }
+        200
+    };
+    let jwt = |metadata_key: &str| -> Arc<dyn HttpFilter> {
+        let p =
+            json!({"issuer": ISS, "local_jwks": {"inline_string": jwks(&[&ec])}, "payload_in_metadata": metadata_key});
+        Arc::new(
+            build(json!({"providers": {"origins-0": p}, "rules": [{"match": {"prefix": "/"},
+                "requires": {"requires_any": {"requirements": [{"provider_name": "origins-0"}, {"allow_missing": {}}]}}}]}))
+            .unwrap(),
+        )
+    };
+    let alice = ec.sign("ES256", &claims());
+    let mut c = claims();
+    c["sub"] = json!("bob");
+    let bob = ec.sign("ES256", &c);
+
+    let authn: Arc<dyn HttpFilter> = crate::filters::http::istio_authn::from_any(
+        "istio_authn",
+        &crate::filters::http::istio_authn::istiod_config(&[ISS]),
+        "",
+    )
+    .unwrap()
+    .unwrap();
+    let old = |t: &str| {
+        let r = rbac(principal("istio_authn", json!([{"key": "request.auth.principal"}]), &format!("{ISS}/alice")));
+        chain(vec![jwt(ISS), authn.clone(), Arc::new(r)], t)
+    };
+    assert_eq!(old(&alice), 200);
+    assert_eq!(old(&bob), 403);
+
+    let new = |t: &str| {
+        let r = rbac(json!({"rules": {"action": "ALLOW", "policies": {"p": {"permissions": [{"any": true}],
+        "principals": [{"and_ids": {"ids": [
+            {"metadata": {"filter": NAME, "path": [{"key": "payload"}, {"key": "iss"}], "value": {"string_match": {"exact": ISS}}}},
+            {"metadata": {"filter": NAME, "path": [{"key": "payload"}, {"key": "sub"}], "value": {"string_match": {"exact": "alice"}}}}
+        ]}}]}}}}));
+        chain(vec![jwt("payload"), Arc::new(r)], t)
+    };
+    assert_eq!(new(&alice), 200);
+    assert_eq!(new(&bob), 403);
+}
