@@ -100,7 +100,7 @@ fn header_name(s: &str, field: &str) -> Result<HeaderName, ConfigError> {
         .map_err(|_| ConfigError::new(field, format!("invalid header name {s:?}")))
 }
 
-fn provider_from_proto(p: &JwtProvider, field: &str) -> Result<Provider, ConfigError> {
+fn provider_from_proto(name: &str, p: &JwtProvider, field: &str) -> Result<Provider, ConfigError> {
     let f = |n: &str| format!("{field}.{n}");
     let subjects = match &p.subjects {
         Some(m) => Some(StringMatcher::from_proto(m, &f("subjects"))?),
@@ -144,11 +144,10 @@ fn provider_from_proto(p: &JwtProvider, field: &str) -> Result<Provider, ConfigE
                 match jwks::Jwks::parse(&text) {
                     Ok(k) => Some(k),
                     Err(jwks::JwksError::Invalid(why)) => {
-                        tracing::warn!(
-                            "jwt_authn: invalid inline jwks for issuer {:?} ({why}): no key to verify with",
-                            p.issuer
-                        );
-                        None
+                        return Err(ConfigError::new(
+                            f("local_jwks"),
+                            format!("Provider '{name}' in jwt_authn config has invalid local jwks: {why}"),
+                        ));
                     }
                     Err(jwks::JwksError::Unsupported(why)) => {
                         return Err(ConfigError::new(f("local_jwks"), format!("jwt_authn: {why}")));
@@ -277,7 +276,7 @@ impl JwtAuthnFilter {
         let mut providers = Providers::default();
         for n in names {
             let Some(pp) = p.providers.get(n) else { continue };
-            let prov = provider_from_proto(pp, &format!("providers[{n}]"))?;
+            let prov = provider_from_proto(n, pp, &format!("providers[{n}]"))?;
             providers.by_name.insert(n.clone(), providers.list.len());
             providers.list.push(prov);
         }

@@ -1,6 +1,6 @@
 //! A provider's JSON Web Key Set, parsed once when config is built (never per request), and the
 //! signature check against it, both following jwt_verify_lib: keys with a problem are skipped, a
-//! set with no usable key leaves the provider without keys, a token's `kid` and `alg` select the
+//! set with no usable key is refused (with the first key's problem), a token's `kid` and `alg` select the
 //! candidate keys, and every candidate is tried. The signatures are checked with `ring`, the
 //! crypto the rest of remora uses.
 
@@ -48,65 +48,97 @@ pub struct Jwks {
 /// Why a key set cannot be used at all, or a key remora cannot honour.
 #[derive(Debug, PartialEq, Eq)]
 pub enum JwksError {
-    /// Envoy would accept the set (it warns and the provider has no keys): jwt_verify_lib's text.
+    /// Envoy refuses the config: jwt_verify_lib's text.
     Invalid(&'static str),
     /// A key or format Envoy verifies and remora cannot: the config is refused.
     Unsupported(String),
 }
 
-fn str_field<'v>(m: &'v Map<String, Value>, k: &str) -> Result<Option<&'v str>, ()> {
+/// A field's value: absent, a string, or of another type.
+enum Field<'v> {
+    Missing,
+    Str(&'v str),
+    Other,
+}
+
+fn field<'v>(m: &'v Map<String, Value>, k: &str) -> Field<'v> {
     match m.get(k) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(()),
+        None => Field::Missing,
+        Some(Value::String(s)) => Field::Str(s),
+        Some(_) => Field::Other,
     }
 }
 
-/// One key's outcome: usable, skipped (Envoy skips it too), or refused.
-enum KeyResult {
-    Ok(Key),
-    Skip,
+/// A required string field, or jwt_verify_lib's error for it missing / not a string.
+fn required<'v>(
+    m: &'v Map<String, Value>,
+    k: &str,
+    missing: &'static str,
+    bad: &'static str,
+) -> Result<&'v str, KeyError> {
+    match field(m, k) {
+        Field::Str(s) => Ok(s),
+        Field::Missing => Err(KeyError::Invalid(missing)),
+        Field::Other => Err(KeyError::Invalid(bad)),
+    }
+}
+
+/// Why a key cannot be used: jwt_verify_lib's text (Envoy skips the key, and refuses the set if
+/// no key is usable), or a key remora cannot verify with.
+enum KeyError {
+    Invalid(&'static str),
     Unsupported(String),
 }
 
-fn parse_key(m: &Map<String, Value>) -> KeyResult {
-    let Ok(Some(kty)) = str_field(m, "kty") else { return KeyResult::Skip };
-    let kid = str_field(m, "kid").ok().flatten().unwrap_or("").to_string();
-    let alg = str_field(m, "alg").ok().flatten().unwrap_or("").to_string();
+fn parse_key(m: &Map<String, Value>) -> Result<Key, KeyError> {
+    use KeyError::Invalid;
+    let kty = required(m, "kty", "[kty] is missing in [keys]", "[kty] is bad in [keys]")?;
+    let opt = |k: &str| match field(m, k) {
+        Field::Str(s) => s.to_string(),
+        _ => String::new(),
+    };
+    let (kid, alg) = (opt("kid"), opt("alg"));
     let material = match kty {
         "RSA" => {
             if !(alg.is_empty() || alg.starts_with("RS") || alg.starts_with("PS")) {
-                return KeyResult::Skip;
+                return Err(Invalid("[alg] is not started with [RS] or [PS] for an RSA key"));
             }
-            let (Ok(Some(n)), Ok(Some(e))) = (str_field(m, "n"), str_field(m, "e")) else { return KeyResult::Skip };
+            let n = required(m, "n", "[n] field is missing for a RSA key", "[n] field is not string for a RSA key")?;
+            let e = required(m, "e", "[e] field is missing for a RSA key", "[e] field is not string for a RSA key")?;
             match (B64URL.decode(n), B64URL.decode(e)) {
                 (Ok(n), Ok(e)) if !n.is_empty() && !e.is_empty() => KeyMaterial::Rsa { n, e },
-                _ => return KeyResult::Skip,
+                _ => return Err(Invalid("Jwks RSA [n] or [e] field is missing or has a parse error")),
             }
         }
         "EC" => {
-            if !alg.is_empty() && !alg.starts_with("ES") {
-                return KeyResult::Skip;
+            if !(alg.is_empty() || alg.starts_with("ES")) {
+                return Err(Invalid("[alg] is not started with [ES] for an EC key"));
             }
-            let Ok(crv) = str_field(m, "crv") else { return KeyResult::Skip };
-            let crv = crv.unwrap_or("");
-            if !alg.is_empty() && !crv.is_empty() {
-                let ok = matches!((alg.as_str(), crv), ("ES256", "P-256") | ("ES384", "P-384") | ("ES512", "P-521"));
-                if !ok {
-                    return KeyResult::Skip;
-                }
+            let crv = match field(m, "crv") {
+                Field::Str(c) => c,
+                Field::Missing => "",
+                Field::Other => return Err(Invalid("[crv] field is not string for an EC key")),
+            };
+            if !alg.is_empty()
+                && !crv.is_empty()
+                && !matches!((alg.as_str(), crv), ("ES256", "P-256") | ("ES384", "P-384") | ("ES512", "P-521"))
+            {
+                return Err(Invalid("[crv] field specified is not compatible with [alg] for an EC key"));
             }
             let curve = if alg == "ES256" || crv == "P-256" || (alg.is_empty() && crv.is_empty()) {
                 Curve::P256
             } else if alg == "ES384" || crv == "P-384" {
                 Curve::P384
             } else if alg == "ES512" || crv == "P-521" {
-                return KeyResult::Unsupported("ES512 (P-521) keys are not supported".into());
+                return Err(KeyError::Unsupported("ES512 (P-521) keys are not supported".into()));
             } else {
-                return KeyResult::Skip;
+                return Err(Invalid("[crv] or [alg] field is not supported for an EC key"));
             };
-            let (Ok(Some(x)), Ok(Some(y))) = (str_field(m, "x"), str_field(m, "y")) else { return KeyResult::Skip };
-            let (Ok(x), Ok(y)) = (B64URL.decode(x), B64URL.decode(y)) else { return KeyResult::Skip };
+            let x = required(m, "x", "[x] field is missing for an EC key", "[x] field is not string for an EC key")?;
+            let y = required(m, "y", "[y] field is missing for an EC key", "[y] field is not string for an EC key")?;
+            let (Ok(x), Ok(y)) = (B64URL.decode(x), B64URL.decode(y)) else {
+                return Err(Invalid("Jwks EC [x] or [y] field is an invalid Base64."));
+            };
             let len = if curve == Curve::P256 { 32 } else { 48 };
             // Coordinates are big-endian numbers: shorter ones are left-padded.
             let coord = |v: &[u8]| -> Option<Vec<u8>> {
@@ -117,7 +149,9 @@ fn parse_key(m: &Map<String, Value>) -> KeyResult {
                     out
                 })
             };
-            let (Some(x), Some(y)) = (coord(&x), coord(&y)) else { return KeyResult::Skip };
+            let (Some(x), Some(y)) = (coord(&x), coord(&y)) else {
+                return Err(Invalid("Jwks EC [x] and [y] fields have a parse error."));
+            };
             let mut point = Vec::with_capacity(1 + 2 * len);
             point.push(4);
             point.extend_from_slice(&x);
@@ -126,30 +160,38 @@ fn parse_key(m: &Map<String, Value>) -> KeyResult {
         }
         "oct" => {
             if !alg.is_empty() && !matches!(alg.as_str(), "HS256" | "HS384" | "HS512") {
-                return KeyResult::Skip;
+                return Err(Invalid("[alg] does not start with [HS] for an HMAC key"));
             }
-            let Ok(Some(k)) = str_field(m, "k") else { return KeyResult::Skip };
+            let k =
+                required(m, "k", "[k] field is missing for an HMAC key", "[k] field is not string for an HMAC key")?;
             match B64URL.decode(k) {
                 Ok(k) if !k.is_empty() => KeyMaterial::Oct(k),
-                _ => return KeyResult::Skip,
+                _ => return Err(Invalid("Jwks Oct key is an invalid Base64")),
             }
         }
         "OKP" => {
             if !alg.is_empty() && alg != "EdDSA" {
-                return KeyResult::Skip;
+                return Err(Invalid("[alg] is not [EdDSA] for an OKP key"));
             }
-            if str_field(m, "crv") != Ok(Some("Ed25519")) {
-                return KeyResult::Skip;
+            let crv = required(
+                m,
+                "crv",
+                "[crv] field is missing for an OKP key",
+                "[crv] field is not string for an OKP key",
+            )?;
+            if crv != "Ed25519" {
+                return Err(Invalid("[crv] field is not supported for an OKP key"));
             }
-            let Ok(Some(x)) = str_field(m, "x") else { return KeyResult::Skip };
+            let x = required(m, "x", "[x] field is missing for an OKP key", "[x] field is not string for an OKP key")?;
             match B64URL.decode(x) {
                 Ok(x) if x.len() == 32 => KeyMaterial::Ed25519(x),
-                _ => return KeyResult::Skip,
+                Ok(_) => return Err(Invalid("Jwks OKP [x] field is wrong length.")),
+                Err(_) => return Err(Invalid("Jwks OKP [x] field is an invalid Base64.")),
             }
         }
-        _ => return KeyResult::Skip,
+        _ => return Err(Invalid("[kty] is not supported in [keys]")),
     };
-    KeyResult::Ok(Key { kid, alg, material })
+    Ok(Key { kid, alg, material })
 }
 
 impl Jwks {
@@ -171,16 +213,20 @@ impl Jwks {
             Some(_) => return Err(JwksError::Invalid("[keys] in Jwks is not an array")),
         };
         let mut out = Vec::new();
+        // jwt_verify_lib reports the first failure, if no key is usable.
+        let mut first_error = None;
         for k in keys {
             let Value::Object(m) = k else { continue };
             match parse_key(m) {
-                KeyResult::Ok(key) => out.push(key),
-                KeyResult::Skip => {}
-                KeyResult::Unsupported(why) => return Err(JwksError::Unsupported(why)),
+                Ok(key) => out.push(key),
+                Err(KeyError::Invalid(why)) => {
+                    first_error.get_or_insert(why);
+                }
+                Err(KeyError::Unsupported(why)) => return Err(JwksError::Unsupported(why)),
             }
         }
         if out.is_empty() {
-            return Err(JwksError::Invalid("Jwks doesn't have any valid public key"));
+            return Err(JwksError::Invalid(first_error.unwrap_or("Jwks doesn't have any valid public key")));
         }
         Ok(Jwks { keys: out })
     }

@@ -492,11 +492,15 @@ fn config_is_checked() {
     let p521 = json!({"keys": [{"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}]}).to_string();
     let e = build(json!({"providers": {"p": {"issuer": ISS, "local_jwks": {"inline_string": p521}}}}));
     assert!(e.err().unwrap().to_string().contains("P-521"));
-    // A JWKS without a usable key is accepted (as Envoy does) and fails every token.
-    let f = build(
-        json!({"providers": {"p": {"issuer": ISS, "local_jwks": {"inline_string": "{\"keys\": [{\"kty\": \"RSA\"}]}"}}},
-        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]}),
-    )
+    // A JWKS without a usable key is refused with the first key's problem (Envoy 1.40's text).
+    let bad = json!({"keys": [{"kty": "RSA", "n": 5}, {"kty": "EC"}]}).to_string();
+    let e = build(json!({"providers": {"nokeys": {"issuer": ISS, "local_jwks": {"inline_string": bad}}}}));
+    assert!(e.err().unwrap().to_string().contains(
+        "Provider 'nokeys' in jwt_authn config has invalid local jwks: [n] field is not string for a RSA key"
+    ));
+    // No JWKS at all is accepted and fails every token.
+    let f = build(json!({"providers": {"p": {"issuer": ISS, "local_jwks": {"inline_string": ""}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]}))
     .unwrap();
     let ec = ec_key("k", false);
     assert_eq!(rejected(&run(&f, Some(&ec.sign("ES256", &claims())))), (401, "Jwks doesn't have any valid public key"));
@@ -511,6 +515,15 @@ fn jwks_skips_bad_keys_like_envoy() {
     assert_eq!(set.len(), 1);
     assert_eq!(jwks::Jwks::parse(b"nope").unwrap_err(), jwks::JwksError::Invalid("Jwks is an invalid JSON"));
     assert_eq!(jwks::Jwks::parse(b"{}").unwrap_err(), jwks::JwksError::Invalid("Jwks does not have [keys] field"));
+    let only_bad = json!({"keys": [5, {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}]}).to_string();
+    assert_eq!(
+        jwks::Jwks::parse(only_bad.as_bytes()).unwrap_err(),
+        jwks::JwksError::Invalid("Jwks OKP [x] field is wrong length.")
+    );
+    assert_eq!(
+        jwks::Jwks::parse(br#"{"keys": []}"#).unwrap_err(),
+        jwks::JwksError::Invalid("Jwks doesn't have any valid public key")
+    );
 }
 
 #[test]

@@ -62,7 +62,8 @@ pub struct Provider {
     /// Select the route again after a token of this provider verified.
     pub clear_route_cache: bool,
     pub clock_skew: u64,
-    /// None when the configured set had no usable key (every token then fails as in Envoy).
+    /// None without local JWKS (an empty inline string): every token then fails with "Jwks
+    /// doesn't have any valid public key", as in Envoy.
     pub jwks: Option<Jwks>,
     pub extractor: Extractor,
 }
