@@ -13,7 +13,8 @@
 //! then steer routing). Config is compiled once: JWKS are parsed when the listener is built.
 //! Remote JWKS, filter-state rules, `failed_status_in_metadata` and extract-only requirements are
 //! refused. Stats: `http.<hcm prefix>.jwt_authn.<stat_prefix>allowed|denied|
-//! cors_preflight_bypassed`.
+//! cors_preflight_bypassed|jwt_cache_miss` (and, always 0, `jwt_cache_hit|jwks_fetch_success|
+//! jwks_fetch_failed`).
 
 mod extractor;
 pub mod jwks;
@@ -244,12 +245,23 @@ struct JwtStats {
     allowed: Counter,
     denied: Counter,
     cors_preflight_bypassed: Counter,
+    /// Tokens checked for a named provider (Envoy counts a miss of its token cache for each;
+    /// remora keeps no cache, so `jwt_cache_hit` stays 0).
+    jwt_cache_miss: Counter,
+    /// `jwks_fetch_success`, `jwks_fetch_failed`, `jwt_cache_hit`: kept so they are listed, at 0.
+    _never: [Counter; 3],
 }
 
 impl JwtStats {
     fn new(store: &Store, hcm_prefix: &str, stat_prefix: &str) -> Self {
         let c = |n: &str| store.counter(&format!("http.{hcm_prefix}.jwt_authn.{stat_prefix}{n}"));
-        JwtStats { allowed: c("allowed"), denied: c("denied"), cors_preflight_bypassed: c("cors_preflight_bypassed") }
+        JwtStats {
+            allowed: c("allowed"),
+            denied: c("denied"),
+            cors_preflight_bypassed: c("cors_preflight_bypassed"),
+            jwt_cache_miss: c("jwt_cache_miss"),
+            _never: [c("jwks_fetch_success"), c("jwks_fetch_failed"), c("jwt_cache_hit")],
+        }
     }
 }
 
@@ -481,10 +493,14 @@ impl HttpFilter for JwtAuthnFilter {
         };
         // A cheap clone (shared bytes), kept for the realm of a rejection.
         let original = req.uri.clone();
-        let mut vcx = VerifyCtx { req, now: now_secs(), extracted: Vec::new(), clear_route_cache: false };
+        let mut vcx =
+            VerifyCtx { req, now: now_secs(), extracted: Vec::new(), clear_route_cache: false, tokens_for_provider: 0 };
         let status = requirement.verify(&self.providers, &mut vcx);
         let extracted = std::mem::take(&mut vcx.extracted);
         let clear_route_cache = vcx.clear_route_cache;
+        if vcx.tokens_for_provider > 0 {
+            stats.jwt_cache_miss.add(vcx.tokens_for_provider);
+        }
         if !extracted.is_empty() {
             let md = crate::filters::common::metadata_mut(&mut cx.state);
             for (k, s) in extracted {

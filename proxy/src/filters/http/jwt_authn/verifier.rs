@@ -104,6 +104,8 @@ pub struct VerifyCtx<'r> {
     pub extracted: Vec<(String, Struct)>,
     /// A verified token's provider asks for the route to be selected again.
     pub clear_route_cache: bool,
+    /// Tokens checked for a named provider (Envoy's `jwt_cache_miss`).
+    pub tokens_for_provider: u64,
 }
 
 impl Requirement {
@@ -161,6 +163,9 @@ fn authenticate(
         if allow_failed || (allow_missing && s == Status::JwtMissed) { Status::Ok } else { s }
     };
     while let Some(token) = tokens.pop() {
+        if provider.is_some() {
+            cx.tokens_for_provider += 1;
+        }
         let s = verify_token(ps, provider, &token, cx);
         if (!s.is_ok() && !allow_failed && !allow_missing) || tokens.is_empty() {
             return finish(s);
