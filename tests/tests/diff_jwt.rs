@@ -188,6 +188,18 @@ fn jwt_authn_matches_envoy() {
     c["exp"] = json!("tomorrow");
     s.add(Case::new("exp-not-integer", bearer("/rs", &rs.token(&c))).expect_status(401));
 
+    s.add(Case::new(
+        "grpc-missing",
+        Request::get("/rs").method("POST").header("content-type", "application/grpc").h2c(),
+    ));
+    s.add(Case::new(
+        "grpc-expired",
+        bearer("/rs", &rs.token(&json!({"iss": RS, "exp": 1000})))
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .h2c(),
+    ));
+
     // Other providers: header with forward, query/cookie with padded payload header.
     s.add_both(
         Case::new("es/forward", Request::get("/es").header("x-es-token", &es_good).header("x-es-payload", "forged"))
