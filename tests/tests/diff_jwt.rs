@@ -255,6 +255,13 @@ fn jwt_authn_matches_envoy() {
     s.add(Case::new("optional/none", Request::get("/optional")).expect_status(200));
     s.add(Case::new("optional/good", bearer("/optional", &good)).expect_status(200));
     s.add(Case::new("optional/bad", bearer("/optional", "e30.e30.e30")).expect_status(401));
+    s.add(Case::new("istio2/none", Request::get("/istio2")).expect_status(200));
+    s.add(Case::new("istio2/rs", bearer("/istio2", &good)).expect_status(200));
+    s.add(Case::new("istio2/es", Request::get("/istio2").header("x-es-token", &es_good)).expect_status(200));
+    s.add(Case::new("istio2/both", bearer("/istio2", &good).header("x-es-token", &es_good)).expect_status(200));
+    s.add(Case::new("istio2/bad-rs", bearer("/istio2", "e30.e30.e30")).expect_status(401));
+    s.add(Case::new("istio2/good-rs-bad-es", bearer("/istio2", &good).header("x-es-token", "e30.e30.e30")));
+    s.add(Case::new("istio2/es-token-in-rs-place", bearer("/istio2", &es_good)).expect_status(401));
     s.add(Case::new("failed/bad", bearer("/failed", "e30.e30.e30")).expect_status(200));
     s.add(Case::new("failed/good-es", Request::get("/failed").header("x-es-token", &es_good)).expect_status(200));
     s.add(Case::new("missing-allowed/none", Request::get("/missing")).expect_status(200));
