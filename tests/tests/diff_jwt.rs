@@ -246,6 +246,21 @@ fn jwt_authn_matches_envoy() {
     s.add(Case::new("clear-route-cache/red", cr("red")).expect_upstream("a"));
     s.add(Case::new("clear-route-cache/forged", Request::get("/cr").header("x-route-team", "blue")).expect_status(401));
 
+    // strip_failure_response: no body, no www-authenticate.
+    s.add(
+        Case::new("strip/missing", Request::get("/x"))
+            .listener("strip")
+            .expect_status(401)
+            .expect_resp("www-authenticate", None),
+    );
+    s.add(
+        Case::new("strip/wrong-aud", bearer("/x", &rs.token(&json!({"iss": RS, "aud": "no"}))))
+            .listener("strip")
+            .expect_status(403),
+    );
+    s.add(Case::new("strip/bad-name", Request::get("/badname")).listener("strip").expect_status(403));
+    s.add(Case::new("strip/valid", bearer("/x", &good)).listener("strip").expect_status(200));
+
     // Requirements.
     s.add(Case::new("any/es", Request::get("/any").header("x-es-token", &es_good)).expect_status(200));
     s.add(Case::new("any/none", Request::get("/any")).expect_status(401).expect_body("Jwt is missing"));
