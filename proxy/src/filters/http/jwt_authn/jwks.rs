@@ -1,8 +1,9 @@
 //! A provider's JSON Web Key Set, parsed once when config is built (never per request), and the
 //! signature check against it, both following jwt_verify_lib: keys with a problem are skipped, a
-//! set with no usable key is refused (with the first key's problem), a token's `kid` and `alg` select the
-//! candidate keys, and every candidate is tried. The signatures are checked with `ring`, the
-//! crypto the rest of remora uses.
+//! set with no usable key is refused (with the first key's problem), a token's `kid` and `alg`
+//! select the candidate keys, and every candidate is tried. The signatures are checked with
+//! `ring`, the crypto the rest of remora uses (JWT parsing is ours, so that every malformed token
+//! gets Envoy's exact status; no JWT crate reports those).
 
 use base64::Engine as _;
 use ring::signature::{self, UnparsedPublicKey};
