@@ -7,6 +7,7 @@ pub mod fault;
 pub mod istio_alpn;
 pub mod istio_authn;
 pub mod istio_stats;
+pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod peer_metadata;
 pub mod rbac;
@@ -80,6 +81,11 @@ pub fn per_route_of<'a, T: 'static>(route: Option<RouteRef<'a>>, filter_name: &s
         .and_then(|c| c.downcast_ref::<T>())
 }
 
+/// Set in `RequestCtx::state` by a filter that changed what route selection reads (Envoy's
+/// `clearRouteCache`): the filter manager selects the route again before the next filter.
+#[derive(Debug, Clone, Copy)]
+pub struct ClearRouteCache;
+
 /// Marker stored for `envoy.config.route.v3.FilterConfig { disabled: true }`.
 #[derive(Debug)]
 pub struct Disabled;
@@ -124,7 +130,7 @@ pub trait HttpFilter: Send + Sync {
 
 /// Installs a filter into the chain from its `typed_config`: `(name, typed_config, cx, chain)`.
 /// Most push an `HttpFilter`; the router and Istio's ALPN filter configure the terminal step,
-/// and `istio_authn` is only checked.
+/// and `istio_authn` adds a filter only when it has origins.
 pub(crate) type FilterFactory = fn(&str, &Any, &BuildCtx, &mut FilterChain) -> Result<(), ConfigError>;
 /// Builds a per-route config from a `typed_per_filter_config` entry.
 pub type PerRouteFactory = fn(any: &Any, cx: &BuildCtx) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError>;
@@ -140,13 +146,17 @@ pub(crate) const FILTERS: &[(&str, FilterFactory)] = &[
     (local_ratelimit::TYPE, |name, any, cx, chain| chain.push(local_ratelimit::factory(name, any, cx)?)),
     (compressor::TYPE, |name, any, cx, chain| chain.push(compressor::factory(name, any, cx)?)),
     (rbac::TYPE, |name, any, cx, chain| chain.push(rbac::factory(name, any, cx)?)),
+    (jwt_authn::TYPE, |name, any, cx, chain| chain.push(jwt_authn::factory(name, any, cx)?)),
     (istio_stats::TYPE, |name, any, cx, chain| chain.push(istio_stats::factory(name, any, cx)?)),
     (peer_metadata::TYPE, |name, any, cx, chain| chain.push(peer_metadata::factory(name, any, cx)?)),
     (istio_alpn::TYPE, |_, any, _, chain| {
         chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, "")?));
         Ok(())
     }),
-    (istio_authn::TYPE, |_, any, _, _| istio_authn::check(any, "")),
+    (istio_authn::TYPE, |name, any, _, chain| match istio_authn::from_any(name, any, "")? {
+        Some(f) => chain.push(f),
+        None => Ok(()),
+    }),
 ];
 
 /// Per-route config types, by type name.
@@ -156,6 +166,7 @@ pub(crate) const PER_ROUTE: &[(&str, PerRouteFactory)] = &[
     (local_ratelimit::TYPE, local_ratelimit::per_route_factory),
     (compressor::PER_ROUTE_TYPE, compressor::per_route_factory),
     (rbac::PER_ROUTE_TYPE, rbac::per_route_factory),
+    (jwt_authn::PER_ROUTE_TYPE, jwt_authn::per_route_factory),
 ];
 
 /// Turns a filter's local reply into Envoy's gRPC form when the request is gRPC
