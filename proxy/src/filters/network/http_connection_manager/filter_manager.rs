@@ -65,12 +65,12 @@ pub(super) async fn run(
     };
     let filters = &hcm.filters.filters;
     // `disabled` filters and per-route FilterConfig { disabled } (None: every filter runs).
-    let active = hcm.filters.active(rcx.route);
-    let runs = |i: usize| active.is_none_or(|bits| i >= 128 || bits & (1 << i) != 0);
+    let mut active = hcm.filters.active(rcx.route);
+    let runs = |active: Option<u128>, i: usize| active.is_none_or(|bits| i >= 128 || bits & (1 << i) != 0);
     let mut answered_by = filters.len();
     let mut early: Option<Response<ResponseBody>> = None;
     for (i, f) in filters.iter().enumerate() {
-        if !runs(i) {
+        if !runs(active, i) {
             continue;
         }
         match f.on_request(&mut rcx, parts) {
@@ -79,6 +79,7 @@ pub(super) async fn run(
                 if rcx.state.remove::<ClearRouteCache>().is_some() {
                     matched = select(parts);
                     rcx.route = matched.map(|m| m.0);
+                    active = hcm.filters.active(rcx.route);
                 }
             }
             FilterAction::Delay(d) => tokio::time::sleep(d).await,
@@ -118,12 +119,12 @@ pub(super) async fn run(
     // Response path: the filters before the one that answered, in reverse order.
     let (mut rparts, mut rbody) = resp.into_parts();
     for (i, f) in filters[..answered_by].iter().enumerate().rev() {
-        if runs(i) {
+        if runs(active, i) {
             f.on_response(&mut rcx, &mut rparts);
         }
     }
     for (i, f) in filters[..answered_by].iter().enumerate().rev() {
-        if runs(i) {
+        if runs(active, i) {
             rbody = f.wrap_body(&mut rcx, &rparts, rbody);
         }
     }
