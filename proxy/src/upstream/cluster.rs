@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_end
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 
 use super::circuit_breaker::CircuitBreakers;
+use super::health::HealthChecker;
 use super::host::{Endpoint, Host, HostSet};
 use super::lb::{LbConfig, LbPolicy};
 use super::outlier::{Detector, OutlierConfig, OutlierStats};
@@ -211,6 +212,8 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// `outlier_detection`; its task is started by the config manager.
     pub outlier: Option<Detector>,
+    /// `health_checks`; its task is started by the config manager.
+    pub health: Option<HealthChecker>,
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// The cluster's `transport_socket` (None: plaintext).
     pub tls: Option<Arc<crate::tls::ClientTls>>,
@@ -309,9 +312,6 @@ impl Cluster {
             Ok(cluster::DnsLookupFamily::All) => DnsFamily::All,
             Err(_) => DnsFamily::Auto,
         };
-        if !p.health_checks.is_empty() {
-            tracing::warn!(cluster = %p.name, "active health checks are not supported yet; hosts are treated as healthy");
-        }
         let stat_name = if p.alt_stat_name.is_empty() { p.name.as_str() } else { p.alt_stat_name.as_str() };
         let lb_config = lb_config(p, lb, discovery)?;
         let tcp_keepalive = tcp_keepalive(p);
@@ -319,6 +319,7 @@ impl Cluster {
             Some(od) => Some(Detector::new(OutlierConfig::from_proto(od)?, OutlierStats::new(&cx.stats, stat_name))),
             None => None,
         };
+        let health = HealthChecker::from_cluster(p, &cx.stats, stat_name)?;
         let circuit_breakers = CircuitBreakers::from_proto(p.circuit_breakers.as_ref(), &cx.stats, stat_name)?;
         let stats = ClusterStats::new(&cx.stats, stat_name);
         let mut c = Cluster {
@@ -338,6 +339,7 @@ impl Cluster {
             idle_timeout,
             circuit_breakers,
             outlier,
+            health,
             tcp_keepalive,
             tls,
             tls_matches,
