@@ -320,6 +320,14 @@ impl Cluster {
             None => None,
         };
         let health = HealthChecker::from_cluster(p, &cx.stats, stat_name)?;
+        if health.as_ref().is_some_and(|h| matches!(h.config.kind, super::health::Kind::Grpc(_)))
+            && protocol == UpstreamProtocol::Http1
+        {
+            return Err(ConfigError::new(
+                "health_checks[0].grpc_health_check",
+                format!("{} cluster must support HTTP/2 for gRPC healthchecking", p.name),
+            ));
+        }
         let circuit_breakers = CircuitBreakers::from_proto(p.circuit_breakers.as_ref(), &cx.stats, stat_name)?;
         let stats = ClusterStats::new(&cx.stats, stat_name);
         let mut c = Cluster {

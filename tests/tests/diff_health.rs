@@ -1,0 +1,420 @@
+//! Differential tests of active health checks and EDS `health_status`
+//! (tests/configs/diff_health.yaml) against the reference Envoy on the same bootstrap: an HTTP
+//! check where one of three real upstreams answers 503 (no traffic reaches it until it heals,
+//! then one that closes the connection on the health path drops out after the threshold), a TCP
+//! check with send/receive payloads (a host answering the wrong bytes times out), a gRPC check
+//! against real grpc.health.v1 servers, and EDS health statuses on a static
+//! ClusterLoadAssignment; the `/clusters` health flags and the `health_check.*` stats.
+//!
+//! Each scenario runs on Envoy, then on remora, with fresh upstreams. Health checks run every
+//! 200 ms; every step polls for the state it expects with a generous bound instead of sleeping a
+//! fixed time, and records what it saw; the records must be equal, and Envoy's are pinned to its
+//! documented behaviour so a test that compared nothing would fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tests::{Kind, Options, Proxy, Vars};
+
+/// A test upstream: HTTP/1.1 keep-alive answering its name, `/healthz` with a settable status
+/// (0: close the connection instead), and `PING` with `PONG` (or `NOPE`) for TCP checks.
+struct Srv {
+    port: u16,
+    hc_status: Arc<AtomicU16>,
+    pong: Arc<AtomicBool>,
+    /// (Host, User-Agent) of each health check request.
+    hc_seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+fn serve(
+    mut s: TcpStream,
+    name: String,
+    status: Arc<AtomicU16>,
+    pong: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        loop {
+            if buf.starts_with(b"PING") {
+                buf.drain(..4);
+                let r: &[u8] = if pong.load(Ordering::SeqCst) { b"PONG" } else { b"NOPE" };
+                if s.write_all(r).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { break };
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            let mut lines = head.lines();
+            let path = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap_or("").to_string();
+            let hdr = |n: &str| {
+                head.lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let r = if path == "/healthz" {
+                seen.lock().unwrap().push((hdr("host"), hdr("user-agent")));
+                match status.load(Ordering::SeqCst) {
+                    0 => {
+                        let _ = s.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    code => format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nhc"),
+                }
+            } else {
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{name}", name.len())
+            };
+            if s.write_all(r.as_bytes()).is_err() {
+                return;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn start_srv(name: &str) -> Srv {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let srv = Srv {
+        port,
+        hc_status: Arc::new(AtomicU16::new(200)),
+        pong: Arc::new(AtomicBool::new(true)),
+        hc_seen: Arc::default(),
+    };
+    let (st, pong, seen, name) = (srv.hc_status.clone(), srv.pong.clone(), srv.hc_seen.clone(), name.to_string());
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let (st, pong, seen, name) = (st.clone(), pong.clone(), seen.clone(), name.clone());
+            thread::spawn(move || serve(s, name, st, pong, seen));
+        }
+    });
+    srv
+}
+
+/// A real grpc.health.v1 server (tonic-health) whose service "svc" is serving or not.
+struct Grpc {
+    port: u16,
+    reporter: tonic_health::server::HealthReporter,
+}
+
+fn start_grpc(rt: &tokio::runtime::Runtime, serving: bool) -> Grpc {
+    let (reporter, svc) = tonic_health::server::health_reporter();
+    let status = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+    rt.block_on(reporter.set_service_status("svc", status));
+    let incoming =
+        rt.block_on(async { tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()) }).unwrap();
+    let port = incoming.local_addr().unwrap().port();
+    rt.spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming));
+    Grpc { port, reporter }
+}
+
+/// One HTTP/1.1 request through the proxy: the upstream's name (or the status when not 200).
+fn get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: health.test\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.lines().next().and_then(|l| l.split(' ').nth(1)).unwrap_or("0").to_string();
+    match text.split_once("\r\n\r\n") {
+        Some((_, body)) if status == "200" => body.to_string(),
+        _ => format!("status {status}"),
+    }
+}
+
+/// Which upstreams `n` requests reached (name -> count).
+fn spread(port: u16, path: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        *m.entry(get(port, path)).or_default() += 1;
+    }
+    m
+}
+
+fn kinds() -> Vec<Kind> {
+    let require = std::env::var("REMORA_DIFF_REQUIRE").is_ok_and(|v| v == "1");
+    match tests::remora_bin() {
+        Ok(Some(_)) => vec![Kind::Envoy, Kind::Remora],
+        _ if require => panic!("REMORA_DIFF_REQUIRE=1 but the remora binary is not built"),
+        _ => {
+            eprintln!("NOTICE: remora binary not found: checking Envoy's behaviour only");
+            vec![Kind::Envoy]
+        }
+    }
+}
+
+const SRVS: [&str; 12] = ["h1", "h2", "h3", "t1", "t2", "e1", "e2", "e3", "e4", "e5", "d1", "d2"];
+
+struct Run {
+    proxy: Proxy,
+    srv: BTreeMap<&'static str, Srv>,
+    grpc: Vec<Grpc>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Run {
+    fn start(kind: Kind) -> Run {
+        assert!(tests::envoy_bin().is_some(), "no reference Envoy (ENVOY_BIN; scripts/install-test-deps)");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let mut srv = BTreeMap::new();
+        for n in SRVS {
+            srv.insert(n, start_srv(n));
+        }
+        // h3 fails its health checks from the start, t2 answers the wrong bytes.
+        srv["h3"].hc_status.store(503, Ordering::SeqCst);
+        srv["t2"].pong.store(false, Ordering::SeqCst);
+        let grpc = vec![start_grpc(&rt, true), start_grpc(&rt, false)];
+        let mut vars = Vars::new();
+        for (n, s) in &srv {
+            vars.set(format!("h:{n}"), s.port);
+        }
+        vars.set("g:g1", grpc[0].port);
+        vars.set("g:g2", grpc[1].port);
+        let template = std::fs::read_to_string(tests::process::crate_dir().join("configs/diff_health.yaml")).unwrap();
+        let opts = Options { log_level: "warning".into(), ..Options::default() };
+        let proxy = Proxy::start(kind, &template, vars, &opts).unwrap();
+        Run { proxy, srv, grpc, rt }
+    }
+
+    fn port(&self) -> u16 {
+        self.proxy.port("listener")
+    }
+
+    /// The `/clusters` health flags of cluster `c`'s host on `port`.
+    fn flags(&self, c: &str, port: u16) -> String {
+        let key = format!("{c}::127.0.0.1:{port}::health_flags::");
+        let (_, body) = self.proxy.admin("/clusters").unwrap();
+        body.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or("<absent>").to_string()
+    }
+
+    /// The flags of the named hosts of cluster `c`, polled until they are `want` (up to 15 s);
+    /// returns what was seen last.
+    fn wait_flags(&self, c: &str, hosts: &[(&str, u16)], want: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got: Vec<String> = hosts.iter().map(|(_, p)| self.flags(c, *p)).collect();
+            if got == want || Instant::now() > deadline {
+                return got;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn hosts(&self, names: &[&'static str]) -> Vec<(&'static str, u16)> {
+        names.iter().map(|n| (*n, self.srv[n].port)).collect()
+    }
+
+    fn stat(&self, name: &str) -> i64 {
+        self.proxy.stat(name).unwrap_or(-1)
+    }
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn differential<T: std::fmt::Debug + PartialEq>(name: &str, scenario: impl Fn(&Run) -> T, expect: impl Fn(&T)) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut seen: Vec<(Kind, T)> = Vec::new();
+    for kind in kinds() {
+        let run = Run::start(kind);
+        let t = scenario(&run);
+        eprintln!("{name} [{}]: {t:?}", kind.name());
+        if kind == Kind::Envoy {
+            expect(&t);
+        }
+        seen.push((kind, t));
+    }
+    if let [(_, envoy), (_, remora)] = &seen[..] {
+        assert_eq!(envoy, remora, "{name}: remora (right) differs from Envoy (left)");
+    }
+}
+
+fn names(m: &BTreeMap<String, usize>) -> Vec<String> {
+    m.keys().cloned().collect()
+}
+
+#[derive(Debug, PartialEq)]
+struct HttpCheck {
+    failing: Vec<String>,
+    traffic_while_failing: Vec<String>,
+    healed: Vec<String>,
+    traffic_healed: Vec<String>,
+    closing: Vec<String>,
+    traffic_closing: Vec<String>,
+    /// Host and User-Agent of the health check requests h1 received.
+    request: Option<(String, String)>,
+    stats: Vec<(&'static str, bool)>,
+    healthy_gauge: i64,
+}
+
+#[test]
+fn http_health_check_takes_failing_hosts_out_and_back() {
+    differential(
+        "http health check",
+        |r| {
+            let hosts = r.hosts(&["h1", "h2", "h3"]);
+            let failing = r.wait_flags("http_hc", &hosts, &["healthy", "healthy", "/failed_active_hc"]);
+            let traffic_while_failing = names(&spread(r.port(), "/http", 30));
+            r.srv["h3"].hc_status.store(200, Ordering::SeqCst);
+            let healed = r.wait_flags("http_hc", &hosts, &["healthy", "healthy", "healthy"]);
+            let traffic_healed = names(&spread(r.port(), "/http", 30));
+            // h2 now closes the connection on the health path: network failures, which take
+            // unhealthy_threshold (2) checks.
+            r.srv["h2"].hc_status.store(0, Ordering::SeqCst);
+            let closing = r.wait_flags("http_hc", &hosts, &["healthy", "/failed_active_hc", "healthy"]);
+            let traffic_closing = names(&spread(r.port(), "/http", 30));
+            let request = r.srv["h1"].hc_seen.lock().unwrap().first().cloned();
+            let s = |n: &str| r.stat(&format!("cluster.http_hc.health_check.{n}"));
+            let stats = vec![
+                ("attempt", s("attempt") > 5),
+                ("success", s("success") > 3),
+                ("failure", s("failure") >= 3),
+                ("network_failure", s("network_failure") >= 2),
+                ("passive_failure", s("passive_failure") == 0),
+                ("verify_cluster", s("verify_cluster") == 0),
+            ];
+            HttpCheck {
+                failing,
+                traffic_while_failing,
+                healed,
+                traffic_healed,
+                closing,
+                traffic_closing,
+                request,
+                stats,
+                healthy_gauge: s("healthy"),
+            }
+        },
+        |t| {
+            assert_eq!(t.failing, ["healthy", "healthy", "/failed_active_hc"]);
+            assert_eq!(t.traffic_while_failing, ["h1", "h2"]);
+            assert_eq!(t.traffic_healed, ["h1", "h2", "h3"]);
+            assert_eq!(t.traffic_closing, ["h1", "h3"]);
+            assert_eq!(t.request, Some(("http_hc".to_string(), "Envoy/HC".to_string())));
+            assert!(t.stats.iter().all(|(_, ok)| *ok), "{:?}", t.stats);
+            assert_eq!(t.healthy_gauge, 2);
+        },
+    );
+}
+
+#[derive(Debug, PartialEq)]
+struct TcpCheck {
+    failing: Vec<String>,
+    traffic: Vec<String>,
+    recovered: Vec<String>,
+    traffic_recovered: Vec<String>,
+}
+
+#[test]
+fn tcp_health_check_sends_and_expects_payloads() {
+    differential(
+        "tcp health check",
+        |r| {
+            let hosts = r.hosts(&["t1", "t2"]);
+            let failing = r.wait_flags("tcp_hc", &hosts, &["healthy", "/failed_active_hc/active_hc_timeout"]);
+            let traffic = names(&spread(r.port(), "/tcp", 20));
+            r.srv["t2"].pong.store(true, Ordering::SeqCst);
+            let recovered = r.wait_flags("tcp_hc", &hosts, &["healthy", "healthy"]);
+            let traffic_recovered = names(&spread(r.port(), "/tcp", 20));
+            TcpCheck { failing, traffic, recovered, traffic_recovered }
+        },
+        |t| {
+            assert_eq!(t.failing, ["healthy", "/failed_active_hc/active_hc_timeout"]);
+            assert_eq!(t.traffic, ["t1"]);
+            assert_eq!(t.traffic_recovered, ["t1", "t2"]);
+        },
+    );
+}
+
+#[derive(Debug, PartialEq)]
+struct GrpcCheck {
+    initial: Vec<String>,
+    recovered: Vec<String>,
+    again: Vec<String>,
+    healthy_gauge: i64,
+}
+
+#[test]
+fn grpc_health_check_asks_grpc_health_v1() {
+    differential(
+        "grpc health check",
+        |r| {
+            let hosts = [("g1", r.grpc[0].port), ("g2", r.grpc[1].port)];
+            let initial = r.wait_flags("grpc_hc", &hosts, &["healthy", "/failed_active_hc"]);
+            r.rt.block_on(r.grpc[1].reporter.set_service_status("svc", tonic_health::ServingStatus::Serving));
+            let recovered = r.wait_flags("grpc_hc", &hosts, &["healthy", "healthy"]);
+            // NOT_SERVING is an active failure: no threshold to wait for.
+            r.rt.block_on(r.grpc[0].reporter.set_service_status("svc", tonic_health::ServingStatus::NotServing));
+            let again = r.wait_flags("grpc_hc", &hosts, &["/failed_active_hc", "healthy"]);
+            GrpcCheck { initial, recovered, again, healthy_gauge: r.stat("cluster.grpc_hc.health_check.healthy") }
+        },
+        |t| {
+            assert_eq!(t.initial, ["healthy", "/failed_active_hc"]);
+            assert_eq!(t.recovered, ["healthy", "healthy"]);
+            assert_eq!(t.again, ["/failed_active_hc", "healthy"]);
+            assert_eq!(t.healthy_gauge, 1);
+        },
+    );
+}
+
+#[derive(Debug, PartialEq)]
+struct EdsStatus {
+    mixed_flags: Vec<String>,
+    mixed_traffic: Vec<String>,
+    degraded_flags: Vec<String>,
+    degraded_traffic: Vec<String>,
+    gauges: Vec<(&'static str, i64)>,
+}
+
+#[test]
+fn eds_health_status_is_honoured() {
+    differential(
+        "eds health_status",
+        |r| {
+            let mixed = r.hosts(&["e1", "e2", "e3", "e4", "e5"]);
+            let mixed_flags: Vec<String> = mixed.iter().map(|(_, p)| r.flags("eds_mixed", *p)).collect();
+            let degraded = r.hosts(&["d1", "d2"]);
+            let degraded_flags: Vec<String> = degraded.iter().map(|(_, p)| r.flags("eds_degraded", *p)).collect();
+            let g = |c: &str, n: &str| r.stat(&format!("cluster.{c}.{n}"));
+            EdsStatus {
+                mixed_flags,
+                mixed_traffic: names(&spread(r.port(), "/eds-mixed", 20)),
+                degraded_flags,
+                degraded_traffic: names(&spread(r.port(), "/eds-degraded", 10)),
+                gauges: vec![
+                    ("mixed total", g("eds_mixed", "membership_total")),
+                    ("mixed healthy", g("eds_mixed", "membership_healthy")),
+                    ("mixed excluded", g("eds_mixed", "membership_excluded")),
+                    ("degraded healthy", g("eds_degraded", "membership_healthy")),
+                    ("degraded degraded", g("eds_degraded", "membership_degraded")),
+                    ("degraded panic", g("eds_degraded", "lb_healthy_panic")),
+                ],
+            }
+        },
+        |t| {
+            assert_eq!(
+                t.mixed_flags,
+                ["healthy", "healthy", "/failed_eds_health", "/eds_status_draining", "/failed_eds_health"]
+            );
+            assert_eq!(t.mixed_traffic, ["e1", "e2"]);
+            assert_eq!(t.degraded_flags, ["/degraded_eds_health", "/failed_eds_health"]);
+            assert_eq!(t.degraded_traffic, ["d1"]);
+        },
+    );
+}
