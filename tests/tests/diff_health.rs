@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use tests::{Kind, Options, Proxy, Vars};
 
 /// A test upstream: HTTP/1.1 keep-alive answering its name, `/healthz` with a settable status
-/// (0: close the connection instead), and `PING` with `PONG` (or `NOPE`) for TCP checks.
+/// (or [`CLOSE`], [`GARBAGE`], [`HANG`], [`RESET`]), and `PING` with `PONG` (or `NOPE`) for TCP
+/// checks.
 struct Srv {
     port: u16,
     hc_status: Arc<AtomicU16>,
@@ -32,6 +33,11 @@ struct Srv {
     /// (Host, User-Agent) of each health check request.
     hc_seen: Arc<Mutex<Vec<(String, String)>>>,
 }
+
+const CLOSE: u16 = 0;
+const GARBAGE: u16 = 1;
+const HANG: u16 = 2;
+const RESET: u16 = 3;
 
 fn serve(
     mut s: TcpStream,
@@ -67,8 +73,14 @@ fn serve(
             let r = if path == "/healthz" {
                 seen.lock().unwrap().push((hdr("host"), hdr("user-agent")));
                 match status.load(Ordering::SeqCst) {
-                    0 => {
+                    CLOSE => {
                         let _ = s.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    GARBAGE => "\u{1}garbage \u{7f}\r\nnot: http\r\n\r\n".to_string(),
+                    HANG => continue,
+                    RESET => {
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                         return;
                     }
                     code => format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nhc"),
@@ -160,13 +172,30 @@ fn kinds() -> Vec<Kind> {
     }
 }
 
-const SRVS: [&str; 12] = ["h1", "h2", "h3", "t1", "t2", "e1", "e2", "e3", "e4", "e5", "d1", "d2"];
+const SRVS: [&str; 19] =
+    ["h1", "h2", "h3", "t1", "t2", "e1", "e2", "e3", "e4", "e5", "d1", "d2", "x1", "x2", "x3", "x4", "n1", "n2", "n3"];
+
+/// The endpoints file of cluster `eds_hc` listing `hosts` (written whole, then renamed in).
+fn write_eds(path: &std::path::Path, version: u32, hosts: &[u16]) {
+    let eps: String = hosts
+        .iter()
+        .map(|p| format!("    - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n"))
+        .collect();
+    let body = format!(
+        "version_info: \"{version}\"\nresources:\n- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\n  cluster_name: eds_hc\n  endpoints:\n  - lb_endpoints:\n{eps}"
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
 
 struct Run {
     proxy: Proxy,
     srv: BTreeMap<&'static str, Srv>,
     grpc: Vec<Grpc>,
     rt: tokio::runtime::Runtime,
+    echo: tests::Upstreams,
+    eds: std::path::PathBuf,
 }
 
 impl Run {
@@ -177,9 +206,22 @@ impl Run {
         for n in SRVS {
             srv.insert(n, start_srv(n));
         }
-        // h3 fails its health checks from the start, t2 answers the wrong bytes.
+        // h3 fails its health checks from the start, t2 answers the wrong bytes, x1-x3 badly.
         srv["h3"].hc_status.store(503, Ordering::SeqCst);
         srv["t2"].pong.store(false, Ordering::SeqCst);
+        srv["x1"].hc_status.store(GARBAGE, Ordering::SeqCst);
+        srv["x2"].hc_status.store(HANG, Ordering::SeqCst);
+        srv["x3"].hc_status.store(RESET, Ordering::SeqCst);
+        let echo = tests::Upstreams::start(&["a"]).unwrap();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "diff-health-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let eds = dir.join("eds.yaml");
+        write_eds(&eds, 1, &[srv["n1"].port, srv["n2"].port]);
         let grpc = vec![start_grpc(&rt, true), start_grpc(&rt, false)];
         let mut vars = Vars::new();
         for (n, s) in &srv {
@@ -187,10 +229,12 @@ impl Run {
         }
         vars.set("g:g1", grpc[0].port);
         vars.set("g:g2", grpc[1].port);
+        vars.set("upstream:a", echo.get("a").port());
+        vars.set("eds_file", eds.display());
         let template = std::fs::read_to_string(tests::process::crate_dir().join("configs/diff_health.yaml")).unwrap();
         let opts = Options { log_level: "warning".into(), ..Options::default() };
         let proxy = Proxy::start(kind, &template, vars, &opts).unwrap();
-        Run { proxy, srv, grpc, rt }
+        Run { proxy, srv, grpc, rt, echo, eds }
     }
 
     fn port(&self) -> u16 {
@@ -415,6 +459,81 @@ fn eds_health_status_is_honoured() {
             assert_eq!(t.mixed_traffic, ["e1", "e2"]);
             assert_eq!(t.degraded_flags, ["/degraded_eds_health", "/failed_eds_health"]);
             assert_eq!(t.degraded_traffic, ["d1"]);
+        },
+    );
+}
+
+#[derive(Debug, PartialEq)]
+struct BadAnswers {
+    flags: Vec<String>,
+    h2_flags: Vec<String>,
+    echo_checked: bool,
+    network_failures: bool,
+}
+
+#[test]
+fn garbage_hangs_and_resets_fail_checks_and_http2_checks_pass() {
+    differential(
+        "bad answers",
+        |r| {
+            let hosts = r.hosts(&["x1", "x2", "x3", "x4"]);
+            let want = ["/failed_active_hc", "/failed_active_hc/active_hc_timeout", "/failed_active_hc", "healthy"];
+            let flags = r.wait_flags("http_bad", &hosts, &want);
+            let closed = r.proxy.vars().closed_ports().find(|(n, _)| *n == "c").map_or(0, |(_, p)| p);
+            let h2 = [("a", r.echo.get("a").port()), ("closed", closed)];
+            let h2_flags = r.wait_flags("http2_hc", &h2, &["healthy", "/failed_active_hc"]);
+            BadAnswers {
+                flags,
+                h2_flags,
+                echo_checked: r.echo.get("a").requests() > 0,
+                network_failures: r.stat("cluster.http_bad.health_check.network_failure") >= 3,
+            }
+        },
+        |t| {
+            assert_eq!(
+                t.flags,
+                ["/failed_active_hc", "/failed_active_hc/active_hc_timeout", "/failed_active_hc", "healthy"]
+            );
+            assert_eq!(t.h2_flags, ["healthy", "/failed_active_hc"]);
+            assert!(t.echo_checked && t.network_failures);
+        },
+    );
+}
+
+#[derive(Debug, PartialEq)]
+struct EdsUpdates {
+    first: Vec<String>,
+    moved: Vec<String>,
+    traffic_moved: Vec<String>,
+    removed: Vec<String>,
+    traffic_removed: Vec<String>,
+}
+
+#[test]
+fn eds_updates_start_and_stop_checks() {
+    differential(
+        "eds updates",
+        |r| {
+            let hosts = r.hosts(&["n1", "n2", "n3"]);
+            let first = r.wait_flags("eds_hc", &hosts, &["healthy", "healthy", "<absent>"]);
+            // n2 leaves while it passes its checks; n3 arrives failing them.
+            r.srv["n3"].hc_status.store(503, Ordering::SeqCst);
+            write_eds(&r.eds, 2, &[r.srv["n1"].port, r.srv["n3"].port]);
+            let moved = r.wait_flags("eds_hc", &hosts, &["healthy", "/pending_dynamic_removal", "/failed_active_hc"]);
+            let traffic_moved = names(&spread(r.port(), "/eds-hc", 20));
+            // Once n2 fails a check it goes.
+            r.srv["n2"].hc_status.store(503, Ordering::SeqCst);
+            r.srv["n3"].hc_status.store(200, Ordering::SeqCst);
+            let removed = r.wait_flags("eds_hc", &hosts, &["healthy", "<absent>", "healthy"]);
+            let traffic_removed = names(&spread(r.port(), "/eds-hc", 20));
+            EdsUpdates { first, moved, traffic_moved, removed, traffic_removed }
+        },
+        |t| {
+            assert_eq!(t.first, ["healthy", "healthy", "<absent>"]);
+            assert_eq!(t.moved, ["healthy", "/pending_dynamic_removal", "/failed_active_hc"]);
+            assert_eq!(t.traffic_moved, ["n1", "n2"]);
+            assert_eq!(t.removed, ["healthy", "<absent>", "healthy"]);
+            assert_eq!(t.traffic_removed, ["n1", "n3"]);
         },
     );
 }
