@@ -295,6 +295,8 @@ fn names(m: &BTreeMap<String, usize>) -> Vec<String> {
 
 #[derive(Debug, PartialEq)]
 struct HttpCheck {
+    /// Read once when the proxy is ready: initialisation waits for the first checks.
+    at_ready: Vec<String>,
     failing: Vec<String>,
     traffic_while_failing: Vec<String>,
     healed: Vec<String>,
@@ -313,6 +315,7 @@ fn http_health_check_takes_failing_hosts_out_and_back() {
         "http health check",
         |r| {
             let hosts = r.hosts(&["h1", "h2", "h3"]);
+            let at_ready = hosts.iter().map(|(_, p)| r.flags("http_hc", *p)).collect();
             let failing = r.wait_flags("http_hc", &hosts, &["healthy", "healthy", "/failed_active_hc"]);
             let traffic_while_failing = names(&spread(r.port(), "/http", 30));
             r.srv["h3"].hc_status.store(200, Ordering::SeqCst);
@@ -334,6 +337,7 @@ fn http_health_check_takes_failing_hosts_out_and_back() {
                 ("verify_cluster", s("verify_cluster") == 0),
             ];
             HttpCheck {
+                at_ready,
                 failing,
                 traffic_while_failing,
                 healed,
@@ -346,6 +350,7 @@ fn http_health_check_takes_failing_hosts_out_and_back() {
             }
         },
         |t| {
+            assert_eq!(t.at_ready, ["healthy", "healthy", "/failed_active_hc"]);
             assert_eq!(t.failing, ["healthy", "healthy", "/failed_active_hc"]);
             assert_eq!(t.traffic_while_failing, ["h1", "h2"]);
             assert_eq!(t.traffic_healed, ["h1", "h2", "h3"]);
@@ -536,4 +541,135 @@ fn eds_updates_start_and_stop_checks() {
             assert_eq!(t.traffic_removed, ["n1", "n3"]);
         },
     );
+}
+
+/// A bootstrap whose clusters come from a file (file-based CDS).
+const CDS_BOOTSTRAP: &str = r#"
+node: {id: health-test, cluster: health-test}
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: {{port:admin}}}}}
+dynamic_resources:
+  cds_config: {path_config_source: {path: {{cds_file}}}, resource_api_version: V3}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: {{port:listener}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: cds
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+          route_config:
+            validate_clusters: false
+            virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: cds_hc}}]}]
+"#;
+
+/// The clusters file: `cds_hc` over `hosts` with the given expected statuses, or no cluster.
+fn write_cds(path: &std::path::Path, version: u32, cluster: Option<(&[u16], &str)>) {
+    let resources = match cluster {
+        None => "resources: []\n".to_string(),
+        Some((hosts, expected)) => {
+            let eps: String = hosts
+                .iter()
+                .map(|p| {
+                    format!(
+                        "      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}\n"
+                    )
+                })
+                .collect();
+            format!(
+                "resources:\n- \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\n  name: cds_hc\n  connect_timeout: 1s\n  common_lb_config: {{update_merge_window: 0s}}\n  health_checks:\n  - {{timeout: 1s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 2, healthy_threshold: 2, http_health_check: {{path: /healthz, expected_statuses: [{expected}]}}}}\n  load_assignment:\n    cluster_name: cds_hc\n    endpoints:\n    - lb_endpoints:\n{eps}"
+            )
+        }
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("version_info: \"{version}\"\n{resources}")).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[derive(Debug, PartialEq)]
+struct CdsUpdates {
+    first: Vec<String>,
+    traffic_first: Vec<String>,
+    updated: Vec<String>,
+    traffic_updated: Vec<String>,
+    removed: Vec<String>,
+    checks_stopped: bool,
+}
+
+/// Polls until `count()` stays the same for 1 s (checks run every 200 ms), up to 15 s.
+fn settles(count: impl Fn() -> usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let before = count();
+        thread::sleep(Duration::from_secs(1));
+        if count() == before {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn cds_updates_restart_and_removal_stops_the_checker() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut seen = Vec::new();
+    for kind in kinds() {
+        let c1 = start_srv("c1");
+        let c2 = start_srv("c2");
+        c2.hc_status.store(503, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("diff-health-cds-{}-{}", std::process::id(), kind.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cds = dir.join("cds.yaml");
+        let hosts = [c1.port, c2.port];
+        write_cds(&cds, 1, Some((&hosts, "{start: 200, end: 201}")));
+        let mut vars = Vars::new();
+        vars.set("cds_file", cds.display());
+        let opts = Options { log_level: "warning".into(), ..Options::default() };
+        let proxy = Proxy::start(kind, CDS_BOOTSTRAP, vars, &opts).unwrap();
+        let flags = |want: &[&str]| {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let (_, body) = proxy.admin("/clusters").unwrap();
+                let got: Vec<String> = hosts
+                    .iter()
+                    .map(|p| {
+                        let key = format!("cds_hc::127.0.0.1:{p}::health_flags::");
+                        body.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or("<absent>").to_string()
+                    })
+                    .collect();
+                if got == want || Instant::now() > deadline {
+                    return got;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let port = proxy.port("listener");
+        let first = flags(&["healthy", "/failed_active_hc"]);
+        let traffic_first = names(&spread(port, "/", 20));
+        // A changed cluster: a new checker, with 503 now the expected status.
+        write_cds(&cds, 2, Some((&hosts, "{start: 503, end: 504}")));
+        let updated = flags(&["/failed_active_hc", "healthy"]);
+        let traffic_updated = names(&spread(port, "/", 20));
+        write_cds(&cds, 3, None);
+        let removed = flags(&["<absent>", "<absent>"]);
+        let checks_stopped = settles(|| c1.hc_seen.lock().unwrap().len() + c2.hc_seen.lock().unwrap().len());
+        let t = CdsUpdates { first, traffic_first, updated, traffic_updated, removed, checks_stopped };
+        eprintln!("cds updates [{}]: {t:?}", kind.name());
+        if kind == Kind::Envoy {
+            assert_eq!(t.first, ["healthy", "/failed_active_hc"]);
+            assert_eq!(t.traffic_first, ["c1"]);
+            assert_eq!(t.updated, ["/failed_active_hc", "healthy"]);
+            assert_eq!(t.traffic_updated, ["c2"]);
+            assert_eq!(t.removed, ["<absent>", "<absent>"]);
+            assert!(t.checks_stopped);
+        }
+        seen.push(t);
+    }
+    if let [envoy, remora] = &seen[..] {
+        assert_eq!(envoy, remora, "cds updates: remora (right) differs from Envoy (left)");
+    }
 }

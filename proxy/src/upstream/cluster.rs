@@ -469,6 +469,13 @@ impl Cluster {
         v
     }
 
+    /// Whether every actively checked host had its first health check (Envoy's cluster
+    /// initialisation waits for that); true without health checks.
+    pub fn initial_health_checks_done(&self) -> bool {
+        self.health.is_none()
+            || self.hosts.load().all.iter().all(|h| h.hc.disabled || h.has(super::host::flag::HC_CHECKED))
+    }
+
     pub fn needs_dns(&self) -> bool {
         matches!(self.discovery, DiscoveryType::StrictDns | DiscoveryType::LogicalDns)
             && self.dns_targets.iter().any(|t| t.host.parse::<std::net::IpAddr>().is_err())

@@ -67,6 +67,9 @@ pub mod flag {
     pub const EXCLUDED_VIA_IMMEDIATE_HC_FAIL: u32 = 0x80;
     pub const ACTIVE_HC_TIMEOUT: u32 = 0x100;
     pub const EDS_STATUS_DRAINING: u32 = 0x200;
+    /// Not Envoy's: the host had its first active health check (cluster initialisation waits
+    /// for it). Never printed.
+    pub const HC_CHECKED: u32 = 0x8000_0000;
     /// Any of these makes a host unhealthy (Envoy's coarse health).
     pub const UNHEALTHY: u32 = FAILED_ACTIVE_HC | FAILED_EDS_HEALTH | EDS_STATUS_DRAINING;
     pub const DEGRADED: u32 = DEGRADED_ACTIVE_HC | DEGRADED_EDS_HEALTH;

@@ -116,6 +116,7 @@ async fn session(cluster: Weak<Cluster>, k: Key) {
             tracing::debug!(target: "remora::health", cluster = %c.name, host = %host.address, ?outcome, "health check failed");
         }
         let t = state.on_result(&host, &h.config, &h.stats, outcome);
+        host.set_flag(flag::HC_CHECKED, true);
         if matches!(outcome, Outcome::Success { .. })
             && !host.has(flag::FAILED_ACTIVE_HC)
             && let Some(d) = c.outlier.as_ref()
