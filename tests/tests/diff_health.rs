@@ -38,6 +38,14 @@ const CLOSE: u16 = 0;
 const GARBAGE: u16 = 1;
 const HANG: u16 = 2;
 const RESET: u16 = 3;
+/// 200 with `x-envoy-degraded`.
+const DEGRADED: u16 = 4;
+/// 200 with the body `status: ok` and `x-envoy-upstream-healthchecked-cluster: svc-a`.
+const SERVICE: u16 = 5;
+/// 200 with the body `status: ok`, no service name.
+const BODY_ONLY: u16 = 6;
+/// 503 with `x-envoy-immediate-health-check-fail`.
+const IMMEDIATE_FAIL: u16 = 7;
 
 fn serve(
     mut s: TcpStream,
@@ -82,6 +90,14 @@ fn serve(
                     RESET => {
                         let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                         return;
+                    }
+                    DEGRADED => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-envoy-degraded: 1\r\n\r\nhc".to_string(),
+                    SERVICE => "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nx-envoy-upstream-healthchecked-cluster: svc-a\r\n\r\nstatus: ok"
+                        .to_string(),
+                    BODY_ONLY => "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nstatus: ok".to_string(),
+                    IMMEDIATE_FAIL => {
+                        "HTTP/1.1 503 X\r\ncontent-length: 2\r\nx-envoy-immediate-health-check-fail: true\r\n\r\nhc"
+                            .to_string()
                     }
                     code => format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nhc"),
                 }
@@ -172,8 +188,10 @@ fn kinds() -> Vec<Kind> {
     }
 }
 
-const SRVS: [&str; 19] =
-    ["h1", "h2", "h3", "t1", "t2", "e1", "e2", "e3", "e4", "e5", "d1", "d2", "x1", "x2", "x3", "x4", "n1", "n2", "n3"];
+const SRVS: [&str; 25] = [
+    "h1", "h2", "h3", "t1", "t2", "e1", "e2", "e3", "e4", "e5", "d1", "d2", "x1", "x2", "x3", "x4", "n1", "n2", "n3",
+    "y1", "y2", "y3", "y4", "y5", "y6",
+];
 
 /// The endpoints file of cluster `eds_hc` listing `hosts` (written whole, then renamed in).
 fn write_eds(path: &std::path::Path, version: u32, hosts: &[u16]) {
@@ -212,6 +230,10 @@ impl Run {
         srv["x1"].hc_status.store(GARBAGE, Ordering::SeqCst);
         srv["x2"].hc_status.store(HANG, Ordering::SeqCst);
         srv["x3"].hc_status.store(RESET, Ordering::SeqCst);
+        srv["y1"].hc_status.store(SERVICE, Ordering::SeqCst);
+        srv["y3"].hc_status.store(BODY_ONLY, Ordering::SeqCst);
+        srv["y4"].hc_status.store(DEGRADED, Ordering::SeqCst);
+        srv["y6"].hc_status.store(IMMEDIATE_FAIL, Ordering::SeqCst);
         let echo = tests::Upstreams::start(&["a"]).unwrap();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -672,4 +694,63 @@ fn cds_updates_restart_and_removal_stops_the_checker() {
     if let [envoy, remora] = &seen[..] {
         assert_eq!(envoy, remora, "cds updates: remora (right) differs from Envoy (left)");
     }
+}
+
+#[derive(Debug, PartialEq)]
+struct Answers {
+    matched: Vec<String>,
+    verify_cluster: bool,
+    degraded: Vec<String>,
+    degraded_traffic: Vec<String>,
+    degraded_share_ok: bool,
+    degraded_gauge: i64,
+}
+
+#[test]
+fn response_body_service_name_and_degraded_answers() {
+    differential(
+        "answers",
+        |r| {
+            // y1 answers the expected body and service name, y2 neither (plain "hc"), y3 a
+            // body without the service name header: both fail at once; y6 asks to be excluded.
+            let matched = r.wait_flags(
+                "http_match",
+                &r.hosts(&["y1", "y2", "y3", "y6"]),
+                &[
+                    "healthy",
+                    "/failed_active_hc",
+                    "/failed_active_hc",
+                    "/failed_active_hc/excluded_via_immediate_hc_fail",
+                ],
+            );
+            // One healthy host of two takes 70 % (1.4 x 50 %), the degraded one the rest: about
+            // 30 of 100 requests (15 to 45 is over three standard deviations either way).
+            let degraded = r.wait_flags("http_degraded", &r.hosts(&["y4", "y5"]), &["/degraded_active_hc", "healthy"]);
+            let traffic = spread(r.port(), "/degraded-hc", 100);
+            Answers {
+                matched,
+                verify_cluster: r.stat("cluster.http_match.health_check.verify_cluster") > 0,
+                degraded,
+                degraded_traffic: names(&traffic),
+                degraded_share_ok: (15..=45).contains(&traffic.get("y4").copied().unwrap_or(0)),
+                degraded_gauge: r.stat("cluster.http_degraded.health_check.degraded"),
+            }
+        },
+        |t| {
+            assert_eq!(
+                t.matched,
+                [
+                    "healthy",
+                    "/failed_active_hc",
+                    "/failed_active_hc",
+                    "/failed_active_hc/excluded_via_immediate_hc_fail"
+                ]
+            );
+            assert!(t.verify_cluster);
+            assert_eq!(t.degraded, ["/degraded_active_hc", "healthy"]);
+            assert_eq!(t.degraded_traffic, ["y4", "y5"]);
+            assert!(t.degraded_share_ok);
+            assert_eq!(t.degraded_gauge, 1);
+        },
+    );
 }

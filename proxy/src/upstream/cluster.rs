@@ -320,6 +320,9 @@ impl Cluster {
             None => None,
         };
         let health = HealthChecker::from_cluster(p, &cx.stats, stat_name)?;
+        if health.is_some() && discovery == DiscoveryType::OriginalDst {
+            return Err(ConfigError::new("health_checks", "not supported by remora on ORIGINAL_DST clusters"));
+        }
         if health.as_ref().is_some_and(|h| matches!(h.config.kind, super::health::Kind::Grpc(_)))
             && protocol == UpstreamProtocol::Http1
         {
