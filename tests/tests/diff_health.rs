@@ -754,3 +754,94 @@ fn response_body_service_name_and_degraded_answers() {
         },
     );
 }
+
+/// A bootstrap with one cluster carrying `hc` (YAML flow mappings) and `extra` cluster fields.
+fn bad_bootstrap(hc: &str, extra: &str) -> String {
+    format!(
+        "static_resources:\n  clusters:\n  - name: c\n    connect_timeout: 1s\n{extra}    health_checks: [{hc}]\n    load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}\n"
+    )
+}
+
+/// `--mode validate`'s exit code and output.
+fn validate(bin: &std::path::Path, config: &str, dir: &std::path::Path, i: usize) -> (i32, String) {
+    let path = dir.join(format!("bad-{i}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(bin).args(["--mode", "validate", "-c"]).arg(&path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn bad_health_checks_are_refused_as_envoy_does() {
+    const BASE: &str = "timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1";
+    let h2 = "    typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}\n";
+    // (health check, extra cluster fields, the field remora's error names)
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!(
+                "{{timeout: 1s, interval: 0s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {{}}}}"
+            ),
+            "",
+            "health_checks[0].interval",
+        ),
+        (
+            "{interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}".into(),
+            "",
+            "health_checks[0].timeout",
+        ),
+        (
+            "{timeout: 1s, interval: 1s, healthy_threshold: 1, tcp_health_check: {}}".into(),
+            "",
+            "health_checks[0].unhealthy_threshold",
+        ),
+        (format!("{{{BASE}}}"), "", "health_checks[0].health_checker"),
+        (
+            format!("{{{BASE}, no_traffic_interval: 0s, tcp_health_check: {{}}}}"),
+            "",
+            "health_checks[0].no_traffic_interval",
+        ),
+        (format!("{{{BASE}, interval_jitter: -1s, tcp_health_check: {{}}}}"), "", "health_checks[0].interval_jitter"),
+        (format!("{{{BASE}, http_health_check: {{path: \"\"}}}}"), "", "health_checks[0].http_health_check.path"),
+        (
+            format!("{{{BASE}, http_health_check: {{path: /h, expected_statuses: [{{start: 99, end: 200}}]}}}}"),
+            "",
+            "health_checks[0].http_health_check.expected_statuses[0]",
+        ),
+        (format!("{{{BASE}, tcp_health_check: {{send: {{text: zz}}}}}}"), "", "health_checks[0].tcp_health_check.send"),
+        (format!("{{{BASE}, grpc_health_check: {{}}}}"), "", "health_checks[0].grpc_health_check"),
+        (format!("{{{BASE}, tcp_health_check: {{}}}}, {{{BASE}, tcp_health_check: {{}}}}"), "", "health_checks"),
+        (
+            format!(
+                "{{{BASE}, custom_health_check: {{name: x, typed_config: {{\"@type\": type.googleapis.com/google.protobuf.Struct, value: {{}}}}}}}}"
+            ),
+            "",
+            "health_checks[0].custom_health_check",
+        ),
+    ];
+    let envoy = tests::envoy_bin().expect("no reference Envoy (ENVOY_BIN; scripts/install-test-deps)");
+    let remora = kinds().contains(&Kind::Remora).then(|| tests::remora_bin().unwrap().unwrap());
+    let dir = std::env::temp_dir().join(format!("diff-health-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The bases are valid for both (an HTTP/2 cluster for the gRPC check).
+    let valid = [
+        bad_bootstrap(&format!("{{{BASE}, tcp_health_check: {{}}}}"), ""),
+        bad_bootstrap(&format!("{{{BASE}, grpc_health_check: {{}}}}"), h2),
+    ];
+    for (i, ok) in valid.iter().enumerate() {
+        assert_eq!(validate(&envoy, ok, &dir, 100 + i).0, 0, "Envoy accepts {ok}");
+        if let Some(r) = &remora {
+            assert_eq!(validate(r, ok, &dir, 200 + i).0, 0, "remora accepts {ok}");
+        }
+    }
+    for (i, (hc, extra, field)) in cases.iter().enumerate() {
+        let cfg = bad_bootstrap(hc, extra);
+        let (code, out) = validate(&envoy, &cfg, &dir, i);
+        assert_eq!(code, 1, "Envoy refuses {hc}: {out}");
+        if let Some(r) = &remora {
+            let (code, out) = validate(r, &cfg, &dir, 50 + i);
+            assert_eq!(code, 1, "remora refuses {hc}: {out}");
+            let want = format!("static_resources.clusters[0].{field}");
+            assert!(out.contains(&want), "remora's error names {want}: {out}");
+        }
+    }
+}

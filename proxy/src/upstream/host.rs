@@ -76,7 +76,7 @@ pub mod flag {
     pub const EXCLUDED: u32 = PENDING_ACTIVE_HC | EXCLUDED_VIA_IMMEDIATE_HC_FAIL | EDS_STATUS_DRAINING;
     /// What active health checking owns (kept when a host object is replaced).
     pub const ACTIVE_HC: u32 =
-        FAILED_ACTIVE_HC | DEGRADED_ACTIVE_HC | ACTIVE_HC_TIMEOUT | EXCLUDED_VIA_IMMEDIATE_HC_FAIL;
+        FAILED_ACTIVE_HC | DEGRADED_ACTIVE_HC | ACTIVE_HC_TIMEOUT | EXCLUDED_VIA_IMMEDIATE_HC_FAIL | HC_CHECKED;
     pub const NAMES: [(u32, &str); 10] = [
         (FAILED_ACTIVE_HC, "failed_active_hc"),
         (FAILED_OUTLIER_CHECK, "failed_outlier_check"),

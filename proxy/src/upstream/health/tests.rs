@@ -161,3 +161,32 @@ fn config_defaults_and_refusals() {
     assert!(err(base).contains("health_checker"));
     assert!(err(&format!("{base}interval_jitter: -1s\ntcp_health_check: {{}}")).contains("interval_jitter"));
 }
+
+#[test]
+fn hosts_keep_their_check_state_across_updates() {
+    use crate::upstream::host::{Endpoint, HostSet};
+    let ep = |port: u16, weight: u32, eds: i32| {
+        let mut e = Endpoint::ip(format!("10.0.0.1:{port}").parse().unwrap(), String::new(), weight, 0, None);
+        e.eds_flags = flag::from_eds(eds);
+        e
+    };
+    let empty = HostSet::default();
+    // A new host of a checked cluster starts failing; without checks it is healthy.
+    let a = HostSet::reuse(&empty, ep(80, 1, 0), false, true);
+    assert_eq!(a.health_flags(), "/failed_active_hc");
+    assert_eq!(HostSet::reuse(&empty, ep(80, 1, 0), false, false).health_flags(), "healthy");
+    a.set_flag(flag::FAILED_ACTIVE_HC, false);
+    a.set_flag(flag::HC_CHECKED, true);
+    let prev = HostSet { all: vec![a.clone()], ..Default::default() };
+    // Same endpoint: the same host; its EDS status follows the update.
+    let same = HostSet::reuse(&prev, ep(80, 1, 5), false, true);
+    assert!(Arc::ptr_eq(&same, &a));
+    assert_eq!(same.health_flags(), "/degraded_eds_health");
+    // A changed weight makes a new host object that keeps the check state of the address.
+    let reweighted = HostSet::reuse(&prev, ep(80, 3, 0), false, true);
+    assert!(!Arc::ptr_eq(&reweighted, &a));
+    assert_eq!(reweighted.health_flags(), "healthy");
+    assert!(reweighted.has(flag::HC_CHECKED));
+    // Another address is new: failing until checked.
+    assert_eq!(HostSet::reuse(&prev, ep(81, 1, 2), false, true).health_flags(), "/failed_active_hc/failed_eds_health");
+}
