@@ -778,9 +778,8 @@ fn bad_health_checks_are_refused_as_envoy_does() {
     // (health check, extra cluster fields, the field remora's error names)
     let cases: Vec<(String, &str, &str)> = vec![
         (
-            format!(
-                "{{timeout: 1s, interval: 0s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {{}}}}"
-            ),
+            "{timeout: 1s, interval: 0s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}"
+                .to_string(),
             "",
             "health_checks[0].interval",
         ),
