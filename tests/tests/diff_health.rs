@@ -3,8 +3,11 @@
 //! check where one of three real upstreams answers 503 (no traffic reaches it until it heals,
 //! then one that closes the connection on the health path drops out after the threshold), a TCP
 //! check with send/receive payloads (a host answering the wrong bytes times out), a gRPC check
-//! against real grpc.health.v1 servers, and EDS health statuses on a static
-//! ClusterLoadAssignment; the `/clusters` health flags and the `health_check.*` stats.
+//! against real grpc.health.v1 servers, EDS health statuses on a static ClusterLoadAssignment,
+//! garbage, hanging and resetting answers, HTTP/2 checks, body / service-name / degraded /
+//! immediate-fail answers, an outlier ejection undone by a passing check, hosts coming and going
+//! over file-based EDS and CDS, and Envoy's verdicts on bad health check configs; the `/clusters`
+//! health flags and the `health_check.*` stats.
 //!
 //! Each scenario runs on Envoy, then on remora, with fresh upstreams. Health checks run every
 //! 200 ms; every step polls for the state it expects with a generous bound instead of sleeping a
@@ -102,7 +105,9 @@ fn serve(
                     code => format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nhc"),
                 }
             } else {
-                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{name}", name.len())
+                // Upstreams named `zf*` fail every request (their health checks pass).
+                let code = if name.starts_with("zf") { "503 Service Unavailable" } else { "200 OK" };
+                format!("HTTP/1.1 {code}\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{name}", name.len())
             };
             if s.write_all(r.as_bytes()).is_err() {
                 return;
@@ -188,9 +193,9 @@ fn kinds() -> Vec<Kind> {
     }
 }
 
-const SRVS: [&str; 25] = [
+const SRVS: [&str; 29] = [
     "h1", "h2", "h3", "t1", "t2", "e1", "e2", "e3", "e4", "e5", "d1", "d2", "x1", "x2", "x3", "x4", "n1", "n2", "n3",
-    "y1", "y2", "y3", "y4", "y5", "y6",
+    "y1", "y2", "y3", "y4", "y5", "y6", "zf1", "zf2", "z3", "z4",
 ];
 
 /// The endpoints file of cluster `eds_hc` listing `hosts` (written whole, then renamed in).
@@ -843,4 +848,51 @@ fn bad_health_checks_are_refused_as_envoy_does() {
             assert!(out.contains(&want), "remora's error names {want}: {out}");
         }
     }
+}
+
+#[derive(Debug, PartialEq)]
+struct Uneject {
+    ejected: (i64, i64),
+    uneject_flags: String,
+    keep_flags: String,
+    active: (i64, i64),
+}
+
+#[test]
+fn a_passing_health_check_unejects_an_outlier() {
+    differential(
+        "uneject",
+        |r| {
+            // zf1 and zf2 fail every request (one 5xx ejects) but pass their health checks.
+            for path in ["/od-uneject", "/od-keep"] {
+                for _ in 0..6 {
+                    get(r.port(), path);
+                }
+            }
+            let od = |c: &str, n: &str| r.stat(&format!("cluster.{c}.outlier_detection.{n}"));
+            let ejected = (od("od_uneject", "ejections_enforced_total"), od("od_keep", "ejections_enforced_total"));
+            let zf1 = r.srv["zf1"].port;
+            let uneject_flags = r.wait_flags("od_uneject", &[("zf1", zf1)], &["healthy"]).remove(0);
+            // Wait for a few more checks of zf2: it stays ejected (300 s) without the uneject.
+            let checks = || r.stat("cluster.od_keep.health_check.success");
+            let before = checks();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while checks() < before + 4 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            let keep_flags = r.flags("od_keep", r.srv["zf2"].port);
+            Uneject {
+                ejected,
+                uneject_flags,
+                keep_flags,
+                active: (od("od_uneject", "ejections_active"), od("od_keep", "ejections_active")),
+            }
+        },
+        |t| {
+            assert_eq!(t.ejected, (1, 1));
+            assert_eq!(t.uneject_flags, "healthy");
+            assert_eq!(t.keep_flags, "/failed_outlier_check");
+            assert_eq!(t.active, (0, 1));
+        },
+    );
 }
