@@ -292,6 +292,28 @@ impl Run {
         names.iter().map(|n| (*n, self.srv[n].port)).collect()
     }
 
+    /// `/clusters?format=json`: the `health_status` of each host of `clusters`, by upstream name.
+    fn json_health(&self, clusters: &[&str]) -> Vec<(String, String)> {
+        let (_, body) = self.proxy.admin("/clusters?format=json").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let name_of = |port: u64| {
+            self.srv.iter().find(|(_, s)| u64::from(s.port) == port).map_or("?".to_string(), |(n, _)| n.to_string())
+        };
+        let mut out: Vec<(String, String)> = v["cluster_statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| clusters.iter().any(|n| c["name"] == *n))
+            .flat_map(|c| c["host_statuses"].as_array().cloned().unwrap_or_default())
+            .map(|h| {
+                let port = h["address"]["socket_address"]["port_value"].as_u64().unwrap_or(0);
+                (name_of(port), h["health_status"].to_string())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     fn stat(&self, name: &str) -> i64 {
         self.proxy.stat(name).unwrap_or(-1)
     }
@@ -456,6 +478,8 @@ struct EdsStatus {
     degraded_flags: Vec<String>,
     degraded_traffic: Vec<String>,
     gauges: Vec<(&'static str, i64)>,
+    /// `/clusters?format=json`: each host's `health_status`, by upstream name.
+    json: Vec<(String, String)>,
 }
 
 #[test]
@@ -468,6 +492,7 @@ fn eds_health_status_is_honoured() {
             let degraded = r.hosts(&["d1", "d2"]);
             let degraded_flags: Vec<String> = degraded.iter().map(|(_, p)| r.flags("eds_degraded", *p)).collect();
             let g = |c: &str, n: &str| r.stat(&format!("cluster.{c}.{n}"));
+            let json = r.json_health(&["eds_mixed", "eds_degraded"]);
             EdsStatus {
                 mixed_flags,
                 mixed_traffic: names(&spread(r.port(), "/eds-mixed", 20)),
@@ -481,6 +506,7 @@ fn eds_health_status_is_honoured() {
                     ("degraded degraded", g("eds_degraded", "membership_degraded")),
                     ("degraded panic", g("eds_degraded", "lb_healthy_panic")),
                 ],
+                json,
             }
         },
         |t| {
@@ -491,6 +517,7 @@ fn eds_health_status_is_honoured() {
             assert_eq!(t.mixed_traffic, ["e1", "e2"]);
             assert_eq!(t.degraded_flags, ["/degraded_eds_health", "/failed_eds_health"]);
             assert_eq!(t.degraded_traffic, ["d1"]);
+            assert_eq!(t.json.len(), 7);
         },
     );
 }
@@ -709,6 +736,7 @@ struct Answers {
     degraded_traffic: Vec<String>,
     degraded_share_ok: bool,
     degraded_gauge: i64,
+    json: Vec<(String, String)>,
 }
 
 #[test]
@@ -739,6 +767,7 @@ fn response_body_service_name_and_degraded_answers() {
                 degraded_traffic: names(&traffic),
                 degraded_share_ok: (15..=45).contains(&traffic.get("y4").copied().unwrap_or(0)),
                 degraded_gauge: r.stat("cluster.http_degraded.health_check.degraded"),
+                json: r.json_health(&["http_match", "http_degraded"]),
             }
         },
         |t| {
@@ -756,6 +785,7 @@ fn response_body_service_name_and_degraded_answers() {
             assert_eq!(t.degraded_traffic, ["y4", "y5"]);
             assert!(t.degraded_share_ok);
             assert_eq!(t.degraded_gauge, 1);
+            assert_eq!(t.json.len(), 6);
         },
     );
 }
