@@ -59,8 +59,10 @@ async fn run(cluster: Weak<Cluster>) {
         {
             let hosts = c.hosts.load();
             let checked: Vec<Key> = hosts.all.iter().filter(|x| !x.hc.disabled).map(|x| key(x)).collect();
+            // A session ends by itself when its host is gone; one that did so just before its
+            // address came back is started again.
             sessions.0.retain(|k, a| {
-                let keep = checked.contains(k);
+                let keep = checked.contains(k) && !a.is_finished();
                 if !keep {
                     a.abort();
                 }
