@@ -769,3 +769,102 @@ fn a_passing_health_check_unejects_an_outlier() {
         },
     );
 }
+
+/// Two clusters on one TLS upstream (`openssl s_server -www`, 200 to any GET): checks go over the
+/// cluster's transport socket, so the TLS cluster's host passes and the plaintext one's fails.
+const TLS_BOOTSTRAP: &str = r#"
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: {{port:admin}}}}}
+static_resources:
+  clusters:
+  - name: tls_hc
+    connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: localhost}
+    health_checks:
+    - {timeout: 1s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /healthz}}
+    load_assignment:
+      cluster_name: tls_hc
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{tls_port}}}}}}]}]
+  - name: plain_hc
+    connect_timeout: 1s
+    health_checks:
+    - {timeout: 1s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /healthz}}
+    load_assignment:
+      cluster_name: plain_hc
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: {{tls_port}}}}}}]}]
+"#;
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn checks_use_the_cluster_transport_socket() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("diff-health-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl")
+        .status
+        .success();
+    assert!(ok, "openssl req");
+    let mut seen = Vec::new();
+    for kind in kinds() {
+        let port = tests::process::free_port();
+        let _server = Child(
+            std::process::Command::new("openssl")
+                .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+                .arg(&cert)
+                .arg("-key")
+                .arg(&key)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl s_server"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let mut vars = Vars::new();
+        vars.set("tls_port", port);
+        let opts = Options { log_level: "warning".into(), ..Options::default() };
+        let proxy = Proxy::start(kind, TLS_BOOTSTRAP, vars, &opts).unwrap();
+        let want = ["healthy", "/failed_active_hc"];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let flags = loop {
+            let (_, body) = proxy.admin("/clusters").unwrap();
+            let got: Vec<String> = ["tls_hc", "plain_hc"]
+                .iter()
+                .map(|c| {
+                    let key = format!("{c}::127.0.0.1:{port}::health_flags::");
+                    body.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or("<absent>").to_string()
+                })
+                .collect();
+            if got == want || Instant::now() > deadline {
+                break got;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let handshakes = proxy.stat("cluster.tls_hc.ssl.handshake").unwrap_or(-1);
+        eprintln!("tls [{}]: {flags:?} handshakes {handshakes}", kind.name());
+        assert_eq!(flags, want, "{}", kind.name());
+        seen.push(flags);
+    }
+    if let [envoy, remora] = &seen[..] {
+        assert_eq!(envoy, remora);
+    }
+}
