@@ -27,6 +27,33 @@ pub struct ServerConfig {
     pub bootstrap: Bootstrap,
     /// The overload manager's `global_downstream_max_connections`, if configured.
     pub max_downstream_connections: Option<u64>,
+    /// The line format `application_log_config` sets, if it does.
+    pub log_format: Option<crate::logging::LineFormat>,
+}
+
+/// `application_log_config.log_format`: a text pattern or a JSON object of patterns. Setting it
+/// and `--log-format` both is an error, as in Envoy.
+fn application_log_format(b: &Bootstrap, opts: &Options) -> Result<Option<crate::logging::LineFormat>, ConfigError> {
+    use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::application_log_config::log_format::LogFormat;
+    let Some(f) =
+        b.application_log_config.as_ref().and_then(|c| c.log_format.as_ref()).and_then(|f| f.log_format.as_ref())
+    else {
+        return Ok(None);
+    };
+    if opts.log_format.is_some() {
+        return Err(ConfigError::new(
+            "application_log_config.log_format",
+            "only one of ApplicationLogConfig.log_format or CLI option --log-format can be specified",
+        ));
+    }
+    Ok(Some(match f {
+        LogFormat::TextFormat(t) => crate::logging::LineFormat::text(t, opts.log_format_escaped),
+        LogFormat::JsonFormat(st) => match xds_client::json::struct_to_json(st) {
+            serde_json::Value::Object(m) => crate::logging::LineFormat::json(&m, opts.log_format_escaped)
+                .map_err(|e| ConfigError::new("application_log_config.log_format.json_format", e))?,
+            _ => return Err(ConfigError::new("application_log_config.log_format.json_format", "not an object")),
+        },
+    }))
 }
 
 fn hostname() -> String {
@@ -87,6 +114,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
     check_runtime(b)?;
     check_bootstrap_extensions(b)?;
     let max_downstream_connections = overload_manager(b)?;
+    let log_format = application_log_format(b, opts)?;
 
     let admin = match &b.admin {
         Some(a) if a.address.is_some() => Some(socket_address_of(a.address.as_ref(), "admin.address")?),
@@ -138,7 +166,17 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         listeners.push(Arc::new(Listener::from_proto(l, &cx).map_err(|e| e.within(&field))?));
     }
 
-    Ok(ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap: b.clone(), max_downstream_connections })
+    Ok(ServerConfig {
+        node,
+        admin,
+        stats,
+        clusters,
+        listeners,
+        cx,
+        bootstrap: b.clone(),
+        max_downstream_connections,
+        log_format,
+    })
 }
 
 /// Envoy watches disk runtime layers at start-up and fails if they cannot be watched.

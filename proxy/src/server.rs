@@ -28,6 +28,9 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "demo") {
         return demo_command(&args[2..]);
     }
+    if args.get(1).is_some_and(|a| a == "explain") {
+        return crate::cli::explain_command(&args[2..]);
+    }
     let opts = match Options::try_parse_from(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -42,7 +45,13 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         println!("remora version: {VERSION}/1.40.0-compatible/Clean/RELEASE/rustls");
         return ExitCode::SUCCESS;
     }
-    let logs = match crate::logging::init(&opts.log_level, opts.component_log_level.as_deref()) {
+    let format = crate::logging::LineFormat::text(
+        opts.log_format.as_deref().unwrap_or(crate::logging::DEFAULT_PATTERN),
+        opts.log_format_escaped,
+    );
+    let logs = match crate::logging::Sink::open(opts.log_path.as_deref())
+        .and_then(|sink| crate::logging::init(&opts.log_level, opts.component_log_level.as_deref(), format, sink))
+    {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -65,7 +74,12 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     drop(pool);
     xds_client::descriptors::release_memory();
     let config = match config {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Some(f) = c.log_format.take() {
+                logs.set_format(f);
+            }
+            c
+        }
         Err(e) => {
             eprintln!("error initializing configuration '{shown}': {e}");
             return ExitCode::from(1);
@@ -93,7 +107,8 @@ fn serve(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) 
 }
 
 async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::LogControl) -> ExitCode {
-    let ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap, max_downstream_connections } = config;
+    let ServerConfig { node, admin, stats, clusters, listeners, cx, bootstrap, max_downstream_connections, .. } =
+        config;
     let bootstrap_dynamic = bootstrap.dynamic_resources.clone().unwrap_or_default();
     let server_state = stats.gauge("server.state");
     server_state.set(state::INITIALIZING);
