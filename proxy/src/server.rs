@@ -212,6 +212,13 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // As Envoy's cluster initialisation: clusters with active health checks are ready once each
+    // host had its first check (each ends within the check's timeout).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !shared.clusters.load().clusters.values().all(|c| c.initial_health_checks_done())
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     workers_started.set(1);
     server_state.set(state::LIVE);
     stats.gauge("server.live").set(1);

@@ -36,8 +36,7 @@ const ENVOY_VERDICTS: &[(&str, i32)] = &[
 
 /// Files Envoy accepts that remora refuses on purpose: a field it does not implement, named in
 /// the error (the field-coverage guard; FIELDS.md lists every refused field).
-const REMORA_REFUSES: &[(&str, &str)] =
-    &[("envoy-examples/locality-load-balancing_envoy.yaml", "static_resources.clusters[0].health_checks")];
+const REMORA_REFUSES: &[(&str, &str)] = &[];
 
 fn testdata() -> PathBuf {
     std::env::var_os("REMORA_TESTDATA")
