@@ -2,21 +2,22 @@
 //! connection, Envoy's drain behaviour, and the per-request envelope (stats, gRPC local replies,
 //! the `server` header, access logs when the response ends).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use super::config::{Codec, HttpConnectionManager, ServerHeader};
+use super::config::{Codec, HttpConnectionManager, ServerHeader, Underscores};
+use super::h1_guard::H1Guard;
 use crate::http::body::ResponseBody;
 use crate::http::exec::LocalExec;
+use crate::http::local_reply::LocalReply;
 use crate::http::protocol_name;
 use crate::runtime::WorkerCtx;
 use crate::stats::GaugeGuard;
@@ -69,16 +70,28 @@ pub async fn serve<IO>(
     let cx_loop = cx.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let cx = cx.clone();
-        async move { Ok::<_, Infallible>(handle(req, cx).await) }
+        async move { handle(req, cx).await }
     });
-    let io = TokioIo::new(io);
+    let io = TokioIo::new(H1Guard::new(io, hcm.clone(), hcm.codec != Codec::Http2));
+    let lim = &hcm.limits.scan;
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(None);
+    // The guard enforces Envoy's header limits on HTTP/1 before hyper parses: hyper's own
+    // limits are set above them so that they never answer first.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_headers(lim.max_count as usize + 1)
+        .max_buf_size((lim.max_bytes as usize + 8192).max(H1_READ_BUF));
     builder
         .http2()
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20)
+        // HPACK counts 32 bytes more per field than Envoy's limit: any request within Envoy's
+        // limits passes h2's check, and `h2_over_limits` applies Envoy's exactly.
+        .max_header_list_size(lim.max_bytes.saturating_add(32 * (lim.max_count + 8)))
         .max_concurrent_streams(hcm.max_concurrent_streams.unwrap_or(2147483647));
     let builder = match hcm.codec {
         Codec::Auto => builder,
@@ -145,8 +158,66 @@ pub async fn serve<IO>(
     stats.downstream_cx_destroy.inc();
 }
 
-/// Handles one request end to end and always produces a response.
-async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBody> {
+/// hyper's default HTTP/1 read buffer limit (about 400 KB), kept when the header limit is lower.
+const H1_READ_BUF: usize = 8192 + 4096 * 100;
+
+/// An HTTP/2 stream refused by Envoy's codec checks: hyper resets it (INTERNAL_ERROR, as Envoy).
+#[derive(Debug)]
+pub struct StreamRefused(&'static str);
+
+impl std::fmt::Display for StreamRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for StreamRefused {}
+
+/// Envoy's HTTP/2 codec limits: the header list (pseudo-headers included) counted as names
+/// plus values, and the number of fields.
+fn h2_over_limits(req: &Request<Incoming>, max_bytes: u32, max_count: u32) -> bool {
+    let h = req.headers();
+    let uri = req.uri();
+    let mut count = h.len() + 2; // :method and :authority, then :scheme and :path when present
+    let mut bytes = ":method".len() + req.method().as_str().len();
+    bytes += ":authority".len() + uri.authority().map_or(0, |a| a.as_str().len());
+    if let Some(s) = uri.scheme_str() {
+        count += 1;
+        bytes += ":scheme".len() + s.len();
+    }
+    if let Some(pq) = uri.path_and_query() {
+        count += 1;
+        bytes += ":path".len() + pq.as_str().len();
+    }
+    if count > max_count as usize {
+        return true;
+    }
+    for (k, v) in h {
+        bytes += k.as_str().len() + v.len();
+    }
+    bytes > max_bytes as usize
+}
+
+/// `headers_with_underscores_action`: whether a header name has an underscore, and with
+/// DROP_HEADER, removes those headers (counted).
+fn underscores(req: &mut Request<Incoming>, action: Underscores, dropped: &crate::stats::Counter) -> bool {
+    let h = req.headers_mut();
+    if !h.keys().any(|k| k.as_str().contains('_')) {
+        return false;
+    }
+    if action == Underscores::DropHeader {
+        let names: Vec<_> = h.keys().filter(|k| k.as_str().contains('_')).cloned().collect();
+        for n in names {
+            h.remove(&n);
+            dropped.inc();
+        }
+        return false;
+    }
+    true
+}
+
+/// Handles one request end to end and produces a response, or refuses an HTTP/2 stream.
+async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<ResponseBody>, StreamRefused> {
     let start = Instant::now();
     let hcm = &cx.hcm;
     let stats = &hcm.stats;
@@ -167,8 +238,40 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
             }
         }
     }
-    let active = GaugeGuard::new(&stats.downstream_rq_active);
     let is_h1 = req.version() != Version::HTTP_2;
+    let lim = &hcm.limits;
+    if !is_h1 && h2_over_limits(&req, lim.scan.max_bytes, lim.scan.max_count) {
+        stats.codec.http2_header_overflow.inc();
+        stats.downstream_rq_completed.inc();
+        return Err(StreamRefused("header list over the limits"));
+    }
+    if lim.underscores != Underscores::Allow {
+        let (dropped, rejected) = if is_h1 {
+            (&stats.codec.http1_dropped_underscores, &stats.codec.http1_rejected_underscores)
+        } else {
+            (&stats.codec.http2_dropped_underscores, &stats.codec.http2_rejected_underscores)
+        };
+        if underscores(&mut req, lim.underscores, dropped) {
+            rejected.inc();
+            stats.downstream_rq_completed.inc();
+            if !is_h1 {
+                return Err(StreamRefused("header name with an underscore"));
+            }
+            // Envoy's HTTP/1 codec error: 400 and the connection closes.
+            stats.downstream_cx_protocol_error.inc();
+            stats.downstream_rq.record(400, false);
+            if let Some((codes, completed)) = &stats.listener_rq {
+                codes.record(400, false);
+                completed.inc();
+            }
+            let mut r = LocalReply::new(StatusCode::BAD_REQUEST, "Bad Request", "DPE", "http1.unexpected_underscore")
+                .into_response();
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            finalize_response(&cx, &mut r, true);
+            return Ok(r);
+        }
+    }
+    let active = GaugeGuard::new(&stats.downstream_rq_active);
     let is_grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -179,16 +282,21 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     });
     use http_body::Body as _;
     let had_body = !req.body().is_end_stream();
+    // A refused HTTP/1 CONNECT leaves the connection in an unknown state: Envoy closes it.
+    let is_connect = req.method() == http::Method::CONNECT;
     let mut resp = super::header_rules::process(req, &cx).await;
     if is_grpc {
         crate::http::local_reply::to_grpc(&mut resp);
     }
-    if resp.extensions().get::<crate::http::local_reply::LocalReplied>().is_some() {
+    if let Some(m) = resp.extensions().get::<crate::http::local_reply::LocalReplied>() {
+        if m.details == crate::http::local_reply::DOWNSTREAM_BODY_ERROR {
+            stats.downstream_cx_protocol_error.inc();
+        }
         if !is_h1 && resp.body().is_end_stream() {
             // Envoy's HTTP/2 local replies without a body carry no content-length.
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
-        if is_h1 && had_body {
+        if is_h1 && (had_body || is_connect) {
             // Answered without reading the request body: the connection cannot be reused.
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -206,7 +314,7 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     }
     stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
     drop(active);
-    resp
+    Ok(resp)
 }
 
 /// Arranges for the access logs to be written when the response body ends.

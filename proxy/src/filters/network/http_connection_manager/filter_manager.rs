@@ -46,7 +46,8 @@ pub(super) async fn run(
             path,
             query,
             random: fastrand::u64(0..1_000_000),
-            is_connect: parts.method == http::Method::CONNECT,
+            // Classic CONNECT (authority-form, no path); an extended CONNECT has a path.
+            is_connect: parts.method == http::Method::CONNECT && parts.uri.path_and_query().is_none(),
         };
         let (route, len) = vhost.route(&input)?;
         Some((RouteRef { table: t, vhost, route }, len))
