@@ -381,3 +381,61 @@ fn http2_limits_as_envoy() {
         assert_eq!((w[0].1, w[0].2), (w[1].1, w[1].2), "{found:?}");
     }
 }
+
+/// Whether the peer closed the connection within the read timeout.
+fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+/// nghttp's frames for `n` concurrent requests on one h2c connection: (statuses, GOAWAY seen).
+fn nghttp(port: u16, n: usize) -> (Vec<u16>, bool) {
+    let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{port}/r{i}")).collect();
+    let out = std::process::Command::new("nghttp")
+        .arg("-v")
+        .args(&urls)
+        .output()
+        .expect("nghttp (scripts/install-test-deps)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let statuses =
+        text.lines().filter_map(|l| l.split(":status: ").nth(1)).filter_map(|s| s.trim().parse().ok()).collect();
+    (statuses, text.contains("recv GOAWAY"))
+}
+
+#[test]
+fn requests_per_connection_and_connection_duration_as_envoy() {
+    for kind in kinds() {
+        let run = Run::start(kind);
+        let k = kind.name();
+        // max_requests_per_connection 2: the second response closes the HTTP/1 connection.
+        let mut s = TcpStream::connect(("127.0.0.1", run.port("maxrq"))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let mut replies = Vec::new();
+        for _ in 0..2 {
+            s.write_all(head("GET", "").as_bytes()).unwrap();
+            replies.push(read_reply(&mut s, &mut buf).map(|r| (r.status, r.conn_close)));
+        }
+        assert_eq!(replies, vec![Some((200, false)), Some((200, true))], "{k}");
+        assert!(closed_by_peer(&mut s), "{k}: the connection stays open after the last request");
+        // HTTP/2: a GOAWAY once the limit is reached; the streams already open are served.
+        let (statuses, goaway) = nghttp(run.port("maxrq"), 3);
+        assert_eq!((statuses, goaway), (vec![200, 200, 200], true), "{k}");
+        assert_eq!(run.stat("http.maxrq.downstream_cx_max_requests_reached"), 3, "{k}");
+
+        // max_connection_duration 1 s: an idle HTTP/1 connection is closed when it ends.
+        let mut s = TcpStream::connect(("127.0.0.1", run.port("maxdur"))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(head("GET", "").as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(read_reply(&mut s, &mut buf).map(|r| (r.status, r.conn_close)), Some((200, false)), "{k}");
+        assert!(closed_by_peer(&mut s), "{k}: open after max_connection_duration");
+        // A request in flight when the time ends is answered with `connection: close`.
+        let mut s = TcpStream::connect(("127.0.0.1", run.port("maxdur"))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(head("GET", "x-echo-delay-ms: 1500\r\n").as_bytes()).unwrap();
+        let r = read_reply(&mut s, &mut Vec::new()).map(|r| (r.status, r.conn_close, r.closed));
+        assert_eq!(r, Some((200, true, true)), "{k}");
+        assert_eq!(run.stat("http.maxdur.downstream_cx_max_duration_reached"), 2, "{k}");
+    }
+}

@@ -298,6 +298,9 @@ impl Cluster {
             if c.max_headers_count.is_some() {
                 return Err(unsupported_upstream("common_http_protocol_options.max_headers_count"));
             }
+            if c.max_connection_duration.as_ref().is_some_and(|d| !duration(d).is_zero()) {
+                return Err(unsupported_upstream("common_http_protocol_options.max_connection_duration"));
+            }
             if c.headers_with_underscores_action != 0 {
                 return Err(unsupported_upstream("common_http_protocol_options.headers_with_underscores_action"));
             }

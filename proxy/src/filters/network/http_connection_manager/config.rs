@@ -46,6 +46,8 @@ pub struct HcmStats {
     pub downstream_rq_total: Counter,
     pub downstream_cx_protocol_error: Counter,
     pub downstream_rq_header_timeout: Counter,
+    pub downstream_cx_max_requests_reached: Counter,
+    pub downstream_cx_max_duration_reached: Counter,
     /// Envoy's codec stats (`http1.*`, `http2.*`), shared by every HCM.
     pub codec: CodecStats,
     pub downstream_rq_active: Gauge,
@@ -72,6 +74,8 @@ impl HcmStats {
             downstream_rq_total: c("downstream_rq_total"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
+            downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
             codec: CodecStats {
                 http1_dropped_underscores: cx.stats.counter("http1.dropped_headers_with_underscores"),
                 http1_rejected_underscores: cx.stats.counter("http1.requests_rejected_with_underscores_in_headers"),
@@ -126,6 +130,10 @@ pub struct Limits {
     pub scan: ScanLimits,
     pub underscores: Underscores,
     pub request_headers_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection` (0: none).
+    pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.max_connection_duration` (0: none).
+    pub max_connection_duration: Option<Duration>,
 }
 
 impl Limits {
@@ -154,12 +162,6 @@ impl Limits {
                     "not supported by remora on the HTTP connection manager",
                 ));
             }
-            if c.max_requests_per_connection.is_some_and(|v| v.value > 0) {
-                return Err(ConfigError::new(
-                    "common_http_protocol_options.max_requests_per_connection",
-                    "not supported by remora on the HTTP connection manager",
-                ));
-            }
         }
         let underscores = match common.map(|c| A::try_from(c.headers_with_underscores_action)) {
             None | Some(Ok(A::Allow)) => Underscores::Allow,
@@ -181,6 +183,14 @@ impl Limits {
             },
             underscores,
             request_headers_timeout: p.request_headers_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+            max_requests_per_connection: common
+                .and_then(|c| c.max_requests_per_connection)
+                .map(|v| v.value)
+                .filter(|v| *v > 0),
+            max_connection_duration: common
+                .and_then(|c| c.max_connection_duration.as_ref())
+                .map(duration)
+                .filter(|d| !d.is_zero()),
         })
     }
 }

@@ -37,6 +37,11 @@ pub struct ConnCtx {
     pub codec_counted: std::cell::Cell<bool>,
     /// The connection speaks HTTP/2 (learnt from its first request).
     pub h2: std::cell::Cell<bool>,
+    /// Requests served (`max_requests_per_connection`).
+    pub served: std::cell::Cell<u32>,
+    /// Set when the connection must stop taking requests (an HTTP/2 GOAWAY); the loop is woken.
+    pub stop: std::cell::Cell<bool>,
+    pub wake: tokio::sync::Notify,
 }
 
 /// Serves HTTP on an accepted connection until it closes or the server drains.
@@ -66,6 +71,9 @@ pub async fn serve<IO>(
         drain: drain.clone(),
         codec_counted: std::cell::Cell::new(false),
         h2: std::cell::Cell::new(hcm.codec == Codec::Http2),
+        served: std::cell::Cell::new(0),
+        stop: std::cell::Cell::new(false),
+        wake: tokio::sync::Notify::new(),
     });
     let cx_loop = cx.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -109,6 +117,9 @@ pub async fn serve<IO>(
     let mut watch_drain = true;
     let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86400);
     let mut close_at = far;
+    // `max_connection_duration`: then the connection drains (GOAWAY, or `connection: close`
+    // on the response in flight; an idle HTTP/1 connection closes at once).
+    let mut max_age_at = hcm.limits.max_connection_duration.map_or(far, |d| tokio::time::Instant::now() + d);
     let (mut drain_started, mut closing) = (false, false);
     loop {
         if !closing && *shutdown.borrow() {
@@ -125,6 +136,20 @@ pub async fn serve<IO>(
             }
         }
         tokio::select! {
+            () = cx_loop.wake.notified(), if !closing => {
+                if cx_loop.stop.get() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep_until(max_age_at), if max_age_at != far => {
+                max_age_at = far;
+                stats.downstream_cx_max_duration_reached.inc();
+                if !closing {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(target: "remora::http", "connection from {remote} ended: {e}");
@@ -240,6 +265,18 @@ async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<
     }
     let is_h1 = req.version() != Version::HTTP_2;
     let lim = &hcm.limits;
+    let mut last_on_connection = false;
+    if let Some(max) = lim.max_requests_per_connection {
+        let n = cx.served.get().saturating_add(1);
+        cx.served.set(n);
+        if n >= max {
+            stats.downstream_cx_max_requests_reached.inc();
+            last_on_connection = true;
+            if !is_h1 && !cx.stop.replace(true) {
+                cx.wake.notify_one();
+            }
+        }
+    }
     if !is_h1 && h2_over_limits(&req, lim.scan.max_bytes, lim.scan.max_count) {
         stats.codec.http2_header_overflow.inc();
         stats.downstream_rq_completed.inc();
@@ -302,6 +339,9 @@ async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<
         }
     }
     finalize_response(&cx, &mut resp, is_h1);
+    if is_h1 && last_on_connection {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some((start_time, fallback, version)) = logged {
         resp = log_on_end(&cx, resp, fallback, version, start, start_time);
     }
