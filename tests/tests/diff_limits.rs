@@ -439,3 +439,20 @@ fn requests_per_connection_and_connection_duration_as_envoy() {
         assert_eq!(run.stat("http.maxdur.downstream_cx_max_duration_reached"), 2, "{k}");
     }
 }
+
+#[test]
+fn idle_timeout_as_envoy() {
+    for kind in kinds() {
+        let run = Run::start(kind);
+        let k = kind.name();
+        // idle_timeout 1 s: a stream in flight longer than that is not cut ...
+        let mut s = TcpStream::connect(("127.0.0.1", run.port("idle"))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(head("GET", "x-echo-delay-ms: 1500\r\n").as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(read_reply(&mut s, &mut buf).map(|r| (r.status, r.conn_close)), Some((200, false)), "{k}");
+        // ... and the connection closes once it has had no stream for that long.
+        assert!(closed_by_peer(&mut s), "{k}: open after the idle timeout");
+        assert_eq!(run.stat("http.idle.downstream_cx_idle_timeout"), 1, "{k}");
+    }
+}

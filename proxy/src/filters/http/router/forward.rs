@@ -672,7 +672,7 @@ impl Forward<'_> {
             }
             _ => None,
         };
-        Response::from_parts(rparts, ResponseBody::upstream(body, on_end, Box::new(active)))
+        Response::from_parts(rparts, ResponseBody::upstream(body, on_end, Box::new((active, self.cx.activity.start()))))
     }
 
     /// After an upstream `101 Switching Protocols`, splices the upgraded connections together.

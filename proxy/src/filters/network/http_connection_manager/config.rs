@@ -48,6 +48,7 @@ pub struct HcmStats {
     pub downstream_rq_header_timeout: Counter,
     pub downstream_cx_max_requests_reached: Counter,
     pub downstream_cx_max_duration_reached: Counter,
+    pub downstream_cx_idle_timeout: Counter,
     /// Envoy's codec stats (`http1.*`, `http2.*`), shared by every HCM.
     pub codec: CodecStats,
     pub downstream_rq_active: Gauge,
@@ -76,6 +77,7 @@ impl HcmStats {
             downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             codec: CodecStats {
                 http1_dropped_underscores: cx.stats.counter("http1.dropped_headers_with_underscores"),
                 http1_rejected_underscores: cx.stats.counter("http1.requests_rejected_with_underscores_in_headers"),
@@ -153,15 +155,6 @@ impl Limits {
                 "common_http_protocol_options.max_headers_count",
                 "value must be greater than or equal to 1",
             ));
-        }
-        if let Some(c) = common {
-            // Not implemented for downstream connections yet (they are, on clusters).
-            if c.idle_timeout.as_ref().is_some_and(|d| !duration(d).is_zero()) {
-                return Err(ConfigError::new(
-                    "common_http_protocol_options.idle_timeout",
-                    "not supported by remora on the HTTP connection manager",
-                ));
-            }
         }
         let underscores = match common.map(|c| A::try_from(c.headers_with_underscores_action)) {
             None | Some(Ok(A::Allow)) => Underscores::Allow,
@@ -294,7 +287,11 @@ impl HttpConnectionManager {
                 None => Some(Duration::from_secs(300)),
                 Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
             },
-            idle_timeout: common.and_then(|c| c.idle_timeout.as_ref()).map(duration).filter(|d| !d.is_zero()),
+            // Envoy's downstream default: 1 hour without a stream in flight; 0 disables it.
+            idle_timeout: match common.and_then(|c| c.idle_timeout.as_ref()) {
+                None => Some(Duration::from_secs(3600)),
+                Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+            },
             max_concurrent_streams: p
                 .http2_protocol_options
                 .as_ref()

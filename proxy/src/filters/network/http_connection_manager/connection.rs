@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::config::{Codec, HttpConnectionManager, ServerHeader, Underscores};
 use super::h1_guard::H1Guard;
-use crate::http::body::ResponseBody;
+use crate::http::body::{Activity, ResponseBody};
 use crate::http::exec::LocalExec;
 use crate::http::local_reply::LocalReply;
 use crate::http::protocol_name;
@@ -42,6 +42,8 @@ pub struct ConnCtx {
     /// Set when the connection must stop taking requests (an HTTP/2 GOAWAY); the loop is woken.
     pub stop: std::cell::Cell<bool>,
     pub wake: tokio::sync::Notify,
+    /// Streams in flight (the idle timeout).
+    pub activity: Rc<Activity>,
 }
 
 /// Serves HTTP on an accepted connection until it closes or the server drains.
@@ -74,6 +76,7 @@ pub async fn serve<IO>(
         served: std::cell::Cell::new(0),
         stop: std::cell::Cell::new(false),
         wake: tokio::sync::Notify::new(),
+        activity: Rc::new(Activity::new()),
     });
     let cx_loop = cx.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -135,7 +138,20 @@ pub async fn serve<IO>(
                 close_at = tokio::time::Instant::now() + cx_loop.worker.shared.drain_time;
             }
         }
+        // `common_http_protocol_options.idle_timeout`: no stream in flight for that long.
+        let idle_at = match (hcm.idle_timeout, cx_loop.activity.idle_since()) {
+            (Some(t), Some(since)) => tokio::time::Instant::from_std(since + t),
+            _ => far,
+        };
         tokio::select! {
+            () = cx_loop.activity.idle.notified() => {}
+            _ = tokio::time::sleep_until(idle_at), if idle_at != far && !closing => {
+                if cx_loop.activity.idle_since().is_some() {
+                    stats.downstream_cx_idle_timeout.inc();
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
             () = cx_loop.wake.notified(), if !closing => {
                 if cx_loop.stop.get() {
                     closing = true;
@@ -244,6 +260,7 @@ fn underscores(req: &mut Request<Incoming>, action: Underscores, dropped: &crate
 /// Handles one request end to end and produces a response, or refuses an HTTP/2 stream.
 async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<ResponseBody>, StreamRefused> {
     let start = Instant::now();
+    let _stream = cx.activity.start();
     let hcm = &cx.hcm;
     let stats = &hcm.stats;
     stats.downstream_rq_total.inc();

@@ -111,6 +111,7 @@ pub(super) async fn run(
                 alpn_override: hcm.filters.alpn_override.as_deref(),
                 upgrades: &hcm.upgrades,
                 log_requests: !hcm.access_logs.is_empty(),
+                activity: &cx.activity,
             };
             let routed = Routed { matched, authority, downstream_remote, path_and_query: &path_and_query };
             crate::filters::http::router::route(&downstream, parts, body, routed).await
