@@ -229,6 +229,16 @@ fn h1_cases() -> Vec<Case> {
             403,
             "",
         ),
+        case(
+            "h2c upgrade ignored",
+            "dflt",
+            head(
+                "GET",
+                "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n",
+            ),
+            200,
+            "",
+        ),
     ];
     // Bodies are not header blocks: an 8 KB body on the 4 KB listener, then a second request.
     let body = "b".repeat(8 << 10);

@@ -88,13 +88,15 @@ pub async fn serve<IO>(
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
     // The guard enforces Envoy's header limits on HTTP/1 before hyper parses: hyper's own
     // limits are set above them so that they never answer first.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = builder.http1();
+    h1.timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(None)
-        .max_headers(lim.max_count as usize + 1)
         .max_buf_size((lim.max_bytes as usize + 8192).max(H1_READ_BUF));
+    if lim.max_count > H1_MAX_HEADERS {
+        // Only above hyper's default: a larger table is allocated on every parse.
+        h1.max_headers(lim.max_count as usize);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -198,6 +200,9 @@ pub async fn serve<IO>(
     }
     stats.downstream_cx_destroy.inc();
 }
+
+/// hyper's default HTTP/1 header count limit (its parse table lives on the stack up to it).
+const H1_MAX_HEADERS: u32 = 100;
 
 /// hyper's default HTTP/1 read buffer limit (about 400 KB), kept when the header limit is lower.
 const H1_READ_BUF: usize = 8192 + 4096 * 100;

@@ -378,7 +378,8 @@ impl Scanner {
                 self.te_count = self.te_count.saturating_add(1);
                 self.te_chunked = !self.over && v.eq_ignore_ascii_case(b"chunked");
             }
-            Known::Upgrade => self.upgrade = true,
+            // Envoy's codec ignores an h2c upgrade: the connection stays HTTP/1.
+            Known::Upgrade => self.upgrade |= self.over || !v.eq_ignore_ascii_case(b"h2c"),
         }
         self.known = Known::Other;
         Ok(())
@@ -551,6 +552,9 @@ mod tests {
             let s = scan(l, &[start.as_bytes(), junk.as_bytes()]).unwrap();
             assert!(s.passthrough(), "{start}");
         }
+        let h2c = "GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\nGET / HTTP/1.1\r\n";
+        let s = scan(l, &[h2c.as_bytes()]).unwrap();
+        assert!(!s.passthrough() && s.heads() == 2, "an h2c upgrade is ignored");
         let no_h2 = ScanLimits { h2_preface: false, ..l };
         assert_eq!(scan(no_h2, &[b"PRI * HTTP/2.0\r\n"]).err(), Some(Verdict::BadRequest));
     }

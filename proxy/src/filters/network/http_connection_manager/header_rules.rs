@@ -160,6 +160,10 @@ pub(super) async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<Re
 /// the HCM's enabled `upgrade_configs`.
 fn is_unconfigured_upgrade(h: &http::HeaderMap, enabled: &[String]) -> bool {
     let Some(kind) = h.get(header::UPGRADE) else { return false };
+    if kind.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c") {
+        // Envoy ignores an h2c upgrade and serves the request on HTTP/1.1.
+        return false;
+    }
     let asks = h
         .get_all(header::CONNECTION)
         .iter()
