@@ -104,7 +104,7 @@ pub async fn serve<IO>(
         .initial_connection_window_size(16 << 20)
         // HPACK counts 32 bytes more per field than Envoy's limit: any request within Envoy's
         // limits passes h2's check, and `h2_over_limits` applies Envoy's exactly.
-        .max_header_list_size(lim.max_bytes.saturating_add(32 * (lim.max_count + 8)))
+        .max_header_list_size(lim.max_bytes.saturating_add(lim.max_count.saturating_add(8).saturating_mul(32)))
         .max_concurrent_streams(hcm.max_concurrent_streams.unwrap_or(2147483647));
     let builder = match hcm.codec {
         Codec::Auto => builder,

@@ -60,7 +60,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> H1Guard<IO> {
     /// close) and counts it.
     fn refuse(&mut self, why: Refusal) {
         // hyper never saw this request (its bytes are dropped): it is counted here.
-        let unseen = self.scan.heads() > self.delivered;
+        let unseen = self.scan.heads() != self.delivered;
         let (status, reason, body): (u16, &str, &str) = match why {
             Refusal::Codec(Verdict::TooLarge) => {
                 (431, "Request Header Fields Too Large", "Request Header Fields Too Large")
@@ -162,7 +162,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<IO> {
                     match r {
                         Ok(()) => {
                             // Complete header blocks reach hyper's parser with these bytes.
-                            this.delivered = this.scan.heads() - u32::from(this.scan.in_head());
+                            this.delivered = this.scan.heads().wrapping_sub(u32::from(this.scan.in_head()));
                             this.arm_timer();
                             return Poll::Ready(Ok(()));
                         }

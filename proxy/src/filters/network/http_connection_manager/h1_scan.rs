@@ -339,7 +339,7 @@ impl Scanner {
     }
 
     fn begin_head(&mut self) {
-        self.heads += 1;
+        self.heads = self.heads.wrapping_add(1);
         self.bytes = 0;
         self.lines = 0;
         self.trailers = false;
