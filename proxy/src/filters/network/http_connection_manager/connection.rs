@@ -102,9 +102,12 @@ pub async fn serve<IO>(
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20)
-        // HPACK counts 32 bytes more per field than Envoy's limit: any request within Envoy's
-        // limits passes h2's check, and `h2_over_limits` applies Envoy's exactly.
-        .max_header_list_size(lim.max_bytes.saturating_add(lim.max_count.saturating_add(8).saturating_mul(32)))
+        // HPACK counts 32 bytes more per field than Envoy's limit: with twice the limit, any
+        // request within Envoy's limits and well beyond passes h2's check (h2 answers 431 past
+        // it), and `h2_over_limits` applies Envoy's exactly (a stream reset).
+        .max_header_list_size(
+            lim.max_bytes.saturating_mul(2).saturating_add(lim.max_count.saturating_add(8).saturating_mul(32)),
+        )
         .max_concurrent_streams(hcm.max_concurrent_streams.unwrap_or(2147483647));
     let builder = match hcm.codec {
         Codec::Auto => builder,
@@ -301,7 +304,6 @@ async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<
     }
     if !is_h1 && h2_over_limits(&req, lim.scan.max_bytes, lim.scan.max_count) {
         stats.codec.http2_header_overflow.inc();
-        stats.downstream_rq_completed.inc();
         return Err(StreamRefused("header list over the limits"));
     }
     if lim.underscores != Underscores::Allow {
@@ -312,10 +314,11 @@ async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<
         };
         if underscores(&mut req, lim.underscores, dropped) {
             rejected.inc();
-            stats.downstream_rq_completed.inc();
             if !is_h1 {
+                // A reset stream is not a completed request (Envoy's stats).
                 return Err(StreamRefused("header name with an underscore"));
             }
+            stats.downstream_rq_completed.inc();
             // Envoy's HTTP/1 codec error: 400 and the connection closes.
             stats.downstream_cx_protocol_error.inc();
             stats.downstream_rq.record(400, false);
