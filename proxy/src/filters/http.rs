@@ -130,7 +130,10 @@ pub(crate) const FILTERS: &[(&str, FilterFactory)] = &[
     (local_ratelimit::TYPE, |name, any, cx, chain| chain.push(local_ratelimit::factory(name, any, cx)?)),
     (compressor::TYPE, |name, any, cx, chain| chain.push(compressor::factory(name, any, cx)?)),
     (rbac::TYPE, |name, any, cx, chain| chain.push(rbac::factory(name, any, cx)?)),
-    (istio_stats::TYPE, |name, any, cx, chain| chain.push(istio_stats::factory(name, any, cx)?)),
+    (istio_stats::TYPE, |name, any, cx, chain| {
+        chain.needs_response_info = true;
+        chain.push(istio_stats::factory(name, any, cx)?)
+    }),
     (peer_metadata::TYPE, |name, any, cx, chain| chain.push(peer_metadata::factory(name, any, cx)?)),
     (istio_alpn::TYPE, |_, any, _, chain| {
         chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, "")?));
@@ -241,6 +244,9 @@ pub struct FilterChain {
     pub router: router::RouterConfig,
     /// Istio's `istio.alpn`: the ALPN upstream TLS connections offer, by upstream protocol.
     pub alpn_override: Option<Arc<istio_alpn::AlpnOverride>>,
+    /// A filter reads what the router reports about the response (`ResponseInfo`: flags,
+    /// upstream cluster), as the access logs do.
+    pub needs_response_info: bool,
 }
 
 impl FilterChain {
@@ -250,7 +256,12 @@ impl FilterChain {
     }
 
     pub fn from_proto(filters: &[HttpFilterProto], cx: &BuildCtx, field: &str) -> Result<Self, ConfigError> {
-        let mut chain = FilterChain { filters: Vec::new(), router: router::RouterConfig::new(cx), alpn_override: None };
+        let mut chain = FilterChain {
+            filters: Vec::new(),
+            router: router::RouterConfig::new(cx),
+            alpn_override: None,
+            needs_response_info: false,
+        };
         let mut saw_router = false;
         for (i, f) in filters.iter().enumerate() {
             let fld = format!("{field}[{i}]");

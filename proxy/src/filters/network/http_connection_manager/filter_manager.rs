@@ -94,7 +94,7 @@ pub(super) async fn run(
                 router: &hcm.filters.router,
                 alpn_override: hcm.filters.alpn_override.as_deref(),
                 upgrades: &hcm.upgrades,
-                log_requests: !hcm.access_logs.is_empty(),
+                log_requests: !hcm.access_logs.is_empty() || hcm.filters.needs_response_info,
             };
             let routed = Routed { matched, authority, downstream_remote, path_and_query: &path_and_query };
             crate::filters::http::router::route(&downstream, parts, body, routed).await

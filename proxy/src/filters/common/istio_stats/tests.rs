@@ -1,0 +1,261 @@
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::google::protobuf::{Any, Struct};
+use prost::Message;
+
+use super::*;
+use crate::config::{BuildCtx, NodeInfo};
+
+fn json_struct(v: serde_json::Value) -> Struct {
+    let serde_json::Value::Object(m) = v else { panic!("not an object") };
+    Struct { fields: m.into_iter().map(|(k, v)| (k, json_value(v))).collect() }
+}
+
+fn json_value(v: serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
+    use envoy_types::pb::google::protobuf::{ListValue, Value, value::Kind};
+    let kind = match v {
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue { values: a.into_iter().map(json_value).collect() }),
+        o @ serde_json::Value::Object(_) => Kind::StructValue(json_struct(o)),
+        serde_json::Value::Null => Kind::NullValue(0),
+    };
+    Value { kind: Some(kind) }
+}
+
+fn cx(inbound: bool) -> BuildCtx {
+    let node = NodeInfo {
+        metadata: Some(json_struct(serde_json::json!({
+            "WORKLOAD_NAME": "reviews-v1", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes",
+            "LABELS": {"app": "reviews", "version": "v1",
+                       "service.istio.io/canonical-name": "reviews", "service.istio.io/canonical-revision": "v1"},
+        }))),
+        ..Default::default()
+    };
+    BuildCtx { node: Arc::new(node), inbound, ..Default::default() }
+}
+
+fn any(c: &PluginConfig) -> Any {
+    Any { type_url: format!("type.googleapis.com/{TYPE}"), value: c.encode_to_vec() }
+}
+
+fn peer() -> Workload {
+    Workload::from_metadata(Some(&json_struct(serde_json::json!({
+        "WORKLOAD_NAME": "productpage-v1", "NAMESPACE": "default", "CLUSTER_ID": "Kubernetes",
+        "LABELS": {"app": "productpage", "version": "v1"},
+    }))))
+}
+
+fn key(peer: Workload) -> Key {
+    Key {
+        peer,
+        peer_san: "spiffe://cluster.local/ns/default/sa/bookinfo-productpage".into(),
+        local_san: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews".into(),
+        service_host: "reviews.default.svc.cluster.local".into(),
+        service_name: "reviews".into(),
+        protocol: Protocol::Http,
+        response_code: 200,
+        grpc_status: None,
+        flags: ResponseFlags::NONE,
+    }
+}
+
+fn names(l: &[(&'static str, String)]) -> Vec<&'static str> {
+    l.iter().map(|(k, _)| *k).collect()
+}
+
+fn get<'a>(l: &'a [(&'static str, String)], k: &str) -> &'a str {
+    l.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("no {k}"))
+}
+
+const HTTP_ORDER: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+#[test]
+fn destination_labels_in_istios_order() {
+    let s = Settings::from_any(&any(&PluginConfig::default()), &cx(true)).unwrap();
+    let l = labels(&s, &key(peer()));
+    assert_eq!(names(&l), HTTP_ORDER);
+    assert_eq!(get(&l, "reporter"), "destination");
+    assert_eq!(get(&l, "source_workload"), "productpage-v1");
+    assert_eq!(get(&l, "source_canonical_service"), "productpage");
+    assert_eq!(get(&l, "source_canonical_revision"), "v1");
+    assert_eq!(get(&l, "source_principal"), "spiffe://cluster.local/ns/default/sa/bookinfo-productpage");
+    assert_eq!(get(&l, "destination_workload"), "reviews-v1");
+    assert_eq!(get(&l, "destination_principal"), "spiffe://cluster.local/ns/default/sa/bookinfo-reviews");
+    assert_eq!(get(&l, "destination_service"), "reviews.default.svc.cluster.local");
+    assert_eq!(get(&l, "destination_service_name"), "reviews");
+    assert_eq!(get(&l, "destination_service_namespace"), "default");
+    assert_eq!(get(&l, "response_code"), "200");
+    assert_eq!(get(&l, "grpc_response_status"), "");
+    assert_eq!(get(&l, "response_flags"), "-");
+    assert_eq!(get(&l, "connection_security_policy"), "mutual_tls");
+}
+
+#[test]
+fn source_labels_and_fallbacks() {
+    let s = Settings::from_any(&any(&PluginConfig::default()), &cx(false)).unwrap();
+    let mut k = key(Workload::default());
+    k.peer_san.clear();
+    k.local_san.clear();
+    k.service_host.clear();
+    k.service_name.clear();
+    k.response_code = 503;
+    k.flags = ResponseFlags::from_short("UH").unwrap();
+    k.protocol = Protocol::Grpc;
+    k.grpc_status = Some(14);
+    let l = labels(&s, &k);
+    assert_eq!(names(&l), HTTP_ORDER);
+    assert_eq!(get(&l, "reporter"), "source");
+    assert_eq!(get(&l, "source_workload"), "reviews-v1");
+    assert_eq!(get(&l, "source_app"), "reviews");
+    assert_eq!(get(&l, "destination_workload"), "unknown");
+    assert_eq!(get(&l, "destination_canonical_revision"), "latest");
+    assert_eq!(get(&l, "destination_service"), "unknown");
+    assert_eq!(get(&l, "destination_service_name"), "unknown");
+    assert_eq!(get(&l, "request_protocol"), "grpc");
+    assert_eq!(get(&l, "grpc_response_status"), "14");
+    assert_eq!(get(&l, "response_flags"), "UH");
+    assert_eq!(get(&l, "connection_security_policy"), "unknown");
+    // At the destination without a service the node's canonical service stands in; no peer
+    // certificate means no mutual TLS.
+    let d = Settings::from_any(&any(&PluginConfig::default()), &cx(true)).unwrap();
+    let l = labels(&d, &k);
+    assert_eq!(get(&l, "destination_service"), "reviews");
+    assert_eq!(get(&l, "connection_security_policy"), "none");
+    assert_eq!(get(&l, "source_workload"), "unknown");
+}
+
+#[test]
+fn tcp_labels_have_no_response_code() {
+    let s = Settings::from_any(&any(&PluginConfig::default()), &cx(true)).unwrap();
+    let mut k = key(peer());
+    k.protocol = Protocol::Tcp;
+    let l = labels(&s, &k);
+    assert_eq!(names(&l).len(), 23);
+    assert_eq!(get(&l, "request_protocol"), "tcp");
+    assert!(!names(&l).contains(&"response_code"));
+}
+
+#[test]
+fn peer_namespace_from_the_principal_first() {
+    let s = Settings::from_any(&any(&PluginConfig::default()), &cx(false)).unwrap();
+    let mut k = key(peer());
+    k.peer_san = "spiffe://cluster.local/ns/other/sa/x".into();
+    let l = labels(&s, &k);
+    assert_eq!(get(&l, "destination_workload_namespace"), "other");
+    assert_eq!(get(&l, "destination_service_namespace"), "other");
+}
+
+#[test]
+fn service_from_cluster_metadata_else_authority() {
+    let md = Metadata {
+        filter_metadata: [(
+            "istio".to_string(),
+            json_struct(serde_json::json!({"services": [{"host": "geo.hr2.svc.cluster.local", "name": "geo", "namespace": "hr2"}]})),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let c = Some("outbound|8083||geo.hr2.svc.cluster.local");
+    assert_eq!(service(None, c, Some(&md), Some("geo:8083"), true), ("geo.hr2.svc.cluster.local".into(), "geo".into()));
+    assert_eq!(service(None, c, None, Some("geo:8083"), true), ("geo:8083".into(), "geo:8083".into()));
+    assert_eq!(service(None, c, None, Some("geo:8083"), false), (String::new(), String::new()));
+    assert_eq!(
+        service(None, Some("PassthroughCluster"), None, Some("x.com"), true),
+        ("x.com".into(), "PassthroughCluster".into())
+    );
+    assert_eq!(service(Some("block_all"), None, None, None, true), (String::new(), "BlackHoleCluster".into()));
+    // A service without a name: the host's first label.
+    let md2 = Metadata {
+        filter_metadata: [("istio".to_string(), json_struct(serde_json::json!({"services": [{"host": "a.b.svc"}]})))]
+            .into(),
+        ..Default::default()
+    };
+    assert_eq!(service(None, c, Some(&md2), None, false), ("a.b.svc".into(), "a".into()));
+}
+
+#[test]
+fn overrides_drop_and_remove_tags_and_refuse_what_is_not_done() {
+    let c = PluginConfig {
+        metrics: vec![
+            MetricConfig { name: "request_bytes".into(), drop: true, ..Default::default() },
+            MetricConfig { tags_to_remove: vec!["source_principal".into()], ..Default::default() },
+        ],
+        ..Default::default()
+    };
+    let s = Settings::from_any(&any(&c), &cx(true)).unwrap();
+    let store = Store::default();
+    let l = labels(&s, &key(peer()));
+    assert!(s.histogram(&store, Metric::RequestBytes, &l).is_none());
+    s.counter(&store, Metric::RequestsTotal, &l).unwrap().inc();
+    let e = store.entries();
+    let t = e[0].tagged.as_ref().unwrap();
+    assert_eq!(t.tags.len(), 24);
+    assert!(!t.tags.iter().any(|(k, _)| *k == "source_principal"));
+
+    let refused = |c: PluginConfig| Settings::from_any(&any(&c), &cx(true)).unwrap_err().field;
+    let dims = MetricConfig {
+        dimensions: [("request_host".to_string(), "request.host".to_string())].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(PluginConfig { metrics: vec![dims], ..Default::default() }),
+        "typed_config.metrics[0].dimensions[request_host]"
+    );
+    assert_eq!(
+        refused(PluginConfig {
+            metrics: vec![MetricConfig { name: "nope".into(), ..Default::default() }],
+            ..Default::default()
+        }),
+        "typed_config.metrics[0].name"
+    );
+    assert_eq!(
+        refused(PluginConfig { definitions: vec![MetricDefinition { name: "x".into() }], ..Default::default() }),
+        "typed_config.definitions"
+    );
+    assert_eq!(refused(PluginConfig { reporter: 1, ..Default::default() }), "typed_config.reporter");
+}
+
+#[test]
+fn cache_builds_handles_once_per_label_set() {
+    let cache: Cache<u32> = Cache::default();
+    let mut built = 0;
+    for code in [200, 200, 503, 200] {
+        let mut k = key(peer());
+        k.response_code = code;
+        cache.get(k, |_| {
+            built += 1;
+            built
+        });
+    }
+    assert_eq!(built, 2);
+    assert_eq!(cache.entries(), 2);
+}
