@@ -7,9 +7,10 @@
 //! upstream cluster's `istio.services[0]` metadata, else the request's `:authority` unless
 //! `disable_host_header_fallback`.
 //!
-//! Hot path: a request builds a small `Key` (the values that vary: peer, service, code, flags,
-//! ...) and finds its handles in a copy-on-write map read without a lock; only a label set never
-//! seen before formats the labels and takes the store's lock.
+//! Hot path: a request builds a small fixed-size `Key` (the values that vary: peer, principals,
+//! service as interned ids, code, gRPC status, flags) and finds its handles in a copy-on-write map
+//! read without a lock; interning a string or a peer already seen is a lock-free lookup without
+//! allocation. Only a label set never seen before formats the labels and takes the store's lock.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -272,18 +273,18 @@ impl Workload {
 /// `destination_service` and `destination_service_name` before their fallbacks: the upstream
 /// cluster's `istio.services[0]` (`host`, `name`), Istio's passthrough and black-hole names,
 /// else the request's authority (when the host header fallback is on).
-pub fn service(
+pub fn service<'a>(
     route_name: Option<&str>,
-    cluster: Option<&str>,
-    metadata: Option<&Metadata>,
-    authority: Option<&str>,
+    cluster: Option<&'a str>,
+    metadata: Option<&'a Metadata>,
+    authority: Option<&'a str>,
     host_fallback: bool,
-) -> (String, String) {
-    let mut host = if host_fallback { authority.unwrap_or_default().to_string() } else { String::new() };
-    let mut name = host.clone();
+) -> (&'a str, &'a str) {
+    let mut host = if host_fallback { authority.unwrap_or_default() } else { "" };
+    let mut name = host;
     match route_name {
-        Some("block_all") => return (host, "BlackHoleCluster".into()),
-        Some("allow_any") => return (host, "PassthroughCluster".into()),
+        Some("block_all") => return (host, "BlackHoleCluster"),
+        Some("allow_any") => return (host, "PassthroughCluster"),
         _ => {}
     }
     let Some(cluster) = cluster else { return (host, name) };
@@ -295,8 +296,12 @@ pub fn service(
             | "InboundPassthroughClusterIpv4"
             | "InboundPassthroughClusterIpv6"
     ) {
-        return (host, cluster.to_string());
+        return (host, cluster);
     }
+    let str_of = |v: Option<&'a envoy_types::pb::google::protobuf::Value>| match v?.kind.as_ref()? {
+        value::Kind::StringValue(h) => Some(h.as_str()),
+        _ => None,
+    };
     let first = metadata
         .and_then(|m| m.filter_metadata.get("istio"))
         .and_then(|s| s.fields.get("services"))
@@ -309,13 +314,12 @@ pub fn service(
             _ => None,
         });
     if let Some(s) = first {
-        if let Some(h) = s.fields.get("host").and_then(|v| match v.kind.as_ref()? {
-            value::Kind::StringValue(h) => Some(h.clone()),
-            _ => None,
-        }) {
+        if let Some(h) = str_of(s.fields.get("host")) {
             host = h;
         }
-        name = string_field(s, "name").unwrap_or_else(|| host.split('.').next().unwrap_or_default().to_string());
+        name = str_of(s.fields.get("name"))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| host.split('.').next().unwrap_or_default());
     }
     (host, name)
 }
@@ -328,9 +332,9 @@ pub enum Protocol {
     Tcp,
 }
 
-/// The label values that vary per request or connection: the cache key.
+/// The label values that vary per request or connection, resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
+pub struct Facts {
     /// The peer (downstream for `destination`, upstream for `source`).
     pub peer: Workload,
     /// The peer's and our own SPIFFE principal (empty: unknown).
@@ -357,7 +361,7 @@ fn san_namespace(san: &str) -> Option<&str> {
 }
 
 /// Istio's standard labels, in istio-proxy's order.
-pub fn labels(s: &Settings, k: &Key) -> Vec<(&'static str, String)> {
+pub fn labels(s: &Settings, k: &Facts) -> Vec<(&'static str, String)> {
     let me = &s.me;
     let peer = &k.peer;
     let peer_ns = k.peer_san.as_str();
@@ -432,6 +436,62 @@ pub fn labels(s: &Settings, k: &Key) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The cache key: fixed-size, every string an interned id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub peer: u32,
+    pub peer_san: u32,
+    pub local_san: u32,
+    pub service_host: u32,
+    pub service_name: u32,
+    pub protocol: Protocol,
+    pub response_code: u16,
+    pub grpc_status: Option<u32>,
+    pub flags: ResponseFlags,
+}
+
+/// Values interned by a string key: a lookup of a key already seen is lock-free and does not
+/// allocate; a new key is added under a mutex no reader waits on (copy-on-write).
+pub struct Interner<V> {
+    ids: ArcSwap<crate::FastMap<Box<str>, u32>>,
+    values: ArcSwap<Vec<Arc<V>>>,
+    insert: Mutex<()>,
+}
+
+impl<V> Default for Interner<V> {
+    fn default() -> Self {
+        Interner {
+            ids: ArcSwap::from_pointee(crate::FastMap::default()),
+            values: ArcSwap::from_pointee(Vec::new()),
+            insert: Mutex::new(()),
+        }
+    }
+}
+
+impl<V> Interner<V> {
+    pub fn id(&self, key: &str, make: impl FnOnce() -> V) -> u32 {
+        if let Some(id) = self.ids.load().get(key) {
+            return *id;
+        }
+        let _g = self.insert.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = self.ids.load().get(key) {
+            return *id;
+        }
+        let mut values = Vec::clone(&self.values.load());
+        let id = values.len() as u32;
+        values.push(Arc::new(make()));
+        self.values.store(Arc::new(values));
+        let mut ids = crate::FastMap::clone(&self.ids.load());
+        ids.insert(key.into(), id);
+        self.ids.store(Arc::new(ids));
+        id
+    }
+
+    pub fn value(&self, id: u32) -> Option<Arc<V>> {
+        self.values.load().get(id as usize).cloned()
+    }
+}
+
 /// Handles per label set, read without a lock; a miss (a label set never seen) builds the
 /// handles and publishes a new map under a mutex no reader waits on.
 pub struct Cache<V> {
@@ -464,6 +524,65 @@ impl<V> Cache<V> {
     #[cfg(test)]
     pub fn entries(&self) -> usize {
         self.map.load().len()
+    }
+}
+
+/// A filter's metrics: its config, the interned values and the handle cache.
+pub struct Metrics<H> {
+    pub store: Arc<Store>,
+    pub settings: Settings,
+    strings: Interner<String>,
+    peers: Interner<Workload>,
+    cache: Cache<H>,
+}
+
+impl<H> Metrics<H> {
+    pub fn new(store: Arc<Store>, settings: Settings) -> Self {
+        Metrics { store, settings, strings: Interner::default(), peers: Interner::default(), cache: Cache::default() }
+    }
+
+    /// The id of a string label value.
+    pub fn string(&self, s: &str) -> u32 {
+        self.strings.id(s, || s.to_string())
+    }
+
+    /// The id of a peer: by its Istio id (`x-envoy-peer-metadata-id`, the exchange's id) when it
+    /// has one, so its metadata is read once; else by its labels.
+    pub fn peer(&self, id: Option<&str>, workload: impl FnOnce() -> Workload) -> u32 {
+        match id.filter(|i| !i.is_empty()) {
+            Some(id) => self.peers.id(id, workload),
+            None => {
+                let w = workload();
+                if w == Workload::default() {
+                    // No peer metadata (a caller outside the mesh): one fixed entry, no key built.
+                    return self.peers.id("", || w);
+                }
+                let key = format!(
+                    "\0{}\0{}\0{}\0{}\0{}\0{}\0{}",
+                    w.workload, w.namespace, w.app, w.version, w.canonical_service, w.canonical_revision, w.cluster
+                );
+                self.peers.id(&key, || w)
+            }
+        }
+    }
+
+    /// The handles of a label set; the first time, `make` builds them from the labels.
+    pub fn handles(&self, key: Key, make: impl FnOnce(&Settings, &Store, &[(&'static str, String)]) -> H) -> Arc<H> {
+        self.cache.get(key, |k| {
+            let s = |id: u32| self.strings.value(id).map(|v| String::clone(&v)).unwrap_or_default();
+            let facts = Facts {
+                peer: self.peers.value(k.peer).map(|w| Workload::clone(&w)).unwrap_or_default(),
+                peer_san: s(k.peer_san),
+                local_san: s(k.local_san),
+                service_host: s(k.service_host),
+                service_name: s(k.service_name),
+                protocol: k.protocol,
+                response_code: k.response_code,
+                grpc_status: k.grpc_status,
+                flags: k.flags,
+            };
+            make(&self.settings, &self.store, &labels(&self.settings, &facts))
+        })
     }
 }
 

@@ -22,13 +22,13 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use prost::Message;
 
-use super::peer_metadata::{DownstreamPeer, METADATA, UpstreamPeer};
+use super::peer_metadata::{DownstreamPeer, METADATA, METADATA_ID, UpstreamPeer};
 use super::{FilterAction, HttpFilter, Parts, RequestCtx};
 use crate::access_log::{ResponseFlags, ResponseInfo};
 use crate::config::{BuildCtx, ConfigError};
-use crate::filters::common::istio_stats::{self as common, Cache, Key, Metric, Protocol, Settings, Workload};
+use crate::filters::common::istio_stats::{self as common, Key, Metric, Metrics, Protocol, Settings, Workload};
 use crate::http::body::{BoxError, ResponseBody};
-use crate::stats::{Counter, Histogram, Store};
+use crate::stats::{Counter, Histogram};
 
 pub use common::TYPE;
 
@@ -42,24 +42,14 @@ pub struct Handles {
 
 pub struct IstioStats {
     name: String,
-    inner: Arc<Inner>,
-}
-
-/// What a response body needs to record its request when it ends.
-struct Inner {
-    store: Arc<Store>,
-    settings: Settings,
-    cache: Cache<Handles>,
+    /// Shared with the response bodies, which record their request when they end.
+    inner: Arc<Metrics<Handles>>,
 }
 
 pub fn factory(name: &str, any: &Any, cx: &BuildCtx) -> Result<Arc<IstioStats>, ConfigError> {
     Ok(Arc::new(IstioStats {
         name: name.to_string(),
-        inner: Arc::new(Inner {
-            store: cx.stats.clone(),
-            settings: Settings::from_any(any, cx)?,
-            cache: Cache::default(),
-        }),
+        inner: Arc::new(Metrics::new(cx.stats.clone(), Settings::from_any(any, cx)?)),
     }))
 }
 
@@ -72,13 +62,13 @@ struct Seen {
     request_bytes: u64,
 }
 
-/// The peer and principals, read on the response headers (before the peer metadata filter
-/// strips the upstream's headers).
-#[derive(Clone)]
+/// The peer and principals (interned), read on the response headers (before the peer metadata
+/// filter strips the upstream's headers).
+#[derive(Clone, Copy)]
 struct Peer {
-    workload: Workload,
-    peer_san: String,
-    local_san: String,
+    peer: u32,
+    peer_san: u32,
+    local_san: u32,
 }
 
 /// Header bytes as Envoy's `HeaderMap::byteSize` counts them: names and values.
@@ -138,32 +128,46 @@ impl HttpFilter for IstioStats {
     }
 
     fn on_response(&self, cx: &mut RequestCtx<'_>, resp: &mut http::response::Parts) {
-        let peer = if self.inner.settings.destination {
+        let m = &self.inner;
+        let peer = if m.settings.destination {
             // The downstream peer: its headers, else the TCP metadata exchange.
-            let from_headers = cx.state.get::<DownstreamPeer>().and_then(|p| p.metadata.as_ref());
-            let from_mx = cx.conn.peer_metadata.as_ref().map(|p| &p.metadata);
+            let from_headers = cx.state.get::<DownstreamPeer>().filter(|p| p.id.is_some() || p.metadata.is_some());
+            let peer = match (from_headers, cx.conn.peer_metadata.as_ref()) {
+                (Some(p), _) => m.peer(p.id.as_deref(), || Workload::from_metadata(p.metadata.as_ref())),
+                (None, Some(mx)) => m.peer(Some(&mx.id), || Workload::from_metadata(Some(&mx.metadata))),
+                (None, None) => m.peer(None, Workload::default),
+            };
             Peer {
-                workload: Workload::from_metadata(from_headers.or(from_mx)),
-                peer_san: cx.conn.peer_uri_sans.first().cloned().unwrap_or_default(),
-                local_san: cx.conn.local_uri_sans.first().cloned().unwrap_or_default(),
+                peer,
+                peer_san: m.string(cx.conn.peer_uri_sans.first().map_or("", String::as_str)),
+                local_san: m.string(cx.conn.local_uri_sans.first().map_or("", String::as_str)),
             }
         } else {
-            // The upstream answered with its headers (read before the peer metadata filter,
-            // which runs after this one on responses, strips them).
-            let from_state = cx.state.get::<UpstreamPeer>().and_then(|p| p.metadata.clone());
-            let md = from_state.or_else(|| decode_header_metadata(&resp.headers));
-            Peer { workload: Workload::from_metadata(md.as_ref()), peer_san: String::new(), local_san: String::new() }
+            // The upstream answered with its headers (kept by the peer metadata filter, or still
+            // on the response: that filter runs after this one on responses).
+            let peer = match cx.state.get::<UpstreamPeer>() {
+                Some(p) => m.peer(p.id.as_deref(), || Workload::from_metadata(p.metadata.as_ref())),
+                None => {
+                    let id = resp.headers.get(&METADATA_ID).and_then(|v| v.to_str().ok());
+                    m.peer(id, || Workload::from_metadata(decode_header_metadata(&resp.headers).as_ref()))
+                }
+            };
+            let none = m.string("");
+            Peer { peer, peer_san: none, local_san: none }
         };
         cx.state.insert(peer);
     }
 
     fn wrap_body(&self, cx: &mut RequestCtx<'_>, resp: &http::response::Parts, body: ResponseBody) -> ResponseBody {
         let Some(seen) = cx.state.remove::<Seen>() else { return body };
-        let peer = cx.state.remove::<Peer>().unwrap_or_else(|| Peer {
-            workload: Workload::default(),
-            peer_san: String::new(),
-            local_san: String::new(),
-        });
+        let m = &self.inner;
+        let peer = match cx.state.remove::<Peer>() {
+            Some(p) => p,
+            None => {
+                let none = m.string("");
+                Peer { peer: m.peer(None, Workload::default), peer_san: none, local_san: none }
+            }
+        };
         let info = resp.extensions.get::<ResponseInfo>();
         let mut flags = info.map(|i| i.flags).unwrap_or_default();
         if let Some(f) = cx.state.get::<super::FilterFlags>() {
@@ -176,15 +180,15 @@ impl HttpFilter for IstioStats {
             cluster,
             info.and_then(|i| i.upstream_cluster_metadata.as_deref()),
             seen.authority.as_deref(),
-            self.inner.settings.host_fallback,
+            m.settings.host_fallback,
         );
         let status = resp.status.as_u16();
         let key = Key {
-            peer: peer.workload,
+            peer: peer.peer,
             peer_san: peer.peer_san,
             local_san: peer.local_san,
-            service_host,
-            service_name,
+            service_host: m.string(service_host),
+            service_name: m.string(service_name),
             protocol: if seen.grpc { Protocol::Grpc } else { Protocol::Http },
             response_code: status,
             grpc_status: None,
@@ -219,37 +223,31 @@ fn route_cluster<'a>(cx: &RequestCtx<'a>) -> Option<&'a str> {
     }
 }
 
-impl Inner {
-    /// Records one finished request: a lock-free lookup of its label set's handles.
-    fn record(&self, key: Key, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
-        let (store, settings) = (&self.store, &self.settings);
-        let h = self.cache.get(key, |k| {
-            let labels = common::labels(settings, k);
-            Handles {
-                requests: settings.counter(store, Metric::RequestsTotal, &labels),
-                duration: settings.histogram(store, Metric::RequestDuration, &labels),
-                request_bytes: settings.histogram(store, Metric::RequestBytes, &labels),
-                response_bytes: settings.histogram(store, Metric::ResponseBytes, &labels),
-            }
-        });
-        if let Some(c) = &h.requests {
-            c.inc();
-        }
-        if let Some(d) = &h.duration {
-            d.record(duration_ms);
-        }
-        if let Some(b) = &h.request_bytes {
-            b.record(request_bytes as f64);
-        }
-        if let Some(b) = &h.response_bytes {
-            b.record(response_bytes as f64);
-        }
+/// Records one finished request: a lock-free lookup of its label set's handles.
+fn record(m: &Metrics<Handles>, key: Key, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+    let h = m.handles(key, |settings, store, labels| Handles {
+        requests: settings.counter(store, Metric::RequestsTotal, labels),
+        duration: settings.histogram(store, Metric::RequestDuration, labels),
+        request_bytes: settings.histogram(store, Metric::RequestBytes, labels),
+        response_bytes: settings.histogram(store, Metric::ResponseBytes, labels),
+    });
+    if let Some(c) = &h.requests {
+        c.inc();
+    }
+    if let Some(d) = &h.duration {
+        d.record(duration_ms);
+    }
+    if let Some(b) = &h.request_bytes {
+        b.record(request_bytes as f64);
+    }
+    if let Some(b) = &h.response_bytes {
+        b.record(response_bytes as f64);
     }
 }
 
 /// A request waiting for its response body to end.
 struct Pending {
-    stats: Arc<Inner>,
+    stats: Arc<Metrics<Handles>>,
     key: Key,
     start: Instant,
     request_bytes: u64,
@@ -275,7 +273,7 @@ impl StatsBody {
             p.key.grpc_status = Some(p.grpc_status.unwrap_or_else(|| http_to_grpc(p.key.response_code)));
         }
         let ms = p.start.elapsed().as_secs_f64() * 1000.0;
-        p.stats.record(p.key, ms, p.request_bytes, p.response_bytes);
+        record(&p.stats, p.key, ms, p.request_bytes, p.response_bytes);
     }
 }
 

@@ -15,8 +15,8 @@ use envoy_types::pb::google::protobuf::Any;
 
 use crate::access_log::ResponseFlags;
 use crate::config::{BuildCtx, ConfigError};
-use crate::filters::common::istio_stats::{self as common, Cache, Key, Metric, Protocol, Settings, Workload};
-use crate::stats::{Counter, Store};
+use crate::filters::common::istio_stats::{self as common, Key, Metric, Metrics, Protocol, Settings, Workload};
+use crate::stats::Counter;
 use crate::stream_info::{ConnInfo, PeerMetadata};
 
 pub use common::TYPE;
@@ -30,19 +30,17 @@ struct Handles {
 
 /// The compiled filter: one per chain, shared by its connections.
 pub struct TcpStats {
-    store: Arc<Store>,
-    settings: Settings,
-    cache: Cache<Handles>,
+    m: Metrics<Handles>,
 }
 
 impl std::fmt::Debug for TcpStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpStats").field("destination", &self.settings.destination).finish()
+        f.debug_struct("TcpStats").field("destination", &self.m.settings.destination).finish()
     }
 }
 
 pub fn factory(any: &Any, cx: &BuildCtx) -> Result<Arc<TcpStats>, ConfigError> {
-    Ok(Arc::new(TcpStats { store: cx.stats.clone(), settings: Settings::from_any(any, cx)?, cache: Cache::default() }))
+    Ok(Arc::new(TcpStats { m: Metrics::new(cx.stats.clone(), Settings::from_any(any, cx)?) }))
 }
 
 /// What tcp_proxy knows when it reports a connection.
@@ -65,26 +63,35 @@ pub struct ConnReport {
 impl TcpStats {
     /// How often an open connection reports its bytes.
     pub fn reporting_interval(&self) -> std::time::Duration {
-        self.settings.tcp_reporting
+        self.m.settings.tcp_reporting
     }
 
     fn key(&self, f: &TcpFacts<'_>) -> Key {
-        let (peer, peer_san, local_san) = if self.settings.destination {
+        let m = &self.m;
+        let (peer, peer_san, local_san) = if m.settings.destination {
+            let peer = match f.conn.peer_metadata.as_deref() {
+                Some(p) => m.peer(Some(&p.id), || Workload::from_metadata(Some(&p.metadata))),
+                None => m.peer(None, Workload::default),
+            };
             (
-                Workload::from_metadata(f.conn.peer_metadata.as_ref().map(|p| &p.metadata)),
-                f.conn.peer_uri_sans.first().cloned().unwrap_or_default(),
-                f.conn.local_uri_sans.first().cloned().unwrap_or_default(),
+                peer,
+                m.string(f.conn.peer_uri_sans.first().map_or("", String::as_str)),
+                m.string(f.conn.local_uri_sans.first().map_or("", String::as_str)),
             )
         } else {
-            (Workload::from_metadata(f.upstream_peer.map(|p| &p.metadata)), String::new(), String::new())
+            let peer = match f.upstream_peer {
+                Some(p) => m.peer(Some(&p.id), || Workload::from_metadata(Some(&p.metadata))),
+                None => m.peer(None, Workload::default),
+            };
+            (peer, m.string(""), m.string(""))
         };
         let (service_host, service_name) = common::service(None, f.cluster, f.cluster_metadata, None, false);
         Key {
             peer,
             peer_san,
             local_san,
-            service_host,
-            service_name,
+            service_host: m.string(service_host),
+            service_name: m.string(service_name),
             protocol: Protocol::Tcp,
             response_code: 0,
             grpc_status: None,
@@ -94,15 +101,11 @@ impl TcpStats {
 
     /// Counts a connection as opened.
     pub fn open(&self, f: &TcpFacts<'_>) -> ConnReport {
-        let (store, settings) = (&self.store, &self.settings);
-        let handles = self.cache.get(self.key(f), |k| {
-            let labels = common::labels(settings, k);
-            Handles {
-                opened: settings.counter(store, Metric::TcpOpened, &labels),
-                closed: settings.counter(store, Metric::TcpClosed, &labels),
-                sent: settings.counter(store, Metric::TcpSent, &labels),
-                received: settings.counter(store, Metric::TcpReceived, &labels),
-            }
+        let handles = self.m.handles(self.key(f), |settings, store, labels| Handles {
+            opened: settings.counter(store, Metric::TcpOpened, labels),
+            closed: settings.counter(store, Metric::TcpClosed, labels),
+            sent: settings.counter(store, Metric::TcpSent, labels),
+            received: settings.counter(store, Metric::TcpReceived, labels),
         });
         if let Some(c) = &handles.opened {
             c.inc();

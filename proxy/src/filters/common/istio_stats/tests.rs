@@ -48,8 +48,8 @@ fn peer() -> Workload {
     }))))
 }
 
-fn key(peer: Workload) -> Key {
-    Key {
+fn key(peer: Workload) -> Facts {
+    Facts {
         peer,
         peer_san: "spiffe://cluster.local/ns/default/sa/bookinfo-productpage".into(),
         local_san: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews".into(),
@@ -185,21 +185,18 @@ fn service_from_cluster_metadata_else_authority() {
         ..Default::default()
     };
     let c = Some("outbound|8083||geo.hr2.svc.cluster.local");
-    assert_eq!(service(None, c, Some(&md), Some("geo:8083"), true), ("geo.hr2.svc.cluster.local".into(), "geo".into()));
-    assert_eq!(service(None, c, None, Some("geo:8083"), true), ("geo:8083".into(), "geo:8083".into()));
-    assert_eq!(service(None, c, None, Some("geo:8083"), false), (String::new(), String::new()));
-    assert_eq!(
-        service(None, Some("PassthroughCluster"), None, Some("x.com"), true),
-        ("x.com".into(), "PassthroughCluster".into())
-    );
-    assert_eq!(service(Some("block_all"), None, None, None, true), (String::new(), "BlackHoleCluster".into()));
+    assert_eq!(service(None, c, Some(&md), Some("geo:8083"), true), ("geo.hr2.svc.cluster.local", "geo"));
+    assert_eq!(service(None, c, None, Some("geo:8083"), true), ("geo:8083", "geo:8083"));
+    assert_eq!(service(None, c, None, Some("geo:8083"), false), ("", ""));
+    assert_eq!(service(None, Some("PassthroughCluster"), None, Some("x.com"), true), ("x.com", "PassthroughCluster"));
+    assert_eq!(service(Some("block_all"), None, None, None, true), ("", "BlackHoleCluster"));
     // A service without a name: the host's first label.
     let md2 = Metadata {
         filter_metadata: [("istio".to_string(), json_struct(serde_json::json!({"services": [{"host": "a.b.svc"}]})))]
             .into(),
         ..Default::default()
     };
-    assert_eq!(service(None, c, Some(&md2), None, false), ("a.b.svc".into(), "a".into()));
+    assert_eq!(service(None, c, Some(&md2), None, false), ("a.b.svc", "a"));
 }
 
 #[test]
@@ -245,17 +242,43 @@ fn overrides_drop_and_remove_tags_and_refuse_what_is_not_done() {
 }
 
 #[test]
-fn cache_builds_handles_once_per_label_set() {
-    let cache: Cache<u32> = Cache::default();
+fn handles_built_once_per_label_set_and_peers_interned_by_id() {
+    let s = Settings::from_any(&any(&PluginConfig::default()), &cx(true)).unwrap();
+    let m: Metrics<u32> = Metrics::new(Arc::new(Store::default()), s);
     let mut built = 0;
+    let mut reads = 0;
     for code in [200, 200, 503, 200] {
-        let mut k = key(peer());
-        k.response_code = code;
-        cache.get(k, |_| {
+        let p = m.peer(Some("sidecar~10.0.0.1~productpage-v1.default~default.svc.cluster.local"), || {
+            reads += 1;
+            peer()
+        });
+        let none = m.string("");
+        let key = Key {
+            peer: p,
+            peer_san: m.string("spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
+            local_san: none,
+            service_host: m.string("reviews.default.svc.cluster.local"),
+            service_name: m.string("reviews"),
+            protocol: Protocol::Http,
+            response_code: code,
+            grpc_status: None,
+            flags: ResponseFlags::NONE,
+        };
+        m.handles(key, |_, _, labels| {
+            assert_eq!(get(labels, "source_workload"), "productpage-v1");
+            assert_eq!(get(labels, "source_principal"), "spiffe://cluster.local/ns/default/sa/bookinfo-productpage");
+            assert_eq!(get(labels, "destination_service"), "reviews.default.svc.cluster.local");
+            assert_eq!(get(labels, "connection_security_policy"), "none");
             built += 1;
             built
         });
     }
-    assert_eq!(built, 2);
-    assert_eq!(cache.entries(), 2);
+    assert_eq!((built, reads), (2, 1));
+    assert_eq!(m.string("reviews"), m.string("reviews"));
+    assert_ne!(m.string("reviews"), m.string("ratings"));
+    // Peers without an id: by their labels; none at all: one entry.
+    let a = m.peer(None, peer);
+    assert_eq!(m.peer(None, peer), a);
+    assert_eq!(m.peer(None, Workload::default), m.peer(None, Workload::default));
+    assert_ne!(m.peer(None, Workload::default), a);
 }
