@@ -61,7 +61,7 @@ fn prometheus_listener(port: u16) -> String {
     )
 }
 
-fn http_listener(name: &str, port: u16, inbound: bool, cluster: &str) -> String {
+fn http_listener(name: &str, port: u16, inbound: bool, cluster: &str, stats: &str) -> String {
     let (direction, dir) = if inbound { ("INBOUND", "downstream") } else { ("OUTBOUND", "upstream") };
     let peer = PEER_FILTER.replace("DIR", dir);
     format!(
@@ -79,7 +79,7 @@ fn http_listener(name: &str, port: u16, inbound: bool, cluster: &str) -> String 
           http_filters:
           {peer}
           - name: istio.stats
-            typed_config: {{"@type": type.googleapis.com/stats.PluginConfig}}
+            typed_config: {{"@type": type.googleapis.com/stats.PluginConfig{stats}}}
           - {{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}
 "#
     )
@@ -287,7 +287,7 @@ fn istio_standard_metrics_through_prometheus() {
     let server = sidecar(
         &node("reviews-v1", "reviews"),
         &[
-            http_listener("inbound_http", b_http, true, "inbound|9080||"),
+            http_listener("inbound_http", b_http, true, "inbound|9080||", ""),
             tcp_listener("inbound_tcp", b_tcp, true, "inbound|9000||"),
         ],
         &[cluster("inbound|9080||", app, None), cluster("inbound|9000||", echo, None)],
@@ -295,7 +295,14 @@ fn istio_standard_metrics_through_prometheus() {
     let client = sidecar(
         &node("productpage-v1", "productpage"),
         &[
-            http_listener("outbound_http", a_http, false, "outbound|9080||reviews.default.svc.cluster.local"),
+            // A Telemetry API tag override: the request's host as an extra label.
+            http_listener(
+                "outbound_http",
+                a_http,
+                false,
+                "outbound|9080||reviews.default.svc.cluster.local",
+                r#", metrics: [{dimensions: {request_host: "request.host"}}]"#,
+            ),
             tcp_listener("outbound_tcp", a_tcp, false, "outbound|9000||ratings.default.svc.cluster.local"),
         ],
         &[
@@ -406,6 +413,7 @@ fn istio_standard_metrics_through_prometheus() {
     ] {
         assert_eq!(m[k], v, "{k}: {m}");
     }
+    assert_eq!(m["request_host"], format!("127.0.0.1:{a_http}"), "{m}");
     let r = prom.query("istio_tcp_sent_bytes_total{reporter=\"source\"}");
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].0["destination_service"], "ratings.default.svc.cluster.local", "{r:?}");

@@ -25,6 +25,8 @@ use crate::access_log::ResponseFlags;
 use crate::config::{BuildCtx, ConfigError};
 use crate::stats::{Counter, Histogram, Store};
 
+pub mod dimensions;
+
 pub const TYPE: &str = "stats.PluginConfig";
 pub const NAMESPACE: &str = "istiocustom";
 const UNKNOWN: &str = "unknown";
@@ -122,6 +124,8 @@ impl Metric {
 struct Override {
     drop: bool,
     removed: HashSet<String>,
+    /// `dimensions`, by tag (a standard tag's value replaced, or a tag added).
+    dims: Vec<(&'static str, dimensions::Value)>,
 }
 
 /// The compiled `stats.PluginConfig`, shared by every request of a filter.
@@ -133,6 +137,8 @@ pub struct Settings {
     /// `tcp_reporting_duration` (15 s by default): how often open TCP connections report bytes.
     pub tcp_reporting: Duration,
     overrides: [Override; 8],
+    /// The request attributes the dimensions read (at most `dimensions::MAX`).
+    pub attrs: Vec<dimensions::Attr>,
     pub me: Workload,
 }
 
@@ -164,14 +170,39 @@ impl Settings {
             ));
         }
         let mut overrides: [Override; 8] = Default::default();
+        let mut attrs: Vec<dimensions::Attr> = Vec::new();
         for (i, m) in config.metrics.iter().enumerate() {
             let f = format!("typed_config.metrics[{i}]");
-            if !m.dimensions.is_empty() {
-                let key = m.dimensions.keys().min().map(String::as_str).unwrap_or_default();
-                return Err(ConfigError::new(
-                    format!("{f}.dimensions[{key}]"),
-                    "metric dimensions (attribute expressions) are not evaluated",
-                ));
+            let mut dims = Vec::new();
+            let mut tags: Vec<&String> = m.dimensions.keys().collect();
+            tags.sort();
+            for tag in tags {
+                let expr = &m.dimensions[tag];
+                let field = format!("{f}.dimensions[{tag}]");
+                let value = match dimensions::parse(expr) {
+                    None => {
+                        return Err(ConfigError::new(field, format!("attribute expression '{expr}' is not supported")));
+                    }
+                    Some(dimensions::Expr::Literal(l)) => dimensions::Value::Literal(l),
+                    Some(dimensions::Expr::ResponseCode) => dimensions::Value::ResponseCode,
+                    Some(dimensions::Expr::Request(a)) => match attrs.iter().position(|x| *x == a) {
+                        Some(i) => dimensions::Value::Request(i),
+                        None if attrs.len() < dimensions::MAX => {
+                            attrs.push(a);
+                            dimensions::Value::Request(attrs.len() - 1)
+                        }
+                        None => {
+                            return Err(ConfigError::new(
+                                field,
+                                format!("more than {} distinct request attributes in dimensions", dimensions::MAX),
+                            ));
+                        }
+                    },
+                };
+                if tag.is_empty() {
+                    return Err(ConfigError::new(field, "a dimension needs a tag name"));
+                }
+                dims.push((dimensions::tag_name(tag), value));
             }
             let targets: Vec<usize> = if m.name.is_empty() {
                 (0..Metric::ALL.len()).collect()
@@ -187,6 +218,10 @@ impl Settings {
                 let o = &mut overrides[t];
                 o.drop |= m.drop;
                 o.removed.extend(m.tags_to_remove.iter().cloned());
+                for (tag, v) in &dims {
+                    o.dims.retain(|(t, _)| t != tag);
+                    o.dims.push((tag, v.clone()));
+                }
             }
         }
         let tcp_reporting = match &config.tcp_reporting_duration {
@@ -200,25 +235,60 @@ impl Settings {
             host_fallback: !config.disable_host_header_fallback,
             tcp_reporting,
             overrides,
+            attrs,
             me: Workload::from_metadata(cx.node.metadata.as_ref()),
         })
     }
 
-    /// The handle for one metric with these labels, unless the config drops the metric.
-    fn labelled(&self, m: Metric, labels: &[(&'static str, String)]) -> Option<Vec<(&'static str, String)>> {
+    /// One metric's labels after the overrides (`dims`: the request attributes' values), unless
+    /// the config drops the metric.
+    fn labelled(
+        &self,
+        m: Metric,
+        labels: &[(&'static str, String)],
+        dims: &[String],
+    ) -> Option<Vec<(&'static str, String)>> {
         let o = &self.overrides[m as usize];
         if o.drop {
             return None;
         }
-        Some(labels.iter().filter(|(k, _)| !o.removed.contains(*k)).cloned().collect())
+        let mut out = labels.to_vec();
+        for (tag, v) in &o.dims {
+            let value = match v {
+                dimensions::Value::Literal(l) => l.clone(),
+                dimensions::Value::Request(i) => dims.get(*i).cloned().unwrap_or_default(),
+                dimensions::Value::ResponseCode => {
+                    labels.iter().find(|(k, _)| *k == "response_code").map(|(_, v)| v.clone()).unwrap_or_default()
+                }
+            };
+            let value = if value.is_empty() { UNKNOWN.to_string() } else { value };
+            match out.iter_mut().find(|(k, _)| k == tag) {
+                Some(slot) => slot.1 = value,
+                None => out.push((tag, value)),
+            }
+        }
+        out.retain(|(k, _)| !o.removed.contains(*k));
+        Some(out)
     }
 
-    pub fn counter(&self, store: &Store, m: Metric, labels: &[(&'static str, String)]) -> Option<Counter> {
-        Some(store.counter_tagged(NAMESPACE, m.family(), self.labelled(m, labels)?))
+    pub fn counter(
+        &self,
+        store: &Store,
+        m: Metric,
+        labels: &[(&'static str, String)],
+        dims: &[String],
+    ) -> Option<Counter> {
+        Some(store.counter_tagged(NAMESPACE, m.family(), self.labelled(m, labels, dims)?))
     }
 
-    pub fn histogram(&self, store: &Store, m: Metric, labels: &[(&'static str, String)]) -> Option<Histogram> {
-        Some(store.histogram_tagged(NAMESPACE, m.family(), self.labelled(m, labels)?))
+    pub fn histogram(
+        &self,
+        store: &Store,
+        m: Metric,
+        labels: &[(&'static str, String)],
+        dims: &[String],
+    ) -> Option<Histogram> {
+        Some(store.histogram_tagged(NAMESPACE, m.family(), self.labelled(m, labels, dims)?))
     }
 }
 
@@ -448,6 +518,8 @@ pub struct Key {
     pub response_code: u16,
     pub grpc_status: Option<u32>,
     pub flags: ResponseFlags,
+    /// The request attributes the dimensions read, interned (`Settings::attrs` order).
+    pub dims: [u32; dimensions::MAX],
 }
 
 /// Values interned by a string key: a lookup of a key already seen is lock-free and does not
@@ -567,7 +639,7 @@ impl<H> Metrics<H> {
     }
 
     /// The handles of a label set; the first time, `make` builds them from the labels.
-    pub fn handles(&self, key: Key, make: impl FnOnce(&Settings, &Store, &[(&'static str, String)]) -> H) -> Arc<H> {
+    pub fn handles(&self, key: Key, make: impl FnOnce(&Labelled<'_>) -> H) -> Arc<H> {
         self.cache.get(key, |k| {
             let s = |id: u32| self.strings.value(id).map(|v| String::clone(&v)).unwrap_or_default();
             let facts = Facts {
@@ -581,8 +653,42 @@ impl<H> Metrics<H> {
                 grpc_status: k.grpc_status,
                 flags: k.flags,
             };
-            make(&self.settings, &self.store, &labels(&self.settings, &facts))
+            let dims: Vec<String> = k.dims.iter().take(self.settings.attrs.len()).map(|id| s(*id)).collect();
+            make(&Labelled {
+                settings: &self.settings,
+                store: &self.store,
+                labels: labels(&self.settings, &facts),
+                dims,
+            })
         })
+    }
+
+    /// The interned values of the request attributes the dimensions read.
+    pub fn dims<'r>(&self, read: impl Fn(&dimensions::Attr) -> &'r str) -> [u32; dimensions::MAX] {
+        let mut out = [0u32; dimensions::MAX];
+        let none = self.string("");
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.settings.attrs.get(i).map_or(none, |a| self.string(read(a)));
+        }
+        out
+    }
+}
+
+/// A new label set's standard labels, from which each metric's handle is made.
+pub struct Labelled<'a> {
+    settings: &'a Settings,
+    store: &'a Store,
+    pub labels: Vec<(&'static str, String)>,
+    dims: Vec<String>,
+}
+
+impl Labelled<'_> {
+    pub fn counter(&self, m: Metric) -> Option<Counter> {
+        self.settings.counter(self.store, m, &self.labels, &self.dims)
+    }
+
+    pub fn histogram(&self, m: Metric) -> Option<Histogram> {
+        self.settings.histogram(self.store, m, &self.labels, &self.dims)
     }
 }
 

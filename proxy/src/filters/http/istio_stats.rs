@@ -26,7 +26,9 @@ use super::peer_metadata::{DownstreamPeer, METADATA, METADATA_ID, UpstreamPeer};
 use super::{FilterAction, HttpFilter, Parts, RequestCtx};
 use crate::access_log::{ResponseFlags, ResponseInfo};
 use crate::config::{BuildCtx, ConfigError};
-use crate::filters::common::istio_stats::{self as common, Key, Metric, Metrics, Protocol, Settings, Workload};
+use crate::filters::common::istio_stats::{
+    self as common, Key, Metric, Metrics, Protocol, Settings, Workload, dimensions,
+};
 use crate::http::body::{BoxError, ResponseBody};
 use crate::stats::{Counter, Histogram};
 
@@ -60,6 +62,8 @@ struct Seen {
     grpc: bool,
     authority: Option<String>,
     request_bytes: u64,
+    /// The request attributes the `dimensions` read, interned.
+    dims: [u32; dimensions::MAX],
 }
 
 /// The peer and principals (interned), read on the response headers (before the peer metadata
@@ -123,7 +127,8 @@ impl HttpFilter for IstioStats {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let request_bytes = header_bytes(&req.headers).saturating_sub(host_counted as u64) + pseudo as u64 + body;
-        cx.state.insert(Seen { start: Instant::now(), grpc, authority, request_bytes });
+        let dims = self.inner.dims(|a| a.read(req));
+        cx.state.insert(Seen { start: Instant::now(), grpc, authority, request_bytes, dims });
         FilterAction::Continue
     }
 
@@ -193,6 +198,7 @@ impl HttpFilter for IstioStats {
             response_code: status,
             grpc_status: None,
             flags,
+            dims: seen.dims,
         };
         // `:status` counts as a header.
         let header_bytes = header_bytes(&resp.headers) + 7 + 3;
@@ -225,11 +231,11 @@ fn route_cluster<'a>(cx: &RequestCtx<'a>) -> Option<&'a str> {
 
 /// Records one finished request: a lock-free lookup of its label set's handles.
 fn record(m: &Metrics<Handles>, key: Key, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
-    let h = m.handles(key, |settings, store, labels| Handles {
-        requests: settings.counter(store, Metric::RequestsTotal, labels),
-        duration: settings.histogram(store, Metric::RequestDuration, labels),
-        request_bytes: settings.histogram(store, Metric::RequestBytes, labels),
-        response_bytes: settings.histogram(store, Metric::ResponseBytes, labels),
+    let h = m.handles(key, |l| Handles {
+        requests: l.counter(Metric::RequestsTotal),
+        duration: l.histogram(Metric::RequestDuration),
+        request_bytes: l.histogram(Metric::RequestBytes),
+        response_bytes: l.histogram(Metric::ResponseBytes),
     });
     if let Some(c) = &h.requests {
         c.inc();

@@ -96,16 +96,18 @@ impl TcpStats {
             response_code: 0,
             grpc_status: None,
             flags: f.flags,
+            // No request on a TCP connection: its attributes read `unknown`.
+            dims: m.dims(|_| ""),
         }
     }
 
     /// Counts a connection as opened.
     pub fn open(&self, f: &TcpFacts<'_>) -> ConnReport {
-        let handles = self.m.handles(self.key(f), |settings, store, labels| Handles {
-            opened: settings.counter(store, Metric::TcpOpened, labels),
-            closed: settings.counter(store, Metric::TcpClosed, labels),
-            sent: settings.counter(store, Metric::TcpSent, labels),
-            received: settings.counter(store, Metric::TcpReceived, labels),
+        let handles = self.m.handles(self.key(f), |l| Handles {
+            opened: l.counter(Metric::TcpOpened),
+            closed: l.counter(Metric::TcpClosed),
+            sent: l.counter(Metric::TcpSent),
+            received: l.counter(Metric::TcpReceived),
         });
         if let Some(c) = &handles.opened {
             c.inc();

@@ -211,8 +211,8 @@ fn overrides_drop_and_remove_tags_and_refuse_what_is_not_done() {
     let s = Settings::from_any(&any(&c), &cx(true)).unwrap();
     let store = Store::default();
     let l = labels(&s, &key(peer()));
-    assert!(s.histogram(&store, Metric::RequestBytes, &l).is_none());
-    s.counter(&store, Metric::RequestsTotal, &l).unwrap().inc();
+    assert!(s.histogram(&store, Metric::RequestBytes, &l, &[]).is_none());
+    s.counter(&store, Metric::RequestsTotal, &l, &[]).unwrap().inc();
     let e = store.entries();
     let t = e[0].tagged.as_ref().unwrap();
     assert_eq!(t.tags.len(), 24);
@@ -220,12 +220,12 @@ fn overrides_drop_and_remove_tags_and_refuse_what_is_not_done() {
 
     let refused = |c: PluginConfig| Settings::from_any(&any(&c), &cx(true)).unwrap_err().field;
     let dims = MetricConfig {
-        dimensions: [("request_host".to_string(), "request.host".to_string())].into(),
+        dimensions: [("app".to_string(), "upstream_peer.labels['app'].value".to_string())].into(),
         ..Default::default()
     };
     assert_eq!(
-        refused(PluginConfig { metrics: vec![dims], ..Default::default() }),
-        "typed_config.metrics[0].dimensions[request_host]"
+        refused(PluginConfig { metrics: vec![MetricConfig::default(), dims], ..Default::default() }),
+        "typed_config.metrics[1].dimensions[app]"
     );
     assert_eq!(
         refused(PluginConfig {
@@ -263,8 +263,10 @@ fn handles_built_once_per_label_set_and_peers_interned_by_id() {
             response_code: code,
             grpc_status: None,
             flags: ResponseFlags::NONE,
+            dims: m.dims(|_| ""),
         };
-        m.handles(key, |_, _, labels| {
+        m.handles(key, |l| {
+            let labels = &l.labels;
             assert_eq!(get(labels, "source_workload"), "productpage-v1");
             assert_eq!(get(labels, "source_principal"), "spiffe://cluster.local/ns/default/sa/bookinfo-productpage");
             assert_eq!(get(labels, "destination_service"), "reviews.default.svc.cluster.local");
@@ -281,4 +283,81 @@ fn handles_built_once_per_label_set_and_peers_interned_by_id() {
     assert_eq!(m.peer(None, peer), a);
     assert_eq!(m.peer(None, Workload::default), m.peer(None, Workload::default));
     assert_ne!(m.peer(None, Workload::default), a);
+}
+
+#[test]
+fn dimensions_add_and_override_tags_from_request_attributes() {
+    let c = PluginConfig {
+        metrics: vec![
+            MetricConfig {
+                dimensions: [
+                    ("request_host".to_string(), "request.host".to_string()),
+                    ("user".to_string(), "request.headers['x-user']".to_string()),
+                    ("source_app".to_string(), "'frontend'".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            },
+            MetricConfig {
+                name: "requests_total".into(),
+                dimensions: [("code_again".to_string(), "response.code".to_string())].into(),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let s = Settings::from_any(&any(&c), &cx(true)).unwrap();
+    assert_eq!(s.attrs.len(), 2);
+    let m: Metrics<(Option<crate::stats::Counter>, Option<crate::stats::Histogram>)> =
+        Metrics::new(Arc::new(Store::default()), s);
+    let req = http::Request::builder()
+        .uri("http://reviews:9080/x?y")
+        .header("x-user", "jason")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let none = m.string("");
+    let key = Key {
+        peer: m.peer(None, peer),
+        peer_san: none,
+        local_san: none,
+        service_host: none,
+        service_name: none,
+        protocol: Protocol::Http,
+        response_code: 200,
+        grpc_status: None,
+        flags: ResponseFlags::NONE,
+        dims: m.dims(|a| a.read(&req)),
+    };
+    let h = m.handles(key, |l| (l.counter(Metric::RequestsTotal), l.histogram(Metric::RequestBytes)));
+    h.0.as_ref().unwrap().inc();
+    h.1.as_ref().unwrap().record(1.0);
+    let e = m.store.entries();
+    let tags =
+        |family: &str| e.iter().find_map(|x| x.tagged.as_ref().filter(|t| t.family == family)).unwrap().tags.clone();
+    let total = tags("istio_requests_total");
+    assert_eq!(get(&total, "request_host"), "reviews:9080");
+    assert_eq!(get(&total, "user"), "jason");
+    assert_eq!(get(&total, "source_app"), "frontend");
+    assert_eq!(get(&total, "code_again"), "200");
+    // Added tags follow the standard ones; the metric-specific one only on its metric.
+    assert_eq!(total.len(), 25 + 3);
+    let bytes = tags("istio_request_bytes");
+    assert_eq!(bytes.len(), 25 + 2);
+    assert_eq!(get(&bytes, "user"), "jason");
+    // A request without the header: `unknown`, as Istio's failed evaluation.
+    let req2 = http::Request::builder().uri("/").body(()).unwrap().into_parts().0;
+    let dims = m.dims(|a| a.read(&req2));
+    let h = m.handles(Key { dims, ..key }, |l| (l.counter(Metric::RequestsTotal), None));
+    h.0.as_ref().unwrap().inc();
+    let users: Vec<String> = m
+        .store
+        .entries()
+        .iter()
+        .filter_map(|x| x.tagged.as_ref().filter(|t| t.family == "istio_requests_total"))
+        .map(|t| get(&t.tags, "user").to_string())
+        .collect();
+    assert_eq!(users.len(), 2);
+    assert!(users.contains(&"unknown".to_string()) && users.contains(&"jason".to_string()), "{users:?}");
 }
