@@ -61,7 +61,17 @@ fn prometheus_listener(port: u16) -> String {
     )
 }
 
+/// Istio's fault filter before `istio.stats` (as istiod orders them): requests with `x-abort`
+/// get a 503 from the fault filter, which Istio's stats still count (flag `FI`).
+const FAULT: &str = r#"
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort: {http_status: 503, percentage: {numerator: 100}}
+              headers: [{name: x-abort, present_match: true}]"#;
+
 fn http_listener(name: &str, port: u16, inbound: bool, cluster: &str, stats: &str) -> String {
+    let fault = if inbound { FAULT } else { "" };
     let (direction, dir) = if inbound { ("INBOUND", "downstream") } else { ("OUTBOUND", "upstream") };
     let peer = PEER_FILTER.replace("DIR", dir);
     format!(
@@ -77,7 +87,7 @@ fn http_listener(name: &str, port: u16, inbound: bool, cluster: &str, stats: &st
           route_config:
             virtual_hosts: [{{name: v, domains: ["*"], routes: [{{name: default, match: {{prefix: "/"}}, route: {{cluster: "{cluster}"}}}}]}}]
           http_filters:
-          {peer}
+          {peer}{fault}
           - name: istio.stats
             typed_config: {{"@type": type.googleapis.com/stats.PluginConfig{stats}}}
           - {{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}
@@ -316,9 +326,15 @@ fn istio_standard_metrics_through_prometheus() {
     // (a series' first sample counts as no increase for rate()).
     assert_eq!(curl_status(&url("s=200&n=100")), 200);
     assert_eq!(curl_status(&url("s=503&n=10")), 503);
+    // A fault abort on the server: answered before its istio.stats filter, counted all the same.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "x-abort: 1", &url("s=200")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
     let prom = Prometheus::start(&[client.prom, server.prom]);
     prom.wait_for("count(up == 1)", |v| v == 2.0);
-    prom.wait_for("sum(istio_requests_total)", |v| v == 4.0);
+    prom.wait_for("sum(istio_requests_total)", |v| v == 6.0);
 
     // The known traffic: 6 x 200 (100-byte bodies), 2 x 503, one TCP connection.
     for _ in 0..6 {
@@ -332,7 +348,7 @@ fn istio_standard_metrics_through_prometheus() {
 
     // Totals, both reporters.
     for reporter in ["source", "destination"] {
-        prom.wait_for(&format!("sum(istio_requests_total{{reporter=\"{reporter}\"}})"), |v| v == 10.0);
+        prom.wait_for(&format!("sum(istio_requests_total{{reporter=\"{reporter}\"}})"), |v| v == 11.0);
         let ok = prom
             .wait_for(&format!("sum(istio_requests_total{{reporter=\"{reporter}\",response_code=\"200\"}})"), |v| {
                 v == 7.0
@@ -372,15 +388,21 @@ fn istio_standard_metrics_through_prometheus() {
     assert!(p99 > 0.0 && p99 <= 1000.0, "p99 {p99} ms");
 
     // Sizes: every request counted once per histogram; responses at least their bodies.
-    let n = prom.wait_for("sum(istio_response_bytes_count{reporter=\"destination\"})", |v| v == 10.0);
-    assert_eq!(n, 10.0);
+    let n = prom.wait_for("sum(istio_response_bytes_count{reporter=\"destination\"})", |v| v == 11.0);
+    assert_eq!(n, 11.0);
     let body_bytes = (7 * 100 + 3 * 10) as f64;
     let sum = prom.wait_for("sum(istio_response_bytes_sum{reporter=\"destination\"})", |v| v.is_finite());
     assert!(sum > body_bytes && sum < body_bytes + 10.0 * 1024.0, "response bytes {sum}");
-    prom.wait_for("sum(istio_request_bytes_count{reporter=\"source\"})", |v| v == 10.0);
+    prom.wait_for("sum(istio_request_bytes_count{reporter=\"source\"})", |v| v == 11.0);
+
+    // The fault abort: flag FI at the destination; the source saw a plain 503 from upstream.
+    let fi = prom.query("istio_requests_total{reporter=\"destination\",response_flags=\"FI\"}");
+    assert_eq!(fi.len(), 1, "{fi:?}");
+    assert_eq!((fi[0].0["response_code"].as_str(), fi[0].1), (Some("503"), 1.0), "{fi:?}");
+    assert_eq!(prom.query("istio_requests_total{reporter=\"source\",response_flags=\"FI\"}").len(), 0);
 
     // The labels of one destination series, Istio's standard set.
-    let r = prom.query("istio_requests_total{reporter=\"destination\",response_code=\"503\"}");
+    let r = prom.query("istio_requests_total{reporter=\"destination\",response_code=\"503\",response_flags=\"-\"}");
     assert_eq!(r.len(), 1, "{r:?}");
     let m = &r[0].0;
     for (k, v) in [

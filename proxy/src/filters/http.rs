@@ -101,6 +101,13 @@ pub trait HttpFilter: Send + Sync {
     /// replies sent by later filters or the router.
     fn on_response(&self, _cx: &mut RequestCtx<'_>, _resp: &mut http::response::Parts) {}
 
+    /// True for a filter that observes every stream, as an Envoy access-log handler does
+    /// (Istio's stats): when an earlier filter answers, its `on_request` still runs (its action
+    /// is ignored) and it sees the local reply.
+    fn observes_every_stream(&self) -> bool {
+        false
+    }
+
     /// May wrap the response body (compression), after `on_response`.
     fn wrap_body(
         &self,

@@ -107,6 +107,12 @@ impl HttpFilter for IstioStats {
         &self.name
     }
 
+    /// Istio's stats filter is an access-log handler in Envoy: it counts every stream, local
+    /// replies of earlier filters included.
+    fn observes_every_stream(&self) -> bool {
+        true
+    }
+
     fn on_request(&self, cx: &mut RequestCtx<'_>, req: &mut Parts) -> FilterAction {
         let grpc =
             req.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));

@@ -80,6 +80,11 @@ pub(super) async fn run(
             }
         }
     }
+    // Observers after the filter that answered still see the request (Istio counts local
+    // replies: fault aborts, RBAC denials, CORS preflights).
+    for f in filters.iter().skip(answered_by + 1).filter(|f| f.observes_every_stream()) {
+        let _ = f.on_request(&mut rcx, parts);
+    }
     let logged = (!hcm.access_logs.is_empty())
         .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, scheme));
     let resp = match early {
@@ -100,12 +105,16 @@ pub(super) async fn run(
             crate::filters::http::router::route(&downstream, parts, body, routed).await
         }
     };
-    // Response path: the filters before the one that answered, in reverse order.
+    // Response path: the filters before the one that answered, in reverse order, and the
+    // observers of every stream.
     let (mut rparts, mut rbody) = resp.into_parts();
-    for f in filters[..answered_by].iter().rev() {
+    let sees = |(i, f): &(usize, &std::sync::Arc<dyn crate::filters::http::HttpFilter>)| {
+        *i < answered_by || f.observes_every_stream()
+    };
+    for (_, f) in filters.iter().enumerate().rev().filter(sees) {
         f.on_response(&mut rcx, &mut rparts);
     }
-    for f in filters[..answered_by].iter().rev() {
+    for (_, f) in filters.iter().enumerate().rev().filter(sees) {
         rbody = f.wrap_body(&mut rcx, &rparts, rbody);
     }
     if let Some(req) = logged {
