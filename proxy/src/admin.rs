@@ -3,6 +3,7 @@
 //! `/healthcheck/fail|ok`, `/memory`). It runs on the main runtime, never on a worker.
 
 pub mod dump;
+pub mod explain;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -162,6 +163,15 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
             text(StatusCode::OK, out)
         }
         "/listeners" => dump::listeners(st, get("format") == Some("json")),
+        "/explain" => {
+            let clusters = shared.clusters.load_full();
+            let find = |n: &str| clusters.clusters.get(n).cloned();
+            let lookup = explain::ClusterLookup { find: &find };
+            match explain::explain(&params, &st.control.manager.active_listeners(), &lookup) {
+                Ok(t) => text(StatusCode::OK, t),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("error: {e}\n")),
+            }
+        }
         "/logging" => {
             if params.is_empty() {
                 return text(StatusCode::OK, st.logs.listing());
@@ -208,7 +218,7 @@ async fn handle(req: Request<Incoming>, st: &AdminState) -> Resp {
         "/reset_counters" => text(StatusCode::OK, "OK\n"),
         "/" | "/help" => text(
             StatusCode::OK,
-            "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /drain_listeners\n  /healthcheck/fail\n  /healthcheck/ok\n  /help\n  /listeners\n  /logging\n  /memory\n  /quitquitquit\n  /ready\n  /runtime\n  /server_info\n  /stats\n  /stats/prometheus\n",
+            "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /drain_listeners\n  /explain\n  /healthcheck/fail\n  /healthcheck/ok\n  /help\n  /listeners\n  /logging\n  /memory\n  /quitquitquit\n  /ready\n  /runtime\n  /server_info\n  /stats\n  /stats/prometheus\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "invalid path. admin commands are:\n  /help\n"),
     }

@@ -141,6 +141,65 @@ impl Options {
     }
 }
 
+/// `remora explain [--admin HOST:PORT] key=value ...`: asks a running remora's admin API which
+/// listener, filter chain, virtual host, route, cluster and endpoints a request would take
+/// (`/explain`; the keys are its query parameters, e.g. `listener=virtualOutbound
+/// dst=10.96.0.5:9080 host=reviews:9080 path=/api header=x-user:jason`).
+pub fn explain_command(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    use std::process::ExitCode;
+    let mut admin = "127.0.0.1:15000".to_string();
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(a) = it.next() {
+        if a == "--admin" {
+            match it.next() {
+                Some(v) => admin = v,
+                None => {
+                    eprintln!("remora explain: --admin needs HOST:PORT");
+                    return ExitCode::from(1);
+                }
+            }
+        } else if a == "-h" || a == "--help" {
+            println!(
+                "usage: remora explain [--admin HOST:PORT] key=value ...\n\
+                 keys: listener | port, dst, src, sni, alpn, transport, protocol, host, path, method, scheme,\n\
+                 header (name:value, repeatable), random. The admin address defaults to 127.0.0.1:15000."
+            );
+            return ExitCode::SUCCESS;
+        } else if let Some((k, v)) = a.split_once('=') {
+            query.append_pair(k, v);
+        } else {
+            eprintln!("remora explain: '{a}' is not key=value (see --help)");
+            return ExitCode::from(1);
+        }
+    }
+    let path = format!("/explain?{}", query.finish());
+    let reply = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(&admin)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })();
+    match reply {
+        Ok(r) => {
+            let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
+            print!("{body}");
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("remora explain: cannot reach the admin API at {admin}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,8 @@ pub struct Listener {
     pub additional_addresses: Vec<SocketAddr>,
     pub bind_to_port: bool,
     pub use_original_dst: bool,
+    /// Not limited by (nor counted against) the global downstream connection limit.
+    pub ignore_global_conn_limit: bool,
     pub listener_filters: ListenerFilters,
     pub listener_filters_timeout: Option<Duration>,
     pub continue_on_listener_filters_timeout: bool,
@@ -86,6 +88,19 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// The filter chain for a connection (the default chain when none matches), recording in
+    /// `trace` why the other chains dropped out (route explain).
+    pub fn chain_for(
+        &self,
+        facts: &filter_chain::ConnFacts<'_>,
+        trace: Option<&mut Vec<filter_chain::Dropped>>,
+    ) -> Option<&NetworkChain> {
+        match filter_chain::select_traced(&self.matchers, facts, trace) {
+            Some(i) => self.chains.get(i),
+            None => self.default_chain.as_ref(),
+        }
+    }
+
     pub fn from_proto(p: &ListenerProto, cx: &BuildCtx) -> Result<Self, ConfigError> {
         let address = socket_address_of(p.address.as_ref(), "address")?;
         let additional_addresses = p
@@ -139,6 +154,7 @@ impl Listener {
                 .map(|b| b.value)
                 .unwrap_or(true),
             use_original_dst: p.use_original_dst.map(|b| b.value).unwrap_or(false),
+            ignore_global_conn_limit: p.ignore_global_conn_limit,
             listener_filters: lf,
             listener_filters_timeout: match &p.listener_filters_timeout {
                 None => Some(Duration::from_secs(15)),
@@ -203,18 +219,7 @@ impl Listener {
         // (exact address, then the wildcard address on that port); its listener filters run.
         if self.use_original_dst && restored {
             let snap = listeners.load();
-            let target = snap
-                .iter()
-                .find(|l| l.addresses().any(|a| a == local) && !Arc::ptr_eq(l, &self))
-                .or_else(|| {
-                    // The wildcard address of the destination's IP family, on its port.
-                    snap.iter().find(|l| {
-                        l.addresses().any(|a| {
-                            a.port() == local.port() && a.ip().is_unspecified() && a.is_ipv4() == local.is_ipv4()
-                        }) && !Arc::ptr_eq(l, &self)
-                    })
-                })
-                .cloned();
+            let target = handoff_target(&snap, &self, local);
             drop(snap);
             if let Some(t) = target {
                 return t.serve_accepted(stream, remote, local, restored, worker).await;
@@ -261,10 +266,7 @@ impl Listener {
             transport_protocol: transport,
             application_protocols: &alpn,
         };
-        let chain = match filter_chain::select(&self.matchers, &facts) {
-            Some(i) => self.chains.get(i),
-            None => self.default_chain.as_ref(),
-        };
+        let chain = self.chain_for(&facts, None);
         let Some(chain) = chain else {
             self.stats.no_filter_chain_match.inc();
             crate::access_log::log_connection(
@@ -408,6 +410,21 @@ impl Listener {
 }
 
 /// Envoy's listener stat name for an address: `0.0.0.0_8080`, `[__1]_8080`.
+/// The listener a `use_original_dst` listener hands a connection to: the one bound to the
+/// original destination, else the wildcard address of its family on its port (as Envoy).
+pub fn handoff_target(listeners: &[Arc<Listener>], from: &Arc<Listener>, dst: SocketAddr) -> Option<Arc<Listener>> {
+    listeners
+        .iter()
+        .find(|l| l.addresses().any(|a| a == dst) && !Arc::ptr_eq(l, from))
+        .or_else(|| {
+            listeners.iter().find(|l| {
+                l.addresses().any(|a| a.port() == dst.port() && a.ip().is_unspecified() && a.is_ipv4() == dst.is_ipv4())
+                    && !Arc::ptr_eq(l, from)
+            })
+        })
+        .cloned()
+}
+
 pub fn stat_address(a: SocketAddr) -> String {
     match a {
         SocketAddr::V4(v) => format!("{}_{}", v.ip(), v.port()),

@@ -171,6 +171,18 @@ impl HeaderMatcher {
         &self.name
     }
 
+    /// What the matcher asks, in words (route explain).
+    pub fn describe(&self) -> String {
+        let test = match &self.test {
+            HeaderTest::Present(true) => "is present".to_string(),
+            HeaderTest::Present(false) => "is absent".to_string(),
+            HeaderTest::String(m) => m.describe(),
+            HeaderTest::Range(lo, hi) => format!("is an integer in [{lo}, {hi})"),
+        };
+        let not = if self.invert { "not: " } else { "" };
+        format!("{}: {not}{test}", self.name)
+    }
+
     /// Matches the (comma-joined) value of the header, `None` when the request lacks it.
     pub fn matches_value(&self, value: Option<std::borrow::Cow<'_, str>>) -> bool {
         let value = match (value, self.treat_missing_as_empty) {
@@ -192,6 +204,18 @@ impl HeaderMatcher {
 // === impl StringMatcher (xds) ===
 
 impl StringMatcher {
+    /// What the matcher asks, in words (route explain).
+    pub fn describe(&self) -> String {
+        let case = |ic: bool| if ic { " (ignoring case)" } else { "" };
+        match self {
+            StringMatcher::Exact(v, ic) => format!("equals \"{v}\"{}", case(*ic)),
+            StringMatcher::Prefix(v, ic) => format!("starts with \"{v}\"{}", case(*ic)),
+            StringMatcher::Suffix(v, ic) => format!("ends with \"{v}\"{}", case(*ic)),
+            StringMatcher::Contains(v, ic) => format!("contains \"{v}\"{}", case(*ic)),
+            StringMatcher::Regex(r) => format!("matches regex \"{}\"", r.as_str()),
+        }
+    }
+
     /// Compiles the `xds.type.matcher.v3.StringMatcher` used by the unified matcher API (same
     /// semantics as Envoy's own StringMatcher).
     pub fn from_xds(p: &XdsStringMatcher, field: &str) -> Result<Self, ConfigError> {

@@ -154,6 +154,12 @@ impl RouteTable {
 
     /// Finds the virtual host for a host header value (case-insensitive).
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        self.find_virtual_host(host).and_then(|(i, _)| self.vhosts.get(i))
+    }
+
+    /// The virtual host's index and the domain that chose it (`*` for the default): Envoy's
+    /// order is exact, then the longest `*suffix`, then the longest `prefix*`, then `*`.
+    pub fn find_virtual_host(&self, host: &str) -> Option<(usize, String)> {
         let lowered;
         let mut host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = host.to_ascii_lowercase();
@@ -165,19 +171,19 @@ impl RouteTable {
             host = strip_port(host);
         }
         if let Some(&i) = self.exact.get(host) {
-            return self.vhosts.get(i);
+            return Some((i, host.to_string()));
         }
         for (s, i) in &self.suffixes {
             if host.len() > s.len() && host.ends_with(s.as_str()) {
-                return self.vhosts.get(*i);
+                return Some((*i, format!("*{s}")));
             }
         }
         for (p, i) in &self.prefixes {
             if host.len() > p.len() && host.starts_with(p.as_str()) {
-                return self.vhosts.get(*i);
+                return Some((*i, format!("{p}*")));
             }
         }
-        self.default.and_then(|i| self.vhosts.get(i))
+        self.default.map(|i| (i, "*".to_string()))
     }
 
     pub fn virtual_hosts(&self) -> &[VirtualHost] {
@@ -267,6 +273,18 @@ impl VirtualHost {
     /// The first matching route and its matched prefix length.
     pub fn route(&self, m: &MatchInput<'_>) -> Option<(&Route, usize)> {
         self.routes.iter().find_map(|r| r.matcher.matches(m).map(|len| (r, len)))
+    }
+
+    /// Route explain: each route in order with why it missed, up to the one that matches.
+    pub fn explain_route(&self, m: &MatchInput<'_>) -> (Vec<(usize, &Route, String)>, Option<usize>) {
+        let mut missed = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            match r.matcher.check(m) {
+                Ok(_) => return (missed, Some(i)),
+                Err(miss) => missed.push((i, r, r.matcher.describe_miss(miss))),
+            }
+        }
+        (missed, None)
     }
 }
 

@@ -28,6 +28,9 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "demo") {
         return demo_command(&args[2..]);
     }
+    if args.get(1).is_some_and(|a| a == "explain") {
+        return crate::cli::explain_command(&args[2..]);
+    }
     let opts = match Options::try_parse_from(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -122,6 +125,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         local_address: local_address(opts.local_address_ip_version),
         drain: drain_tx,
         connections: AtomicUsize::new(0),
+        limited_connections: AtomicUsize::new(0),
         max_connections: max_downstream_connections.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
         drain_time: Duration::from_secs(opts.drain_time_s),
     });

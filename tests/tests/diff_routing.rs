@@ -188,6 +188,50 @@ fn actions(s: &mut Suite) {
         Case::new("timeout/default-15s", get("/default")).expect_seen("x-envoy-expected-rq-timeout-ms", Some("15000")),
     );
     s.add_both(Case::new("timeout/disabled", get("/no-timeout")).expect_seen("x-envoy-expected-rq-timeout-ms", None));
+    // gRPC timeouts. The deprecated max_grpc_timeout / grpc_timeout_offset (what istiod sets):
+    // a gRPC request's grpc-timeout, shortened by the offset then capped, is the timeout, and is
+    // sent upstream rewritten in milliseconds. A route with max_stream_duration uses Envoy's
+    // "new timeouts": the route timeout no longer applies (no x-envoy-expected-rq-timeout-ms),
+    // the stream is bounded by grpc-timeout (capped by grpc_timeout_header_max, then shortened)
+    // or by max_stream_duration.
+    let grpc = |path: &str, timeout: Option<&str>| {
+        let r = get(path).header("content-type", "application/grpc");
+        match timeout {
+            Some(t) => r.header("grpc-timeout", t),
+            None => r,
+        }
+    };
+    for (name, req, want, grpc_seen) in [
+        ("grpc/legacy-fields", grpc("/grpc-legacy", Some("700m")), Some("500"), Some("500m")),
+        ("grpc/legacy-cap", grpc("/grpc-legacy", Some("3S")), Some("1000"), Some("1000m")),
+        ("grpc/legacy-no-header-is-max", grpc("/grpc-legacy", None), Some("1000"), Some("1000m")),
+        ("grpc/legacy-not-grpc", get("/grpc-legacy").header("grpc-timeout", "700m"), Some("15000"), Some("700m")),
+        ("grpc/legacy-istio-zero", grpc("/grpc-istio", Some("2S")), Some("2000"), Some("2000m")),
+        ("grpc/legacy-istio-zero-no-header", grpc("/grpc-istio", None), None, None),
+        ("grpc/new-under-max", grpc("/grpc-max", Some("500m")), None, Some("500m")),
+        ("grpc/new-capped", grpc("/grpc-max", Some("10S")), None, Some("2000m")),
+        ("grpc/new-no-header-no-limit", grpc("/grpc-max", None), None, None),
+        ("grpc/new-not-grpc", get("/grpc-max").header("grpc-timeout", "500m"), None, Some("500m")),
+        ("grpc/new-no-cap", grpc("/grpc-nocap", Some("7S")), None, Some("7000m")),
+        ("grpc/new-offset", grpc("/grpc-offset", Some("700m")), None, Some("600m")),
+    ] {
+        s.add_both(
+            Case::new(name, req)
+                .expect_status(200)
+                .expect_seen("x-envoy-expected-rq-timeout-ms", want)
+                .expect_seen("grpc-timeout", grpc_seen),
+        );
+    }
+    s.add_both(
+        Case::new("stream-duration/exceeded", get("/stream-max").header("x-echo-delay-ms", "1500"))
+            .expect_status(504)
+            .expect_body("downstream duration timeout"),
+    );
+    s.add_both(
+        Case::new("stream-duration/in-time", get("/stream-max").header("x-echo-delay-ms", "20"))
+            .expect_status(200)
+            .expect_seen("x-envoy-expected-rq-timeout-ms", None),
+    );
     s.add_both(
         // An external request's x-envoy-* control headers are stripped and not honoured.
         Case::new("timeout/client-header-external", get("/default").header("x-envoy-upstream-rq-timeout-ms", "1234"))

@@ -230,6 +230,11 @@ impl ReplayBody {
         Some(ReplayBody { state: self.state.clone(), generation: s.generation, position: 0, trailers_sent: false })
     }
 
+    /// True once the source body has been read to its end.
+    pub fn source_done(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).done
+    }
+
     pub fn can_replay(&self) -> bool {
         !self.state.lock().unwrap_or_else(|p| p.into_inner()).overflowed
     }
@@ -400,5 +405,42 @@ impl Body for ResponseBody {
             ResponseBody::Boxed(b) => b.size_hint(),
             ResponseBody::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+/// A response body cut off at a deadline (a route's `max_stream_duration` reached after the
+/// response started): the stream is reset, as Envoy resets it.
+pub struct DeadlineBody {
+    inner: ResponseBody,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    pub fn wrap(inner: ResponseBody, deadline: std::time::Instant) -> ResponseBody {
+        if inner.is_end_stream() {
+            return inner;
+        }
+        let sleep = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)));
+        ResponseBody::Boxed(Box::pin(DeadlineBody { inner, sleep }))
+    }
+}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("max stream duration reached".into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

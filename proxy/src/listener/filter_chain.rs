@@ -110,11 +110,22 @@ fn server_name_score(names: &[String], sni: Option<&str>) -> Option<usize> {
     best
 }
 
+/// Why a chain dropped out of the selection (route explain): the criterion, and whether the
+/// chain failed it or another chain matched it more specifically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub chain: usize,
+    pub criterion: &'static str,
+    pub outmatched: bool,
+}
+
 /// Narrows `candidates` by one criterion: keeps those with the best specific score; if none
 /// matches specifically, keeps those where the criterion is empty.
 fn narrow<T: Ord + Copy>(
     candidates: Vec<usize>,
     matches: &[ChainMatch],
+    criterion: &'static str,
+    trace: &mut Option<&mut Vec<Dropped>>,
     is_empty: impl Fn(&ChainMatch) -> bool,
     score: impl Fn(&ChainMatch) -> Option<T>,
 ) -> Vec<usize> {
@@ -123,34 +134,76 @@ fn narrow<T: Ord + Copy>(
         .filter(|&&i| !is_empty(&matches[i]))
         .filter_map(|&i| score(&matches[i]).map(|s| (i, s)))
         .collect();
-    if let Some(best) = scored.iter().map(|(_, s)| *s).max() {
-        return scored.into_iter().filter(|(_, s)| *s == best).map(|(i, _)| i).collect();
+    let best = scored.iter().map(|(_, s)| *s).max();
+    let kept: Vec<usize> = match best {
+        Some(best) => scored.iter().filter(|(_, s)| *s == best).map(|(i, _)| *i).collect(),
+        None => candidates.iter().copied().filter(|&i| is_empty(&matches[i])).collect(),
+    };
+    if let Some(t) = trace {
+        for &i in candidates.iter().filter(|i| !kept.contains(i)) {
+            // Dropped although it matched (or asked nothing): a more specific chain won.
+            let outmatched = is_empty(&matches[i]) || scored.iter().any(|(j, _)| *j == i);
+            t.push(Dropped { chain: i, criterion, outmatched });
+        }
     }
-    candidates.into_iter().filter(|&i| is_empty(&matches[i])).collect()
+    kept
 }
 
 /// Picks the chain index for a connection, following Envoy's order.
 pub fn select(matches: &[ChainMatch], f: &ConnFacts<'_>) -> Option<usize> {
+    select_traced(matches, f, None)
+}
+
+/// `select`, recording in `trace` why each other chain dropped out.
+pub fn select_traced(matches: &[ChainMatch], f: &ConnFacts<'_>, mut trace: Option<&mut Vec<Dropped>>) -> Option<usize> {
+    let t = &mut trace;
     let mut c: Vec<usize> = (0..matches.len()).collect();
     let local_port = f.local.map(|a| a.port());
-    c = narrow(c, matches, |m| m.destination_port.is_none(), |m| (m.destination_port == local_port).then_some(1));
-    c = narrow(c, matches, |m| m.prefix_ranges.is_empty(), |m| best_cidr(&m.prefix_ranges, f.local.map(|a| a.ip())));
-    c = narrow(c, matches, |m| m.server_names.is_empty(), |m| server_name_score(&m.server_names, f.server_name));
     c = narrow(
         c,
         matches,
+        "destination_port",
+        t,
+        |m| m.destination_port.is_none(),
+        |m| (m.destination_port == local_port).then_some(1),
+    );
+    c = narrow(
+        c,
+        matches,
+        "prefix_ranges",
+        t,
+        |m| m.prefix_ranges.is_empty(),
+        |m| best_cidr(&m.prefix_ranges, f.local.map(|a| a.ip())),
+    );
+    c = narrow(
+        c,
+        matches,
+        "server_names",
+        t,
+        |m| m.server_names.is_empty(),
+        |m| server_name_score(&m.server_names, f.server_name),
+    );
+    c = narrow(
+        c,
+        matches,
+        "transport_protocol",
+        t,
         |m| m.transport_protocol.is_none(),
         |m| (m.transport_protocol.as_deref() == Some(f.transport_protocol)).then_some(1),
     );
     c = narrow(
         c,
         matches,
+        "application_protocols",
+        t,
         |m| m.application_protocols.is_empty(),
         |m| m.application_protocols.iter().any(|p| f.application_protocols.contains(p)).then_some(1),
     );
     c = narrow(
         c,
         matches,
+        "direct_source_prefix_ranges",
+        t,
         |m| m.direct_source_prefix_ranges.is_empty(),
         |m| best_cidr(&m.direct_source_prefix_ranges, f.direct_remote.or(f.remote).map(|a| a.ip())),
     );
@@ -161,6 +214,8 @@ pub fn select(matches: &[ChainMatch], f: &ConnFacts<'_>) -> Option<usize> {
     c = narrow(
         c,
         matches,
+        "source_type",
+        t,
         |m| m.source_type.is_none(),
         |m| match m.source_type {
             Some(SourceType::Local) => is_local.then_some(1),
@@ -171,11 +226,26 @@ pub fn select(matches: &[ChainMatch], f: &ConnFacts<'_>) -> Option<usize> {
     c = narrow(
         c,
         matches,
+        "source_prefix_ranges",
+        t,
         |m| m.source_prefix_ranges.is_empty(),
         |m| best_cidr(&m.source_prefix_ranges, f.remote.map(|a| a.ip())),
     );
     let sport = f.remote.map(|a| a.port());
-    c = narrow(c, matches, |m| m.source_ports.is_empty(), |m| sport.filter(|p| m.source_ports.contains(p)).map(|_| 1));
+    c = narrow(
+        c,
+        matches,
+        "source_ports",
+        t,
+        |m| m.source_ports.is_empty(),
+        |m| sport.filter(|p| m.source_ports.contains(p)).map(|_| 1),
+    );
+    if let Some(t) = trace {
+        // Chains left tied after every criterion: the first one wins.
+        for &i in c.iter().skip(1) {
+            t.push(Dropped { chain: i, criterion: "order (an identical earlier chain)", outmatched: true });
+        }
+    }
     c.first().copied()
 }
 
@@ -248,5 +318,31 @@ mod tests {
         assert_eq!(select(&chains, &f("192.168.0.1", Some("api.example.com"))), Some(3));
         assert_eq!(select(&chains, &f("192.168.0.1", Some("www.example.com"))), Some(2));
         assert_eq!(select(&chains, &f("192.168.0.1", Some("other.org"))), None);
+    }
+
+    #[test]
+    fn trace_says_why_each_chain_dropped() {
+        let chains = vec![
+            m(Some(8080), "tls", &[], &[], None),
+            m(Some(8080), "raw_buffer", &[], &[], None),
+            m(Some(9090), "", &[], &[], None),
+            m(None, "", &[], &[], None),
+        ];
+        let f = ConnFacts {
+            local: Some("10.0.0.5:8080".parse().unwrap()),
+            transport_protocol: "raw_buffer",
+            ..Default::default()
+        };
+        let mut trace = Vec::new();
+        assert_eq!(select_traced(&chains, &f, Some(&mut trace)), Some(1));
+        trace.sort_by_key(|d| d.chain);
+        assert_eq!(
+            trace,
+            vec![
+                Dropped { chain: 0, criterion: "transport_protocol", outmatched: false },
+                Dropped { chain: 2, criterion: "destination_port", outmatched: false },
+                Dropped { chain: 3, criterion: "destination_port", outmatched: true },
+            ]
+        );
     }
 }

@@ -32,6 +32,39 @@ pub enum ClusterSpecifier {
     Weighted { clusters: Vec<WeightedCluster>, total: u64 },
 }
 
+/// A route's `max_stream_duration` (Envoy's "new timeouts"): the route `timeout` no longer
+/// applies; the stream is bounded by `max` (None: the HCM's; zero: none), or for a request with
+/// `grpc-timeout`, when `grpc_header_max` is set, by that header (capped, then shortened by the
+/// offset).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamDuration {
+    pub max: Option<Duration>,
+    pub grpc_header_max: Option<Duration>,
+    pub grpc_header_offset: Option<Duration>,
+}
+
+impl StreamDuration {
+    /// The stream's time limit for a request carrying `grpc_timeout` (Envoy's
+    /// `refreshDurationTimeout`); None: no limit.
+    pub fn limit(&self, grpc_timeout: Option<Duration>) -> Option<Duration> {
+        match (grpc_timeout, self.grpc_header_max) {
+            (Some(mut t), Some(max)) => {
+                if !max.is_zero() && t > max {
+                    t = max;
+                }
+                if !t.is_zero()
+                    && let Some(off) = self.grpc_header_offset
+                {
+                    // An offset at least as long as the timeout leaves nothing: it fires at once.
+                    t = t.saturating_sub(off);
+                }
+                Some(t)
+            }
+            _ => self.max.filter(|m| !m.is_zero()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum HostRewrite {
     None,
@@ -75,7 +108,13 @@ pub struct RouteAction {
     pub idle_timeout: Option<Duration>,
     pub retry_policy: Option<Arc<RetryPolicy>>,
     pub hash_policy: Vec<HashPolicy>,
+    /// The deprecated `max_grpc_timeout` (istiod sets it on every route: 0s or the
+    /// VirtualService timeout); read only without `max_stream_duration`.
     pub max_grpc_timeout: Option<Duration>,
+    /// The deprecated `grpc_timeout_offset`, with `max_grpc_timeout`.
+    pub grpc_timeout_offset: Option<Duration>,
+    /// `max_stream_duration`: when set, Envoy's "new timeouts" apply instead of `timeout`.
+    pub stream_duration: Option<StreamDuration>,
     pub append_x_forwarded_host: bool,
     /// `priority: HIGH`: the cluster's high-priority circuit breakers and connection pools.
     pub high_priority: bool,
@@ -301,11 +340,13 @@ impl RouteAction {
             idle_timeout: p.idle_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
             retry_policy,
             hash_policy,
-            max_grpc_timeout: p
-                .max_stream_duration
-                .as_ref()
-                .and_then(|m| m.grpc_timeout_header_max.as_ref())
-                .map(duration),
+            max_grpc_timeout: p.max_grpc_timeout.as_ref().map(duration),
+            grpc_timeout_offset: p.grpc_timeout_offset.as_ref().map(duration).filter(|d| !d.is_zero()),
+            stream_duration: p.max_stream_duration.as_ref().map(|m| StreamDuration {
+                max: m.max_stream_duration.as_ref().map(duration),
+                grpc_header_max: m.grpc_timeout_header_max.as_ref().map(duration),
+                grpc_header_offset: m.grpc_timeout_header_offset.as_ref().map(duration).filter(|d| !d.is_zero()),
+            }),
             append_x_forwarded_host: p.append_x_forwarded_host,
             high_priority: p.priority == 1,
             mirrors: p
@@ -363,5 +404,25 @@ mod tests {
     #[test]
     fn re2_substitutions() {
         assert_eq!(re2_substitution(r"/v2/\1/x$"), "/v2/${1}/x$$");
+    }
+
+    #[test]
+    fn stream_duration_limit_as_envoys_refresh_duration_timeout() {
+        let ms = Duration::from_millis;
+        let sd = |max: Option<u64>, hmax: Option<u64>, off: Option<u64>| StreamDuration {
+            max: max.map(ms),
+            grpc_header_max: hmax.map(ms),
+            grpc_header_offset: off.map(ms),
+        };
+        // No grpc-timeout or no header max: max_stream_duration (0: none).
+        assert_eq!(sd(Some(300), None, None).limit(Some(ms(50))), Some(ms(300)));
+        assert_eq!(sd(Some(0), Some(2000), None).limit(None), None);
+        assert_eq!(sd(None, Some(2000), None).limit(None), None);
+        // The header, capped (0: no cap), then shortened; an offset that eats it leaves 0.
+        assert_eq!(sd(None, Some(2000), None).limit(Some(ms(10_000))), Some(ms(2000)));
+        assert_eq!(sd(None, Some(0), None).limit(Some(ms(7000))), Some(ms(7000)));
+        assert_eq!(sd(None, Some(0), Some(100)).limit(Some(ms(700))), Some(ms(600)));
+        assert_eq!(sd(None, Some(0), Some(100)).limit(Some(ms(50))), Some(ms(0)));
+        assert_eq!(sd(None, Some(1000), Some(100)).limit(Some(ms(3000))), Some(ms(900)));
     }
 }

@@ -35,6 +35,17 @@ struct QueryMatcher {
     test: QueryTest,
 }
 
+/// The first test of a route's match that a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    Path,
+    Grpc,
+    /// The index of the header matcher.
+    Header(usize),
+    Query,
+    RuntimeFraction,
+}
+
 /// A compiled `RouteMatch`.
 #[derive(Debug, Clone)]
 pub struct RouteMatcher {
@@ -50,7 +61,7 @@ pub struct RouteMatcher {
 /// What the route acts with.
 #[derive(Debug, Clone)]
 pub enum Action {
-    Route(RouteAction),
+    Route(Box<RouteAction>),
     Redirect(Redirect),
     Direct(DirectResponse),
     NonForwarding,
@@ -165,6 +176,11 @@ impl RouteMatcher {
 
     /// The length of the matched prefix, or None when the route does not match.
     pub fn matches(&self, m: &MatchInput<'_>) -> Option<usize> {
+        self.check(m).ok()
+    }
+
+    /// The length of the matched prefix, or the first test that failed.
+    pub fn check(&self, m: &MatchInput<'_>) -> Result<usize, Miss> {
         let lowered;
         let path = if self.case_sensitive {
             m.path
@@ -182,7 +198,8 @@ impl RouteMatcher {
                 ok.then_some(p.len())
             }
             PathMatch::Connect => m.is_connect.then_some(0),
-        }?;
+        }
+        .ok_or(Miss::Path)?;
         if self.grpc
             && !m
                 .headers
@@ -191,20 +208,48 @@ impl RouteMatcher {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/grpc"))
         {
-            return None;
+            return Err(Miss::Grpc);
         }
-        if !self.headers.iter().all(|h| h.matches(&m.headers)) {
-            return None;
+        if let Some(i) = self.headers.iter().position(|h| !h.matches(&m.headers)) {
+            return Err(Miss::Header(i));
         }
         if !self.query.is_empty() && !self.query_matches(m.query.unwrap_or("")) {
-            return None;
+            return Err(Miss::Query);
         }
         if let Some(f) = self.runtime_fraction
             && m.random >= f
         {
-            return None;
+            return Err(Miss::RuntimeFraction);
         }
-        Some(matched)
+        Ok(matched)
+    }
+
+    /// Says why a request missed this route (route explain).
+    pub fn describe_miss(&self, miss: Miss) -> String {
+        match miss {
+            Miss::Path => {
+                let case = if self.case_sensitive { "" } else { " (case-insensitive)" };
+                match &self.path {
+                    PathMatch::Prefix(p) => format!("path does not start with prefix \"{p}\"{case}"),
+                    PathMatch::Path(p) => format!("path is not \"{p}\"{case}"),
+                    PathMatch::Regex(r) => format!("path does not match regex \"{}\"", r.as_str()),
+                    PathMatch::SeparatedPrefix(p) => format!("path does not start with segment prefix \"{p}\"{case}"),
+                    PathMatch::Connect => "not a CONNECT request (connect_matcher)".to_string(),
+                }
+            }
+            Miss::Grpc => "not a gRPC request (grpc match: content-type application/grpc)".to_string(),
+            Miss::Header(i) => match self.headers.get(i) {
+                Some(h) => format!("header matcher {i} failed: {}", h.describe()),
+                None => "a header matcher failed".to_string(),
+            },
+            Miss::Query => {
+                let names: Vec<&str> = self.query.iter().map(|q| q.name.as_str()).collect();
+                format!("query parameters did not match ({})", names.join(", "))
+            }
+            Miss::RuntimeFraction => {
+                format!("not sampled by runtime_fraction ({}%)", self.runtime_fraction.unwrap_or(0) as f64 / 10_000.0)
+            }
+        }
     }
 
     fn query_matches(&self, query: &str) -> bool {
@@ -236,13 +281,13 @@ impl Route {
         let matcher = RouteMatcher::from_proto(m, &format!("{field}.match"))?;
         use route::Action as A;
         let action = match &p.action {
-            Some(A::Route(r)) => Action::Route(RouteAction::from_proto(
+            Some(A::Route(r)) => Action::Route(Box::new(RouteAction::from_proto(
                 r,
                 vhost_retry,
                 cx,
                 validate_clusters,
                 &format!("{field}.route"),
-            )?),
+            )?)),
             Some(A::Redirect(r)) => Action::Redirect(Redirect::from_proto(r, &format!("{field}.redirect"))?),
             Some(A::DirectResponse(d)) => {
                 Action::Direct(DirectResponse::from_proto(d, &format!("{field}.direct_response"))?)

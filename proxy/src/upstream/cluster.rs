@@ -620,11 +620,14 @@ pub fn socket_address_of(
 }
 
 fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, ConfigError> {
-    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-    match p.typed_extension_protocol_options.get(KEY) {
-        Some(any) => xds_client::any::unpack::<HttpProtocolOptions>(any)
+    // Under the extension's name, or the HCM's (the name Envoy registered these options under
+    // before they had their own).
+    const KEYS: [&str; 2] =
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "envoy.filters.network.http_connection_manager"];
+    match KEYS.iter().find_map(|k| p.typed_extension_protocol_options.get(*k).map(|a| (k, a))) {
+        Some((key, any)) => xds_client::any::unpack::<HttpProtocolOptions>(any)
             .map(Some)
-            .map_err(|e| ConfigError::new(format!("typed_extension_protocol_options[{KEY}]"), e.to_string())),
+            .map_err(|e| ConfigError::new(format!("typed_extension_protocol_options[{key}]"), e.to_string())),
         None => Ok(None),
     }
 }

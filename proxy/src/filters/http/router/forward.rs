@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 
 use super::Downstream;
 use super::upstream_headers::{
-    append_x_forwarded_host, build_request, cookie, parse_grpc_timeout, rewrite_path, strip_hop_by_hop, take_header_ms,
-    upgrade_type,
+    append_x_forwarded_host, build_request, cookie, format_grpc_timeout, parse_grpc_timeout, rewrite_path,
+    strip_hop_by_hop, take_header_ms, upgrade_type,
 };
 use crate::formatter::FormatContext;
 use crate::http::body::{ReplayBody, RequestBody, ResponseBody};
@@ -112,6 +112,9 @@ impl Forward<'_> {
     }
 
     pub async fn run(self, parts: &mut Parts, body: Incoming) -> Response<ResponseBody> {
+        // The stream duration counts from here: time spent in earlier HTTP filters (a fault
+        // delay) is not included, where Envoy counts from the request's arrival.
+        let request_start = Instant::now();
         let router = self.cx.router;
         let action = self.action;
 
@@ -154,13 +157,46 @@ impl Forward<'_> {
         // Envoy's x-envoy-* request controls (consumed here, never forwarded).
         let suppress = router.suppress_envoy_headers;
         let mut timeout = action.timeout;
-        // grpc_timeout_header_max: a gRPC request's `grpc-timeout` replaces the route timeout,
-        // capped by the max (0 means no cap), as Envoy does.
-        if let Some(max) = action.max_grpc_timeout
-            && let Some(t) =
-                parts.headers.get(&hn::GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
-        {
-            timeout = Some(if max.is_zero() { t } else { t.min(max) });
+        let grpc_timeout =
+            || parts.headers.get(&hn::GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        let is_grpc =
+            parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // The `grpc-timeout` sent upstream, when Envoy rewrites it to the timeout in force.
+        let mut grpc_timeout_upstream: Option<Duration> = None;
+        // Envoy's "new timeouts" (the route has max_stream_duration): the route timeout does not
+        // apply; the stream's duration limit does, from the request's start.
+        let mut stream_deadline: Option<Instant> = None;
+        match &action.stream_duration {
+            None => {
+                // max_grpc_timeout (deprecated; istiod's): a gRPC request's `grpc-timeout`,
+                // shortened by the offset, capped by the max (0: no cap), replaces the route
+                // timeout; without the header the max is the timeout (0: none). Envoy's
+                // FilterUtility::finalTimeout.
+                if let Some(max) = action.max_grpc_timeout
+                    && is_grpc
+                {
+                    let mut t = grpc_timeout().unwrap_or(Duration::ZERO);
+                    if let Some(off) = action.grpc_timeout_offset
+                        && off < t
+                    {
+                        t -= off;
+                    }
+                    if !max.is_zero() && (t.is_zero() || t > max) {
+                        t = max;
+                    }
+                    timeout = (!t.is_zero()).then_some(t);
+                }
+            }
+            Some(sd) => {
+                timeout = None;
+                let header = grpc_timeout();
+                if let Some(limit) = sd.limit(header) {
+                    stream_deadline = Some(request_start + limit);
+                    if header.is_some() && sd.grpc_header_max.is_some() && is_grpc {
+                        grpc_timeout_upstream = Some(limit);
+                    }
+                }
+            }
         }
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
         // The client's controls are taken off every request, and only honoured on internal ones
@@ -240,6 +276,16 @@ impl Forward<'_> {
         if let (Some(t), false) = (expected, suppress) {
             headers.insert(hn::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, hn::number(t.as_millis() as u64));
         }
+        // The upstream gRPC server learns the timeout in force (Envoy's setTimeoutHeaders and
+        // the stream duration).
+        if let Some(t) = expected.filter(|_| is_grpc && action.stream_duration.is_none())
+            && action.max_grpc_timeout.is_some()
+        {
+            headers.insert(hn::GRPC_TIMEOUT, format_grpc_timeout(t));
+        }
+        if let Some(t) = grpc_timeout_upstream {
+            headers.insert(hn::GRPC_TIMEOUT, format_grpc_timeout(t));
+        }
         let mut authority: Cow<'_, str> = Cow::Borrowed(self.authority);
         let literal = weighted.and_then(|w| w.host_rewrite.as_ref());
         let host_rewrite_applied = match (literal, &action.host_rewrite) {
@@ -307,7 +353,7 @@ impl Forward<'_> {
             );
         }
 
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| Instant::now() + t).or(stream_deadline);
         let mut attempted: Vec<u64> = Vec::new();
         let mut retries_done = 0u32;
         let mut attempt = 0u32;
@@ -420,7 +466,7 @@ impl Forward<'_> {
                     if let Some(c) = set_cookie {
                         resp.headers_mut().append(header::SET_COOKIE, c);
                     }
-                    return self.respond(
+                    let resp = self.respond(
                         resp,
                         lease,
                         (active, rq),
@@ -430,6 +476,21 @@ impl Forward<'_> {
                         weighted,
                         suppress,
                         request_headers.as_ref(),
+                    );
+                    return match stream_deadline {
+                        Some(d) => resp.map(|b| crate::http::body::DeadlineBody::wrap(b, d)),
+                        None => resp,
+                    };
+                }
+                Err(AttemptError::GlobalTimeout) if stream_deadline.is_some() => {
+                    // max_stream_duration reached before the response: the HCM's answer, 504 once
+                    // the whole request is in (408 while it is still arriving), flag DT.
+                    let complete = body_is_empty || replay.as_ref().is_none_or(ReplayBody::source_done);
+                    let status =
+                        if complete { http::StatusCode::GATEWAY_TIMEOUT } else { http::StatusCode::REQUEST_TIMEOUT };
+                    return self.reply(
+                        weighted,
+                        LocalReply::new(status, "downstream duration timeout", "DT", "max_duration_timeout"),
                     );
                 }
                 Err(AttemptError::GlobalTimeout) => {

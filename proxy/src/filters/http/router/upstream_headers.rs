@@ -20,6 +20,22 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Renders a timeout as Envoy's `toGrpcTimeout` does: milliseconds (`7000m`), or a coarser unit
+/// once the value would pass eight digits.
+pub(super) fn format_grpc_timeout(t: Duration) -> http::HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let mut n = t.as_millis();
+    let mut unit = 'm';
+    for (next, div) in [('S', 1000), ('M', 60), ('H', 60)] {
+        if n <= MAX {
+            break;
+        }
+        n /= div;
+        unit = next;
+    }
+    http::HeaderValue::from_str(&format!("{}{unit}", n.min(MAX))).unwrap_or(http::HeaderValue::from_static("0m"))
+}
+
 /// Parses a gRPC `grpc-timeout` value: digits then a unit (H, M, S, m, u, n).
 pub(super) fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     if v.len() < 2 || v.len() > 9 {
@@ -190,4 +206,22 @@ pub(super) fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
             (k == name).then_some(val)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_round_trip_in_envoys_units() {
+        let f = |d: Duration| format_grpc_timeout(d).to_str().unwrap().to_string();
+        assert_eq!(f(Duration::from_millis(7000)), "7000m");
+        assert_eq!(f(Duration::from_millis(99_999_999)), "99999999m");
+        assert_eq!(f(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(f(Duration::from_secs(3600 * 2_000_000)), "2000000H");
+        assert_eq!(parse_grpc_timeout("7000m"), Some(Duration::from_millis(7000)));
+        assert_eq!(parse_grpc_timeout("7S"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_grpc_timeout("1234567890m"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+    }
 }

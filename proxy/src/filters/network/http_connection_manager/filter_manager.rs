@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use super::connection::ConnCtx;
 use crate::filters::http::router::{Downstream, Routed};
-use crate::filters::http::{FilterAction, RequestCtx, RouteRef};
+use crate::filters::http::{ClearRouteCache, FilterAction, RequestCtx, RouteRef};
 use crate::http::body::ResponseBody;
 use crate::matcher::RequestHeaders;
 use crate::router::route::{Action, MatchInput};
@@ -26,17 +26,19 @@ pub(super) async fn run(
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let scheme_of_uri = parts.uri.scheme().cloned();
     let scheme = scheme_of_uri.as_ref().map(|s| s.as_str()).unwrap_or(cx.scheme);
-    let matched = table.as_deref().and_then(|t| {
+    let select = |parts: &http::request::Parts| {
+        let t = table.as_deref()?;
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
-            None => (path_and_query.as_str(), None),
+            None => (path_and_query, None),
         };
         let host_for_match = if hcm.strip_any_host_port { strip_port(authority) } else { authority };
         let vhost = t.virtual_host(host_for_match)?;
         let input = MatchInput {
             headers: RequestHeaders {
                 method: parts.method.as_str(),
-                path: &path_and_query,
+                path: path_and_query,
                 authority,
                 scheme,
                 headers: &parts.headers,
@@ -48,7 +50,8 @@ pub(super) async fn run(
         };
         let (route, len) = vhost.route(&input)?;
         Some((RouteRef { table: t, vhost, route }, len))
-    });
+    };
+    let mut matched = select(parts);
 
     // HTTP filters run before the router, whether or not a route matched (as in Envoy).
     let mut rcx = RequestCtx {
@@ -61,11 +64,24 @@ pub(super) async fn run(
         state: http::Extensions::new(),
     };
     let filters = &hcm.filters.filters;
+    // `disabled` filters and per-route FilterConfig { disabled } (None: every filter runs).
+    let mut active = hcm.filters.active(rcx.route);
+    let runs = |active: Option<u128>, i: usize| active.is_none_or(|bits| i >= 128 || bits & (1 << i) != 0);
     let mut answered_by = filters.len();
     let mut early: Option<Response<ResponseBody>> = None;
     for (i, f) in filters.iter().enumerate() {
+        if !runs(active, i) {
+            continue;
+        }
         match f.on_request(&mut rcx, parts) {
-            FilterAction::Continue => {}
+            FilterAction::Continue => {
+                // A filter changed what the route depends on (jwt_authn's clear_route_cache).
+                if rcx.state.remove::<ClearRouteCache>().is_some() {
+                    matched = select(parts);
+                    rcx.route = matched.map(|m| m.0);
+                    active = hcm.filters.active(rcx.route);
+                }
+            }
             FilterAction::Delay(d) => tokio::time::sleep(d).await,
             FilterAction::DelayThen(d, reply) => {
                 tokio::time::sleep(d).await;
@@ -82,8 +98,10 @@ pub(super) async fn run(
     }
     // Observers after the filter that answered still see the request (Istio counts local
     // replies: fault aborts, RBAC denials, CORS preflights).
-    for f in filters.iter().skip(answered_by + 1).filter(|f| f.observes_every_stream()) {
-        let _ = f.on_request(&mut rcx, parts);
+    for (i, f) in filters.iter().enumerate().skip(answered_by + 1) {
+        if runs(active, i) && f.observes_every_stream() {
+            let _ = f.on_request(&mut rcx, parts);
+        }
     }
     let logged = (!hcm.access_logs.is_empty())
         .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, scheme));
@@ -108,14 +126,18 @@ pub(super) async fn run(
     // Response path: the filters before the one that answered, in reverse order, and the
     // observers of every stream.
     let (mut rparts, mut rbody) = resp.into_parts();
-    let sees = |(i, f): &(usize, &std::sync::Arc<dyn crate::filters::http::HttpFilter>)| {
-        *i < answered_by || f.observes_every_stream()
+    let sees = |i: usize, f: &std::sync::Arc<dyn crate::filters::http::HttpFilter>| {
+        runs(active, i) && (i < answered_by || f.observes_every_stream())
     };
-    for (_, f) in filters.iter().enumerate().rev().filter(sees) {
-        f.on_response(&mut rcx, &mut rparts);
+    for (i, f) in filters.iter().enumerate().rev() {
+        if sees(i, f) {
+            f.on_response(&mut rcx, &mut rparts);
+        }
     }
-    for (_, f) in filters.iter().enumerate().rev().filter(sees) {
-        rbody = f.wrap_body(&mut rcx, &rparts, rbody);
+    for (i, f) in filters.iter().enumerate().rev() {
+        if sees(i, f) {
+            rbody = f.wrap_body(&mut rcx, &rparts, rbody);
+        }
     }
     if let Some(req) = logged {
         note_for_log(&mut rparts.extensions, &rcx, req);
