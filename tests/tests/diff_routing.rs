@@ -258,6 +258,17 @@ fn retries(s: &mut Suite) {
     s.add_both(Case::new("retry/5xx/exhausted", failing("/retry/5xx", 5, &s503)).expect_status(503).expect_attempts(3));
     s.add_both(Case::new("retry/5xx/500", failing("/retry/5xx", 1, &s500)).expect_status(200).expect_attempts(2));
     s.add_both(Case::new("retry/5xx/reset", failing("/retry/5xx", 1, &reset)).expect_status(200).expect_attempts(2));
+    // retriable_request_headers: only a request that matches is retried.
+    s.add_both(
+        Case::new("retry/request-headers/match", failing("/retry/only-get", 1, &s503))
+            .expect_status(200)
+            .expect_attempts(2),
+    );
+    s.add_both(
+        Case::new("retry/request-headers/no-match", failing("/retry/only-get", 1, &s503).method("POST"))
+            .expect_status(503)
+            .expect_attempts(1),
+    );
     s.add_both(
         Case::new("retry/gateway-error/502", failing("/retry/gateway-error", 1, &s502))
             .expect_status(200)

@@ -235,7 +235,20 @@ impl Forward<'_> {
                 p.num_retries = n as u32;
             }
         }
-        let policy = policy.filter(|p| p.retry_on != 0 && p.num_retries > 0);
+        // retriable_request_headers: without a match the request is never retried (Envoy creates
+        // no retry state for it).
+        let policy = policy.filter(|p| {
+            p.retry_on != 0
+                && p.num_retries > 0
+                && (p.retriable_request_headers.is_empty()
+                    || p.request_is_retriable(&crate::matcher::RequestHeaders {
+                        method: parts.method.as_str(),
+                        path: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                        authority: self.authority,
+                        scheme: self.cx.scheme,
+                        headers: &parts.headers,
+                    }))
+        });
         let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
 
         // An HTTP/1.1 upgrade (WebSocket) the HCM allows keeps its Upgrade/Connection headers
