@@ -47,6 +47,7 @@ pub struct ListenerStats {
     pub downstream_cx_destroy: Counter,
     pub no_filter_chain_match: Counter,
     pub downstream_listener_filter_error: Counter,
+    pub downstream_pre_cx_timeout: Counter,
     pub ssl_handshake: Counter,
     pub ssl_connection_error: Counter,
     pub ssl_no_certificate: Counter,
@@ -171,6 +172,7 @@ impl Listener {
                 downstream_cx_destroy: c("downstream_cx_destroy"),
                 no_filter_chain_match: c("no_filter_chain_match"),
                 downstream_listener_filter_error: c("downstream_listener_filter_error"),
+                downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
                 ssl_handshake: c("ssl.handshake"),
                 ssl_connection_error: c("ssl.connection_error"),
                 ssl_no_certificate: c("ssl.no_certificate"),
@@ -242,21 +244,36 @@ impl Listener {
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
         let timeout = self.listener_filters_timeout.unwrap_or(Duration::from_secs(3600));
+        let deadline = std::time::Instant::now() + timeout;
         let mut transport = "raw_buffer";
         let mut sni = None;
         let mut alpn: Vec<String> = Vec::new();
-        if self.listener_filters.runs(Which::TlsInspector, local.port())
-            && let Some(h) = crate::filters::listener::tls_inspector::inspect(&stream, timeout).await
-        {
+        let tls_inspector = self.listener_filters.runs(Which::TlsInspector, local.port());
+        let http_inspector = self.listener_filters.runs(Which::HttpInspector, local.port());
+        if tls_inspector && let Some(h) = crate::filters::listener::tls_inspector::inspect(&stream, timeout).await {
             transport = "tls";
             sni = h.server_name;
             alpn = h.alpn;
         }
-        if self.listener_filters.runs(Which::HttpInspector, local.port())
+        if http_inspector
             && transport == "raw_buffer"
             && let Some(p) = crate::filters::listener::http_inspector::inspect(&stream, timeout).await
         {
             alpn = vec![p.to_string()];
+        }
+        // The inspectors give up only at the deadline (not TLS / not HTTP is known sooner): the
+        // peer sent too little in time (a server-first protocol). Envoy closes the connection
+        // unless continue_on_listener_filters_timeout (Istio sets it).
+        if (tls_inspector || http_inspector)
+            && transport == "raw_buffer"
+            && alpn.is_empty()
+            && self.listener_filters_timeout.is_some()
+            && std::time::Instant::now() >= deadline
+        {
+            self.stats.downstream_pre_cx_timeout.inc();
+            if !self.continue_on_listener_filters_timeout {
+                return;
+            }
         }
         let facts = ConnFacts {
             local: Some(local),
