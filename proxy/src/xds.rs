@@ -44,6 +44,12 @@ pub fn apply(
     full_state: bool,
 ) -> Result<(), Vec<ResourceError>> {
     let mut errors = Vec::new();
+    // Configs wrapped in a TypedStruct are JSON, converted through the descriptor pool (by the
+    // guard and by the extensions): hold it for the batch rather than decode it per resource.
+    let pool = resources
+        .iter()
+        .any(|r| memchr::memmem::find(&r.value, b"TypedStruct").is_some())
+        .then(xds_client::descriptors::pool);
     let result = match type_url {
         CLUSTER => {
             let r = decode::<ClusterProto>(resources, &mut errors);
@@ -67,6 +73,10 @@ pub fn apply(
         }
         other => Err(vec![ResourceError { name: String::new(), error: format!("unsupported type URL {other}") }]),
     };
+    if pool.is_some() {
+        drop(pool);
+        xds_client::descriptors::release_memory();
+    }
     if let Err(e) = result {
         errors.extend(e);
     }

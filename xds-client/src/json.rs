@@ -65,6 +65,20 @@ pub fn message_from_json<T: prost::Message + prost::Name + Default>(
     dynamic.transcode_to::<T>().map_err(|e| JsonError::at("", format!("re-encoding {full}: {e}")))
 }
 
+/// Converts a proto3 JSON value into the wire encoding of the message named `full` (for a
+/// TypedStruct's payload, whose type is known only by name).
+pub fn bytes_from_json(pool: &DescriptorPool, full: &str, mut value: Value) -> Result<Vec<u8>, JsonError> {
+    use prost::Message;
+    let desc = pool
+        .get_message_by_name(full)
+        .ok_or_else(|| JsonError::at("", format!("type {full} is not in the descriptor pool")))?;
+    let mut path = String::new();
+    check_message(pool, &mut value, &desc, &mut path, JsonOptions::default())?;
+    let dynamic = DynamicMessage::deserialize_with_options(desc, value, &DeserializeOptions::new())
+        .map_err(|e| JsonError::at("", format!("invalid {full}: {e}")))?;
+    Ok(dynamic.encode_to_vec())
+}
+
 /// Renders a message as Envoy's `/config_dump` does: proto3 JSON with the original
 /// (snake_case) field names, `Any` expanded through the pool.
 pub fn message_to_json<T: prost::Message + prost::Name>(pool: &DescriptorPool, msg: &T) -> Result<Value, JsonError> {

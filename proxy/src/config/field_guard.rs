@@ -407,6 +407,13 @@ impl FieldGuard {
             }
         }
         let t = type_url.rsplit('/').next().unwrap_or(type_url);
+        // A TypedStruct carries its config as JSON: checked as the message it stands for.
+        if let Some((inner, bytes)) = super::wire::typed_struct_payload(t, value) {
+            if !self.messages.contains_key(inner.as_str()) {
+                return Ok(());
+            }
+            return self.walk(&inner, &bytes, path, tele);
+        }
         if !self.messages.contains_key(t) {
             return Ok(());
         }

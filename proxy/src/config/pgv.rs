@@ -572,7 +572,10 @@ impl Rules {
                     }
                 }
                 let t = type_url.rsplit('/').next().unwrap_or(type_url);
-                self.walk(t, inner, path)?;
+                match super::wire::typed_struct_payload(t, inner) {
+                    Some((name, bytes)) => self.walk(&name, &bytes, path)?,
+                    None => self.walk(t, inner, path)?,
+                }
             }
             (Ty::Map { key, value: vt }, Value::Bytes(b)) => {
                 let mut r = Reader { buf: b };

@@ -59,3 +59,20 @@ impl<'a> Reader<'a> {
         Some((number, v))
     }
 }
+
+/// The message a `udpa.type.v1.TypedStruct` / `xds.type.v3.TypedStruct` carries as JSON, in its
+/// wire encoding: (type name, bytes). None when `type_name` is not a TypedStruct or the payload
+/// does not convert (the extension's own decoding reports that).
+pub fn typed_struct_payload(type_name: &str, value: &[u8]) -> Option<(String, Vec<u8>)> {
+    use prost::Message;
+    use xds_client::any::{TypedStruct, UDPA_TYPED_STRUCT, XDS_TYPED_STRUCT};
+    if type_name != UDPA_TYPED_STRUCT && type_name != XDS_TYPED_STRUCT {
+        return None;
+    }
+    let ts = TypedStruct::decode(value).ok()?;
+    let inner = xds_client::any::type_name(&ts.type_url).to_string();
+    let json = ts.value.as_ref().map(xds_client::json::struct_to_json).unwrap_or(serde_json::json!({}));
+    let pool = xds_client::descriptors::pool();
+    let bytes = xds_client::json::bytes_from_json(&pool, &inner, json).ok()?;
+    Some((inner, bytes))
+}
