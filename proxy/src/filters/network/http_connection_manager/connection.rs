@@ -169,6 +169,7 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
     }
     let active = GaugeGuard::new(&stats.downstream_rq_active);
     let is_h1 = req.version() != Version::HTTP_2;
+    let req_version = req.version();
     let is_grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -194,6 +195,12 @@ async fn handle(req: Request<Incoming>, cx: Rc<ConnCtx>) -> Response<ResponseBod
         }
     }
     finalize_response(&cx, &mut resp, is_h1);
+    // A sampled span ends with the response, as the access log does.
+    let logged = logged.or_else(|| {
+        resp.extensions()
+            .get::<crate::access_log::OnRequestEnd>()
+            .map(|_| (std::time::SystemTime::now(), Default::default(), req_version))
+    });
     if let Some((start_time, fallback, version)) = logged {
         resp = log_on_end(&cx, resp, fallback, version, start, start_time);
     }
