@@ -199,6 +199,8 @@ impl Tracing {
             }
             Some(c) => (c.trace_id_high, c.trace_id, c.span_id, (c.parent_id != 0).then_some(c.parent_id), true),
         };
+        // Envoy marks every server span `shared` when the tracer shares span contexts.
+        let shared = shared || (self.ingress && self.zipkin.shared_span_context);
         let mut span = Span {
             cfg: self.clone(),
             trace_id_high,

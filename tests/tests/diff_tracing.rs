@@ -29,7 +29,7 @@ tracing:
       collector_endpoint: /api/v2/spans
       collector_endpoint_version: HTTP_JSON
       trace_id_128bit: true
-      shared_span_context: false
+      shared_span_context: {{shared}}
 static_resources:
   listeners:
   - name: egress
@@ -268,12 +268,14 @@ struct Run {
     stats: Vec<(String, Option<i64>)>,
 }
 
-fn run(kind: Kind, random: u32) -> Run {
+fn run(kind: Kind, random: u32, shared: bool, collector_up: bool) -> Run {
     let ups = Upstreams::start(&["a"]).unwrap();
     let collector = Collector::start();
     let mut vars = Vars::new();
     vars.set("upstream:a", ups.get("a").port());
-    vars.set("collector", collector.port);
+    // A collector that is down: a port nothing listens on.
+    vars.set("collector", if collector_up { collector.port } else { tests::process::free_port() });
+    vars.set("shared", shared);
     vars.set("random", random);
     let hcm = vars.render(HCM).unwrap();
     vars.set("hcm", hcm);
@@ -297,7 +299,13 @@ fn run(kind: Kind, random: u32) -> Run {
         paths.insert(case.name, case.req.path.clone());
     }
     // Sampled spans, expected from the reference: wait until the collector has them.
-    let expected = if random == 100 { 13 } else { 5 };
+    let expected = if !collector_up {
+        0
+    } else if random == 100 {
+        13
+    } else {
+        5
+    };
     let got = collector.wait_for(expected);
     // Then a little longer for any extra (a span the other proxy would not send).
     std::thread::sleep(Duration::from_millis(500));
@@ -323,7 +331,14 @@ fn run(kind: Kind, random: u32) -> Run {
         let v: Vec<Value> = mine.iter().map(|s| span_view(s, raw_upstream.get(name))).collect();
         spans.insert(*name, json!(v));
     }
-    let stats = ["tracing.zipkin.reports_sent", "tracing.zipkin.spans_sent"]
+    if !collector_up {
+        // Envoy flushes every 5 s: wait for the attempt to fail.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while p.stat("tracing.zipkin.reports_dropped").unwrap_or(0) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let stats = ["tracing.zipkin.reports_sent", "tracing.zipkin.spans_sent", "tracing.zipkin.reports_dropped"]
         .iter()
         .map(|s| (s.to_string(), p.stat(s).map(|v| v.min(1))))
         .collect();
@@ -331,12 +346,12 @@ fn run(kind: Kind, random: u32) -> Run {
     Run { upstream, spans, stats }
 }
 
-fn compare(random: u32) {
+fn compare(random: u32, shared: bool, collector_up: bool) {
     if !bins_present() {
         return;
     }
-    let envoy = run(Kind::Envoy, random);
-    let remora = run(Kind::Remora, random);
+    let envoy = run(Kind::Envoy, random, shared, collector_up);
+    let remora = run(Kind::Remora, random, shared, collector_up);
     let mut diffs = Vec::new();
     for (name, e) in &envoy.upstream {
         let r = &remora.upstream[name];
@@ -354,6 +369,9 @@ fn compare(random: u32) {
     // The reference itself must show what the cases are about.
     assert_eq!(envoy.upstream["incoming-multi"]["parentspanid"], json!(format!("incoming:{SPAN}")));
     assert_eq!(envoy.upstream["fresh"]["traceid"], "hex32");
+    if !collector_up {
+        assert_eq!(envoy.stats[2], ("tracing.zipkin.reports_dropped".to_string(), Some(1)), "{:?}", envoy.stats);
+    }
     let sampled = if random == 100 { "1" } else { "0" };
     assert_eq!(envoy.upstream["fresh"]["sampled"], sampled);
     assert!(diffs.is_empty(), "random_sampling {random}: {} differences:\n{}", diffs.len(), diffs.join("\n"));
@@ -361,10 +379,22 @@ fn compare(random: u32) {
 
 #[test]
 fn tracing_with_random_sampling_100_matches_envoy() {
-    compare(100);
+    compare(100, false, true);
 }
 
 #[test]
 fn tracing_with_random_sampling_0_matches_envoy() {
-    compare(0);
+    compare(0, false, true);
+}
+
+/// Envoy's default: an INBOUND span joining an incoming context shares its span id.
+#[test]
+fn shared_span_context_matches_envoy() {
+    compare(100, true, true);
+}
+
+/// The collector is down: every request is still answered, the reports are dropped and counted.
+#[test]
+fn collector_down_matches_envoy() {
+    compare(100, false, false);
 }

@@ -146,7 +146,6 @@ struct Stats {
     spans_dropped: Counter,
     reports_sent: Counter,
     reports_dropped: Counter,
-    reports_failed: Counter,
     reports_skipped_no_cluster: Counter,
     timer_flushed: Counter,
 }
@@ -179,10 +178,12 @@ pub fn start(stats: &Store, local_address: std::net::IpAddr, resolve: Resolver) 
         spans_dropped: c("spans_dropped"),
         reports_sent: c("reports_sent"),
         reports_dropped: c("reports_dropped"),
-        reports_failed: c("reports_failed"),
         reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
         timer_flushed: c("timer_flushed"),
     };
+    // Envoy's `reports_failed` (a stream that fails after the request went out) stays 0:
+    // remora counts every failed report as dropped, as Envoy does for an unreachable collector.
+    let _ = c("reports_failed");
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
     if SINK.set(Sink { tx, spans_dropped: st.spans_dropped.clone() }).is_err() {
         return;
@@ -240,18 +241,25 @@ async fn flush(z: Arc<Zipkin>, spans: Vec<FinishedSpan>, st: Stats, local: std::
         return;
     };
     let n = spans.len() as u64;
+    // Counted when the report goes out, whatever the collector answers (as Envoy).
+    st.spans_sent.add(n);
     let body = Value::Array(spans.iter().map(|s| s.to_json(local)).collect()).to_string();
+    // As Envoy's reporter: a 2xx is sent; any other answer, and a collector that cannot be
+    // reached or does not answer in 5 s (Envoy's async client then answers 503/504 itself),
+    // drops the report. Reports are not retried.
     match tokio::time::timeout(Duration::from_secs(5), post(addr, &z, body)).await {
         Ok(Ok(status)) if (200..300).contains(&status) => {
             st.reports_sent.inc();
-            st.spans_sent.add(n);
         }
-        Ok(Ok(_)) => st.reports_dropped.inc(),
+        Ok(Ok(_)) | Err(_) => {
+            st.reports_dropped.inc();
+            st.spans_dropped.add(n);
+        }
         Ok(Err(e)) => {
             tracing::debug!(target: "remora::tracing", "zipkin report to {addr} failed: {e}");
-            st.reports_failed.inc();
+            st.reports_dropped.inc();
+            st.spans_dropped.add(n);
         }
-        Err(_) => st.reports_failed.inc(),
     }
 }
 
