@@ -236,6 +236,11 @@ fn cases(random: u32) -> Vec<Case> {
             Request::get("/decorated-o").header("x-envoy-decorator-operation", "from-caller"),
         ),
         c("b3-flag-only", "egress", Request::get("/b3-flag-only").header("b3", "1")),
+        c(
+            "egress-response-operation",
+            "egress",
+            Request::get("/egress-response-op").header("x-echo-header", "x-envoy-decorator-operation: from-upstream"),
+        ),
         c("forced", "egress", Request::get("/forced").header("x-envoy-force-trace", "1")),
         c(
             "incoming-multi",
@@ -302,7 +307,7 @@ fn run(kind: Kind, random: u32, shared: bool, collector_up: bool) -> Run {
     let expected = if !collector_up {
         0
     } else if random == 100 {
-        13
+        14
     } else {
         5
     };
