@@ -51,7 +51,7 @@ pub(super) async fn run(
     });
 
     // The span starts once the route is known (its decorator names the operation).
-    let decorator = matched.as_ref().and_then(|m| m.0.route.decorator.as_ref());
+    let decorator = hcm.tracing.as_ref().and(matched.as_ref()).and_then(|m| m.0.route.decorator.as_ref());
     let mut span = hcm.tracing.as_ref().and_then(|t| t.start(&mut parts.headers, decorator.map(|d| &*d.0), authority));
     let mut decorated = decorator.filter(|d| d.1).map(|d| d.0.clone());
     if let (Some(t), Some(sp)) = (&hcm.tracing, span.as_mut()) {
