@@ -111,6 +111,10 @@ impl Tracing {
                 None => return Ok(None),
             },
         };
+        // Envoy checks the collector's cluster when an HCM instantiates the tracer.
+        if !cx.cluster_names.contains(&zipkin.collector_cluster) {
+            return Err(ConfigError::new("", format!("{ZIPKIN}: unknown cluster '{}'", zipkin.collector_cluster)));
+        }
         let pct = |v: &Option<envoy_types::pb::envoy::r#type::v3::Percent>| match v {
             Some(p) => Percent::from_percent(p.value),
             None => Percent::ALWAYS,

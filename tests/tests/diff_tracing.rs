@@ -403,3 +403,38 @@ fn shared_span_context_matches_envoy() {
 fn collector_down_matches_envoy() {
     compare(100, false, false);
 }
+
+/// `--mode validate` reaches Envoy's verdict on the collector's cluster: unknown is an error once
+/// an HCM traces with the tracer.
+#[test]
+fn unknown_collector_cluster_is_refused_as_envoy() {
+    if !bins_present() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("remora-diff-tracing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (collector, ok) in [("zipkin", true), ("nope", false)] {
+        let mut vars = Vars::new();
+        vars.set("upstream:a", 1);
+        vars.set("collector", 2);
+        vars.set("random", 100);
+        vars.set("shared", false);
+        let hcm = vars.render(HCM).unwrap();
+        vars.set("hcm", hcm);
+        let yaml = vars
+            .render(BOOTSTRAP)
+            .unwrap()
+            .replace("collector_cluster: zipkin", &format!("collector_cluster: {collector}"));
+        let path = dir.join(format!("{collector}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        for bin in [tests::envoy_bin().unwrap(), tests::remora_bin().unwrap().unwrap()] {
+            let out = std::process::Command::new(&bin).args(["--mode", "validate", "-c"]).arg(&path).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.success(), ok, "{} on {collector}: {text}", bin.display());
+            if !ok {
+                assert!(text.contains("envoy.tracers.zipkin: unknown cluster 'nope'"), "{text}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
