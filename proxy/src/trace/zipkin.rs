@@ -22,6 +22,8 @@ pub const MIN_FLUSH_SPANS: usize = 5;
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Spans waiting for the reporter; beyond this they are dropped.
 const QUEUE: usize = 4096;
+/// Reports being sent at once.
+const MAX_REPORTS_IN_FLIGHT: usize = 16;
 /// Spans buffered per collector while it is unreachable; beyond this they are dropped.
 const MAX_BUFFERED: usize = 1024;
 
@@ -194,6 +196,22 @@ pub fn start(stats: &Store, local_address: std::net::IpAddr, resolve: Resolver) 
 async fn run(mut rx: tokio::sync::mpsc::Receiver<FinishedSpan>, st: Stats, local: std::net::IpAddr, resolve: Resolver) {
     // Buffered spans per collector (cluster, endpoint, host).
     let mut buffers: Vec<(Arc<Zipkin>, Vec<FinishedSpan>)> = Vec::new();
+    // Reports in flight are bounded: a collector that hangs cannot pile up connections; a batch
+    // that finds no slot is dropped and counted.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_REPORTS_IN_FLIGHT));
+    let send = |z: &Arc<Zipkin>, spans: Vec<FinishedSpan>| match slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let (z, st, resolve) = (z.clone(), st.clone(), resolve.clone());
+            tokio::spawn(async move {
+                flush(z, spans, st, local, resolve).await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            st.reports_dropped.inc();
+            st.spans_dropped.add(spans.len() as u64);
+        }
+    };
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -220,14 +238,14 @@ async fn run(mut rx: tokio::sync::mpsc::Receiver<FinishedSpan>, st: Stats, local
                 buf.push(span);
                 if buf.len() >= MIN_FLUSH_SPANS {
                     let spans = std::mem::take(buf);
-                    tokio::spawn(flush(z.clone(), spans, st.clone(), local, resolve.clone()));
+                    send(z, spans);
                 }
             }
             _ = tick.tick() => {
                 for (z, buf) in buffers.iter_mut().filter(|(_, b)| !b.is_empty()) {
                     st.timer_flushed.inc();
                     let spans = std::mem::take(buf);
-                    tokio::spawn(flush(z.clone(), spans, st.clone(), local, resolve.clone()));
+                    send(z, spans);
                 }
             }
         }
