@@ -7,6 +7,8 @@
 //! manager's job (`crate::manager`), not this module's.
 
 pub mod field_guard;
+pub mod pgv;
+mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +32,9 @@ pub struct ConfigError {
 impl ConfigError {
     /// A field the guard refused: its path and "not supported by remora".
     pub fn unsupported(f: &field_guard::Finding) -> Self {
+        if f.invalid {
+            return ConfigError::new(f.path.clone(), format!("{} ({})", f.reason, f.field));
+        }
         let mut what = format!("not supported by remora ({}", f.field);
         if !f.reason.is_empty() {
             what.push_str(": ");

@@ -65,6 +65,8 @@ pub struct Listener {
     pub additional_addresses: Vec<SocketAddr>,
     pub bind_to_port: bool,
     pub use_original_dst: bool,
+    /// Not limited by (nor counted against) the global downstream connection limit.
+    pub ignore_global_conn_limit: bool,
     pub listener_filters: ListenerFilters,
     pub listener_filters_timeout: Option<Duration>,
     pub continue_on_listener_filters_timeout: bool,
@@ -152,6 +154,7 @@ impl Listener {
                 .map(|b| b.value)
                 .unwrap_or(true),
             use_original_dst: p.use_original_dst.map(|b| b.value).unwrap_or(false),
+            ignore_global_conn_limit: p.ignore_global_conn_limit,
             listener_filters: lf,
             listener_filters_timeout: match &p.listener_filters_timeout {
                 None => Some(Duration::from_secs(15)),

@@ -42,8 +42,10 @@ pub struct Shared {
     pub local_address: std::net::IpAddr,
     /// Set when connections should close gracefully (drain).
     pub drain: watch::Sender<bool>,
-    /// Open downstream connections, for shutdown and the global limit.
+    /// Open downstream connections, for shutdown.
     pub connections: AtomicUsize,
+    /// Those counted against the global limit (not on `ignore_global_conn_limit` listeners).
+    pub limited_connections: AtomicUsize,
     /// The overload manager's global downstream connection limit (`usize::MAX`: none).
     pub max_connections: usize,
     /// `--drain-time-s`: how long a drained listener's HTTP/1 connections stay usable.

@@ -125,6 +125,7 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         local_address: local_address(opts.local_address_ip_version),
         drain: drain_tx,
         connections: AtomicUsize::new(0),
+        limited_connections: AtomicUsize::new(0),
         max_connections: max_downstream_connections.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
         drain_time: Duration::from_secs(opts.drain_time_s),
     });
@@ -218,6 +219,13 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         while Instant::now() < deadline && !initial.iter().all(|c| c.value() > 0) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    // As Envoy's cluster initialisation: clusters with active health checks are ready once each
+    // host had its first check (each ends within the check's timeout).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !shared.clusters.load().clusters.values().all(|c| c.initial_health_checks_done())
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     workers_started.set(1);
     server_state.set(state::LIVE);

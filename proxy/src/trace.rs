@@ -251,8 +251,8 @@ impl CustomTag {
                     .map_err(|_| ConfigError::new("request_header.name", "invalid header name"))?,
                 default: h.default_value.clone(),
             },
-            // Remora keeps no dynamic, route or host metadata for tags: the default value, as
-            // Envoy when the key is absent.
+            // Remora does not read dynamic, route or host metadata for tags: the default value,
+            // as Envoy when the key is absent (accepted loudly by the field guard).
             Some(Type::Metadata(m)) if !m.default_value.is_empty() => TagValue::Literal(m.default_value.clone()),
             Some(Type::Metadata(_)) => return Ok(None),
             _ => return Err(ConfigError::new("type", "this custom tag kind is not supported by remora")),

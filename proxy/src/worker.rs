@@ -87,7 +87,9 @@ async fn accept_loop(
             r = socket.accept() => match r {
                 Ok((stream, remote)) => {
                     // The overload manager's global limit: Envoy closes the connection at once.
-                    if ctx.shared.connections.load(Ordering::Relaxed) >= ctx.shared.max_connections {
+                    // A listener with `ignore_global_conn_limit` is neither limited nor counted.
+                    let limited = !listener.ignore_global_conn_limit;
+                    if limited && ctx.shared.limited_connections.load(Ordering::Relaxed) >= ctx.shared.max_connections {
                         listener.stats.downstream_global_cx_overflow.inc();
                         drop(stream);
                         continue;
@@ -96,10 +98,16 @@ async fn accept_loop(
                     let c = ctx.clone();
                     let all = listeners.clone();
                     c.shared.connections.fetch_add(1, Ordering::Relaxed);
+                    if limited {
+                        c.shared.limited_connections.fetch_add(1, Ordering::Relaxed);
+                    }
                     tokio::task::spawn_local(async move {
                         let shared = c.shared.clone();
                         l.serve_connection(stream, remote, c, &all).await;
                         shared.connections.fetch_sub(1, Ordering::Relaxed);
+                        if limited {
+                            shared.limited_connections.fetch_sub(1, Ordering::Relaxed);
+                        }
                     });
                 }
                 Err(e) => {

@@ -94,6 +94,19 @@ impl Request {
     }
 }
 
+impl Response {
+    fn decoded(&self) -> std::borrow::Cow<'_, [u8]> {
+        use std::io::Read;
+        if self.header("content-encoding") == Some("gzip") {
+            let mut out = Vec::new();
+            if flate2::read::GzDecoder::new(self.body.as_slice()).read_to_end(&mut out).is_ok() {
+                return std::borrow::Cow::Owned(out);
+            }
+        }
+        std::borrow::Cow::Borrowed(&self.body)
+    }
+}
+
 /// What the client saw.
 #[derive(Clone, Debug, Default)]
 pub struct Response {
@@ -115,12 +128,14 @@ impl Response {
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
     }
+    /// The body as text, gunzipped when it came with `content-encoding: gzip` (compressed bytes
+    /// differ between zlib builds; what the client decodes is what is compared).
     pub fn body_str(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+        String::from_utf8_lossy(&self.decoded()).into_owned()
     }
-    /// The echo upstream's JSON, if the body is one.
+    /// The echo upstream's JSON, if the (decoded) body is one.
     pub fn json(&self) -> Option<serde_json::Value> {
-        serde_json::from_slice(&self.body).ok()
+        serde_json::from_slice(&self.decoded()).ok()
     }
 }
 

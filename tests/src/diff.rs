@@ -254,6 +254,8 @@ pub struct Suite {
     cases: Vec<Case>,
     opts: Options,
     known: Vec<(String, String)>,
+    /// Extra `{{NAME}}` values for the template (keys, tokens made by the test).
+    values: Vec<(String, String)>,
 }
 
 /// `pattern` with `*` matching any run of characters.
@@ -288,11 +290,17 @@ impl Suite {
             cases: Vec::new(),
             opts: Options::default(),
             known: Vec::new(),
+            values: Vec::new(),
         }
     }
     /// Echo upstreams to start for each run (`{{upstream:NAME}}` in the template is the port).
     pub fn upstreams(mut self, names: &[&str]) -> Suite {
         self.upstreams = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// A value for `{{name}}` in the template, the same for every run.
+    pub fn value(mut self, name: &str, v: impl ToString) -> Suite {
+        self.values.push((name.into(), v.to_string()));
         self
     }
     pub fn options(mut self, opts: Options) -> Suite {
@@ -473,6 +481,9 @@ impl Suite {
         let mut vars = Vars::new();
         for u in ups.iter() {
             vars.set(format!("upstream:{}", u.name()), u.port());
+        }
+        for (k, v) in &self.values {
+            vars.set(k.clone(), v);
         }
         let proxy = Proxy::start(kind, &self.template, vars, &self.opts).map_err(|e| format!("{e:#}"))?;
         let norm = Normaliser::new(&proxy, &ups);

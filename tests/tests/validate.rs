@@ -36,8 +36,7 @@ const ENVOY_VERDICTS: &[(&str, i32)] = &[
 
 /// Files Envoy accepts that remora refuses on purpose: a field it does not implement, named in
 /// the error (the field-coverage guard; FIELDS.md lists every refused field).
-const REMORA_REFUSES: &[(&str, &str)] =
-    &[("envoy-examples/locality-load-balancing_envoy.yaml", "static_resources.clusters[0].health_checks")];
+const REMORA_REFUSES: &[(&str, &str)] = &[];
 
 fn testdata() -> PathBuf {
     std::env::var_os("REMORA_TESTDATA")
@@ -143,4 +142,107 @@ fn validate_verdicts_match_envoy() {
         eprintln!("{f}: envoy {want}, remora {got}");
     }
     assert!(failures.is_empty(), "{} verdict mismatch(es):\n  {}", failures.len(), failures.join("\n  "));
+}
+
+/// A valid bootstrap the malformed cases below each break in one place.
+const BASE: &str = r#"
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 9901}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: STAT_PREFIX
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              request_headers_to_add: [{header: {key: HEADER_KEY, value: v}}]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: backend, timeout: ROUTE_TIMEOUT, retry_policy: {retry_on: 5xx, retry_back_off: {base_interval: BACKOFF}}}
+  clusters:
+  - name: backend
+    connect_timeout: CONNECT_TIMEOUT
+    lb_policy: LB_POLICY
+    outlier_detection: {max_ejection_percent: EJECT_PCT}
+    load_assignment:
+      cluster_name: backend
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT}}}}]}]
+"#;
+
+const DEFAULTS: &[(&str, &str)] = &[
+    ("STAT_PREFIX", "main"),
+    ("HEADER_KEY", "x-added"),
+    ("ROUTE_TIMEOUT", "5s"),
+    ("BACKOFF", "0.025s"),
+    ("CONNECT_TIMEOUT", "1s"),
+    ("LB_POLICY", "ROUND_ROBIN"),
+    ("EJECT_PCT", "10"),
+    ("PORT", "8080"),
+];
+
+fn render(overrides: &[(&str, &str)]) -> String {
+    let mut s = BASE.to_string();
+    for (k, v) in DEFAULTS {
+        let v = overrides.iter().find(|(o, _)| o == k).map_or(*v, |(_, v)| *v);
+        s = s.replace(k, v);
+    }
+    s
+}
+
+/// Envoy's proto validation rules (the `validate.rules` annotations) and its duration checks,
+/// on configs a user could write: Envoy refuses each, so must remora, naming the field.
+#[test]
+fn malformed_values_are_refused_like_envoy() {
+    let remora = tests::remora_bin_or_build().expect("the remora binary");
+    let envoy = tests::envoy_bin();
+    if envoy.is_none() {
+        eprintln!("NOTICE: no Envoy binary: checking remora only");
+    }
+    let dir = std::env::temp_dir().join(format!("remora-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // (name, placeholder overrides, the field remora's error must name; "" for a valid config)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        ("valid", &[], ""),
+        ("connect-timeout-zero", &[("CONNECT_TIMEOUT", "0s")], "clusters[0].connect_timeout"),
+        ("connect-timeout-negative", &[("CONNECT_TIMEOUT", "-1s")], "clusters[0].connect_timeout"),
+        ("route-timeout-negative", &[("ROUTE_TIMEOUT", "-5s")], "route.timeout"),
+        ("backoff-zero", &[("BACKOFF", "0s")], "retry_back_off.base_interval"),
+        ("port-out-of-range", &[("PORT", "70000")], "port_value"),
+        ("eject-percent-over-100", &[("EJECT_PCT", "150")], "outlier_detection.max_ejection_percent"),
+        ("empty-stat-prefix", &[("STAT_PREFIX", "\"\"")], "stat_prefix"),
+        // Header keys are checked non-strictly (Envoy accepts a space), but never a newline.
+        ("bad-header-name", &[("HEADER_KEY", "\"bad\\nheader\"")], "request_headers_to_add[0].header.key"),
+        ("lb-policy-undefined", &[("LB_POLICY", "99")], "lb_policy"),
+    ];
+    let mut failures = Vec::new();
+    for (name, overrides, field) in cases {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, render(overrides)).unwrap();
+        let want = if field.is_empty() { 0 } else { 1 };
+        if let Some(e) = &envoy {
+            let (got, out) = validate(e, &path);
+            if got != want {
+                failures.push(format!("{name}: Envoy exits {got}, expected {want}\n        {}", last_lines(&out, 3)));
+            }
+        }
+        let (got, out) = validate(&remora, &path);
+        if got != want {
+            failures.push(format!("{name}: remora exits {got}, Envoy {want}\n        {}", last_lines(&out, 3)));
+        } else if want == 1 && !out.contains(field) {
+            failures.push(format!("{name}: remora's error does not name {field}\n        {}", last_lines(&out, 3)));
+        }
+        eprintln!("{name}: remora: {}", last_lines(&out, 1));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{} mismatch(es):\n  {}", failures.len(), failures.join("\n  "));
 }

@@ -179,6 +179,38 @@ fn reply(body: String, json: bool) -> Response<Full<Bytes>> {
     r
 }
 
+/// A host's `health_status` in `/clusters?format=json`: Envoy's `HostHealthStatus`, only the
+/// flags that are set.
+fn health_status_json(h: &crate::upstream::host::Host) -> serde_json::Value {
+    use crate::upstream::host::flag;
+    let f = h.flags();
+    let eds = if f & flag::FAILED_EDS_HEALTH != 0 {
+        "UNHEALTHY"
+    } else if f & flag::EDS_STATUS_DRAINING != 0 {
+        "DRAINING"
+    } else if f & flag::DEGRADED_EDS_HEALTH != 0 {
+        "DEGRADED"
+    } else {
+        "HEALTHY"
+    };
+    let mut m = serde_json::Map::new();
+    for (bit, name, on) in [
+        (flag::FAILED_ACTIVE_HC, "failed_active_health_check", false),
+        (flag::FAILED_OUTLIER_CHECK, "failed_outlier_check", h.ejected()),
+        (flag::DEGRADED_ACTIVE_HC, "failed_active_degraded_check", false),
+        (flag::PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal", false),
+        (flag::PENDING_ACTIVE_HC, "pending_active_hc", false),
+        (flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail", false),
+        (flag::ACTIVE_HC_TIMEOUT, "active_hc_timeout", false),
+    ] {
+        if on || f & bit != 0 {
+            m.insert(name.into(), true.into());
+        }
+    }
+    m.insert("eds_health_status".into(), eds.into());
+    serde_json::Value::Object(m)
+}
+
 /// `/clusters`: Envoy's `name::key::value` lines, or JSON.
 pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
     let snap = st.control.shared.clusters.load_full();
@@ -200,11 +232,7 @@ pub fn clusters(st: &AdminState, json: bool) -> Response<Full<Bytes>> {
                         "hostname": &*h.hostname,
                         "weight": h.weight,
                         "priority": h.priority,
-                        "health_status": if h.ejected() {
-                            serde_json::json!({"eds_health_status": "HEALTHY", "failed_outlier_check": true})
-                        } else {
-                            serde_json::json!({"eds_health_status": "HEALTHY"})
-                        },
+                        "health_status": health_status_json(h),
                     })
                 })
                 .collect();

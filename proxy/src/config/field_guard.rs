@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 
 use prost_reflect::{DescriptorPool, Kind as PbKind, MessageDescriptor};
 
+use super::wire::{Reader, Value};
+
 /// The policy, compiled into the binary.
 pub const POLICY: &str = include_str!("fields.txt");
 
@@ -64,12 +66,17 @@ pub struct Finding {
     pub path: String,
     /// The message type and field, e.g. `envoy.config.cluster.v3.Cluster.outlier_detection`.
     pub field: String,
-    /// Why (telemetry-only findings).
+    /// Why (telemetry-only findings; the broken rule for invalid values).
     pub reason: String,
+    /// The value breaks Envoy's validation rules (rather than being unsupported).
+    pub invalid: bool,
 }
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.invalid {
+            return write!(f, "{}: {} ({})", self.path, self.reason, self.field);
+        }
         write!(f, "{}: not supported by remora ({}", self.path, self.field)?;
         if !self.reason.is_empty() {
             write!(f, ": {}", self.reason)?;
@@ -82,6 +89,8 @@ impl std::fmt::Display for Finding {
 #[derive(Debug, Default)]
 pub struct FieldGuard {
     messages: HashMap<String, Message>,
+    /// Envoy's proto validation rules, checked after the policy.
+    rules: super::pgv::Rules,
     /// `Message.field` -> (reason, times seen), for the log, the stats and `/config_guard`.
     seen: std::sync::Mutex<std::collections::BTreeMap<String, (String, u64)>>,
 }
@@ -166,7 +175,7 @@ impl FieldGuard {
     /// Compiles the policy against the descriptors. Every message and field it names must exist.
     pub fn build(pool: &DescriptorPool, policy: &str) -> Result<Self, String> {
         let parsed = parse_policy(policy)?;
-        let mut guard = FieldGuard::default();
+        let mut guard = FieldGuard { rules: super::pgv::Rules::build(pool), ..FieldGuard::default() };
         let mut by_name: HashMap<&str, &PolicyMessage> = HashMap::new();
         for m in &parsed {
             if by_name.insert(m.name.as_str(), m).is_some() {
@@ -207,11 +216,18 @@ impl FieldGuard {
 
     /// Checks a resource of message type `type_name` (full name, e.g.
     /// `envoy.config.cluster.v3.Cluster`) in its wire encoding. Returns the telemetry-only fields
-    /// it carries, or the first refused field.
+    /// it carries, or the first refused field: one remora does not support, or a value outside
+    /// Envoy's validation rules.
     pub fn check(&self, type_name: &str, bytes: &[u8]) -> Result<Vec<Finding>, Finding> {
         let mut telemetry = Vec::new();
         let mut path = String::new();
         self.walk(type_name, bytes, &mut path, &mut telemetry)?;
+        self.rules.check(type_name, bytes).map_err(|v| Finding {
+            path: v.path,
+            field: v.field,
+            reason: v.reason,
+            invalid: true,
+        })?;
         Ok(telemetry)
     }
 
@@ -284,20 +300,32 @@ impl FieldGuard {
                         path: path.clone(),
                         field: format!("{type_name}.{name}"),
                         reason: String::new(),
+                        invalid: false,
                     });
                 }
                 Verdict::Telemetry(reason) => {
-                    tele.push(Finding { path: path.clone(), field: format!("{type_name}.{name}"), reason });
+                    tele.push(Finding {
+                        path: path.clone(),
+                        field: format!("{type_name}.{name}"),
+                        reason,
+                        invalid: false,
+                    });
                 }
                 Verdict::NoOp(_) => {}
                 Verdict::Zero(reason) => {
                     let zero = match value {
                         Value::Int(v) => v == 0,
                         Value::Bytes(b) => b.is_empty(),
-                        Value::Fixed => false,
+                        Value::Fixed32(v) => v == 0,
+                        Value::Fixed64(v) => v == 0,
                     };
                     if !zero {
-                        return Err(Finding { path: path.clone(), field: format!("{type_name}.{name}"), reason });
+                        return Err(Finding {
+                            path: path.clone(),
+                            field: format!("{type_name}.{name}"),
+                            reason,
+                            invalid: false,
+                        });
                     }
                 }
                 Verdict::Implemented => {
@@ -444,62 +472,6 @@ fn kind_of(f: &prost_reflect::FieldDescriptor) -> Kind {
 
 fn message_kind(m: &MessageDescriptor) -> Kind {
     if m.full_name() == "google.protobuf.Any" { Kind::Any } else { Kind::Message(m.full_name().to_string()) }
-}
-
-/// One field's payload on the wire.
-enum Value<'a> {
-    Int(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-/// A protobuf wire-format reader (proto3: no groups).
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Option<u64> {
-        let mut v: u64 = 0;
-        for i in 0..10 {
-            let (&b, rest) = self.buf.split_first()?;
-            self.buf = rest;
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    /// The next field, or None at the end (or on malformed input: what prost decoded already
-    /// passed, so a short read here only ends the walk).
-    fn next_field(&mut self) -> Option<(u32, Value<'a>)> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let tag = self.varint()?;
-        let number = u32::try_from(tag >> 3).ok()?;
-        let v = match tag & 7 {
-            0 => Value::Int(self.varint()?),
-            1 => {
-                self.buf = self.buf.get(8..)?;
-                Value::Fixed
-            }
-            2 => {
-                let len = usize::try_from(self.varint()?).ok()?;
-                let b = self.buf.get(..len)?;
-                self.buf = &self.buf[len..];
-                Value::Bytes(b)
-            }
-            5 => {
-                self.buf = self.buf.get(4..)?;
-                Value::Fixed
-            }
-            _ => return None,
-        };
-        Some((number, v))
-    }
 }
 
 #[cfg(test)]

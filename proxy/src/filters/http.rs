@@ -7,6 +7,7 @@ pub mod fault;
 pub mod istio_alpn;
 pub mod istio_authn;
 pub mod istio_stats;
+pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod peer_metadata;
 pub mod rbac;
@@ -80,9 +81,24 @@ pub fn per_route_of<'a, T: 'static>(route: Option<RouteRef<'a>>, filter_name: &s
         .and_then(|c| c.downcast_ref::<T>())
 }
 
+/// Set in `RequestCtx::state` by a filter that changed what route selection reads (Envoy's
+/// `clearRouteCache`): the filter manager selects the route again before the next filter.
+#[derive(Debug, Clone, Copy)]
+pub struct ClearRouteCache;
+
 /// Marker stored for `envoy.config.route.v3.FilterConfig { disabled: true }`.
 #[derive(Debug)]
 pub struct Disabled;
+
+/// Whether the filter named `name` runs for this route: the most specific per-route entry
+/// decides (a `Disabled` marker turns it off, any other entry on), else the chain's default.
+fn runs_on(route: Option<RouteRef<'_>>, name: &str, default_disabled: bool) -> bool {
+    let Some(r) = route else { return !default_disabled };
+    match [&r.route.per_filter, &r.vhost.per_filter, &r.table.per_filter].into_iter().find_map(|m| m.get(name)) {
+        Some(c) => !c.is::<Disabled>(),
+        None => !default_disabled,
+    }
+}
 
 pub use crate::config::PerFilterConfigs;
 
@@ -114,7 +130,7 @@ pub trait HttpFilter: Send + Sync {
 
 /// Installs a filter into the chain from its `typed_config`: `(name, typed_config, cx, chain)`.
 /// Most push an `HttpFilter`; the router and Istio's ALPN filter configure the terminal step,
-/// and `istio_authn` is only checked.
+/// and `istio_authn` adds a filter only when it has origins.
 pub(crate) type FilterFactory = fn(&str, &Any, &BuildCtx, &mut FilterChain) -> Result<(), ConfigError>;
 /// Builds a per-route config from a `typed_per_filter_config` entry.
 pub type PerRouteFactory = fn(any: &Any, cx: &BuildCtx) -> Result<Arc<dyn std::any::Any + Send + Sync>, ConfigError>;
@@ -130,13 +146,17 @@ pub(crate) const FILTERS: &[(&str, FilterFactory)] = &[
     (local_ratelimit::TYPE, |name, any, cx, chain| chain.push(local_ratelimit::factory(name, any, cx)?)),
     (compressor::TYPE, |name, any, cx, chain| chain.push(compressor::factory(name, any, cx)?)),
     (rbac::TYPE, |name, any, cx, chain| chain.push(rbac::factory(name, any, cx)?)),
+    (jwt_authn::TYPE, |name, any, cx, chain| chain.push(jwt_authn::factory(name, any, cx)?)),
     (istio_stats::TYPE, |name, any, cx, chain| chain.push(istio_stats::factory(name, any, cx)?)),
     (peer_metadata::TYPE, |name, any, cx, chain| chain.push(peer_metadata::factory(name, any, cx)?)),
     (istio_alpn::TYPE, |_, any, _, chain| {
         chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, "")?));
         Ok(())
     }),
-    (istio_authn::TYPE, |_, any, _, _| istio_authn::check(any, "")),
+    (istio_authn::TYPE, |name, any, _, chain| match istio_authn::from_any(name, any, "")? {
+        Some(f) => chain.push(f),
+        None => Ok(()),
+    }),
 ];
 
 /// Per-route config types, by type name.
@@ -146,6 +166,7 @@ pub(crate) const PER_ROUTE: &[(&str, PerRouteFactory)] = &[
     (local_ratelimit::TYPE, local_ratelimit::per_route_factory),
     (compressor::PER_ROUTE_TYPE, compressor::per_route_factory),
     (rbac::PER_ROUTE_TYPE, rbac::per_route_factory),
+    (jwt_authn::PER_ROUTE_TYPE, jwt_authn::per_route_factory),
 ];
 
 /// Turns a filter's local reply into Envoy's gRPC form when the request is gRPC
@@ -212,7 +233,13 @@ pub fn compile_per_filter(
                     t = xds_client::any::effective_type_name(&c);
                     inner = c;
                 }
-                None => continue,
+                None if fc.is_optional => continue,
+                None => {
+                    return Err(ConfigError::new(
+                        f,
+                        format!("Empty route/virtual host per filter configuration for {name} filter"),
+                    ));
+                }
             }
             if fc.is_optional && !PER_ROUTE.iter().any(|(n, _)| *n == t) {
                 continue;
@@ -238,6 +265,9 @@ pub fn compile_per_filter(
 #[derive(Clone)]
 pub struct FilterChain {
     pub filters: Vec<Arc<dyn HttpFilter>>,
+    /// Per filter (same index): `HttpFilter.disabled`, off unless a route's per-filter config
+    /// turns it on.
+    pub default_disabled: Vec<bool>,
     pub router: router::RouterConfig,
     /// Istio's `istio.alpn`: the ALPN upstream TLS connections offer, by upstream protocol.
     pub alpn_override: Option<Arc<istio_alpn::AlpnOverride>>,
@@ -249,8 +279,31 @@ impl FilterChain {
         Ok(())
     }
 
+    /// Which filters run for a request on `route` (bit i: filter i), when any is disabled by
+    /// default or by the route; None when all run, the common case, decided without lookups.
+    pub fn active(&self, route: Option<RouteRef<'_>>) -> Option<u128> {
+        let any_per_filter = route.is_some_and(|r| {
+            !(r.route.per_filter.is_empty() && r.vhost.per_filter.is_empty() && r.table.per_filter.is_empty())
+        });
+        if !any_per_filter && !self.default_disabled.iter().any(|d| *d) {
+            return None;
+        }
+        let mut bits = 0u128;
+        for (i, f) in self.filters.iter().enumerate().take(128) {
+            if runs_on(route, f.name(), self.default_disabled.get(i).copied().unwrap_or(false)) {
+                bits |= 1 << i;
+            }
+        }
+        Some(bits)
+    }
+
     pub fn from_proto(filters: &[HttpFilterProto], cx: &BuildCtx, field: &str) -> Result<Self, ConfigError> {
-        let mut chain = FilterChain { filters: Vec::new(), router: router::RouterConfig::new(cx), alpn_override: None };
+        let mut chain = FilterChain {
+            filters: Vec::new(),
+            default_disabled: Vec::new(),
+            router: router::RouterConfig::new(cx),
+            alpn_override: None,
+        };
         let mut saw_router = false;
         for (i, f) in filters.iter().enumerate() {
             let fld = format!("{field}[{i}]");
@@ -278,7 +331,14 @@ impl FilterChain {
             let t = xds_client::any::effective_type_name(any);
             match FILTERS.iter().find(|(n, _)| *n == t) {
                 Some((_, factory)) => {
+                    if f.disabled && t == ROUTER_TYPE {
+                        return Err(ConfigError::new(
+                            format!("{fld}.disabled"),
+                            "the router filter cannot be disabled",
+                        ));
+                    }
                     factory(&f.name, any, cx, &mut chain).map_err(|e| e.within(&fld))?;
+                    chain.default_disabled.resize(chain.filters.len(), f.disabled);
                     saw_router = t == ROUTER_TYPE;
                 }
                 None if super::telemetry_only(&f.name, &t) => {

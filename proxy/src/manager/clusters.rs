@@ -111,10 +111,12 @@ impl ConfigManager {
         });
     }
 
-    /// Starts a new cluster object's tasks: DNS resolution, outlier detection.
+    /// Starts a new cluster object's tasks: DNS resolution, outlier detection, active health
+    /// checks.
     pub(super) fn spawn_cluster_tasks(&self, c: &Arc<Cluster>) {
         self.spawn_dns(c);
         crate::upstream::outlier::detector::spawn(c);
+        crate::upstream::health::checker::spawn(c);
     }
 
     pub(super) fn spawn_dns(&self, c: &Arc<Cluster>) {

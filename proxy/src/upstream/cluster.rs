@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_end
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 
 use super::circuit_breaker::CircuitBreakers;
+use super::health::HealthChecker;
 use super::host::{Endpoint, Host, HostSet};
 use super::lb::{LbConfig, LbPolicy};
 use super::outlier::{Detector, OutlierConfig, OutlierStats};
@@ -211,6 +212,8 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// `outlier_detection`; its task is started by the config manager.
     pub outlier: Option<Detector>,
+    /// `health_checks`; its task is started by the config manager.
+    pub health: Option<HealthChecker>,
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// The cluster's `transport_socket` (None: plaintext).
     pub tls: Option<Arc<crate::tls::ClientTls>>,
@@ -309,9 +312,6 @@ impl Cluster {
             Ok(cluster::DnsLookupFamily::All) => DnsFamily::All,
             Err(_) => DnsFamily::Auto,
         };
-        if !p.health_checks.is_empty() {
-            tracing::warn!(cluster = %p.name, "active health checks are not supported yet; hosts are treated as healthy");
-        }
         let stat_name = if p.alt_stat_name.is_empty() { p.name.as_str() } else { p.alt_stat_name.as_str() };
         let lb_config = lb_config(p, lb, discovery)?;
         let tcp_keepalive = tcp_keepalive(p);
@@ -319,6 +319,18 @@ impl Cluster {
             Some(od) => Some(Detector::new(OutlierConfig::from_proto(od)?, OutlierStats::new(&cx.stats, stat_name))),
             None => None,
         };
+        let health = HealthChecker::from_cluster(p, &cx.stats, stat_name)?;
+        if health.is_some() && discovery == DiscoveryType::OriginalDst {
+            return Err(ConfigError::new("health_checks", "not supported by remora on ORIGINAL_DST clusters"));
+        }
+        if health.as_ref().is_some_and(|h| matches!(h.config.kind, super::health::Kind::Grpc(_)))
+            && protocol == UpstreamProtocol::Http1
+        {
+            return Err(ConfigError::new(
+                "health_checks[0].grpc_health_check",
+                format!("{} cluster must support HTTP/2 for gRPC healthchecking", p.name),
+            ));
+        }
         let circuit_breakers = CircuitBreakers::from_proto(p.circuit_breakers.as_ref(), &cx.stats, stat_name)?;
         let stats = ClusterStats::new(&cx.stats, stat_name);
         let mut c = Cluster {
@@ -338,6 +350,7 @@ impl Cluster {
             idle_timeout,
             circuit_breakers,
             outlier,
+            health,
             tcp_keepalive,
             tls,
             tls_matches,
@@ -457,6 +470,13 @@ impl Cluster {
             v.extend(t.secret_files().iter().cloned());
         }
         v
+    }
+
+    /// Whether every actively checked host had its first health check (Envoy's cluster
+    /// initialisation waits for that); true without health checks.
+    pub fn initial_health_checks_done(&self) -> bool {
+        self.health.is_none()
+            || self.hosts.load().all.iter().all(|h| h.hc.disabled || h.has(super::host::flag::HC_CHECKED))
     }
 
     pub fn needs_dns(&self) -> bool {
@@ -617,11 +637,14 @@ pub fn socket_address_of(
 }
 
 fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, ConfigError> {
-    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-    match p.typed_extension_protocol_options.get(KEY) {
-        Some(any) => xds_client::any::unpack::<HttpProtocolOptions>(any)
+    // Under the extension's name, or the HCM's (the name Envoy registered these options under
+    // before they had their own).
+    const KEYS: [&str; 2] =
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "envoy.filters.network.http_connection_manager"];
+    match KEYS.iter().find_map(|k| p.typed_extension_protocol_options.get(*k).map(|a| (k, a))) {
+        Some((key, any)) => xds_client::any::unpack::<HttpProtocolOptions>(any)
             .map(Some)
-            .map_err(|e| ConfigError::new(format!("typed_extension_protocol_options[{KEY}]"), e.to_string())),
+            .map_err(|e| ConfigError::new(format!("typed_extension_protocol_options[{key}]"), e.to_string())),
         None => Ok(None),
     }
 }

@@ -130,13 +130,36 @@ pub async fn connect_with_alpn(
 ) -> Result<TokioIo<UpstreamIo>, ResetReason> {
     cluster.stats.upstream_cx_total.inc();
     cluster.stats.default_total_match_count.inc();
+    open(cluster, host, host.address, alpn).await
+}
+
+/// A health check's connection to `host` on `port` (0: the host's own): the cluster's
+/// transport socket and connect timeout, outside the cluster's traffic stats (as Envoy's
+/// health check connections).
+pub async fn connect_health_check(
+    cluster: &Cluster,
+    host: &Host,
+    port: u16,
+) -> Result<TokioIo<UpstreamIo>, ResetReason> {
+    let mut addr = host.address;
+    if port != 0 {
+        addr.set_port(port);
+    }
+    open(cluster, host, addr, None).await
+}
+
+async fn open(
+    cluster: &Cluster,
+    host: &Host,
+    address: SocketAddr,
+    alpn: Option<&[Vec<u8>]>,
+) -> Result<TokioIo<UpstreamIo>, ResetReason> {
     let tls = cluster.tls_for(host);
     let fut = async {
         match &host.pipe {
             Some(p) => tokio::net::UnixStream::connect(p).await.map(UpstreamIo::Unix),
             None => {
-                let s = connect_tcp_with(host.address, cluster.bind_for(host.address), cluster.tcp_keepalive.as_ref())
-                    .await?;
+                let s = connect_tcp_with(address, cluster.bind_for(address), cluster.tcp_keepalive.as_ref()).await?;
                 let _ = s.set_nodelay(true);
                 match tls {
                     None => Ok(UpstreamIo::Tcp(s)),

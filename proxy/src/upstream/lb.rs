@@ -11,6 +11,8 @@ use xxhash_rust::xxh64::xxh64;
 use super::host::{Host, HostSet, PriorityHosts};
 use crate::config::ConfigError;
 
+pub mod priority;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LbPolicy {
     RoundRobin,
@@ -209,21 +211,27 @@ pub fn build_host_set(all: Vec<Arc<Host>>, cfg: &LbConfig, ep: EndpointPolicy) -
     levels.dedup();
     let grouped: Vec<(u32, Vec<Arc<Host>>)> =
         levels.into_iter().map(|p| (p, all.iter().filter(|h| h.priority == p).cloned().collect())).collect();
-    let available: Vec<usize> = grouped.iter().map(|(_, h)| h.iter().filter(|h| h.available()).count()).collect();
-    let totals: Vec<usize> = grouped.iter().map(|(_, h)| h.len()).collect();
-    let health: Vec<(u64, u64)> = grouped
+    let counts: Vec<priority::Level> = grouped
         .iter()
         .map(|(_, hosts)| {
             let unit = |h: &Arc<Host>| if ep.weighted_priority_health { u64::from(h.weight) } else { 1 };
-            (hosts.iter().filter(|h| h.available()).map(unit).sum(), hosts.iter().map(unit).sum())
+            let counted = || hosts.iter().filter(|h| !h.excluded());
+            priority::Level {
+                healthy: counted().filter(|h| h.available()).map(unit).sum(),
+                degraded: counted().filter(|h| h.degraded()).map(unit).sum(),
+                total: counted().map(unit).sum(),
+                healthy_hosts: counted().filter(|h| h.available()).count(),
+                degraded_hosts: counted().filter(|h| h.degraded()).count(),
+                total_hosts: counted().count(),
+            }
         })
         .collect();
-    let (load, panic) = priority_load(&available, &totals, &health, cfg.panic_threshold, ep.overprovisioning_factor);
+    let loads = priority::loads(&counts, cfg.panic_threshold, ep.overprovisioning_factor);
     let priorities = grouped
         .into_iter()
-        .zip(available)
-        .zip(panic)
-        .map(|(((priority, hosts), available), panic)| {
+        .zip(&loads.panic)
+        .map(|((priority, hosts), &panic)| {
+            let available = hosts.iter().filter(|h| h.available()).count();
             let pick: Vec<Arc<Host>> =
                 if panic { hosts.clone() } else { hosts.iter().filter(|h| h.available()).cloned().collect() };
             let weights = (cfg.locality_weighted && cfg.policy.uses_hash()).then(|| locality_normalized(&pick));
@@ -236,15 +244,18 @@ pub fn build_host_set(all: Vec<Arc<Host>>, cfg: &LbConfig, ep: EndpointPolicy) -
             let localities = (cfg.locality_weighted && !panic && !cfg.policy.uses_hash())
                 .then(|| Localities::build(cfg.policy, &hosts, ep.overprovisioning_factor))
                 .flatten();
-            PriorityHosts { priority, hosts, available, panic, pick, lb, localities }
+            let degraded: Vec<Arc<Host>> = hosts.iter().filter(|h| h.degraded()).cloned().collect();
+            let degraded_lb = LbState::build(cfg.policy, &degraded, None);
+            PriorityHosts { priority, hosts, available, panic, pick, lb, localities, degraded, degraded_lb }
         })
         .collect();
     let empty_panic = all.is_empty() && cfg.panic_threshold > 0;
-    HostSet { all, priorities, load, empty_panic }
+    HostSet { all, priorities, load: loads.healthy, degraded_load: loads.degraded, empty_panic }
 }
 
 /// Per level: the load percentages and panic flags, from the available and total host counts
-/// (panic) and the (available, total) health units, counts or weights (load).
+/// (panic) and the (available, total) health units, counts or weights (load), with no degraded
+/// hosts.
 pub fn priority_load(
     available: &[usize],
     totals: &[usize],
@@ -252,57 +263,21 @@ pub fn priority_load(
     threshold: u32,
     overprovisioning: u32,
 ) -> (Vec<u32>, Vec<bool>) {
-    let n = totals.len();
-    let mut load = vec![0u32; n];
-    if n == 0 {
-        return (load, Vec::new());
-    }
-    let health: Vec<u32> = units
-        .iter()
-        .map(|&(a, t)| (u64::from(overprovisioning) * a).checked_div(t).unwrap_or(0).min(100) as u32)
-        .collect();
-    let normalized_total = health.iter().sum::<u32>().min(100);
-    if normalized_total > 0 {
-        let mut remaining = 100u32;
-        let mut first = None;
-        for (i, h) in health.iter().enumerate() {
-            if first.is_none() && *h > 0 {
-                first = Some(i);
-            }
-            load[i] = remaining.min((h * 100).checked_div(normalized_total).unwrap_or(0));
-            remaining -= load[i];
-        }
-        if let Some(f) = first {
-            load[f] += remaining;
-        }
-    }
-    if threshold == 0 && normalized_total == 0 {
-        load[0] = 100;
-        return (load, vec![false; n]);
-    }
-    let panic: Vec<bool> = available
+    let levels: Vec<priority::Level> = available
         .iter()
         .zip(totals)
-        .map(|(&a, &t)| {
-            normalized_total != 100 && {
-                let pct = if t == 0 { 0.0 } else { 100.0 * a as f64 / t as f64 };
-                pct < f64::from(threshold.min(100))
-            }
+        .zip(units)
+        .map(|((&a, &t), &(ua, ut))| priority::Level {
+            healthy: ua,
+            degraded: 0,
+            total: ut,
+            healthy_hosts: a,
+            degraded_hosts: 0,
+            total_hosts: t,
         })
         .collect();
-    if panic.iter().all(|p| *p) {
-        // Total panic: load by host count, whatever the health.
-        let total: usize = totals.iter().sum();
-        let mut remaining = 100u32;
-        for (i, t) in totals.iter().enumerate() {
-            load[i] = (100 * t / total.max(1)) as u32;
-            remaining -= load[i];
-        }
-        if let Some(f) = totals.iter().position(|t| *t > 0) {
-            load[f] += remaining;
-        }
-    }
-    (load, panic)
+    let l = priority::loads(&levels, threshold, overprovisioning);
+    (l.healthy, l.panic)
 }
 
 /// Hash policies with locality weighting: host weight x locality share / host weights of the
@@ -454,22 +429,26 @@ pub struct Pick {
 /// Picks a host from a host set. `hash` is the request's hash key (for hash policies);
 /// `avoid` lists hosts to skip when the previous-hosts retry predicate is on.
 pub fn choose(policy: LbPolicy, set: &HostSet, hash: Option<u64>, avoid: &[u64]) -> Pick {
-    let level = match set.priorities.len() {
+    let (level, degraded) = match set.priorities.len() {
         0 => return Pick { host: None, panic: set.empty_panic },
-        1 => &set.priorities[0],
+        1 if set.degraded_load.first().is_none_or(|l| *l == 0) => (&set.priorities[0], false),
         _ => {
-            // Envoy: the hash (or a random number) modulo 100 against the cumulative load.
+            // Envoy: the hash (or a random number) modulo 100 against the cumulative load, the
+            // healthy loads of every level first, then the degraded ones.
             let h = hash.unwrap_or_else(|| fastrand::u64(..)) % 100 + 1;
             let mut acc = 0u64;
-            let i = set.load.iter().position(|l| {
+            let i = set.load.iter().chain(&set.degraded_load).position(|l| {
                 acc += u64::from(*l);
                 h <= acc
             });
-            &set.priorities[i.unwrap_or(0).min(set.priorities.len() - 1)]
+            let n = set.priorities.len();
+            let i = i.unwrap_or(0);
+            (&set.priorities[(i % n).min(n - 1)], i >= n)
         }
     };
     let panic = level.panic;
     let (hosts, lb) = match level.localities.as_ref().and_then(Localities::pick) {
+        _ if degraded && !panic => (&level.degraded, &level.degraded_lb),
         Some((hosts, lb)) => (hosts, lb),
         None => (&level.pick, &level.lb),
     };

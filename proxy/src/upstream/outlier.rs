@@ -77,6 +77,8 @@ pub struct OutlierConfig {
     pub enforcing_failure_percentage_local_origin: u32,
     pub split_external_local_origin_errors: bool,
     pub always_eject_one_host: bool,
+    /// A passing active health check unejects the host (default true).
+    pub successful_active_health_check_uneject_host: bool,
 }
 
 impl Default for OutlierConfig {
@@ -105,6 +107,7 @@ impl Default for OutlierConfig {
             enforcing_failure_percentage_local_origin: 0,
             split_external_local_origin_errors: false,
             always_eject_one_host: false,
+            successful_active_health_check_uneject_host: true,
         }
     }
 }
@@ -214,10 +217,11 @@ impl OutlierConfig {
             )?,
             split_external_local_origin_errors: p.split_external_local_origin_errors,
             always_eject_one_host: p.always_eject_one_host.as_ref().is_some_and(|b| b.value),
+            successful_active_health_check_uneject_host: p
+                .successful_active_health_check_uneject_host
+                .as_ref()
+                .is_none_or(|b| b.value),
         };
-        // `successful_active_health_check_uneject_host` (default true) lets a passing active
-        // health check uneject a host. Without active health checks there is no such event, so
-        // the field is accepted as a no-op.
         if c.max_ejection_time < c.base_ejection_time {
             return Err(ConfigError::new(
                 f("max_ejection_time"),
@@ -441,7 +445,8 @@ pub fn grpc_to_http(status: u32) -> u16 {
 }
 
 /// A consecutive-failure event for the detector task.
-pub(super) type Event = (Arc<Host>, EjectionType);
+/// A host reaching a consecutive-failure threshold, or (None) passing an active health check.
+pub(super) type Event = (Arc<Host>, Option<EjectionType>);
 
 /// A cluster's outlier detector: its config and stats, and the channel to its task.
 #[derive(Debug)]
@@ -488,7 +493,15 @@ impl Detector {
 
     fn notify(&self, host: &Arc<Host>, t: EjectionType) {
         // Fails only when the task is gone (the cluster is being dropped).
-        let _ = self.events.send((host.clone(), t));
+        let _ = self.events.send((host.clone(), Some(t)));
+    }
+
+    /// A passing active health check of an ejected host: unejected by the detector task when
+    /// `successful_active_health_check_uneject_host` (Envoy's health check callback).
+    pub fn health_check_passed(&self, host: &Arc<Host>) {
+        if self.config.successful_active_health_check_uneject_host && host.ejected() {
+            let _ = self.events.send((host.clone(), None));
+        }
     }
 
     /// An attempt's HTTP status (or a gRPC status mapped to one), Envoy's
@@ -624,7 +637,7 @@ mod tests {
         for _ in 0..4 {
             d.put_http_code(&h, 503);
         }
-        let got: Vec<EjectionType> = std::iter::from_fn(|| rx.try_recv().ok().map(|e| e.1)).collect();
+        let got: Vec<EjectionType> = std::iter::from_fn(|| rx.try_recv().ok().and_then(|e| e.1)).collect();
         assert_eq!(got, [EjectionType::ConsecutiveGatewayFailure, EjectionType::Consecutive5xx]);
         // Without split, a connect failure counts as a 503 and a timeout as a 504.
         let m = h.outlier.as_deref().unwrap();
@@ -648,7 +661,7 @@ mod tests {
         let h = host_with_monitor();
         d.put_result(&h, Outcome::LocalOriginConnectFailed, None);
         d.put_result(&h, Outcome::LocalOriginTimeout, Some(504));
-        assert_eq!(rx.try_recv().map(|e| e.1).ok(), Some(EjectionType::ConsecutiveLocalOriginFailure));
+        assert_eq!(rx.try_recv().ok().and_then(|e| e.1), Some(EjectionType::ConsecutiveLocalOriginFailure));
         let m = h.outlier.as_deref().unwrap();
         assert_eq!(m.consecutive_5xx.load(Ordering::Relaxed), 0);
         m.local.swap();

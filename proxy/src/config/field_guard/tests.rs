@@ -65,10 +65,14 @@ fn telemetry_fields_pass_and_are_reported() {
 
 #[test]
 fn zero_accepts_only_empty_values() {
-    let g = guard("message envoy.config.cluster.v3.Cluster\n  name\n  dns_refresh_rate zero only 0 is supported\n");
-    let mut c = Cluster { name: "a".into(), dns_refresh_rate: Some(Duration::default()), ..Default::default() };
+    // (A field without a validation rule: dns_refresh_rate's `gt: 1ms` would refuse 0 anyway.)
+    let g = guard(
+        "message envoy.config.cluster.v3.Cluster\n  name\n  per_connection_buffer_limit_bytes zero only 0 is supported\n",
+    );
+    let mut c =
+        Cluster { name: "a".into(), per_connection_buffer_limit_bytes: Some(Default::default()), ..Default::default() };
     assert!(g.check_message(&c).is_ok());
-    c.dns_refresh_rate = Some(Duration { seconds: 5, nanos: 0 });
+    c.per_connection_buffer_limit_bytes = Some(envoy_types::pb::google::protobuf::UInt32Value { value: 5 });
     let f = g.check_message(&c).unwrap_err();
     assert_eq!(f.reason, "only 0 is supported");
 }
@@ -103,4 +107,18 @@ fn the_shipped_policy_compiles_and_covers_the_resources() {
     ] {
         assert!(g.covers(t), "{t}");
     }
+}
+
+#[test]
+fn values_outside_envoys_validation_rules_are_invalid() {
+    let g = guard("message envoy.config.cluster.v3.Cluster\n  name\n  connect_timeout\n");
+    let c =
+        Cluster { name: "a".into(), connect_timeout: Some(Duration { seconds: 0, nanos: 0 }), ..Default::default() };
+    let f = g.check_message(&c).unwrap_err();
+    assert!(f.invalid);
+    assert_eq!(f.path, "connect_timeout");
+    assert_eq!(
+        crate::config::ConfigError::unsupported(&f).to_string(),
+        "connect_timeout: value must be greater than 0s (envoy.config.cluster.v3.Cluster.connect_timeout)"
+    );
 }

@@ -1,6 +1,8 @@
 //! A cluster's membership and its publication: the endpoints of a ClusterLoadAssignment (or
 //! DNS) become the host set the load balancers read; health changes (outlier ejections) are
 //! republished under Envoy's `update_merge_window`; picking a host counts the panic mode.
+//! Endpoints keep their EDS `health_status` as host health flags (unhealthy, draining and
+//! timeout hosts take no traffic outside panic, degraded ones only what healthy ones cannot).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_end
 
 use super::{Cluster, socket_address_of};
 use crate::config::ConfigError;
-use crate::upstream::host::{Endpoint, Host, HostSet, Locality};
+use crate::upstream::host::{Endpoint, EndpointHealthCheck, Host, HostSet, Locality, flag};
 use crate::upstream::lb::{EndpointPolicy, build_host_set};
 
 /// When health changes were last delivered to the load balancers, and whether a merged
@@ -49,10 +51,8 @@ impl Cluster {
                     return Err(ConfigError::new(f, "named endpoints are not supported"));
                 };
                 let weight = le.load_balancing_weight.map(|w| w.value).unwrap_or(1);
-                // EDS health: UNHEALTHY(2), DRAINING(3), TIMEOUT(4) are not used for traffic.
-                if matches!(le.health_status, 2..=4) {
-                    continue;
-                }
+                let eds_flags = flag::from_eds(le.health_status);
+                let hc = endpoint_health_check(ep.health_check_config.as_ref(), &f)?;
                 let field = format!("{f}.endpoint.address");
                 if let Some(address::Address::Pipe(p)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) {
                     if p.path.is_empty() {
@@ -67,11 +67,16 @@ impl Cluster {
                         metadata: le.metadata.clone(),
                         locality: None,
                         locality_weight: 0,
+                        eds_flags,
+                        hc,
                     });
                     continue;
                 }
                 let addr = socket_address_of(ep.address.as_ref(), &field)?;
-                hosts.push(Endpoint::ip(addr, ep.hostname.clone(), weight, lle.priority, le.metadata.clone()));
+                let mut e = Endpoint::ip(addr, ep.hostname.clone(), weight, lle.priority, le.metadata.clone());
+                e.eds_flags = eds_flags;
+                e.hc = hc;
+                hosts.push(e);
             }
             for h in &mut hosts[first..] {
                 h.locality = locality.clone();
@@ -83,18 +88,30 @@ impl Cluster {
         Ok(())
     }
 
-    /// Publishes a new host set, keeping the identity (and outlier state) of hosts that did
-    /// not change.
+    /// Publishes a new host set, keeping the identity (and outlier and health check state) of
+    /// hosts that did not change. With active health checks, a host that left but still passes
+    /// its checks stays, flagged pending removal, until it fails one (Envoy's default without
+    /// `ignore_health_on_host_removal`).
     pub fn set_hosts(&self, hosts: Vec<Endpoint>) {
         let mut w = self.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.hosts.load();
         let outlier = self.outlier.is_some();
-        let all: Vec<Arc<Host>> = hosts.into_iter().map(|ep| HostSet::reuse(&previous, ep, outlier)).collect();
+        let active_hc = self.health.is_some();
+        let mut all: Vec<Arc<Host>> =
+            hosts.into_iter().map(|ep| HostSet::reuse(&previous, ep, outlier, active_hc)).collect();
+        if self.health.as_ref().is_some_and(|h| !h.ignore_health_on_host_removal) {
+            for h in previous.all.iter() {
+                let gone = !all.iter().any(|n| n.address == h.address && n.pipe == h.pipe);
+                if gone && !h.has(flag::FAILED_ACTIVE_HC) && !h.hc.disabled {
+                    h.set_flag(flag::PENDING_DYNAMIC_REMOVAL, true);
+                    all.push(h.clone());
+                }
+            }
+        }
         let changed = previous.all.len() != all.len() || previous.all.iter().zip(&all).any(|(a, b)| a.id != b.id);
         // Like Envoy, an empty cluster never touches its membership gauges.
         if changed {
             self.stats.membership_total.set(all.len() as i64);
-            self.stats.membership_healthy.set(all.iter().filter(|h| h.available()).count() as i64);
             self.stats.membership_change.inc();
             if let Some(d) = &self.outlier {
                 d.stats.ejections_active.set(all.iter().filter(|h| h.ejected()).count() as i64);
@@ -106,7 +123,42 @@ impl Cluster {
                 w.last = Some(std::time::Instant::now());
             }
         }
+        if changed || !all.is_empty() {
+            self.set_health_gauges(&all);
+        }
         self.hosts.store(Arc::new(build_host_set(all, &self.lb_config, w.policy)));
+        drop(w);
+        if let Some(h) = &self.health {
+            h.membership_changed.notify_one();
+        }
+    }
+
+    /// `membership_healthy`, `membership_degraded`, `membership_excluded`.
+    fn set_health_gauges(&self, all: &[Arc<Host>]) {
+        let count = |f: fn(&Host) -> bool| all.iter().filter(|h| f(h)).count() as i64;
+        self.stats.membership_healthy.set(count(Host::available));
+        self.stats.membership_degraded.set(count(Host::degraded));
+        self.stats.membership_excluded.set(count(Host::excluded));
+    }
+
+    /// Drops a host pending removal that just failed its active health check (Envoy's
+    /// `reloadHealthyHostsHelper`); the change is delivered at once.
+    pub fn remove_failed_pending(&self, host: &Arc<Host>) {
+        let mut w = self.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.hosts.load();
+        if !previous.all.iter().any(|h| Arc::ptr_eq(h, host)) {
+            return;
+        }
+        let all: Vec<Arc<Host>> = previous.all.iter().filter(|h| !Arc::ptr_eq(h, host)).cloned().collect();
+        self.stats.membership_total.set(all.len() as i64);
+        self.stats.membership_change.inc();
+        self.set_health_gauges(&all);
+        w.last = Some(std::time::Instant::now());
+        self.hosts.store(Arc::new(build_host_set(all, &self.lb_config, w.policy)));
+        drop(w);
+        if let Some(h) = &self.health {
+            h.membership_changed.notify_one();
+        }
     }
 
     /// Republishes the current hosts after a health change (an outlier ejection or
@@ -117,8 +169,7 @@ impl Cluster {
     pub fn refresh_health(self: &Arc<Self>) {
         let mut w = self.hosts_write.lock().unwrap_or_else(|p| p.into_inner());
         // The cluster's own view changes at once (Envoy's priority set on the main thread).
-        let available = self.hosts.load().all.iter().filter(|h| h.available()).count();
-        self.stats.membership_healthy.set(available as i64);
+        self.set_health_gauges(&self.hosts.load().all);
         let now = std::time::Instant::now();
         let window = self.lb_config_merge_window;
         let in_window = !window.is_zero() && w.last.is_some_and(|t| now.saturating_duration_since(t) <= window);
@@ -155,4 +206,20 @@ impl Cluster {
         }
         pick.host
     }
+}
+
+/// An endpoint's `health_check_config` (`address` is refused: remora checks the endpoint's own
+/// address, on `port_value` when set).
+fn endpoint_health_check(
+    c: Option<&envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig>,
+    field: &str,
+) -> Result<EndpointHealthCheck, ConfigError> {
+    let Some(c) = c else { return Ok(EndpointHealthCheck::default()) };
+    let f = |n: &str| format!("{field}.endpoint.health_check_config.{n}");
+    if c.address.is_some() {
+        return Err(ConfigError::new(f("address"), "not supported by remora"));
+    }
+    let port = u16::try_from(c.port_value)
+        .map_err(|_| ConfigError::new(f("port_value"), "value must be less than or equal to 65535"))?;
+    Ok(EndpointHealthCheck { hostname: c.hostname.clone(), port, disabled: c.disable_active_health_check })
 }

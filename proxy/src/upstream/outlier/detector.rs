@@ -149,6 +149,22 @@ impl State {
         ejected
     }
 
+    /// A passing active health check: unejects the host (still in the cluster and ejected).
+    pub fn on_health_check_passed(
+        &mut self,
+        d: &Detector,
+        hosts: &[Arc<Host>],
+        host: &Arc<Host>,
+        now: Instant,
+    ) -> bool {
+        if !hosts.iter().any(|h| Arc::ptr_eq(h, host)) || !host.ejected() {
+            return false;
+        }
+        self.uneject(host, now);
+        d.stats.ejections_active.set(hosts.iter().filter(|h| h.ejected()).count() as i64);
+        true
+    }
+
     /// The interval timer. Returns whether the host set must be republished.
     pub fn on_interval(&mut self, d: &Detector, hosts: &[Arc<Host>], now: Instant) -> bool {
         self.prune(hosts);
@@ -261,7 +277,11 @@ pub async fn run(cluster: Weak<Cluster>, mut events: mpsc::UnboundedReceiver<Eve
                 let Some(c) = cluster.upgrade() else { return };
                 let Some(d) = c.outlier.as_ref() else { return };
                 let hosts = c.hosts.load();
-                if state.on_consecutive(d, &hosts.all, &host, t, Instant::now()) {
+                let changed = match t {
+                    Some(t) => state.on_consecutive(d, &hosts.all, &host, t, Instant::now()),
+                    None => state.on_health_check_passed(d, &hosts.all, &host, Instant::now()),
+                };
+                if changed {
                     c.refresh_health();
                 }
             }

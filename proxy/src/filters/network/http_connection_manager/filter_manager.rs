@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use super::connection::ConnCtx;
 use crate::filters::http::router::{Downstream, Routed};
-use crate::filters::http::{FilterAction, RequestCtx, RouteRef};
+use crate::filters::http::{ClearRouteCache, FilterAction, RequestCtx, RouteRef};
 use crate::http::body::ResponseBody;
 use crate::matcher::RequestHeaders;
 use crate::router::route::{Action, MatchInput};
@@ -26,17 +26,19 @@ pub(super) async fn run(
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let scheme_of_uri = parts.uri.scheme().cloned();
     let scheme = scheme_of_uri.as_ref().map(|s| s.as_str()).unwrap_or(cx.scheme);
-    let matched = table.as_deref().and_then(|t| {
+    let select = |parts: &http::request::Parts| {
+        let t = table.as_deref()?;
+        let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
-            None => (path_and_query.as_str(), None),
+            None => (path_and_query, None),
         };
         let host_for_match = if hcm.strip_any_host_port { strip_port(authority) } else { authority };
         let vhost = t.virtual_host(host_for_match)?;
         let input = MatchInput {
             headers: RequestHeaders {
                 method: parts.method.as_str(),
-                path: &path_and_query,
+                path: path_and_query,
                 authority,
                 scheme,
                 headers: &parts.headers,
@@ -48,7 +50,8 @@ pub(super) async fn run(
         };
         let (route, len) = vhost.route(&input)?;
         Some((RouteRef { table: t, vhost, route }, len))
-    });
+    };
+    let mut matched = select(parts);
 
     // The span starts once the route is known (its decorator names the operation).
     let decorator = hcm.tracing.as_ref().and(matched.as_ref()).and_then(|m| m.0.route.decorator.as_ref());
@@ -84,11 +87,24 @@ pub(super) async fn run(
         state: http::Extensions::new(),
     };
     let filters = &hcm.filters.filters;
+    // `disabled` filters and per-route FilterConfig { disabled } (None: every filter runs).
+    let mut active = hcm.filters.active(rcx.route);
+    let runs = |active: Option<u128>, i: usize| active.is_none_or(|bits| i >= 128 || bits & (1 << i) != 0);
     let mut answered_by = filters.len();
     let mut early: Option<Response<ResponseBody>> = None;
     for (i, f) in filters.iter().enumerate() {
+        if !runs(active, i) {
+            continue;
+        }
         match f.on_request(&mut rcx, parts) {
-            FilterAction::Continue => {}
+            FilterAction::Continue => {
+                // A filter changed what the route depends on (jwt_authn's clear_route_cache).
+                if rcx.state.remove::<ClearRouteCache>().is_some() {
+                    matched = select(parts);
+                    rcx.route = matched.map(|m| m.0);
+                    active = hcm.filters.active(rcx.route);
+                }
+            }
             FilterAction::Delay(d) => tokio::time::sleep(d).await,
             FilterAction::DelayThen(d, reply) => {
                 tokio::time::sleep(d).await;
@@ -140,11 +156,15 @@ pub(super) async fn run(
     };
     // Response path: the filters before the one that answered, in reverse order.
     let (mut rparts, mut rbody) = resp.into_parts();
-    for f in filters[..answered_by].iter().rev() {
-        f.on_response(&mut rcx, &mut rparts);
+    for (i, f) in filters[..answered_by].iter().enumerate().rev() {
+        if runs(active, i) {
+            f.on_response(&mut rcx, &mut rparts);
+        }
     }
-    for f in filters[..answered_by].iter().rev() {
-        rbody = f.wrap_body(&mut rcx, &rparts, rbody);
+    for (i, f) in filters[..answered_by].iter().enumerate().rev() {
+        if runs(active, i) {
+            rbody = f.wrap_body(&mut rcx, &rparts, rbody);
+        }
     }
     if let Some(t) = &hcm.tracing {
         if t.ingress {
