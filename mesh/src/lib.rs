@@ -2,6 +2,8 @@
 //! serves each proxy the xDS istiod would (`model`, `xds`), an Istio CA for SPIFFE certificates,
 //! the demo app and the runner behind `remora demo` (`runner`). Production meshes use istiod.
 
+pub mod compose;
+pub mod dispatch;
 pub mod manifest;
 pub mod model;
 pub mod runner;
@@ -18,6 +20,9 @@ pub type Resources = Vec<(&'static str, Vec<(String, Any)>)>;
 
 /// Generates and encodes every resource `proxy` gets.
 pub fn resources(mesh: &Mesh, proxy: &Proxy) -> Result<Resources, String> {
+    // The descriptor pool stays decoded only while someone holds it: hold it across the
+    // conversions below rather than decode it again for every resource.
+    let _pool = xds_client::descriptors::pool();
     let routes = match proxy {
         Proxy::Sidecar(pod) => xds::sidecar_route_configs(mesh, &pod.namespace),
         Proxy::Gateway { .. } => xds::gateway_route_configs(mesh),

@@ -85,6 +85,9 @@ pub struct Mesh {
     pub gateways: Vec<Resource<GatewaySpec>>,
     /// STRICT (true) or PERMISSIVE per namespace; `ROOT_NAMESPACE` is the mesh-wide default.
     pub strict: BTreeMap<String, bool>,
+    /// Where the ingress gateway's listeners bind: 127.0.0.1 for `remora demo`, 0.0.0.0 in the
+    /// compose mesh (its container publishes them).
+    pub gateway_ip: Ipv4Addr,
 }
 
 fn fail(file: &str, field: String, reason: String) -> ManifestError {
@@ -232,6 +235,7 @@ impl Mesh {
             destination_rules: m.destination_rules,
             gateways: m.gateways,
             strict,
+            gateway_ip: Ipv4Addr::LOCALHOST,
         };
         mesh.check()?;
         Ok(mesh)

@@ -39,11 +39,11 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct ProxyRun {
+pub(crate) struct ProxyRun {
     /// `None` for the gateway.
-    pod: Option<Pod>,
-    cp: ControlPlane,
-    admin: u16,
+    pub(crate) pod: Option<Pod>,
+    pub(crate) cp: ControlPlane,
+    pub(crate) admin: u16,
 }
 
 /// The bootstrap pilot-agent would write for a proxy: node, admin, Delta ADS to `xds`, and an
@@ -87,7 +87,7 @@ pub fn bootstrap(
 }
 
 /// Serves `mesh` to every proxy: replaces each harness's resources.
-fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) -> Result<(), String> {
+pub(crate) fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) -> Result<(), String> {
     for p in proxies {
         let proxy = match &p.pod {
             Some(pod) => Proxy::Sidecar(pod),
@@ -102,7 +102,7 @@ fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) -> Resul
 
 /// Fingerprint of the folder: names and contents of its files (manifest folders are small; an
 /// edit that keeps the size within the mtime granularity is still seen).
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+pub(crate) fn fingerprint(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -331,7 +331,7 @@ fn check_privileged_ports(mesh: &Mesh, block: u8) -> Result<(), String> {
 }
 
 /// Prints the NACKs that arrived since the last look (give the proxies a moment to answer).
-async fn report_new_nacks(proxies: &[ProxyRun], seen: &mut usize) {
+pub(crate) async fn report_new_nacks(proxies: &[ProxyRun], seen: &mut usize) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all: Vec<String> = proxies
         .iter()

@@ -297,7 +297,7 @@ pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
                 out.push(json!({
                     "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
                     "name": format!("0.0.0.0_{port}"),
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": local}},
+                    "address": {"socket_address": {"address": mesh.gateway_ip.to_string(), "port_value": local}},
                     "filter_chains": [{"filters": [outbound_hcm(&format!("outbound_0.0.0.0_{port}"), &format!("http.{port}"))]}],
                     "traffic_direction": "OUTBOUND",
                 }));

@@ -42,7 +42,11 @@ pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
         }
     };
     if opts.version {
-        println!("remora version: {VERSION}/1.40.0-compatible/Clean/RELEASE/rustls");
+        // Envoy's format (`<argv0>  version: <sha>/<x.y.z[-label]>/<Clean|Modified>/<RELEASE|DEBUG>/<ssl>`),
+        // which tools parse when the binary is installed as `envoy`; no source SHA is recorded.
+        let argv0 = args.first().map(|a| a.to_string_lossy().into_owned()).unwrap_or_else(|| "remora".into());
+        let build = if cfg!(debug_assertions) { "DEBUG" } else { "RELEASE" };
+        println!("\n{argv0}  version: {}/1.40.0-remora-{VERSION}/Clean/{build}/rustls", "0".repeat(40));
         return ExitCode::SUCCESS;
     }
     let format = crate::logging::LineFormat::text(

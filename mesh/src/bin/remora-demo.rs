@@ -8,9 +8,12 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     name = "remora demo",
-    about = "Run a local mesh (control plane, apps, remora sidecars, ingress gateway) from Kubernetes and Istio manifests"
+    about = "Run a local mesh (control plane, apps, remora sidecars, ingress gateway) from Kubernetes and Istio manifests",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Sub>,
     /// The folder of manifests.
     #[arg(long, default_value = "examples/demo")]
     mesh: PathBuf,
@@ -34,6 +37,70 @@ struct Args {
     check: bool,
 }
 
+/// The docker-compose mesh (docker/compose.yaml).
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Only the control plane (compose mesh): ADS for every proxy on one port by node id, the
+    /// Istio CA, pods at their compose addresses; watches the folder and pushes changes.
+    ControlPlane {
+        #[arg(long, default_value = "examples/demo")]
+        mesh: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:15010")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:15012")]
+        ca_listen: std::net::SocketAddr,
+        /// `ca-root.pem` goes here (a volume the proxies mount).
+        #[arg(long, default_value = "/var/run/remora-mesh")]
+        out: PathBuf,
+    },
+    /// Write compose.yaml and bootstrap.json for a folder of manifests.
+    Compose {
+        #[arg(long, default_value = "examples/demo")]
+        mesh: PathBuf,
+        #[arg(long, default_value = "docker")]
+        out: PathBuf,
+        /// The proxies' image (sidecars, gateway).
+        #[arg(long, default_value = "remora:dev")]
+        image: String,
+        /// The control plane's and the apps' image.
+        #[arg(long, default_value = "remora-demo:dev")]
+        demo_image: String,
+    },
+    /// Exit 0 if FILE exists (the control plane's container health check; the image has no shell).
+    Probe { file: PathBuf },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
+        eprintln!("remora demo: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn sub(cmd: Sub) -> ExitCode {
+    let result = match cmd {
+        Sub::Probe { file } => return if file.exists() { ExitCode::SUCCESS } else { ExitCode::FAILURE },
+        Sub::Compose { mesh, out, image, demo_image } => mesh::compose::files(&mesh, &out, &image, &demo_image)
+            .map(|()| println!("wrote {0}/compose.yaml and {0}/bootstrap.json", out.display())),
+        Sub::ControlPlane { mesh, listen, ca_listen, out } => match runtime() {
+            Ok(rt) => rt.block_on(mesh::compose::control_plane(mesh::compose::ControlPlaneOptions {
+                mesh,
+                listen,
+                ca_listen,
+                out,
+            })),
+            Err(code) => return code,
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remora demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
@@ -44,6 +111,9 @@ fn sibling(name: &str) -> PathBuf {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(cmd) = args.cmd {
+        return sub(cmd);
+    }
     if args.check {
         return match mesh::runner::load(&args.mesh) {
             Ok(m) => {
@@ -69,12 +139,9 @@ fn main() -> ExitCode {
         work_dir,
         ready_file: args.ready_file,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("remora demo: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(mesh::runner::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -314,6 +314,51 @@ impl Body for ReplayBody {
     }
 }
 
+// === Stream activity ===
+
+/// A downstream connection's streams in flight, for the HTTP connection manager's idle
+/// timeout: a stream counts from its request until its response body is dropped (sent, or
+/// abandoned).
+#[derive(Default)]
+pub struct Activity {
+    active: std::cell::Cell<u32>,
+    idle_since: std::cell::Cell<Option<std::time::Instant>>,
+    /// Woken when the last stream ends.
+    pub idle: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// A new connection: idle from now.
+    pub fn new() -> Self {
+        Activity { idle_since: std::cell::Cell::new(Some(std::time::Instant::now())), ..Activity::default() }
+    }
+
+    pub fn start(self: &std::rc::Rc<Self>) -> ActiveStream {
+        self.active.set(self.active.get() + 1);
+        self.idle_since.set(None);
+        ActiveStream(self.clone())
+    }
+
+    /// When the connection last became idle (None while a stream is active or before the first).
+    pub fn idle_since(&self) -> Option<std::time::Instant> {
+        if self.active.get() == 0 { self.idle_since.get() } else { None }
+    }
+}
+
+/// One stream of an `Activity`, counted until dropped.
+pub struct ActiveStream(std::rc::Rc<Activity>);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        let n = self.0.active.get().saturating_sub(1);
+        self.0.active.set(n);
+        if n == 0 {
+            self.0.idle_since.set(Some(std::time::Instant::now()));
+            self.0.idle.notify_one();
+        }
+    }
+}
+
 // === ResponseBody ===
 
 /// Called once when an upstream response body ends cleanly (returns the connection to its pool).

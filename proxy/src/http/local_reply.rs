@@ -76,6 +76,10 @@ impl LocalReply {
     }
 }
 
+/// `details` of the 400 answered when the client's request body breaks while it is forwarded:
+/// the connection manager counts it as a downstream protocol error.
+pub const DOWNSTREAM_BODY_ERROR: &str = "downstream_body_error";
+
 /// Marks a response the proxy generated itself (read by the gRPC conversion and access logs).
 #[derive(Debug, Clone)]
 pub struct LocalReplied {

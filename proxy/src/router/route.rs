@@ -184,6 +184,10 @@ impl RouteMatcher {
 
     /// The length of the matched prefix, or the first test that failed.
     pub fn check(&self, m: &MatchInput<'_>) -> Result<usize, Miss> {
+        // A CONNECT request has no path: only `connect_matcher` routes match it (Envoy).
+        if m.is_connect && !matches!(self.path, PathMatch::Connect) {
+            return Err(Miss::Path);
+        }
         let lowered;
         let path = if self.case_sensitive {
             m.path

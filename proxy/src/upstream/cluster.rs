@@ -296,6 +296,17 @@ impl Cluster {
             common = opts.common_http_protocol_options;
         }
         if let Some(c) = &common {
+            // Read by the HTTP connection manager only: on a cluster (upstream responses) they
+            // are not implemented.
+            if c.max_headers_count.is_some() {
+                return Err(unsupported_upstream("common_http_protocol_options.max_headers_count"));
+            }
+            if c.max_connection_duration.as_ref().is_some_and(|d| !duration(d).is_zero()) {
+                return Err(unsupported_upstream("common_http_protocol_options.max_connection_duration"));
+            }
+            if c.headers_with_underscores_action != 0 {
+                return Err(unsupported_upstream("common_http_protocol_options.headers_with_underscores_action"));
+            }
             if let Some(t) = &c.idle_timeout {
                 let d = duration(t);
                 idle_timeout = (!d.is_zero()).then_some(d);
@@ -752,4 +763,9 @@ fn pick_family(addrs: Vec<SocketAddr>, f: DnsFamily) -> Vec<SocketAddr> {
     };
     out.dedup();
     out
+}
+
+/// A field the guard admits for the HTTP connection manager that clusters do not implement.
+fn unsupported_upstream(path: &str) -> ConfigError {
+    ConfigError::new(path, "not supported by remora on a cluster (upstream)")
 }

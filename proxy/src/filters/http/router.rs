@@ -89,6 +89,8 @@ pub struct Downstream<'a> {
     pub upgrades: &'a [String],
     /// The HCM writes access logs (the router then notes what they need).
     pub log_requests: bool,
+    /// The connection's streams in flight: an upstream response body counts until it ends.
+    pub activity: &'a std::rc::Rc<crate::http::body::Activity>,
 }
 
 /// The request as routing left it.

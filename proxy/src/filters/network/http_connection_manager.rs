@@ -2,6 +2,9 @@
 //! runs each through Envoy's stages, one file each:
 //! - `config`: the HCM's translation (codec, routes from a static table or RDS, the HTTP filter
 //!   chain, Envoy's header settings, stats, access logs);
+//! - `h1_scan`, `h1_guard`: Envoy's HTTP/1 codec checks on the raw bytes before hyper parses
+//!   them (header size and count, framing, methods, the request-headers timer) and its local
+//!   replies to what they refuse;
 //! - `connection`: the codec and the connection loop (HTTP/1.1 and h2c, AUTO-detected; drain and
 //!   shutdown), per-request stats and access logging, the `server` header;
 //! - `header_rules`: Envoy's request-header rules (path normalisation, :authority,
@@ -13,6 +16,8 @@
 mod config;
 mod connection;
 mod filter_manager;
+mod h1_guard;
+mod h1_scan;
 mod header_rules;
 
 pub use config::{Codec, HcmStats, HttpConnectionManager, RouteSource, ServerHeader};

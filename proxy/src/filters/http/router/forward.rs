@@ -51,6 +51,9 @@ pub struct Forward<'a> {
 
 enum AttemptError {
     Reset(ResetReason),
+    /// The client's request body broke (malformed chunked framing, trailers or chunk
+    /// extensions over hyper's limits): the client's error, not the upstream's.
+    DownstreamBody,
     PerTryTimeout,
     GlobalTimeout,
 }
@@ -514,6 +517,17 @@ impl Forward<'_> {
                     stats.upstream_rq_timeout.inc();
                     return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
                 }
+                Err(AttemptError::DownstreamBody) => {
+                    // Envoy's codec refuses the request: 400, counted as a downstream protocol
+                    // error by the connection manager; nothing is held against the upstream.
+                    return LocalReply::new(
+                        http::StatusCode::BAD_REQUEST,
+                        "Bad Request",
+                        "DPE",
+                        crate::http::local_reply::DOWNSTREAM_BODY_ERROR,
+                    )
+                    .into_response();
+                }
                 Err(AttemptError::Reset(ResetReason::Overflow)) => {
                     // A circuit breaker: no outlier report, no retry (Envoy).
                     return self.overflow_reply(&cluster, internal, weighted);
@@ -577,11 +591,11 @@ impl Forward<'_> {
             }
             match lease {
                 Lease::H1 { mut sender, served, key, max } => {
-                    let resp = sender.send_request(req).await.map_err(|e| AttemptError::Reset(classify(&e)))?;
+                    let resp = sender.send_request(req).await.map_err(|e| attempt_error(&e))?;
                     Ok((resp, Some(Lease::H1 { sender, served: served + 1, key, max }), rq))
                 }
                 Lease::H2 { mut sender } => {
-                    let resp = sender.send_request(req).await.map_err(|e| AttemptError::Reset(classify(&e)))?;
+                    let resp = sender.send_request(req).await.map_err(|e| attempt_error(&e))?;
                     Ok((resp, None, rq))
                 }
             }
@@ -658,7 +672,7 @@ impl Forward<'_> {
             }
             _ => None,
         };
-        Response::from_parts(rparts, ResponseBody::upstream(body, on_end, Box::new(active)))
+        Response::from_parts(rparts, ResponseBody::upstream(body, on_end, Box::new((active, self.cx.activity.start()))))
     }
 
     /// After an upstream `101 Switching Protocols`, splices the upgraded connections together.
@@ -732,6 +746,16 @@ impl Forward<'_> {
         }
         (acc, set_cookie)
     }
+}
+
+/// A failed attempt: the client's broken body (an error of the downstream body hyper was
+/// sending), else the upstream's reset.
+fn attempt_error(e: &hyper::Error) -> AttemptError {
+    use std::error::Error as _;
+    if e.is_user() && e.source().is_some_and(|s| s.is::<hyper::Error>()) {
+        return AttemptError::DownstreamBody;
+    }
+    AttemptError::Reset(classify(e))
 }
 
 /// Maps a hyper client error to Envoy's reset reason.

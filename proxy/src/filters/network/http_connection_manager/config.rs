@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use http::HeaderValue;
 
+use super::h1_scan::ScanLimits;
 use crate::config::{BuildCtx, ConfigError, duration};
 use crate::filters::http::FilterChain;
 use crate::router::RouteTable;
@@ -43,6 +44,13 @@ pub enum RouteSource {
 
 pub struct HcmStats {
     pub downstream_rq_total: Counter,
+    pub downstream_cx_protocol_error: Counter,
+    pub downstream_rq_header_timeout: Counter,
+    pub downstream_cx_max_requests_reached: Counter,
+    pub downstream_cx_max_duration_reached: Counter,
+    pub downstream_cx_idle_timeout: Counter,
+    /// Envoy's codec stats (`http1.*`, `http2.*`), shared by every HCM.
+    pub codec: CodecStats,
     pub downstream_rq_active: Gauge,
     pub downstream_rq_http1_total: Counter,
     pub downstream_rq_http2_total: Counter,
@@ -65,6 +73,18 @@ impl HcmStats {
         let g = |n: &str| cx.stats.gauge(&format!("{p}{n}"));
         HcmStats {
             downstream_rq_total: c("downstream_rq_total"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
+            downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            codec: CodecStats {
+                http1_dropped_underscores: cx.stats.counter("http1.dropped_headers_with_underscores"),
+                http1_rejected_underscores: cx.stats.counter("http1.requests_rejected_with_underscores_in_headers"),
+                http2_dropped_underscores: cx.stats.counter("http2.dropped_headers_with_underscores"),
+                http2_rejected_underscores: cx.stats.counter("http2.requests_rejected_with_underscores_in_headers"),
+                http2_header_overflow: cx.stats.counter("http2.header_overflow"),
+            },
             downstream_rq_active: g("downstream_rq_active"),
             downstream_rq_http1_total: c("downstream_rq_http1_total"),
             downstream_rq_http2_total: c("downstream_rq_http2_total"),
@@ -87,6 +107,87 @@ impl HcmStats {
     }
 }
 
+pub struct CodecStats {
+    pub http1_dropped_underscores: Counter,
+    pub http1_rejected_underscores: Counter,
+    pub http2_dropped_underscores: Counter,
+    pub http2_rejected_underscores: Counter,
+    pub http2_header_overflow: Counter,
+}
+
+/// `common_http_protocol_options.headers_with_underscores_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    Allow,
+    RejectRequest,
+    DropHeader,
+}
+
+/// The HCM's request limits, compiled once: `max_request_headers_kb`,
+/// `common_http_protocol_options.max_headers_count` and `headers_with_underscores_action`,
+/// `request_headers_timeout`, `http_protocol_options.allow_chunked_length`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The HTTP/1 codec checks (`h1_scan`); `max_bytes`/`max_count` also bound HTTP/2 requests.
+    pub scan: ScanLimits,
+    pub underscores: Underscores,
+    pub request_headers_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection` (0: none).
+    pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.max_connection_duration` (0: none).
+    pub max_connection_duration: Option<Duration>,
+}
+
+impl Limits {
+    fn from_proto(p: &HcmProto, codec: Codec) -> Result<Limits, ConfigError> {
+        use envoy_types::pb::envoy::config::core::v3::http_protocol_options::HeadersWithUnderscoresAction as A;
+        let kb = p.max_request_headers_kb.map(|v| v.value).unwrap_or(60);
+        if kb == 0 || kb > 8192 {
+            return Err(ConfigError::new(
+                "max_request_headers_kb",
+                "value must be greater than 0 and less than or equal to 8192",
+            ));
+        }
+        let common = p.common_http_protocol_options.as_ref();
+        let count = common.and_then(|c| c.max_headers_count).map(|v| v.value).unwrap_or(100);
+        if count == 0 {
+            return Err(ConfigError::new(
+                "common_http_protocol_options.max_headers_count",
+                "value must be greater than or equal to 1",
+            ));
+        }
+        let underscores = match common.map(|c| A::try_from(c.headers_with_underscores_action)) {
+            None | Some(Ok(A::Allow)) => Underscores::Allow,
+            Some(Ok(A::RejectRequest)) => Underscores::RejectRequest,
+            Some(Ok(A::DropHeader)) => Underscores::DropHeader,
+            Some(Err(_)) => {
+                return Err(ConfigError::new(
+                    "common_http_protocol_options.headers_with_underscores_action",
+                    "value must be one of the defined enum values",
+                ));
+            }
+        };
+        Ok(Limits {
+            scan: ScanLimits {
+                max_bytes: kb * 1024,
+                max_count: count,
+                allow_chunked_length: p.http_protocol_options.as_ref().is_some_and(|o| o.allow_chunked_length),
+                h2_preface: codec == Codec::Auto,
+            },
+            underscores,
+            request_headers_timeout: p.request_headers_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+            max_requests_per_connection: common
+                .and_then(|c| c.max_requests_per_connection)
+                .map(|v| v.value)
+                .filter(|v| *v > 0),
+            max_connection_duration: common
+                .and_then(|c| c.max_connection_duration.as_ref())
+                .map(duration)
+                .filter(|d| !d.is_zero()),
+        })
+    }
+}
+
 /// A compiled HTTP connection manager.
 pub struct HttpConnectionManager {
     pub stat_prefix: String,
@@ -103,6 +204,7 @@ pub struct HttpConnectionManager {
     pub preserve_external_request_id: bool,
     pub always_set_request_id_in_response: bool,
     pub accept_http_10: bool,
+    pub limits: Limits,
     pub stream_idle_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_concurrent_streams: Option<u32>,
@@ -185,11 +287,16 @@ impl HttpConnectionManager {
             preserve_external_request_id: p.preserve_external_request_id,
             always_set_request_id_in_response: p.always_set_request_id_in_response,
             accept_http_10: p.http_protocol_options.as_ref().is_some_and(|o| o.accept_http_10),
+            limits: Limits::from_proto(p, codec)?,
             stream_idle_timeout: match &p.stream_idle_timeout {
                 None => Some(Duration::from_secs(300)),
                 Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
             },
-            idle_timeout: common.and_then(|c| c.idle_timeout.as_ref()).map(duration).filter(|d| !d.is_zero()),
+            // Envoy's downstream default: 1 hour without a stream in flight; 0 disables it.
+            idle_timeout: match common.and_then(|c| c.idle_timeout.as_ref()) {
+                None => Some(Duration::from_secs(3600)),
+                Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+            },
             max_concurrent_streams: p
                 .http2_protocol_options
                 .as_ref()

@@ -46,7 +46,8 @@ pub(super) async fn run(
             path,
             query,
             random: fastrand::u64(0..1_000_000),
-            is_connect: parts.method == http::Method::CONNECT,
+            // Classic CONNECT (authority-form, no path); an extended CONNECT has a path.
+            is_connect: parts.method == http::Method::CONNECT && parts.uri.path_and_query().is_none(),
         };
         let (route, len) = vhost.route(&input)?;
         Some((RouteRef { table: t, vhost, route }, len))
@@ -149,6 +150,7 @@ pub(super) async fn run(
                 alpn_override: hcm.filters.alpn_override.as_deref(),
                 upgrades: &hcm.upgrades,
                 log_requests: !hcm.access_logs.is_empty() || traced,
+                activity: &cx.activity,
             };
             let routed = Routed { matched, authority, downstream_remote, path_and_query: &path_and_query };
             crate::filters::http::router::route(&downstream, parts, body, routed).await

@@ -22,6 +22,12 @@ pub(super) async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<Re
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
+    if req.version() != Version::HTTP_2 && is_unconfigured_upgrade(req.headers(), &hcm.upgrades) {
+        // Envoy's connection manager refuses an upgrade no `upgrade_configs` entry allows.
+        let mut r = LocalReply::new(StatusCode::FORBIDDEN, "", "", "upgrade_failed").into_response();
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     let (mut parts, body) = req.into_parts();
 
     // Path normalisation happens before anything looks at the path (routes, RBAC).
@@ -148,6 +154,21 @@ pub(super) async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<Re
         resp.headers_mut().insert(hn::X_REQUEST_ID, id);
     }
     resp
+}
+
+/// An HTTP/1.1 upgrade (`Connection: upgrade` and an `Upgrade` header) whose type is not among
+/// the HCM's enabled `upgrade_configs`.
+fn is_unconfigured_upgrade(h: &http::HeaderMap, enabled: &[String]) -> bool {
+    let Some(kind) = h.get(header::UPGRADE) else { return false };
+    if kind.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c") {
+        // Envoy ignores an h2c upgrade and serves the request on HTTP/1.1.
+        return false;
+    }
+    let asks = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")));
+    asks && !enabled.iter().any(|e| e.as_bytes().eq_ignore_ascii_case(kind.as_bytes().trim_ascii()))
 }
 
 /// The last XFF address (after trusting `trusted_hops` more), as Envoy's remote address.
