@@ -296,6 +296,8 @@ pub struct ResponseInfo {
     pub details: Option<std::borrow::Cow<'static, str>>,
     pub upstream_host: Option<std::net::SocketAddr>,
     pub upstream_cluster: Option<Arc<str>>,
+    /// The upstream cluster's `metadata` (Istio's stats read its `istio.services`).
+    pub upstream_cluster_metadata: Option<Arc<envoy_types::pb::envoy::config::core::v3::Metadata>>,
     /// When the upstream's response headers arrived.
     pub first_upstream_byte: Option<std::time::Instant>,
 }

@@ -35,6 +35,8 @@ pub struct NetworkChain {
     pub filters: Vec<Arc<dyn NetworkFilter>>,
     /// Istio's TCP metadata exchange, run after the handshake when its ALPN was negotiated.
     pub metadata_exchange: Option<Arc<MetadataExchange>>,
+    /// Istio's network `istio.stats` filters: tcp_proxy reports its connections to them.
+    pub tcp_stats: Vec<Arc<crate::filters::network::istio_stats::TcpStats>>,
     pub terminal: Terminal,
 }
 
@@ -404,7 +406,7 @@ impl Listener {
                 )
                 .await
             }
-            Terminal::Tcp(t) => t.serve(io, worker, original_dst).await,
+            Terminal::Tcp(t) => t.serve(io, worker, original_dst, &conn, &chain.tcp_stats).await,
         }
     }
 }
@@ -447,6 +449,7 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
     let mut terminal = None;
     let mut filters = Vec::new();
     let mut metadata_exchange = None;
+    let mut tcp_stats = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let field = format!("filters[{i}]");
         if terminal.is_some() {
@@ -456,11 +459,23 @@ fn build_chain(fc: &FilterChainProto, cx: &BuildCtx) -> Result<NetworkChain, Con
             NetworkFilterConfig::Terminal(t) => terminal = Some(t),
             NetworkFilterConfig::Filter(nf) => filters.push(nf),
             NetworkFilterConfig::MetadataExchange(m) => metadata_exchange = Some(m),
+            NetworkFilterConfig::TcpStats(s) => {
+                tcp_stats.push((field, s));
+            }
             NetworkFilterConfig::Skip => {}
         }
     }
     let Some(terminal) = terminal else {
         return Err(ConfigError::new("filters", "the last filter of a chain must be a terminal filter"));
     };
-    Ok(NetworkChain { name: fc.name.clone(), matcher, tls, filters, metadata_exchange, terminal })
+    // Istio puts its network stats filter only before tcp_proxy; HTTP chains count in the HTTP
+    // filter, and TCP-level metrics of an HTTP chain are not produced.
+    if let (Terminal::Http(_), Some((field, _))) = (&terminal, tcp_stats.first()) {
+        return Err(ConfigError::new(
+            format!("{field}.typed_config"),
+            "the istio.stats network filter is only supported before tcp_proxy",
+        ));
+    }
+    let tcp_stats = tcp_stats.into_iter().map(|(_, s)| s).collect();
+    Ok(NetworkChain { name: fc.name.clone(), matcher, tls, filters, metadata_exchange, tcp_stats, terminal })
 }

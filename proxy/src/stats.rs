@@ -213,13 +213,7 @@ impl Store {
     /// The counter `<namespace>.<family>` with explicit tags (text name: the tags appended as
     /// `.<name>.<value>`), creating it at zero.
     pub fn counter_tagged(&self, namespace: &str, family: &str, tags: Vec<(&'static str, String)>) -> Counter {
-        let mut name = format!("{namespace}.{family}");
-        for (k, v) in &tags {
-            name.push('.');
-            name.push_str(k);
-            name.push('.');
-            name.push_str(v);
-        }
+        let name = tagged_name(namespace, family, &tags);
         if !self.matcher.accepts(&name) {
             return Counter::detached();
         }
@@ -232,6 +226,23 @@ impl Store {
         r.counters.insert(name.clone(), c.clone());
         r.tagged.insert(name, Arc::new(Tagged { family: family.to_string(), tags }));
         c
+    }
+
+    /// The histogram `<namespace>.<family>` with explicit tags (as `counter_tagged`).
+    pub fn histogram_tagged(&self, namespace: &str, family: &str, tags: Vec<(&'static str, String)>) -> Histogram {
+        let name = tagged_name(namespace, family, &tags);
+        if !self.matcher.accepts(&name) {
+            return Histogram::new();
+        }
+        let mut r = self.registry();
+        if let Some(h) = r.histograms.get(name.as_str()) {
+            return h.clone();
+        }
+        let h = Histogram::new();
+        let name: Arc<str> = name.into();
+        r.histograms.insert(name.clone(), h.clone());
+        r.tagged.insert(name, Arc::new(Tagged { family: family.to_string(), tags }));
+        h
     }
 
     pub fn gauge(&self, name: &str) -> Gauge {
@@ -274,10 +285,11 @@ impl Store {
     pub fn entries(&self) -> Vec<Entry> {
         let mut r = self.registry();
         r.counters.retain(|_, c| Arc::strong_count(&c.0) > 1 || c.value() > 0);
-        let Registry { counters, tagged, .. } = &mut *r;
-        tagged.retain(|n, _| counters.contains_key(n));
+        let Registry { counters, tagged, histograms, .. } = &mut *r;
+        // A tagged histogram with values outlives its handles, as a counter does.
+        histograms.retain(|n, h| h.strong_count() > 1 || (tagged.contains_key(n) && h.snapshot().count > 0));
+        tagged.retain(|n, _| counters.contains_key(n) || histograms.contains_key(n));
         r.gauges.retain(|_, g| Arc::strong_count(&g.0) > 1);
-        r.histograms.retain(|_, h| h.strong_count() > 1);
         let mut out = Vec::with_capacity(r.counters.len() + r.gauges.len() + r.histograms.len());
         for (n, c) in &r.counters {
             let v = c.value();
@@ -290,7 +302,8 @@ impl Store {
         for (n, h) in &r.histograms {
             let s = h.snapshot();
             let used = s.count > 0;
-            out.push(Entry { name: n.clone(), value: Value::Histogram(s), used, tagged: None });
+            let tagged = r.tagged.get(n).cloned();
+            out.push(Entry { name: n.clone(), value: Value::Histogram(s), used, tagged });
         }
         drop(r);
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -300,6 +313,18 @@ impl Store {
     pub fn tag_extractors(&self) -> &tags::TagExtractors {
         &self.tags
     }
+}
+
+/// `<namespace>.<family>.<tag>.<value>...`: the text name of an explicitly tagged stat.
+fn tagged_name(namespace: &str, family: &str, tags: &[(&'static str, String)]) -> String {
+    let mut name = format!("{namespace}.{family}");
+    for (k, v) in tags {
+        name.push('.');
+        name.push_str(k);
+        name.push('.');
+        name.push_str(v);
+    }
+    name
 }
 
 /// `<prefix>_2xx`-style class counters plus per-code counters (`<prefix>_200`) created on first

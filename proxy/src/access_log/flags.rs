@@ -2,7 +2,7 @@
 //! access log prints them (`%RESPONSE_FLAGS%`) and `response_flag_filter` selects them.
 
 /// A set of response flags, printed in Envoy's order, comma-separated, `-` when empty.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u32);
 
 /// Envoy's flags in its printing order: (short name, long name).

@@ -1,6 +1,7 @@
 //! What several filters share: the RBAC engine (used by the HTTP and the network RBAC filters)
 //! and the per-request dynamic metadata filters write for later filters and access logs.
 
+pub mod istio_stats;
 pub mod rbac;
 
 use std::collections::HashMap;

@@ -117,6 +117,13 @@ pub trait HttpFilter: Send + Sync {
     /// replies sent by later filters or the router.
     fn on_response(&self, _cx: &mut RequestCtx<'_>, _resp: &mut http::response::Parts) {}
 
+    /// True for a filter that observes every stream, as an Envoy access-log handler does
+    /// (Istio's stats): when an earlier filter answers, its `on_request` still runs (its action
+    /// is ignored) and it sees the local reply.
+    fn observes_every_stream(&self) -> bool {
+        false
+    }
+
     /// May wrap the response body (compression), after `on_response`.
     fn wrap_body(
         &self,
@@ -147,7 +154,10 @@ pub(crate) const FILTERS: &[(&str, FilterFactory)] = &[
     (compressor::TYPE, |name, any, cx, chain| chain.push(compressor::factory(name, any, cx)?)),
     (rbac::TYPE, |name, any, cx, chain| chain.push(rbac::factory(name, any, cx)?)),
     (jwt_authn::TYPE, |name, any, cx, chain| chain.push(jwt_authn::factory(name, any, cx)?)),
-    (istio_stats::TYPE, |name, any, cx, chain| chain.push(istio_stats::factory(name, any, cx)?)),
+    (istio_stats::TYPE, |name, any, cx, chain| {
+        chain.needs_response_info = true;
+        chain.push(istio_stats::factory(name, any, cx)?)
+    }),
     (peer_metadata::TYPE, |name, any, cx, chain| chain.push(peer_metadata::factory(name, any, cx)?)),
     (istio_alpn::TYPE, |_, any, _, chain| {
         chain.alpn_override = Some(Arc::new(istio_alpn::AlpnOverride::from_any(any, "")?));
@@ -271,6 +281,9 @@ pub struct FilterChain {
     pub router: router::RouterConfig,
     /// Istio's `istio.alpn`: the ALPN upstream TLS connections offer, by upstream protocol.
     pub alpn_override: Option<Arc<istio_alpn::AlpnOverride>>,
+    /// A filter reads what the router reports about the response (`ResponseInfo`: flags,
+    /// upstream cluster), as the access logs do.
+    pub needs_response_info: bool,
 }
 
 impl FilterChain {
@@ -303,6 +316,7 @@ impl FilterChain {
             default_disabled: Vec::new(),
             router: router::RouterConfig::new(cx),
             alpn_override: None,
+            needs_response_info: false,
         };
         let mut saw_router = false;
         for (i, f) in filters.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! non-terminal filters before it (`NetworkFilter`, e.g. RBAC) may close the connection first.
 
 pub mod http_connection_manager;
+pub mod istio_stats;
 pub mod metadata_exchange;
 pub mod rbac;
 pub mod tcp_proxy;
@@ -33,6 +34,8 @@ pub enum NetworkFilterConfig {
     Filter(Arc<dyn NetworkFilter>),
     /// Istio's TCP metadata exchange, run by the listener around the transport socket.
     MetadataExchange(Arc<MetadataExchange>),
+    /// Istio's TCP metrics, reported by the chain's tcp_proxy.
+    TcpStats(Arc<istio_stats::TcpStats>),
     /// Nothing to run (see the registry for why).
     Skip,
 }
@@ -53,6 +56,7 @@ pub(crate) const REGISTRY: &[(&str, Factory)] = &[
         let t = TcpProxy::from_proto(&unpack(any)?, cx).map_err(|e| e.within("typed_config"))?;
         Ok(NetworkFilterConfig::Terminal(Terminal::Tcp(Arc::new(t))))
     }),
+    (istio_stats::TYPE, |_, any, cx| Ok(NetworkFilterConfig::TcpStats(istio_stats::factory(any, cx)?))),
     (rbac::TYPE, |name, any, cx| Ok(NetworkFilterConfig::Filter(rbac::factory(name, any, cx)?))),
     (metadata_exchange::TYPE, |_, any, cx| {
         Ok(NetworkFilterConfig::MetadataExchange(MetadataExchange::from_any(any, cx)?))

@@ -240,6 +240,8 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// ORIGINAL_DST hosts by address, reused while connections to them come and go.
     original_dst_hosts: std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Host>>>,
+    /// The cluster's `metadata`, shared with the responses it serves (Istio's stats read it).
+    pub metadata: Option<Arc<envoy_types::pb::envoy::config::core::v3::Metadata>>,
     /// The proto it was built from (for `/config_dump` and change detection).
     pub proto: ClusterProto,
 }
@@ -381,6 +383,7 @@ impl Cluster {
             eds_file: None,
             stats,
             original_dst_hosts: Default::default(),
+            metadata: p.metadata.clone().map(Arc::new),
             proto: p.clone(),
         };
         match discovery {

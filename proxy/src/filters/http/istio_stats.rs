@@ -1,139 +1,105 @@
-//! Istio's stats filter (`istio.stats`, `stats.PluginConfig`), its request count:
-//! `istio_requests_total` in the `istiocustom` stat namespace, with Istio's standard labels,
+//! Istio's HTTP stats filter (`istio.stats`, `stats.PluginConfig`): `istio_requests_total`,
+//! `istio_request_duration_milliseconds`, `istio_request_bytes` and `istio_response_bytes` in the
+//! `istiocustom` stat namespace, with Istio's standard labels (filters::common::istio_stats),
 //! rendered by `/stats/prometheus` as `istio_requests_total{reporter="destination",...}`.
 //!
-//! The reporter is `destination` on an INBOUND listener (the peer is the downstream: its
-//! `x-envoy-peer-metadata` headers as the peer metadata filter kept them, else what Istio's TCP
-//! metadata exchange brought, and its certificate's URI SAN as `source_principal`) and `source`
-//! elsewhere (the peer is the upstream, from the response's peer metadata headers). The node's
-//! own metadata (WORKLOAD_NAME, NAMESPACE, LABELS, CLUSTER_ID) fills the other side.
-//!
-//! Not yet: the duration and size histograms, the TCP metrics, `response_flags` (always "-"),
-//! `metrics` customisations in the config (dimensions, drops; logged and ignored), and the
-//! destination service from cluster metadata (it is the request's host unless
-//! `disable_host_header_fallback`, then "unknown").
+//! Recorded when the response has been sent (its body ended or the client went away, flag
+//! `DC`), as istio-proxy does from its access-log hook. The peer: at the destination the
+//! downstream's `x-envoy-peer-metadata` headers (kept by the peer metadata filter), else what the
+//! TCP metadata exchange brought, and its certificate's URI SAN; at the source the upstream's
+//! response headers. Sizes are Istio's `request.total_size` / `response.total_size`: header
+//! names and values plus the body (the request body by its `content-length`).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use base64::Engine;
-use envoy_types::pb::google::protobuf::{Any, Struct, value};
+use bytes::Bytes;
+use envoy_types::pb::google::protobuf::{Any, Struct};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
 use prost::Message;
 
-use super::peer_metadata::{DownstreamPeer, METADATA, UpstreamPeer};
+use super::peer_metadata::{DownstreamPeer, METADATA, METADATA_ID, UpstreamPeer};
 use super::{FilterAction, HttpFilter, Parts, RequestCtx};
+use crate::access_log::{ResponseFlags, ResponseInfo};
 use crate::config::{BuildCtx, ConfigError};
-use crate::stats::Store;
+use crate::filters::common::istio_stats::{
+    self as common, Key, Metric, Metrics, Protocol, Settings, Workload, dimensions,
+};
+use crate::http::body::{BoxError, ResponseBody};
+use crate::stats::{Counter, Histogram};
 
-pub const TYPE: &str = "stats.PluginConfig";
-const NAMESPACE: &str = "istiocustom";
+pub use common::TYPE;
 
-/// The fields of Istio's PluginConfig this filter reads (unknown fields are skipped).
-#[derive(Clone, PartialEq, prost::Message)]
-struct PluginConfig {
-    #[prost(message, repeated, tag = "6")]
-    metrics: Vec<prost_types_any::Empty>,
-    #[prost(bool, tag = "9")]
-    disable_host_header_fallback: bool,
-    #[prost(int32, tag = "10")]
-    reporter: i32,
-}
-
-mod prost_types_any {
-    /// Stands for a message whose content is not read.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Empty {}
-}
-
-/// One side of a request: a workload's labels.
-#[derive(Debug, Clone)]
-struct Workload {
-    workload: String,
-    namespace: String,
-    app: String,
-    version: String,
-    canonical_service: String,
-    canonical_revision: String,
-    cluster: String,
-}
-
-const UNKNOWN: &str = "unknown";
-
-fn string_field(s: &Struct, key: &str) -> Option<String> {
-    match s.fields.get(key)?.kind.as_ref()? {
-        value::Kind::StringValue(v) if !v.is_empty() => Some(v.clone()),
-        _ => None,
-    }
-}
-
-impl Workload {
-    /// From Istio's node metadata (WORKLOAD_NAME, NAMESPACE, CLUSTER_ID, LABELS).
-    fn from_metadata(m: Option<&Struct>) -> Workload {
-        let empty = Struct::default();
-        let m = m.unwrap_or(&empty);
-        let labels = match m.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
-            Some(value::Kind::StructValue(l)) => l.clone(),
-            _ => Struct::default(),
-        };
-        let label = |k: &str| string_field(&labels, k);
-        let workload = string_field(m, "WORKLOAD_NAME").unwrap_or_else(|| UNKNOWN.into());
-        let app = label("app").or_else(|| label("app.kubernetes.io/name")).unwrap_or_else(|| UNKNOWN.into());
-        let version = label("version").or_else(|| label("app.kubernetes.io/version")).unwrap_or_else(|| UNKNOWN.into());
-        Workload {
-            canonical_service: label("service.istio.io/canonical-name")
-                .or_else(|| (app != UNKNOWN).then(|| app.clone()))
-                .unwrap_or_else(|| workload.clone()),
-            canonical_revision: label("service.istio.io/canonical-revision")
-                .or_else(|| (version != UNKNOWN).then(|| version.clone()))
-                .unwrap_or_else(|| "latest".into()),
-            namespace: string_field(m, "NAMESPACE").unwrap_or_else(|| UNKNOWN.into()),
-            cluster: string_field(m, "CLUSTER_ID").unwrap_or_else(|| UNKNOWN.into()),
-            workload,
-            app,
-            version,
-        }
-    }
+/// The handles of one label set (None: the metric is dropped by the config).
+pub struct Handles {
+    requests: Option<Counter>,
+    duration: Option<Histogram>,
+    request_bytes: Option<Histogram>,
+    response_bytes: Option<Histogram>,
 }
 
 pub struct IstioStats {
     name: String,
-    store: Arc<Store>,
-    /// True: `reporter=destination` (inbound).
-    destination: bool,
-    host_fallback: bool,
-    me: Workload,
+    /// Shared with the response bodies, which record their request when they end.
+    inner: Arc<Metrics<Handles>>,
 }
 
-pub fn factory(name: &str, any: &Any, cx: &BuildCtx) -> Result<Arc<dyn HttpFilter>, ConfigError> {
-    let config = if xds_client::any::type_name(&any.type_url) == TYPE {
-        PluginConfig::decode(any.value.as_slice())
-            .map_err(|e| ConfigError::new("typed_config", format!("invalid {TYPE}: {e}")))?
-    } else {
-        // The TypedStruct form carries JSON; only the defaults are honoured then.
-        PluginConfig::default()
-    };
-    if !config.metrics.is_empty() {
-        tracing::warn!(target: "remora::config", "{name}: stats.PluginConfig.metrics customisations are not applied");
-    }
+pub fn factory(name: &str, any: &Any, cx: &BuildCtx) -> Result<Arc<IstioStats>, ConfigError> {
     Ok(Arc::new(IstioStats {
         name: name.to_string(),
-        store: cx.stats.clone(),
-        destination: cx.inbound && config.reporter == 0,
-        host_fallback: !config.disable_host_header_fallback,
-        me: Workload::from_metadata(cx.node.metadata.as_ref()),
+        inner: Arc::new(Metrics::new(cx.stats.clone(), Settings::from_any(any, cx)?)),
     }))
 }
 
-/// What the filter remembers between the request and the response.
+/// What the filter remembers from the request.
 #[derive(Clone)]
 struct Seen {
+    start: Instant,
     grpc: bool,
-    host: String,
+    authority: Option<String>,
+    request_bytes: u64,
+    /// The request attributes the `dimensions` read, interned.
+    dims: [u32; dimensions::MAX],
 }
 
-fn decode_header_metadata(h: &http::HeaderMap) -> Option<Struct> {
+/// The peer and principals (interned), read on the response headers (before the peer metadata
+/// filter strips the upstream's headers).
+#[derive(Clone, Copy)]
+struct Peer {
+    peer: u32,
+    peer_san: u32,
+    local_san: u32,
+}
+
+/// Header bytes as Envoy's `HeaderMap::byteSize` counts them: names and values.
+fn header_bytes(h: &HeaderMap) -> u64 {
+    h.iter().map(|(k, v)| (k.as_str().len() + v.len()) as u64).sum()
+}
+
+fn decode_header_metadata(h: &HeaderMap) -> Option<Struct> {
     let v = h.get(&METADATA)?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok()?;
     Struct::decode(bytes.as_slice()).ok()
+}
+
+fn grpc_status_of(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`, for a gRPC response without `grpc-status`.
+fn http_to_grpc(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
 }
 
 impl HttpFilter for IstioStats {
@@ -141,82 +107,236 @@ impl HttpFilter for IstioStats {
         &self.name
     }
 
+    /// Istio's stats filter is an access-log handler in Envoy: it counts every stream, local
+    /// replies of earlier filters included.
+    fn observes_every_stream(&self) -> bool {
+        true
+    }
+
     fn on_request(&self, cx: &mut RequestCtx<'_>, req: &mut Parts) -> FilterAction {
         let grpc =
             req.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let host = req
+        let authority = req
             .uri
             .authority()
-            .map(|a| a.host().to_string())
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|h| h.split(':').next().unwrap_or(h).to_string())
-            })
-            .unwrap_or_default();
-        cx.state.insert(Seen { grpc, host });
+            .map(|a| a.as_str().to_string())
+            .or_else(|| req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string));
+        // `:method`, `:path`, `:authority` and `:scheme` count as headers, as in Envoy.
+        let pseudo = 7 + req.method.as_str().len() + 5 + req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+        let pseudo =
+            pseudo + authority.as_ref().map_or(0, |a| 10 + a.len()) + 7 + req.uri.scheme_str().unwrap_or("http").len();
+        let host_counted = req.headers.get(http::header::HOST).map_or(0, |v| 4 + v.len());
+        let body = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let request_bytes = header_bytes(&req.headers).saturating_sub(host_counted as u64) + pseudo as u64 + body;
+        let dims = self.inner.dims(|a| a.read(req));
+        cx.state.insert(Seen { start: Instant::now(), grpc, authority, request_bytes, dims });
         FilterAction::Continue
     }
 
     fn on_response(&self, cx: &mut RequestCtx<'_>, resp: &mut http::response::Parts) {
-        let (grpc, host) = match cx.state.get::<Seen>() {
-            Some(s) => (s.grpc, s.host.clone()),
-            None => (false, String::new()),
-        };
-        let me = &self.me;
-        let (source, destination, source_principal, destination_principal, security) = if self.destination {
+        let m = &self.inner;
+        let peer = if m.settings.destination {
             // The downstream peer: its headers, else the TCP metadata exchange.
-            let from_headers = cx.state.get::<DownstreamPeer>().and_then(|p| p.metadata.clone());
-            let from_mx = cx.conn.peer_metadata.as_ref().map(|p| p.metadata.clone());
-            let peer = Workload::from_metadata(from_headers.as_ref().or(from_mx.as_ref()));
-            let principal = cx.conn.peer_uri_sans.first().cloned().unwrap_or_else(|| UNKNOWN.into());
-            let mine = cx.conn.local_uri_sans.first().cloned().unwrap_or_else(|| UNKNOWN.into());
-            let security = if cx.conn.peer_certificate_presented() { "mutual_tls" } else { "none" };
-            (peer, me.clone(), principal, mine, security)
+            let from_headers = cx.state.get::<DownstreamPeer>().filter(|p| p.id.is_some() || p.metadata.is_some());
+            let peer = match (from_headers, cx.conn.peer_metadata.as_ref()) {
+                (Some(p), _) => m.peer(p.id.as_deref(), || Workload::from_metadata(p.metadata.as_ref())),
+                (None, Some(mx)) => m.peer(Some(&mx.id), || Workload::from_metadata(Some(&mx.metadata))),
+                (None, None) => m.peer(None, Workload::default),
+            };
+            Peer {
+                peer,
+                peer_san: m.string(cx.conn.peer_uri_sans.first().map_or("", String::as_str)),
+                local_san: m.string(cx.conn.local_uri_sans.first().map_or("", String::as_str)),
+            }
         } else {
-            // The upstream peer answered with its headers (read before the peer metadata
-            // filter, which runs after this one on responses, strips them).
-            let from_state = cx.state.get::<UpstreamPeer>().and_then(|p| p.metadata.clone());
-            let peer = Workload::from_metadata(from_state.or_else(|| decode_header_metadata(&resp.headers)).as_ref());
-            (me.clone(), peer, UNKNOWN.to_string(), UNKNOWN.to_string(), UNKNOWN)
+            // The upstream answered with its headers (kept by the peer metadata filter, or still
+            // on the response: that filter runs after this one on responses).
+            let peer = match cx.state.get::<UpstreamPeer>() {
+                Some(p) => m.peer(p.id.as_deref(), || Workload::from_metadata(p.metadata.as_ref())),
+                None => {
+                    let id = resp.headers.get(&METADATA_ID).and_then(|v| v.to_str().ok());
+                    m.peer(id, || Workload::from_metadata(decode_header_metadata(&resp.headers).as_ref()))
+                }
+            };
+            let none = m.string("");
+            Peer { peer, peer_san: none, local_san: none }
         };
-        let service = if self.host_fallback && !host.is_empty() { host } else { UNKNOWN.to_string() };
-        let service_name = service.split('.').next().unwrap_or(UNKNOWN).to_string();
-        let service_namespace =
-            service.split('.').nth(1).map(str::to_string).unwrap_or_else(|| destination.namespace.clone());
-        let grpc_status = if grpc {
-            resp.headers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
-        } else {
-            String::new()
+        cx.state.insert(peer);
+    }
+
+    fn wrap_body(&self, cx: &mut RequestCtx<'_>, resp: &http::response::Parts, body: ResponseBody) -> ResponseBody {
+        let Some(seen) = cx.state.remove::<Seen>() else { return body };
+        let m = &self.inner;
+        let peer = match cx.state.remove::<Peer>() {
+            Some(p) => p,
+            None => {
+                let none = m.string("");
+                Peer { peer: m.peer(None, Workload::default), peer_san: none, local_san: none }
+            }
         };
-        let tags: Vec<(&'static str, String)> = vec![
-            ("reporter", if self.destination { "destination" } else { "source" }.into()),
-            ("source_workload", source.workload),
-            ("source_canonical_service", source.canonical_service),
-            ("source_canonical_revision", source.canonical_revision),
-            ("source_workload_namespace", source.namespace),
-            ("source_principal", source_principal),
-            ("source_app", source.app),
-            ("source_version", source.version),
-            ("source_cluster", source.cluster),
-            ("destination_workload", destination.workload),
-            ("destination_workload_namespace", destination.namespace),
-            ("destination_principal", destination_principal),
-            ("destination_app", destination.app),
-            ("destination_version", destination.version),
-            ("destination_service", service),
-            ("destination_canonical_service", destination.canonical_service),
-            ("destination_canonical_revision", destination.canonical_revision),
-            ("destination_service_name", service_name),
-            ("destination_service_namespace", service_namespace),
-            ("destination_cluster", destination.cluster),
-            ("request_protocol", if grpc { "grpc" } else { "http" }.into()),
-            ("response_code", resp.status.as_u16().to_string()),
-            ("grpc_response_status", grpc_status),
-            ("response_flags", "-".into()),
-            ("connection_security_policy", security.into()),
-        ];
-        self.store.counter_tagged(NAMESPACE, "istio_requests_total", tags).inc();
+        let info = resp.extensions.get::<ResponseInfo>();
+        let mut flags = info.map(|i| i.flags).unwrap_or_default();
+        if let Some(f) = cx.state.get::<super::FilterFlags>() {
+            flags |= f.0;
+        }
+        let cluster = info.and_then(|i| i.upstream_cluster.as_deref()).or_else(|| route_cluster(cx));
+        let route_name = cx.route.map(|r| &*r.route.name);
+        let (service_host, service_name) = common::service(
+            route_name,
+            cluster,
+            info.and_then(|i| i.upstream_cluster_metadata.as_deref()),
+            seen.authority.as_deref(),
+            m.settings.host_fallback,
+        );
+        let status = resp.status.as_u16();
+        let key = Key {
+            peer: peer.peer,
+            peer_san: peer.peer_san,
+            local_san: peer.local_san,
+            service_host: m.string(service_host),
+            service_name: m.string(service_name),
+            protocol: if seen.grpc { Protocol::Grpc } else { Protocol::Http },
+            response_code: status,
+            grpc_status: None,
+            flags,
+            dims: seen.dims,
+        };
+        // `:status` counts as a header.
+        let header_bytes = header_bytes(&resp.headers) + 7 + 3;
+        let grpc_in_headers = if seen.grpc { grpc_status_of(&resp.headers) } else { None };
+        ResponseBody::Boxed(Box::pin(StatsBody {
+            inner: body,
+            pending: Some(Pending {
+                stats: self.inner.clone(),
+                key,
+                start: seen.start,
+                request_bytes: seen.request_bytes,
+                response_bytes: header_bytes,
+                grpc: seen.grpc,
+                grpc_status: grpc_in_headers,
+            }),
+        }))
+    }
+}
+
+/// The route's single cluster, for local replies that never reached an upstream.
+fn route_cluster<'a>(cx: &RequestCtx<'a>) -> Option<&'a str> {
+    match &cx.route?.route.action {
+        crate::router::route::Action::Route(a) => match &a.cluster {
+            crate::router::action::ClusterSpecifier::Name(n) => Some(n),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Records one finished request: a lock-free lookup of its label set's handles.
+fn record(m: &Metrics<Handles>, key: Key, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+    let h = m.handles(key, |l| Handles {
+        requests: l.counter(Metric::RequestsTotal),
+        duration: l.histogram(Metric::RequestDuration),
+        request_bytes: l.histogram(Metric::RequestBytes),
+        response_bytes: l.histogram(Metric::ResponseBytes),
+    });
+    if let Some(c) = &h.requests {
+        c.inc();
+    }
+    if let Some(d) = &h.duration {
+        d.record(duration_ms);
+    }
+    if let Some(b) = &h.request_bytes {
+        b.record(request_bytes as f64);
+    }
+    if let Some(b) = &h.response_bytes {
+        b.record(response_bytes as f64);
+    }
+}
+
+/// A request waiting for its response body to end.
+struct Pending {
+    stats: Arc<Metrics<Handles>>,
+    key: Key,
+    start: Instant,
+    request_bytes: u64,
+    /// Header bytes so far; body and trailer bytes are added as they pass.
+    response_bytes: u64,
+    grpc: bool,
+    grpc_status: Option<u32>,
+}
+
+/// The response body, counted; records the request when it ends or is dropped.
+struct StatsBody {
+    inner: ResponseBody,
+    pending: Option<Pending>,
+}
+
+impl StatsBody {
+    fn finish(&mut self, cut_off: bool) {
+        let Some(mut p) = self.pending.take() else { return };
+        if cut_off {
+            p.key.flags |= ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION;
+        }
+        if p.grpc {
+            p.key.grpc_status = Some(p.grpc_status.unwrap_or_else(|| http_to_grpc(p.key.response_code)));
+        }
+        let ms = p.start.elapsed().as_secs_f64() * 1000.0;
+        record(&p.stats, p.key, ms, p.request_bytes, p.response_bytes);
+    }
+}
+
+impl Body for StatsBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(p) = this.pending.as_mut() {
+                    if let Some(d) = f.data_ref() {
+                        p.response_bytes += d.len() as u64;
+                    } else if let Some(t) = f.trailers_ref() {
+                        p.response_bytes += header_bytes(t);
+                        if p.grpc && p.grpc_status.is_none() {
+                            p.grpc_status = grpc_status_of(t);
+                        }
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(false);
+                }
+            }
+            Poll::Ready(None) => this.finish(false),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(p) = this.pending.as_mut() {
+                    p.key.flags |= ResponseFlags::from_short("UR").unwrap_or_default();
+                }
+                this.finish(false);
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for StatsBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (HEAD and empty bodies end here normally).
+        let cut_off = !self.inner.is_end_stream();
+        self.finish(cut_off);
     }
 }

@@ -11,11 +11,13 @@ use std::time::Duration;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy as TcpProxyProto, tcp_proxy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::istio_stats::{TcpFacts, TcpStats};
 use super::metadata_exchange::MetadataExchange;
+use crate::access_log::ResponseFlags;
 use crate::config::{BuildCtx, ConfigError, duration};
 use crate::runtime::WorkerCtx;
 use crate::stats::{Counter, Gauge, GaugeGuard};
-use crate::stream_info::ResetReason;
+use crate::stream_info::{ConnInfo, ResetReason};
 use crate::upstream::cluster::DiscoveryType;
 use crate::upstream::connect::UpstreamIo;
 use crate::upstream::host::ActiveRequest;
@@ -96,11 +98,30 @@ impl TcpProxy {
         }
     }
 
-    /// Proxies one connection. `original_dst` is the pre-redirect destination, if known.
-    pub async fn serve<D>(&self, mut downstream: D, worker: Rc<WorkerCtx>, original_dst: Option<SocketAddr>)
-    where
+    /// Proxies one connection. `original_dst` is the pre-redirect destination, if known; Istio's
+    /// network stats filters of the chain (`istio`) get the connection reported.
+    pub async fn serve<D>(
+        &self,
+        mut downstream: D,
+        worker: Rc<WorkerCtx>,
+        original_dst: Option<SocketAddr>,
+        conn: &ConnInfo,
+        istio: &[Arc<TcpStats>],
+    ) where
         D: AsyncRead + AsyncWrite + Unpin,
     {
+        let flag = |s: &str| ResponseFlags::from_short(s).unwrap_or_default();
+        let failed = |cluster: Option<&crate::upstream::cluster::Cluster>, flags: ResponseFlags| {
+            for s in istio {
+                s.failed(&TcpFacts {
+                    conn,
+                    upstream_peer: None,
+                    cluster: cluster.map(|c| &*c.name),
+                    cluster_metadata: cluster.and_then(|c| c.metadata.as_deref()),
+                    flags,
+                });
+            }
+        };
         self.stats.downstream_cx_total.inc();
         let name = match &self.target {
             Target::Cluster(c) => c.clone(),
@@ -119,6 +140,7 @@ impl TcpProxy {
         };
         let Some(cluster) = worker.shared.clusters.load().cluster(&name).cloned() else {
             self.stats.downstream_cx_no_route.inc();
+            failed(None, flag("NC"));
             return;
         };
         let mut attempts = 0;
@@ -131,11 +153,15 @@ impl TcpProxy {
             };
             let Some(host) = host else {
                 cluster.stats.upstream_cx_none_healthy.inc();
+                failed(Some(&cluster), flag("UH"));
                 return;
             };
             let active = ActiveRequest::new(&host);
             // The cluster's max_connections, as Envoy's tcp_proxy applies it (refused, not queued).
-            let Some(cx) = crate::upstream::circuit_breaker::tcp_connection(&cluster, &host) else { return };
+            let Some(cx) = crate::upstream::circuit_breaker::tcp_connection(&cluster, &host) else {
+                failed(Some(&cluster), flag("UO"));
+                return;
+            };
             let result = crate::upstream::connect::connect(&cluster, &host).await;
             if let Some(d) = &cluster.outlier {
                 let outcome = match &result {
@@ -148,28 +174,51 @@ impl TcpProxy {
             match result {
                 Ok(io) => break (io.into_inner(), (active, cx)),
                 Err(_) if attempts < self.max_connect_attempts => continue,
-                Err(_) => return,
+                Err(_) => {
+                    failed(Some(&cluster), flag("UF"));
+                    return;
+                }
             }
         };
         let _cx_active = GaugeGuard::new(&cluster.stats.upstream_cx_active);
         let mut upstream = upstream;
+        let mut upstream_peer = None;
+        let mut early = 0u64;
         if let Some(mx) = cluster.upstream_filter::<MetadataExchange>().filter(|m| m.negotiated(upstream.alpn())) {
             match mx.exchange(&mut upstream).await {
-                // Payload bytes the server sent after its header go straight downstream.
-                Ok((_peer, rest)) if !rest.is_empty() => {
-                    if downstream.write_all(&rest).await.is_err() {
-                        return;
+                Ok((peer, rest)) => {
+                    upstream_peer = peer;
+                    // Payload bytes the server sent after its header go straight downstream.
+                    if !rest.is_empty() {
+                        if downstream.write_all(&rest).await.is_err() {
+                            return;
+                        }
+                        early = rest.len() as u64;
                     }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(target: "remora::tcp_proxy", "cluster {}: metadata exchange: {e}", cluster.name);
                     cluster.stats.upstream_cx_destroy.inc();
+                    failed(Some(&cluster), flag("UC"));
                     return;
                 }
             }
         }
-        let (rx, tx) = pump(&mut downstream, upstream, self.idle_timeout, &self.stats.idle_timeout).await;
+        let facts = TcpFacts {
+            conn,
+            upstream_peer: upstream_peer.as_ref(),
+            cluster: Some(&cluster.name),
+            cluster_metadata: cluster.metadata.as_deref(),
+            flags: ResponseFlags::NONE,
+        };
+        let mut reports: Vec<_> = istio.iter().map(|s| s.open(&facts)).collect();
+        let every = istio.iter().map(|s| s.reporting_interval()).min();
+        let mut progress = |rx: u64, tx: u64| reports.iter_mut().for_each(|r| r.bytes(rx, tx + early));
+        let (rx, tx) =
+            pump(&mut downstream, upstream, self.idle_timeout, &self.stats.idle_timeout, every, &mut progress).await;
+        for r in reports {
+            r.close(rx, tx + early);
+        }
         self.stats.downstream_cx_rx_bytes_total.add(rx);
         self.stats.downstream_cx_tx_bytes_total.add(tx);
         cluster.stats.upstream_cx_tx_bytes_total.add(rx);
@@ -179,8 +228,16 @@ impl TcpProxy {
 }
 
 /// Copies both ways with half-close, until both directions end or nothing moved for `idle`.
-/// Returns (downstream→upstream bytes, upstream→downstream bytes).
-pub async fn pump<D>(down: &mut D, mut up: UpstreamIo, idle: Option<Duration>, idle_counter: &Counter) -> (u64, u64)
+/// Returns (downstream→upstream bytes, upstream→downstream bytes). Every `report` interval the
+/// totals so far go to `progress` (Istio's periodic TCP reporting).
+pub async fn pump<D>(
+    down: &mut D,
+    mut up: UpstreamIo,
+    idle: Option<Duration>,
+    idle_counter: &Counter,
+    report: Option<Duration>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> (u64, u64)
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
@@ -189,11 +246,15 @@ where
     let (mut down_open, mut up_open) = (true, true);
     let (mut sent, mut received) = (0u64, 0u64);
     let far = Duration::from_secs(365 * 24 * 3600);
+    let every = report.unwrap_or(far);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // Only data moving in either direction pushes the idle deadline back (not a report tick).
+    let mut deadline = tokio::time::Instant::now() + idle.unwrap_or(far);
     loop {
         if !down_open && !up_open {
             break;
         }
-        let sleep = tokio::time::sleep(idle.unwrap_or(far));
+        let sleep = tokio::time::sleep_until(deadline);
         tokio::select! {
             r = down.read(&mut a), if down_open => match r {
                 Ok(0) | Err(_) => {
@@ -205,6 +266,7 @@ where
                         break;
                     }
                     sent += n as u64;
+                    deadline = tokio::time::Instant::now() + idle.unwrap_or(far);
                 }
             },
             r = up.read(&mut b), if up_open => match r {
@@ -217,12 +279,14 @@ where
                         break;
                     }
                     received += n as u64;
+                    deadline = tokio::time::Instant::now() + idle.unwrap_or(far);
                 }
             },
             _ = sleep => {
                 idle_counter.inc();
                 break;
             }
+            _ = tick.tick(), if report.is_some() => progress(sent, received),
         }
     }
     (sent, received)

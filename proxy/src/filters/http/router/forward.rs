@@ -641,6 +641,7 @@ impl Forward<'_> {
                 details: Some("via_upstream".into()),
                 upstream_host: Some(host.address),
                 upstream_cluster: Some(cluster.name.clone()),
+                upstream_cluster_metadata: cluster.metadata.clone(),
                 first_upstream_byte: Some(Instant::now()),
                 ..Default::default()
             });

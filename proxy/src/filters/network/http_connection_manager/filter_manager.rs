@@ -120,6 +120,13 @@ pub(super) async fn run(
             }
         }
     }
+    // Observers after the filter that answered still see the request (Istio counts local
+    // replies: fault aborts, RBAC denials, CORS preflights).
+    for (i, f) in filters.iter().enumerate().skip(answered_by + 1) {
+        if runs(active, i) && f.observes_every_stream() {
+            let _ = f.on_request(&mut rcx, parts);
+        }
+    }
     let logged = (!hcm.access_logs.is_empty())
         .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, scheme));
     if let Some(sp) = span.as_mut() {
@@ -149,22 +156,26 @@ pub(super) async fn run(
                 router: &hcm.filters.router,
                 alpn_override: hcm.filters.alpn_override.as_deref(),
                 upgrades: &hcm.upgrades,
-                log_requests: !hcm.access_logs.is_empty() || traced,
+                log_requests: !hcm.access_logs.is_empty() || hcm.filters.needs_response_info || traced,
                 activity: &cx.activity,
             };
             let routed = Routed { matched, authority, downstream_remote, path_and_query: &path_and_query };
             crate::filters::http::router::route(&downstream, parts, body, routed).await
         }
     };
-    // Response path: the filters before the one that answered, in reverse order.
+    // Response path: the filters before the one that answered, in reverse order, and the
+    // observers of every stream.
     let (mut rparts, mut rbody) = resp.into_parts();
-    for (i, f) in filters[..answered_by].iter().enumerate().rev() {
-        if runs(active, i) {
+    let sees = |i: usize, f: &std::sync::Arc<dyn crate::filters::http::HttpFilter>| {
+        runs(active, i) && (i < answered_by || f.observes_every_stream())
+    };
+    for (i, f) in filters.iter().enumerate().rev() {
+        if sees(i, f) {
             f.on_response(&mut rcx, &mut rparts);
         }
     }
-    for (i, f) in filters[..answered_by].iter().enumerate().rev() {
-        if runs(active, i) {
+    for (i, f) in filters.iter().enumerate().rev() {
+        if sees(i, f) {
             rbody = f.wrap_body(&mut rcx, &rparts, rbody);
         }
     }
