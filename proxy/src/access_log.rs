@@ -326,3 +326,23 @@ impl ResponseInfo {
 
 #[cfg(test)]
 mod tests;
+
+/// What a request's end tells the tracer (computed once, with the access log's facts).
+pub struct RequestEndFacts<'a> {
+    pub status: u16,
+    pub bytes_sent: u64,
+    /// Envoy's short response flags (`-` when none).
+    pub flags: String,
+    pub upstream_cluster: Option<&'a str>,
+    /// An upstream host was chosen.
+    pub upstream_host: bool,
+}
+
+/// Work done when a request's response ends (the tracer's span).
+pub trait RequestEnd: Send + Sync {
+    fn finish(&self, facts: &RequestEndFacts<'_>);
+}
+
+/// A `RequestEnd` carried in the response's extensions to `request::wrap`.
+#[derive(Clone)]
+pub struct OnRequestEnd(pub Arc<dyn RequestEnd>);

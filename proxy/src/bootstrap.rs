@@ -139,7 +139,14 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
             ));
         }
     }
+    // The bootstrap's tracer, for HCMs whose `tracing` names no provider.
+    let tracer = match b.tracing.as_ref().and_then(|t| t.http.as_ref()) {
+        Some(h) => Some(crate::trace::provider_from_proto(h).map_err(|e| e.within("tracing.http"))?
+            as crate::config::ExtensionConfig),
+        None => None,
+    };
     let cx = BuildCtx {
+        tracer,
         stats: stats.clone(),
         cluster_names: Arc::new(cluster_names),
         node: node.clone(),
@@ -147,6 +154,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
         listener_stat_name: None,
         http_stat_prefix: None,
         inbound: false,
+        outbound: false,
         file_flush_interval: Some(std::time::Duration::from_millis(opts.file_flush_interval_msec)),
         guard: Some(guard),
         extensions: crate::filters::EXTENSIONS,

@@ -76,6 +76,9 @@ pub struct BuildCtx {
     /// While building a listener: its `traffic_direction` is INBOUND (Istio's stats filter
     /// reports as `destination` there, else as `source`).
     pub inbound: bool,
+    /// While building a listener: its `traffic_direction` is OUTBOUND (Envoy's tracing operation
+    /// EGRESS; anything else traces as INGRESS).
+    pub outbound: bool,
     /// `--file-flush-interval-msec`: how often access log files are flushed (None: Envoy's 10 s).
     pub file_flush_interval: Option<std::time::Duration>,
     /// The field-coverage guard (None: unchecked, as in unit tests).
@@ -83,6 +86,9 @@ pub struct BuildCtx {
     /// The extension hooks the core calls while translating (`crate::filters::EXTENSIONS` in a
     /// running proxy; none by default).
     pub extensions: Extensions,
+    /// The bootstrap's tracer (`tracing.http`), for HCMs whose `tracing` names no provider
+    /// (`crate::trace` downcasts it).
+    pub tracer: Option<ExtensionConfig>,
 }
 
 /// A compiled extension config the core holds without knowing its type (a per-route filter

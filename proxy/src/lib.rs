@@ -41,6 +41,7 @@ pub mod server;
 pub mod stats;
 pub mod stream_info;
 pub mod tls;
+pub mod trace;
 pub mod transport_socket;
 pub mod upstream;
 pub mod worker;

@@ -112,7 +112,9 @@ impl Listener {
             .collect::<Result<Vec<_>, _>>()?;
         let lf = ListenerFilters::from_proto(&p.listener_filters)?;
         let inbound = p.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32;
-        let cx = &BuildCtx { listener_stat_name: Some(stat_address(address)), inbound, ..cx.clone() };
+        let outbound =
+            p.traffic_direction == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Outbound as i32;
+        let cx = &BuildCtx { listener_stat_name: Some(stat_address(address)), inbound, outbound, ..cx.clone() };
         let mut chains = Vec::new();
         for (i, fc) in p.filter_chains.iter().enumerate() {
             chains.push(build_chain(fc, cx).map_err(|e| e.within(&format!("filter_chains[{i}]")))?);

@@ -187,6 +187,14 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
         return ExitCode::from(1);
     }
     tokio::spawn(flush_server_stats(stats.clone(), shared.clone(), control.started));
+    // The Zipkin reporter: spans reach the collector through a host of its cluster.
+    let sh = shared.clone();
+    let resolve: crate::trace::zipkin::Resolver = Arc::new(move |name: &str| {
+        let set = sh.clusters.load();
+        let hosts = set.cluster(name)?.hosts.load();
+        hosts.all.iter().find(|h| h.available()).or(hosts.all.first()).map(|h| h.address)
+    });
+    crate::trace::zipkin::start(&stats, shared.local_address, resolve);
     // Dynamic resources: the server goes LIVE and reports its workers started once the first
     // CDS and LDS were applied (or their initial fetch timed out), as Envoy's init manager does;
     // pilot-agent's readiness probe waits for exactly that.

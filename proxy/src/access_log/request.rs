@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 
-use super::{AccessLog, Entry, ResponseFlags, ResponseInfo};
+use super::{AccessLog, Entry, OnRequestEnd, RequestEndFacts, ResponseFlags, ResponseInfo};
 use crate::formatter::{FormatContext, LogFacts};
 use crate::http::body::{BoxError, ResponseBody};
 
@@ -92,6 +92,7 @@ struct Record {
     start: Instant,
     start_time: SystemTime,
     request_end: Instant,
+    on_end: Option<OnRequestEnd>,
 }
 
 /// The route facts the connection manager adds to the response for its log.
@@ -115,6 +116,7 @@ pub fn wrap(
     let req = ext.remove::<LoggedRequest>().or(fallback).unwrap_or_default();
     let info = ext.remove::<ResponseInfo>().unwrap_or_default();
     let route = ext.remove::<LoggedRoute>().unwrap_or_default();
+    let on_end = ext.remove::<OnRequestEnd>();
     let (parts, body) = resp.into_parts();
     let rec = Record {
         logs,
@@ -129,6 +131,7 @@ pub fn wrap(
         start,
         start_time,
         request_end: Instant::now(),
+        on_end,
     };
     let body = ResponseBody::Boxed(Box::pin(LoggedBody { inner: body, rec: Some(Box::new(rec)), bytes_sent: 0 }));
     Response::from_parts(parts, body)
@@ -187,6 +190,15 @@ impl LoggedBody {
         let entry = Entry { cx, facts: &facts, health_check: false };
         for l in rec.logs.iter() {
             l.log(&entry);
+        }
+        if let Some(end) = &rec.on_end {
+            end.0.finish(&RequestEndFacts {
+                status: rec.status,
+                bytes_sent: self.bytes_sent,
+                flags: flags.short_string(),
+                upstream_cluster: rec.info.upstream_cluster.as_deref(),
+                upstream_host: rec.info.upstream_host.is_some(),
+            });
         }
     }
 }

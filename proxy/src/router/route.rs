@@ -76,6 +76,9 @@ pub struct Route {
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub per_filter: crate::config::PerFilterConfigs,
+    /// `decorator`: the span's operation name, and whether it is propagated
+    /// (`x-envoy-decorator-operation`).
+    pub decorator: Option<(Arc<str>, bool)>,
 }
 
 /// The request facts a route match reads.
@@ -302,7 +305,18 @@ impl Route {
             }
             None => return Err(ConfigError::new(field, "route needs an action")),
         };
+        let decorator = match &p.decorator {
+            Some(d) if d.operation.is_empty() => {
+                return Err(ConfigError::new(
+                    format!("{field}.decorator.operation"),
+                    "value length must be at least 1 characters",
+                ));
+            }
+            Some(d) => Some((d.operation.as_str().into(), d.propagate.map(|b| b.value).unwrap_or(true))),
+            None => None,
+        };
         Ok(Route {
+            decorator,
             name: p.name.as_str().into(),
             matcher,
             action,

@@ -221,6 +221,8 @@ pub struct HttpConnectionManager {
     pub stats: HcmStats,
     /// `access_log`: written when each request ends (see `access_log::request`).
     pub access_logs: Arc<[crate::access_log::AccessLog]>,
+    /// `tracing` with a tracer (its provider or the bootstrap's); None: no spans, no B3.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 impl HttpConnectionManager {
@@ -260,6 +262,9 @@ impl HttpConnectionManager {
             Ok(SHT::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
             Ok(SHT::PassThrough) => ServerHeader::PassThrough,
         };
+        if let Some(r) = &p.request_id_extension {
+            crate::trace::check_request_id_extension(r).map_err(|e| e.within("request_id_extension"))?;
+        }
         let server_name = if p.server_name.is_empty() { "envoy" } else { p.server_name.as_str() };
         let common = p.common_http_protocol_options.as_ref();
         let hcm = HttpConnectionManager {
@@ -333,6 +338,10 @@ impl HttpConnectionManager {
                 .collect(),
             stats: HcmStats::new(cx, &p.stat_prefix),
             access_logs: crate::access_log::AccessLog::list_from_proto(&p.access_log, "access_log", cx)?.into(),
+            tracing: match &p.tracing {
+                Some(t) => crate::trace::Tracing::from_proto(t, cx).map_err(|e| e.within("tracing"))?,
+                None => None,
+            },
         };
         Ok(hcm)
     }

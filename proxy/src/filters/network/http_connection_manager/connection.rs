@@ -289,6 +289,7 @@ async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<
         }
     }
     let is_h1 = req.version() != Version::HTTP_2;
+    let req_version = req.version();
     let lim = &hcm.limits;
     let mut last_on_connection = false;
     if let Some(max) = lim.max_requests_per_connection {
@@ -364,6 +365,12 @@ async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<
         }
     }
     finalize_response(&cx, &mut resp, is_h1);
+    // A sampled span ends with the response, as the access log does.
+    let logged = logged.or_else(|| {
+        resp.extensions()
+            .get::<crate::access_log::OnRequestEnd>()
+            .map(|_| (std::time::SystemTime::now(), Default::default(), req_version))
+    });
     if is_h1 && last_on_connection {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -54,6 +54,29 @@ pub(super) async fn run(
     };
     let mut matched = select(parts);
 
+    // The span starts once the route is known (its decorator names the operation).
+    let decorator = hcm.tracing.as_ref().and(matched.as_ref()).and_then(|m| m.0.route.decorator.as_ref());
+    let mut span = hcm.tracing.as_ref().and_then(|t| t.start(&mut parts.headers, decorator.map(|d| &*d.0), authority));
+    let mut decorated = decorator.filter(|d| d.1).map(|d| d.0.clone());
+    if let (Some(t), Some(sp)) = (&hcm.tracing, span.as_mut()) {
+        if t.ingress {
+            // An operation named by the calling proxy overrides the decorator's.
+            if let Some(op) = parts.headers.remove(X_ENVOY_DECORATOR_OPERATION)
+                && !op.is_empty()
+            {
+                if sp.sampled {
+                    sp.name = String::from_utf8_lossy(op.as_bytes()).into_owned();
+                }
+                decorated = None;
+            }
+        } else if let Some(op) = &decorated
+            && let Ok(v) = http::HeaderValue::from_str(op)
+        {
+            parts.headers.insert(X_ENVOY_DECORATOR_OPERATION, v);
+        }
+    }
+    let traced = span.as_ref().is_some_and(|s| s.sampled);
+
     // HTTP filters run before the router, whether or not a route matched (as in Envoy).
     let mut rcx = RequestCtx {
         remote: downstream_remote,
@@ -106,6 +129,21 @@ pub(super) async fn run(
     }
     let logged = (!hcm.access_logs.is_empty())
         .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, scheme));
+    if let Some(sp) = span.as_mut() {
+        if sp.sampled {
+            sp.request_tags(
+                &parts.headers,
+                parts.method.as_str(),
+                &path_and_query,
+                authority,
+                crate::http::protocol_name(parts.version),
+                cx.remote.ip(),
+            );
+        }
+        if early.is_none() {
+            sp.inject(&mut parts.headers);
+        }
+    }
     let resp = match early {
         Some(r) => r,
         None => {
@@ -118,7 +156,7 @@ pub(super) async fn run(
                 router: &hcm.filters.router,
                 alpn_override: hcm.filters.alpn_override.as_deref(),
                 upgrades: &hcm.upgrades,
-                log_requests: !hcm.access_logs.is_empty() || hcm.filters.needs_response_info,
+                log_requests: !hcm.access_logs.is_empty() || hcm.filters.needs_response_info || traced,
                 activity: &cx.activity,
             };
             let routed = Routed { matched, authority, downstream_remote, path_and_query: &path_and_query };
@@ -141,8 +179,29 @@ pub(super) async fn run(
             rbody = f.wrap_body(&mut rcx, &rparts, rbody);
         }
     }
+    if let Some(t) = &hcm.tracing {
+        if t.ingress {
+            if let Some(op) = decorated
+                && let Ok(v) = http::HeaderValue::from_str(&op)
+            {
+                rparts.headers.insert(X_ENVOY_DECORATOR_OPERATION, v);
+            }
+        } else if let Some(op) = rparts.headers.remove(X_ENVOY_DECORATOR_OPERATION)
+            && let Some(sp) = span.as_mut()
+            && sp.sampled
+            && !op.is_empty()
+        {
+            sp.name = String::from_utf8_lossy(op.as_bytes()).into_owned();
+        }
+    }
+    let on_end = span.filter(|s| s.sampled);
     if let Some(req) = logged {
         note_for_log(&mut rparts.extensions, &rcx, req);
+    } else if on_end.is_some() {
+        note_for_log(&mut rparts.extensions, &rcx, Default::default());
+    }
+    if let Some(sp) = on_end {
+        rparts.extensions.insert(crate::access_log::OnRequestEnd(std::sync::Arc::new(sp)));
     }
     Response::from_parts(rparts, rbody)
 }
@@ -174,6 +233,8 @@ fn note_for_log(ext: &mut http::Extensions, rcx: &RequestCtx<'_>, req: crate::ac
     ext.insert(info);
     ext.insert(req);
 }
+
+const X_ENVOY_DECORATOR_OPERATION: &str = "x-envoy-decorator-operation";
 
 fn strip_port(host: &str) -> &str {
     if host.ends_with(']') {
