@@ -207,6 +207,8 @@ pub struct Cluster {
     pub lb_config_merge_window: Duration,
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
+    /// HTTP/2 flow-control windows for upstream connections: (stream, connection).
+    pub h2_windows: (u32, u32),
     pub max_requests_per_connection: Option<u32>,
     pub idle_timeout: Option<Duration>,
     pub circuit_breakers: CircuitBreakers,
@@ -289,6 +291,7 @@ impl Cluster {
             tls_matches.push((m.r#match.clone().unwrap_or_default(), t));
         }
         let protocol = upstream_protocol(p)?;
+        let h2_windows = upstream_h2_windows(p)?;
         let mut max_requests_per_connection = p.max_requests_per_connection.map(|v| v.value).filter(|v| *v > 0);
         let mut idle_timeout = Some(Duration::from_secs(3600));
         let mut common = p.common_http_protocol_options;
@@ -359,6 +362,7 @@ impl Cluster {
                 .map_or(Duration::from_secs(1), duration),
             connect_timeout: p.connect_timeout.as_ref().map(duration).unwrap_or(Duration::from_secs(5)),
             protocol,
+            h2_windows,
             max_requests_per_connection,
             idle_timeout,
             circuit_breakers,
@@ -661,6 +665,40 @@ fn protocol_options(p: &ClusterProto) -> Result<Option<HttpProtocolOptions>, Con
             .map_err(|e| ConfigError::new(format!("typed_extension_protocol_options[{key}]"), e.to_string())),
         None => Ok(None),
     }
+}
+
+/// Remora's HTTP/2 windows when none is configured (1 MiB per stream, 16 MiB per connection:
+/// smaller than Envoy's 256 MiB defaults, which bound a slow reader's buffering less).
+pub const H2_WINDOWS: (u32, u32) = (1 << 20, 16 << 20);
+
+/// The upstream HTTP/2 options' windows, wherever the cluster sets them. An upstream
+/// `max_concurrent_streams` (Envoy opens another connection past N streams) is refused unless it
+/// is too large to matter: istiod sets 2^30 on every HTTP/2 cluster.
+fn upstream_h2_windows(p: &ClusterProto) -> Result<(u32, u32), ConfigError> {
+    use http_protocol_options::UpstreamProtocolOptions as U;
+    use http_protocol_options::explicit_http_config::ProtocolConfig as P;
+    let opts = protocol_options(p)?;
+    #[allow(deprecated)]
+    let h2 = match opts.as_ref().and_then(|o| o.upstream_protocol_options.as_ref()) {
+        Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+            Some(P::Http2ProtocolOptions(o)) => Some(o.clone()),
+            _ => None,
+        },
+        Some(U::UseDownstreamProtocolConfig(d)) => d.http2_protocol_options.clone(),
+        Some(U::AutoConfig(a)) => a.http2_protocol_options.clone(),
+        None => p.http2_protocol_options.clone(),
+    };
+    let Some(h2) = h2 else { return Ok(H2_WINDOWS) };
+    if h2.max_concurrent_streams.is_some_and(|v| v.value < 1 << 30) {
+        return Err(ConfigError::new(
+            "typed_extension_protocol_options.http2_protocol_options.max_concurrent_streams",
+            "an upstream stream limit per connection is not supported by remora",
+        ));
+    }
+    Ok((
+        h2.initial_stream_window_size.map_or(H2_WINDOWS.0, |v| v.value),
+        h2.initial_connection_window_size.map_or(H2_WINDOWS.1, |v| v.value),
+    ))
 }
 
 fn upstream_protocol(p: &ClusterProto) -> Result<UpstreamProtocol, ConfigError> {

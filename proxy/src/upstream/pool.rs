@@ -271,8 +271,8 @@ impl Pools {
         let io = connect_with_alpn(&t.cluster, &t.host, t.alpn.as_ref().map(|a| &a.protocols[..])).await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(16 << 20)
+            .initial_stream_window_size(t.cluster.h2_windows.0)
+            .initial_connection_window_size(t.cluster.h2_windows.1)
             .keep_alive_interval(None)
             .handshake::<_, RequestBody>(io)
             .await

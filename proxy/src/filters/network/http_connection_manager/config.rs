@@ -208,6 +208,8 @@ pub struct HttpConnectionManager {
     pub stream_idle_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_concurrent_streams: Option<u32>,
+    /// HTTP/2 flow-control windows: (stream, connection).
+    pub h2_windows: (u32, u32),
     pub strip_any_host_port: bool,
     pub normalize_path: bool,
     pub merge_slashes: bool,
@@ -302,6 +304,14 @@ impl HttpConnectionManager {
                 .as_ref()
                 .and_then(|o| o.max_concurrent_streams)
                 .map(|v| v.value),
+            h2_windows: {
+                let d = crate::upstream::cluster::H2_WINDOWS;
+                let o = p.http2_protocol_options.as_ref();
+                (
+                    o.and_then(|o| o.initial_stream_window_size).map_or(d.0, |v| v.value),
+                    o.and_then(|o| o.initial_connection_window_size).map_or(d.1, |v| v.value),
+                )
+            },
             xfcc: crate::http::xfcc::Xfcc::from_proto(p),
             normalize_path: p.normalize_path.map(|b| b.value).unwrap_or(false),
             merge_slashes: p.merge_slashes,

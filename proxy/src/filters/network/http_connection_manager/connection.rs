@@ -100,8 +100,8 @@ pub async fn serve<IO>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(16 << 20)
+        .initial_stream_window_size(hcm.h2_windows.0)
+        .initial_connection_window_size(hcm.h2_windows.1)
         // HPACK counts 32 bytes more per field than Envoy's limit: with twice the limit, any
         // request within Envoy's limits and well beyond passes h2's check (h2 answers 431 past
         // it), and `h2_over_limits` applies Envoy's exactly (a stream reset).
