@@ -67,7 +67,18 @@ impl ConfigManager {
                 self.cluster_added.inc();
             }
             if warming {
-                self.spawn_warming_timeout(&name, cluster.id);
+                // EDS: the eds_config's initial_fetch_timeout (15 s unset; 0 waits for ever).
+                let timeout = match (cluster.discovery == DiscoveryType::Eds)
+                    .then(|| cluster.proto.eds_cluster_config.as_ref().and_then(|e| e.eds_config.as_ref()))
+                    .flatten()
+                    .and_then(|c| c.initial_fetch_timeout.as_ref())
+                {
+                    Some(d) => Some(crate::config::duration(d)).filter(|d| !d.is_zero()),
+                    None => Some(self.initial_fetch_timeout),
+                };
+                if let Some(t) = timeout {
+                    self.spawn_warming_timeout(&name, cluster.id, t);
+                }
             }
             st.clusters.insert(name, DynCluster { version: version.to_string(), cluster, warming });
         }
@@ -87,10 +98,9 @@ impl ConfigManager {
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
-    pub(super) fn spawn_warming_timeout(self: &Arc<Self>, name: &str, id: u64) {
+    pub(super) fn spawn_warming_timeout(self: &Arc<Self>, name: &str, id: u64, t: std::time::Duration) {
         let me = Arc::downgrade(self);
         let name = name.to_string();
-        let t = self.initial_fetch_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(t).await;
             let Some(me) = me.upgrade() else { return };
