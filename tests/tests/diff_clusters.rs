@@ -80,6 +80,12 @@ fn hashing(s: &mut Suite) {
 
 fn discovery_and_protocols(s: &mut Suite) {
     s.add_both(Case::new("dns/strict-localhost", get("/strict-dns")).expect_upstream("a").expect_version("HTTP/1.1"));
+    for i in 0..4 {
+        s.add_both(
+            Case::new(&format!("dns/strict-unhealthy-endpoint-skipped-{i}"), get("/strict-dns-health"))
+                .expect_upstream("a"),
+        );
+    }
     s.add_both(Case::new("dns/logical-localhost", get("/logical-dns")).expect_upstream("b"));
     for (name, path, h1, h2) in [
         ("explicit-h2", "/h2-explicit", "HTTP/2", "HTTP/2"),

@@ -58,8 +58,10 @@ pub enum DnsFamily {
 pub struct DnsTarget {
     pub host: String,
     pub port: u16,
-    pub weight: u32,
-    pub priority: u32,
+    /// What each resolved address's host carries: weight, priority, the endpoint's metadata
+    /// (Istio's `tlsMode` for transport socket matches), locality, EDS health and
+    /// `health_check_config`.
+    pub template: Endpoint,
 }
 
 #[derive(Debug)]
@@ -411,10 +413,7 @@ impl Cluster {
                     .map(|t| t.host.parse::<std::net::IpAddr>().ok().map(|ip| (SocketAddr::new(ip, t.port), t)))
                     .collect();
                 if let Some(l) = literal {
-                    let hosts = l
-                        .into_iter()
-                        .map(|(a, t)| Endpoint::ip(a, t.host.clone(), t.weight, t.priority, None))
-                        .collect();
+                    let hosts = l.into_iter().map(|(a, t)| Endpoint { address: a, ..t.template.clone() }).collect();
                     c.set_hosts(hosts);
                 }
             }
@@ -579,12 +578,27 @@ fn dns_targets(cla: &ClusterLoadAssignment) -> Result<Vec<DnsTarget>, ConfigErro
                 return Err(ConfigError::new(f, "named endpoints are not supported"));
             };
             let (host, port) = socket_address_parts(ep.address.as_ref(), &f)?;
-            out.push(DnsTarget {
-                host,
-                port,
-                weight: le.load_balancing_weight.map(|w| w.value).unwrap_or(1),
-                priority: lle.priority,
+            let mut template = Endpoint::ip(
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                host.clone(),
+                le.load_balancing_weight.map(|w| w.value).unwrap_or(1),
+                lle.priority,
+                le.metadata.clone(),
+            );
+            template.eds_flags = super::host::flag::from_eds(le.health_status);
+            template.hc = membership::endpoint_health_check(
+                ep.health_check_config.as_ref(),
+                &format!("endpoints[{i}].lb_endpoints[{j}]"),
+            )?;
+            template.locality = lle.locality.as_ref().map(|l| {
+                Arc::new(super::host::Locality {
+                    region: l.region.clone(),
+                    zone: l.zone.clone(),
+                    sub_zone: l.sub_zone.clone(),
+                })
             });
+            template.locality_weight = lle.load_balancing_weight.map_or(0, |w| w.value);
+            out.push(DnsTarget { host, port, template });
         }
     }
     Ok(out)
@@ -767,7 +781,7 @@ pub async fn resolve_dns(c: &Cluster) -> bool {
         let picked =
             if c.discovery == DiscoveryType::LogicalDns { picked.into_iter().take(1).collect() } else { picked };
         for a in picked {
-            hosts.push(Endpoint::ip(a, t.host.clone(), t.weight, t.priority, None));
+            hosts.push(Endpoint { address: a, ..t.template.clone() });
         }
     }
     c.stats.update_attempt.inc();

@@ -210,7 +210,7 @@ impl Cluster {
 
 /// An endpoint's `health_check_config` (`address` is refused: remora checks the endpoint's own
 /// address, on `port_value` when set).
-fn endpoint_health_check(
+pub(super) fn endpoint_health_check(
     c: Option<&envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig>,
     field: &str,
 ) -> Result<EndpointHealthCheck, ConfigError> {
