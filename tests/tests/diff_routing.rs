@@ -258,6 +258,19 @@ fn retries(s: &mut Suite) {
     s.add_both(Case::new("retry/5xx/exhausted", failing("/retry/5xx", 5, &s503)).expect_status(503).expect_attempts(3));
     s.add_both(Case::new("retry/5xx/500", failing("/retry/5xx", 1, &s500)).expect_status(200).expect_attempts(2));
     s.add_both(Case::new("retry/5xx/reset", failing("/retry/5xx", 1, &reset)).expect_status(200).expect_attempts(2));
+    // retry_priority previous_priorities: the retry leaves the tried priority 0 for priority 1.
+    s.add_both(
+        Case::new("retry/previous-priorities", failing("/retry/prio", 1, &s503))
+            .expect_status(200)
+            .expect_attempts(2)
+            .expect_upstream("b"),
+    );
+    s.add_both(
+        Case::new("retry/same-priority-without-it", failing("/retry/prio-none", 1, &s503))
+            .expect_status(200)
+            .expect_attempts(2)
+            .expect_upstream("a"),
+    );
     // retriable_request_headers: only a request that matches is retried.
     s.add_both(
         Case::new("retry/request-headers/match", failing("/retry/only-get", 1, &s503))

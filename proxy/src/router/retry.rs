@@ -72,6 +72,8 @@ pub struct RetryPolicy {
     pub max_interval: Duration,
     /// The `envoy.retry_host_predicates.previous_hosts` predicate is configured.
     pub avoid_previous_hosts: bool,
+    /// `envoy.retry_priorities.previous_priorities`: its `update_frequency`.
+    pub previous_priorities: Option<u32>,
     pub host_selection_max_attempts: u32,
 }
 
@@ -88,6 +90,7 @@ impl Default for RetryPolicy {
             base_interval: Duration::from_millis(25),
             max_interval: Duration::from_millis(250),
             avoid_previous_hosts: false,
+            previous_priorities: None,
             host_selection_max_attempts: 1,
         }
     }
@@ -139,6 +142,24 @@ impl RetryPolicy {
                     ));
                 }
             }
+        }
+        if let Some(rp) = &p.retry_priority {
+            use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType;
+            use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+            let f = format!("{field}.retry_priority");
+            let any = match &rp.config_type {
+                Some(ConfigType::TypedConfig(any)) => any,
+                None => return Err(ConfigError::new(f, format!("retry priority {} needs a typed_config", rp.name))),
+            };
+            let c: PreviousPrioritiesConfig = xds_client::any::unpack(any)
+                .map_err(|e| ConfigError::new(&f, format!("unsupported retry priority {}: {e}", rp.name)))?;
+            if c.update_frequency <= 0 {
+                return Err(ConfigError::new(
+                    format!("{f}.typed_config.update_frequency"),
+                    "value must be greater than 0",
+                ));
+            }
+            r.previous_priorities = Some(c.update_frequency as u32);
         }
         r.host_selection_max_attempts = (p.host_selection_retry_max_attempts.max(1)) as u32;
         Ok(r)

@@ -317,6 +317,11 @@ pub struct HostSet {
     pub degraded_load: Vec<u32>,
     /// With no hosts at all, Envoy's empty level 0 is in panic (unless the threshold is 0).
     pub empty_panic: bool,
+    /// Each level's health counts, the panic threshold and the overprovisioning factor the
+    /// loads came from: a retry priority recomputes the loads without some levels.
+    pub levels: Vec<super::lb::priority::Level>,
+    pub panic_threshold: u32,
+    pub overprovisioning: u32,
 }
 
 impl HostSet {

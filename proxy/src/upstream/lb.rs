@@ -250,7 +250,16 @@ pub fn build_host_set(all: Vec<Arc<Host>>, cfg: &LbConfig, ep: EndpointPolicy) -
         })
         .collect();
     let empty_panic = all.is_empty() && cfg.panic_threshold > 0;
-    HostSet { all, priorities, load: loads.healthy, degraded_load: loads.degraded, empty_panic }
+    HostSet {
+        all,
+        priorities,
+        load: loads.healthy,
+        degraded_load: loads.degraded,
+        empty_panic,
+        levels: counts,
+        panic_threshold: cfg.panic_threshold,
+        overprovisioning: ep.overprovisioning_factor,
+    }
 }
 
 /// Per level: the load percentages and panic flags, from the available and total host counts
@@ -429,15 +438,52 @@ pub struct Pick {
 /// Picks a host from a host set. `hash` is the request's hash key (for hash policies);
 /// `avoid` lists hosts to skip when the previous-hosts retry predicate is on.
 pub fn choose(policy: LbPolicy, set: &HostSet, hash: Option<u64>, avoid: &[u64]) -> Pick {
+    choose_with_loads(policy, set, hash, avoid, &set.load, &set.degraded_load)
+}
+
+/// `choose` for a retry under `envoy.retry_priorities.previous_priorities`: the priority loads
+/// are recomputed as if the `excluded` levels had no healthy or degraded hosts (Envoy's
+/// `PreviousPrioritiesRetryPriority`); when that leaves nothing, the normal loads apply.
+pub fn choose_excluding(policy: LbPolicy, set: &HostSet, hash: Option<u64>, avoid: &[u64], excluded: &[u32]) -> Pick {
+    if excluded.is_empty() || set.priorities.len() < 2 {
+        return choose(policy, set, hash, avoid);
+    }
+    let levels: Vec<priority::Level> = set
+        .levels
+        .iter()
+        .zip(&set.priorities)
+        .map(|(l, p)| {
+            if excluded.contains(&p.priority) {
+                priority::Level { healthy: 0, degraded: 0, healthy_hosts: 0, degraded_hosts: 0, ..*l }
+            } else {
+                *l
+            }
+        })
+        .collect();
+    if levels.iter().all(|l| l.healthy == 0 && l.degraded == 0) {
+        return choose(policy, set, hash, avoid);
+    }
+    let loads = priority::loads(&levels, set.panic_threshold, set.overprovisioning);
+    choose_with_loads(policy, set, hash, avoid, &loads.healthy, &loads.degraded)
+}
+
+fn choose_with_loads(
+    policy: LbPolicy,
+    set: &HostSet,
+    hash: Option<u64>,
+    avoid: &[u64],
+    load: &[u32],
+    degraded_load: &[u32],
+) -> Pick {
     let (level, degraded) = match set.priorities.len() {
         0 => return Pick { host: None, panic: set.empty_panic },
-        1 if set.degraded_load.first().is_none_or(|l| *l == 0) => (&set.priorities[0], false),
+        1 if degraded_load.first().is_none_or(|l| *l == 0) => (&set.priorities[0], false),
         _ => {
             // Envoy: the hash (or a random number) modulo 100 against the cumulative load, the
             // healthy loads of every level first, then the degraded ones.
             let h = hash.unwrap_or_else(|| fastrand::u64(..)) % 100 + 1;
             let mut acc = 0u64;
-            let i = set.load.iter().chain(&set.degraded_load).position(|l| {
+            let i = load.iter().chain(degraded_load).position(|l| {
                 acc += u64::from(*l);
                 h <= acc
             });

@@ -206,6 +206,17 @@ impl Cluster {
         }
         pick.host
     }
+
+    /// `choose_host` for a retry that leaves out the priority levels already tried
+    /// (`previous_priorities`).
+    pub fn choose_host_excluding(&self, hash: Option<u64>, avoid: &[u64], excluded: &[u32]) -> Option<Arc<Host>> {
+        let set = self.hosts.load();
+        let pick = crate::upstream::lb::choose_excluding(self.lb, &set, hash, avoid, excluded);
+        if pick.panic {
+            self.stats.lb_healthy_panic.inc();
+        }
+        pick.host
+    }
 }
 
 /// An endpoint's `health_check_config` (`address` is refused: remora checks the endpoint's own

@@ -371,6 +371,9 @@ impl Forward<'_> {
 
         let deadline = timeout.map(|t| Instant::now() + t).or(stream_deadline);
         let mut attempted: Vec<u64> = Vec::new();
+        // Priority levels tried, and those the retry priority leaves out.
+        let mut tried_priorities: Vec<u32> = Vec::new();
+        let mut excluded_priorities: Vec<u32> = Vec::new();
         let mut retries_done = 0u32;
         let mut attempt = 0u32;
         // The retry in flight (Envoy's retries resource), held until the retried attempt is
@@ -384,6 +387,13 @@ impl Forward<'_> {
                 // original_dst listener filter restored it (Istio's `inbound|<port>||`); none
                 // when nothing was restored, as in Envoy.
                 self.cx.conn.original_dst.map(|a| cluster.original_dst_host(a))
+            } else if let Some(freq) = policy.as_ref().and_then(|p| p.previous_priorities) {
+                // Envoy's PreviousPrioritiesRetryPriority: every `update_frequency` attempts, the
+                // levels tried so far are left out of the priority load.
+                if attempt > 1 && (attempt - 1) % freq == 0 {
+                    excluded_priorities = tried_priorities.clone();
+                }
+                cluster.choose_host_excluding(hash, avoid, &excluded_priorities)
             } else {
                 cluster.choose_host(hash, avoid)
             };
@@ -392,6 +402,11 @@ impl Forward<'_> {
                 return self.cluster_reply(&cluster, internal, weighted, LocalReply::no_healthy_upstream());
             };
             attempted.push(host.id);
+            if policy.as_ref().is_some_and(|p| p.previous_priorities.is_some())
+                && !tried_priorities.contains(&host.priority)
+            {
+                tried_priorities.push(host.priority);
+            }
             let body = match first_body.take() {
                 Some(b) => b,
                 None if body_is_empty => RequestBody::Empty,
