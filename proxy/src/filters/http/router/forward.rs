@@ -390,7 +390,7 @@ impl Forward<'_> {
             } else if let Some(freq) = policy.as_ref().and_then(|p| p.previous_priorities) {
                 // Envoy's PreviousPrioritiesRetryPriority: every `update_frequency` attempts, the
                 // levels tried so far are left out of the priority load.
-                if attempt > 1 && (attempt - 1) % freq == 0 {
+                if attempt > 1 && (attempt - 1).is_multiple_of(freq) {
                     excluded_priorities = tried_priorities.clone();
                 }
                 cluster.choose_host_excluding(hash, avoid, &excluded_priorities)
