@@ -11,22 +11,30 @@ pub mod network;
 /// Where remora implements one of them (`istio.stats`, the peer metadata and TCP metadata
 /// exchange filters), its own registry entry is found first and this list is not reached.
 const TELEMETRY_ONLY: &[(&str, &str)] = &[
-    // (filter name, config type); either one matching is enough.
+    // (filter name, config type): the type matching is enough; the name matches only with that
+    // type or a Wasm module (an empty type: Wasm only).
     ("istio.stats", "stats.PluginConfig"),
     ("istio.metadata_exchange", "io.istio.http.peer_metadata.Config"),
-    ("envoy.filters.network.metadata_exchange", ""),
+    ("envoy.filters.network.metadata_exchange", "envoy.tcp.metadataexchange.config.MetadataExchange"),
     ("envoy.filters.http.grpc_stats", "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"),
     ("envoy.wasm.stats", ""),
     ("envoy.wasm.metadata_exchange", ""),
-    // Istio's HTTP `istio_authn` only mirrors the peer principal into filter state; remora's
+    // Istio's network `istio_authn` only mirrors the peer principal into filter state; remora's
     // RBAC reads the TLS facts directly.
-    ("istio_authn", ""),
+    ("istio_authn", "io.istio.network.authn.Config"),
     ("", "istio.mixer.v1.config.client.HttpClientConfig"),
 ];
 
-/// Whether a filter is on the telemetry-only list, by its name or its config type.
+/// Istio's telemetry filters as Wasm modules (Istio < 1.18 ran them so).
+const WASM_TYPES: &[&str] =
+    &["envoy.extensions.filters.http.wasm.v3.Wasm", "envoy.extensions.filters.network.wasm.v3.Wasm"];
+
+/// Whether a filter is on the telemetry-only list: by its config type, or by its name when its
+/// config is a Wasm module (a name alone never lets another filter's config be skipped).
 pub fn telemetry_only(name: &str, type_name: &str) -> bool {
-    TELEMETRY_ONLY.iter().any(|(n, t)| (!n.is_empty() && *n == name) || (!t.is_empty() && *t == type_name))
+    TELEMETRY_ONLY.iter().any(|(n, t)| {
+        (!t.is_empty() && *t == type_name) || (!n.is_empty() && *n == name && WASM_TYPES.contains(&type_name))
+    })
 }
 
 /// The hooks the core calls to reach the extensions (per-route filter configs, the deprecated
@@ -53,5 +61,16 @@ mod tests {
             .filter(|t| *t != "io.istio.network.authn.Config" && *t != "io.istio.http.peer_metadata.Config")
             .collect();
         assert!(missing.is_empty(), "not in fields.txt: {missing:?}");
+    }
+
+    #[test]
+    fn a_telemetry_name_skips_only_wasm_or_its_own_type() {
+        use super::telemetry_only;
+        assert!(telemetry_only("istio.stats", "envoy.extensions.filters.http.wasm.v3.Wasm"));
+        assert!(telemetry_only("anything", "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"));
+        assert!(telemetry_only("istio_authn", "io.istio.network.authn.Config"));
+        // A name Istio uses does not let another filter's config through.
+        assert!(!telemetry_only("istio.stats", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"));
+        assert!(!telemetry_only("envoy.wasm.stats", "envoy.extensions.filters.http.lua.v3.Lua"));
     }
 }
