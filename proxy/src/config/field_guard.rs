@@ -244,22 +244,27 @@ impl FieldGuard {
         if found.is_empty() {
             return Ok(());
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         for f in found {
-            let key = short_field(&f.field);
-            let entry = seen.entry(key.clone()).or_insert_with(|| {
-                tracing::warn!(
-                    target: "remora::config",
-                    "{} is accepted but has no effect in remora: {} (listed on /config_guard)",
-                    f.field,
-                    f.reason
-                );
-                (f.reason.clone(), 0)
-            });
-            entry.1 += 1;
-            stats.counter(&format!("config_guard.telemetry_only.{key}")).inc();
+            self.note_telemetry(&f.field, &f.reason, stats);
         }
         Ok(())
+    }
+
+    /// Accounts for a telemetry-only field found outside the policy walk (a filter reading its
+    /// own config, as Istio's JSON-only configs): logged the first time, counted in
+    /// `config_guard.telemetry_only.<Message>.<field>`, listed on `/config_guard`.
+    pub fn note_telemetry(&self, field: &str, reason: &str, stats: &crate::stats::Store) {
+        let key = short_field(field);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen.entry(key.clone()).or_insert_with(|| {
+            tracing::warn!(
+                target: "remora::config",
+                "{field} is accepted but has no effect in remora: {reason} (listed on /config_guard)"
+            );
+            (reason.to_string(), 0)
+        });
+        entry.1 += 1;
+        stats.counter(&format!("config_guard.telemetry_only.{key}")).inc();
     }
 
     /// The telemetry-only fields accepted so far: (`Message.field`, reason, times).

@@ -72,6 +72,31 @@ pub fn factory(name: &str, any: &Any, cx: &BuildCtx) -> Result<Arc<dyn HttpFilte
             .value
             .unwrap_or_default()
     };
+    // Fields that only shape what telemetry sees: accepted loudly.
+    if let Some(g) = &cx.guard {
+        let set = |k: &str| match config.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(value::Kind::BoolValue(b)) => *b,
+            Some(value::Kind::ListValue(l)) => !l.values.is_empty(),
+            Some(value::Kind::StructValue(s)) => !s.fields.is_empty(),
+            Some(value::Kind::StringValue(s)) => !s.is_empty(),
+            Some(value::Kind::NumberValue(n)) => *n != 0.0,
+            _ => false,
+        };
+        if set("shared_with_upstream") {
+            g.note_telemetry(
+                &format!("{TYPE}.shared_with_upstream"),
+                "sharing the peer's metadata with upstream filters (for their telemetry) is not implemented",
+                &cx.stats,
+            );
+        }
+        if set("additional_labels") {
+            g.note_telemetry(
+                &format!("{TYPE}.additional_labels"),
+                "extra labels in the propagated peer metadata (metric labels only) are not added",
+                &cx.stats,
+            );
+        }
+    }
     let metadata = crate::filters::network::metadata_exchange::exchanged_metadata(&cx.node);
     let value = base64::engine::general_purpose::STANDARD.encode(metadata.encode_to_vec());
     let header = |v: &str| HeaderValue::from_str(v).map_err(|_| ConfigError::new("node", "not a valid header value"));
