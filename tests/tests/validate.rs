@@ -172,6 +172,7 @@ static_resources:
   - name: backend
     connect_timeout: CONNECT_TIMEOUT
     lb_policy: LB_POLICY
+    typed_extension_protocol_options: PROTO_OPTS
     outlier_detection: {max_ejection_percent: EJECT_PCT}
     load_assignment:
       cluster_name: backend
@@ -187,6 +188,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("LB_POLICY", "ROUND_ROBIN"),
     ("EJECT_PCT", "10"),
     ("PORT", "8080"),
+    ("PROTO_OPTS", "{}"),
 ];
 
 fn render(overrides: &[(&str, &str)]) -> String {
@@ -223,6 +225,15 @@ fn malformed_values_are_refused_like_envoy() {
         // Header keys are checked non-strictly (Envoy accepts a space), but never a newline.
         ("bad-header-name", &[("HEADER_KEY", "\"bad\\nheader\"")], "request_headers_to_add[0].header.key"),
         ("lb-policy-undefined", &[("LB_POLICY", "99")], "lb_policy"),
+        // Envoy: "ALPN configured for cluster ... which has a non-ALPN transport socket".
+        (
+            "auto-config-without-tls",
+            &[(
+                "PROTO_OPTS",
+                "{envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, auto_config: {}}}",
+            )],
+            "auto_config",
+        ),
     ];
     let mut failures = Vec::new();
     for (name, overrides, field) in cases {

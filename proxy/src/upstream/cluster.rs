@@ -742,8 +742,19 @@ fn upstream_protocol(p: &ClusterProto) -> Result<UpstreamProtocol, ConfigError> 
                 _ => UpstreamProtocol::Http1,
             },
             Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Downstream,
-            // ALPN-based auto: without TLS there is no ALPN, so HTTP/1.1 (as Envoy does).
-            Some(U::AutoConfig(_)) => UpstreamProtocol::Http1,
+            // ALPN-based auto: Envoy refuses it without a TLS transport socket ("ALPN configured for
+            // cluster which has a non-ALPN transport socket") and picks HTTP/2 by ALPN over TLS,
+            // which remora does not do: refused either way.
+            Some(U::AutoConfig(_)) => {
+                return Err(ConfigError::new(
+                    "typed_extension_protocol_options.auto_config",
+                    if p.transport_socket.is_some() || !p.transport_socket_matches.is_empty() {
+                        "auto_config over TLS (HTTP/2 chosen by ALPN) is not supported by remora; use explicit_http_config"
+                    } else {
+                        "ALPN configured for a cluster which has a non-ALPN transport socket"
+                    },
+                ));
+            }
             None => UpstreamProtocol::Http1,
         });
     }
