@@ -7,6 +7,7 @@
 mod direct;
 pub mod forward;
 mod mirror;
+mod timeout;
 mod upstream_headers;
 
 use std::net::SocketAddr;

@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 
 use super::Downstream;
 use super::upstream_headers::{
-    append_x_forwarded_host, build_request, cookie, format_grpc_timeout, parse_grpc_timeout, rewrite_path,
-    strip_hop_by_hop, take_header_ms, upgrade_type,
+    append_x_forwarded_host, build_request, cookie, format_grpc_timeout, rewrite_path, strip_hop_by_hop,
+    take_header_ms, upgrade_type,
 };
 use crate::formatter::FormatContext;
 use crate::http::body::{ReplayBody, RequestBody, ResponseBody};
@@ -159,48 +159,10 @@ impl Forward<'_> {
 
         // Envoy's x-envoy-* request controls (consumed here, never forwarded).
         let suppress = router.suppress_envoy_headers;
-        let mut timeout = action.timeout;
-        let grpc_timeout =
-            || parts.headers.get(&hn::GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         let is_grpc =
             parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        // The `grpc-timeout` sent upstream, when Envoy rewrites it to the timeout in force.
-        let mut grpc_timeout_upstream: Option<Duration> = None;
-        // Envoy's "new timeouts" (the route has max_stream_duration): the route timeout does not
-        // apply; the stream's duration limit does, from the request's start.
-        let mut stream_deadline: Option<Instant> = None;
-        match &action.stream_duration {
-            None => {
-                // max_grpc_timeout (deprecated; istiod's): a gRPC request's `grpc-timeout`,
-                // shortened by the offset, capped by the max (0: no cap), replaces the route
-                // timeout; without the header the max is the timeout (0: none). Envoy's
-                // FilterUtility::finalTimeout.
-                if let Some(max) = action.max_grpc_timeout
-                    && is_grpc
-                {
-                    let mut t = grpc_timeout().unwrap_or(Duration::ZERO);
-                    if let Some(off) = action.grpc_timeout_offset
-                        && off < t
-                    {
-                        t -= off;
-                    }
-                    if !max.is_zero() && (t.is_zero() || t > max) {
-                        t = max;
-                    }
-                    timeout = (!t.is_zero()).then_some(t);
-                }
-            }
-            Some(sd) => {
-                timeout = None;
-                let header = grpc_timeout();
-                if let Some(limit) = sd.limit(header) {
-                    stream_deadline = Some(request_start + limit);
-                    if header.is_some() && sd.grpc_header_max.is_some() && is_grpc {
-                        grpc_timeout_upstream = Some(limit);
-                    }
-                }
-            }
-        }
+        let super::timeout::Timeouts { mut timeout, stream_deadline, grpc_timeout_upstream } =
+            super::timeout::Timeouts::of(action, &parts.headers, is_grpc, request_start);
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
         // The client's controls are taken off every request, and only honoured on internal ones
         // (`x-envoy-internal: true`), as Envoy does.
