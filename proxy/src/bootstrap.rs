@@ -31,6 +31,31 @@ pub struct ServerConfig {
     pub log_format: Option<crate::logging::LineFormat>,
 }
 
+/// CDS and LDS come over ADS (`ads: {}`) or from files (`path_config_source`): a source of its
+/// own per type (`api_config_source`) would fetch nothing in remora, so it is refused.
+fn check_dynamic_sources(b: &Bootstrap) -> Result<(), ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier as S;
+    let Some(d) = &b.dynamic_resources else { return Ok(()) };
+    for (name, src) in [("cds_config", &d.cds_config), ("lds_config", &d.lds_config)] {
+        match src.as_ref().and_then(|c| c.config_source_specifier.as_ref()) {
+            Some(S::ApiConfigSource(_)) => {
+                return Err(ConfigError::new(
+                    format!("dynamic_resources.{name}.api_config_source"),
+                    "a separate xDS stream per resource type is not supported by remora: use ads_config and ads: {}",
+                ));
+            }
+            Some(S::Self_(_)) => {
+                return Err(ConfigError::new(
+                    format!("dynamic_resources.{name}.self"),
+                    "not supported by remora: use ads_config and ads: {}",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// `application_log_config.log_format`: a text pattern or a JSON object of patterns. Setting it
 /// and `--log-format` both is an error, as in Envoy.
 fn application_log_format(b: &Bootstrap, opts: &Options) -> Result<Option<crate::logging::LineFormat>, ConfigError> {
@@ -115,6 +140,7 @@ pub fn build(b: &Bootstrap, opts: &Options) -> Result<ServerConfig, ConfigError>
     check_bootstrap_extensions(b)?;
     let max_downstream_connections = overload_manager(b)?;
     let log_format = application_log_format(b, opts)?;
+    check_dynamic_sources(b)?;
 
     let admin = match &b.admin {
         Some(a) if a.address.is_some() => Some(socket_address_of(a.address.as_ref(), "admin.address")?),

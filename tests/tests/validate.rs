@@ -257,3 +257,37 @@ fn malformed_values_are_refused_like_envoy() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{} mismatch(es):\n  {}", failures.len(), failures.join("\n  "));
 }
+
+/// A CDS source of its own (`api_config_source`, no ADS): Envoy opens a CDS stream; remora only
+/// speaks ADS and file sources, so it refuses the bootstrap naming the field, rather than start
+/// and fetch nothing.
+#[test]
+fn separate_cds_stream_is_refused_by_name() {
+    let remora = tests::remora_bin_or_build().expect("the remora binary");
+    let dir = std::env::temp_dir().join(format!("remora-validate-cds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cds.yaml");
+    std::fs::write(
+        &path,
+        r#"
+node: {id: test, cluster: test}
+dynamic_resources:
+  cds_config: {api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}, resource_api_version: V3}
+static_resources:
+  clusters:
+  - name: xds
+    connect_timeout: 1s
+    typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {"@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}
+    load_assignment: {cluster_name: xds, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}
+"#,
+    )
+    .unwrap();
+    if let Some(e) = tests::envoy_bin() {
+        let (code, out) = validate(&e, &path);
+        assert_eq!(code, 0, "Envoy accepts a separate CDS stream: {}", last_lines(&out, 3));
+    }
+    let (code, out) = validate(&remora, &path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("dynamic_resources.cds_config.api_config_source"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
