@@ -253,11 +253,13 @@ fn route_explain_on_an_istiod_dump() {
     let admin = free_port();
     let r = Remora::start(&bootstrap(admin, xds.port()), admin);
     let explain = |q: &str| {
-        // RDS arrives after LDS: wait until the table is there.
+        // RDS arrives after LDS, and a listener waiting for its routes is not active yet: wait
+        // until neither shows.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let (code, body) = http_get(admin, &format!("/explain?{q}")).unwrap();
-            if !body.contains("has not arrived") || Instant::now() > deadline {
+            let settled = !body.contains("has not arrived") && !body.contains("no listener owns");
+            if settled || Instant::now() > deadline {
                 return (code, body);
             }
             std::thread::sleep(Duration::from_millis(100));
