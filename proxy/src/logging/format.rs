@@ -355,16 +355,7 @@ impl Tm {
         let epoch = since.as_secs() as i64;
         let days = epoch.div_euclid(86_400);
         let sod = epoch.rem_euclid(86_400) as u32;
-        // Days since 1970-01-01 to a civil date (proleptic Gregorian).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let mon = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(mon <= 2);
+        let (year, mon, day) = crate::formatter::civil_from_days(days);
         Tm {
             epoch,
             year,

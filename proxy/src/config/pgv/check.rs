@@ -6,15 +6,7 @@ use super::*;
 pub(super) fn check_message_value(rule: &Rule, type_name: &str, b: &[u8]) -> Result<(), String> {
     match rule {
         Rule::Duration { gt, gte, lt, lte, .. } => {
-            let mut r = Reader { buf: b };
-            let (mut secs, mut nanos) = (0i64, 0i32);
-            while let Some((n, v)) = r.next_field() {
-                match (n, v) {
-                    (1, Value::Int(x)) => secs = x as i64,
-                    (2, Value::Int(x)) => nanos = x as i32,
-                    _ => {}
-                }
-            }
+            let (secs, nanos) = duration_parts(b);
             let d = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
             let show = |n: i128| format_duration(n);
             if let Some(g) = gt
@@ -70,9 +62,8 @@ pub(super) fn check_message_value(rule: &Rule, type_name: &str, b: &[u8]) -> Res
     }
 }
 
-/// Envoy refuses a negative duration, and one beyond protobuf's range, wherever it is
-/// (`MessageUtil::validateDurationFields`).
-pub(super) fn check_duration_range(b: &[u8]) -> Result<(), String> {
+/// A `google.protobuf.Duration`'s (seconds, nanos) from its encoding.
+fn duration_parts(b: &[u8]) -> (i64, i32) {
     let mut r = Reader { buf: b };
     let (mut secs, mut nanos) = (0i64, 0i32);
     while let Some((n, v)) = r.next_field() {
@@ -82,6 +73,13 @@ pub(super) fn check_duration_range(b: &[u8]) -> Result<(), String> {
             _ => {}
         }
     }
+    (secs, nanos)
+}
+
+/// Envoy refuses a negative duration, and one beyond protobuf's range, wherever it is
+/// (`MessageUtil::validateDurationFields`).
+pub(super) fn check_duration_range(b: &[u8]) -> Result<(), String> {
+    let (secs, nanos) = duration_parts(b);
     if secs < 0 || nanos < 0 {
         return Err(format!("Invalid duration: Expected positive duration: seconds: {secs} nanos: {nanos}"));
     }
