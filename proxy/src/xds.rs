@@ -46,10 +46,11 @@ pub fn apply(
     let mut errors = Vec::new();
     // Configs wrapped in a TypedStruct are JSON, converted through the descriptor pool (by the
     // guard and by the extensions): hold it for the batch rather than decode it per resource.
-    let pool = resources
-        .iter()
-        .any(|r| memchr::memmem::find(&r.value, b"TypedStruct").is_some())
-        .then(xds_client::descriptors::pool);
+    // (Endpoints and secrets carry no typed configs: their bytes are not scanned.)
+    let pool = (type_url != ENDPOINT
+        && type_url != SECRET
+        && resources.iter().any(|r| memchr::memmem::find(&r.value, b"TypedStruct").is_some()))
+    .then(xds_client::descriptors::pool);
     let result = match type_url {
         CLUSTER => {
             let r = decode::<ClusterProto>(resources, &mut errors);

@@ -115,9 +115,6 @@ impl Forward<'_> {
     }
 
     pub async fn run(self, parts: &mut Parts, body: Incoming) -> Response<ResponseBody> {
-        // The stream duration counts from here: time spent in earlier HTTP filters (a fault
-        // delay) is not included, where Envoy counts from the request's arrival.
-        let request_start = Instant::now();
         let router = self.cx.router;
         let action = self.action;
 
@@ -162,7 +159,7 @@ impl Forward<'_> {
         let is_grpc =
             parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let super::timeout::Timeouts { mut timeout, stream_deadline, grpc_timeout_upstream } =
-            super::timeout::Timeouts::of(action, &parts.headers, is_grpc, request_start);
+            super::timeout::Timeouts::of(action, &parts.headers, is_grpc);
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
         // The client's controls are taken off every request, and only honoured on internal ones
         // (`x-envoy-internal: true`), as Envoy does.

@@ -22,7 +22,7 @@ pub(super) struct Timeouts {
 }
 
 impl Timeouts {
-    pub fn of(action: &RouteAction, headers: &HeaderMap, is_grpc: bool, request_start: Instant) -> Timeouts {
+    pub fn of(action: &RouteAction, headers: &HeaderMap, is_grpc: bool) -> Timeouts {
         let grpc_timeout = || headers.get(&hn::GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         let mut out = Timeouts { timeout: action.timeout, stream_deadline: None, grpc_timeout_upstream: None };
         match &action.stream_duration {
@@ -49,7 +49,10 @@ impl Timeouts {
                 out.timeout = None;
                 let header = grpc_timeout();
                 if let Some(limit) = sd.limit(header) {
-                    out.stream_deadline = Some(request_start + limit);
+                    // The duration counts from the router: time spent in earlier HTTP filters (a
+                    // fault delay) is not included, where Envoy counts from the request's arrival.
+                    // The clock is read only for such routes.
+                    out.stream_deadline = Some(Instant::now() + limit);
                     if header.is_some() && sd.grpc_header_max.is_some() && is_grpc {
                         out.grpc_timeout_upstream = Some(limit);
                     }
