@@ -4,8 +4,11 @@
 
 pub mod compose;
 pub mod dispatch;
+pub mod endpoints;
 pub mod manifest;
+pub mod meshconfig;
 pub mod model;
+pub mod prometheus;
 pub mod runner;
 pub mod xds;
 

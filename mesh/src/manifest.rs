@@ -382,6 +382,11 @@ pub struct Manifests {
     pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
     pub gateways: Vec<Resource<GatewaySpec>>,
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
+    pub telemetries: Vec<Resource<crate::meshconfig::TelemetrySpec>>,
+    /// The mesh config (`ConfigMap istio` in istio-system) and its file.
+    pub mesh_config: Option<(String, crate::meshconfig::MeshConfig)>,
+    /// `Endpoints` of Services without a selector.
+    pub endpoints: Vec<crate::endpoints::Endpoints>,
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (sorted by name).
@@ -469,13 +474,29 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 want_group("security.istio.io")?;
                 out.peer_authentications.push(parse(file, &at, &doc)?)
             }
+            "Telemetry" => {
+                want_group("telemetry.istio.io")?;
+                out.telemetries.push(parse(file, &at, &doc)?)
+            }
+            "ConfigMap" => {
+                want_group("")?;
+                if out.mesh_config.is_some() {
+                    return Err(err(format!("{at}: metadata.name"), "the mesh config is given twice".into()));
+                }
+                out.mesh_config = Some((file.to_string(), crate::meshconfig::parse_config_map(file, &at, &doc)?));
+            }
+            "Endpoints" => {
+                want_group("")?;
+                out.endpoints.push(crate::endpoints::parse(file, &at, &doc)?)
+            }
             "" => return Err(err(format!("{at}: kind"), "missing".into())),
             other => {
                 return Err(err(
                     format!("{at}: kind"),
                     format!(
                         "kind '{other}' is not supported by the demo control plane (supported: Service, \
-                         Deployment, VirtualService, DestinationRule, Gateway, PeerAuthentication)"
+                         Deployment, Endpoints, ConfigMap istio, VirtualService, DestinationRule, Gateway, \
+                         PeerAuthentication, Telemetry)"
                     ),
                 ));
             }

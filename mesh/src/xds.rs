@@ -3,10 +3,11 @@
 //! mode NONE ("plain ports"): listeners bind to the pod's own addresses instead of 15001/15006;
 //! inbound listeners are the ones istiod builds in that mode from a Sidecar's ingress listeners
 //! (listener_inbound.go), one per served target port, bound to the pod IP.
-//! Istio's telemetry filters (istio.stats, metadata exchange, grpc_stats, istio.alpn) are left
-//! out; see mesh/README in the top-level README's "Demo mesh" section.
+//! Istio's telemetry (peer metadata, istio.stats, istio.alpn, tracing, access logs) is added by
+//! `telemetry` over what the other generators build.
 
 mod routes;
+pub mod telemetry;
 
 use serde_json::{Value, json};
 
@@ -97,6 +98,7 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
         "name": "PassthroughCluster", "type": "ORIGINAL_DST", "connect_timeout": "10s", "lb_policy": "CLUSTER_PROVIDED",
         "circuit_breakers": {"thresholds": [{"max_connections": 4294967295u32, "max_pending_requests": 4294967295u32,
             "max_requests": 4294967295u32, "max_retries": 4294967295u32, "track_remaining": true}]}}));
+    telemetry::clusters(mesh, proxy, &mut out);
     out
 }
 
@@ -252,6 +254,7 @@ pub fn endpoints(mesh: &Mesh) -> Vec<Value> {
                             "load_balancing_weight": 1,
                         })
                     })
+                    .chain(crate::endpoints::lb_endpoints(mesh, svc, port))
                     .collect();
                 let name = outbound_name(port.port, subset, &host);
                 out.push(json!({
@@ -320,6 +323,7 @@ pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
             }
         }
     }
+    telemetry::listeners(mesh, proxy, &mut out);
     out
 }
 

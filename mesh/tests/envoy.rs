@@ -1,7 +1,10 @@
-//! Envoy itself accepts what the control plane generates for examples/demo: a sidecar's and the
-//! gateway's resources are served over Delta ADS to Envoy (`ENVOY_BIN`, installed by
-//! scripts/install-test-deps), which must ACK clusters, endpoints, listeners and routes and NACK
-//! nothing. The SDS secrets `default` and `ROOTCA` (pilot-agent's job; remora gets them with
+//! Envoy itself accepts what the control plane generates for examples/demo plus Istio's telemetry
+//! (a mesh config with a Zipkin provider, a Telemetry with 100 % tracing and the `envoy` access
+//! log): a sidecar's and the gateway's resources are served over Delta ADS to Envoy (`ENVOY_BIN`,
+//! installed by scripts/install-test-deps), which must ACK clusters, endpoints, listeners and
+//! routes and NACK nothing. Upstream Envoy lacks Istio's own extensions (`istio.alpn`,
+//! `istio.metadata_exchange`, `istio.stats`): they are dropped from what Envoy is sent, with the
+//! `istio-peer-exchange` ALPN, as proxy/tests/mesh does; everything else is sent as generated. The SDS secrets `default` and `ROOTCA` (pilot-agent's job; remora gets them with
 //! `--ca-address`) come from the same harness, signed by a dev CA. Skipped when Envoy is not
 //! installed. (remora's acceptance is checked by the demo test.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,6 +24,66 @@ fn envoy() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// The resources for upstream Envoy: Istio's own filters (`istio.*`) dropped from listener, HTTP
+/// and cluster filter lists, and the `istio-peer-exchange` ALPN with them.
+fn envoy_compatible(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("alpn_protocols", Value::Array(a)) => Value::Array(
+                            a.iter().filter(|p| p.as_str() != Some("istio-peer-exchange")).cloned().collect(),
+                        ),
+                        ("filters" | "http_filters", Value::Array(a)) => Value::Array(
+                            a.iter()
+                                .filter(|f| !f["name"].as_str().is_some_and(|n| n.starts_with("istio.")))
+                                .map(envoy_compatible)
+                                .collect(),
+                        ),
+                        _ => envoy_compatible(v),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(envoy_compatible).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Istio's telemetry for the demo: the mesh config with a Zipkin provider (a selector-less
+/// Service and its Endpoints), a mesh-wide Telemetry with 100 % tracing and access logs.
+const TELEMETRY: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: zipkin
+      zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  ports: [{name: http-zipkin, port: 9411}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: zipkin, namespace: istio-system}
+subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{name: http-zipkin, port: 9411}]}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 100}]
+  accessLogging: [{providers: [{name: envoy}]}]
+"#;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -31,7 +94,13 @@ fn envoy_accepts_the_generated_config() {
         eprintln!("skipped: no Envoy (set ENVOY_BIN or run scripts/install-test-deps)");
         return;
     };
-    let mut mesh = mesh::runner::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), folder.path().join(e.file_name())).unwrap();
+    }
+    std::fs::write(folder.path().join("telemetry.yaml"), TELEMETRY).unwrap();
+    let mut mesh = mesh::runner::load(folder.path()).unwrap();
     mesh.renumber((std::process::id() % 250 + 1) as u8);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pod = mesh.pods.iter().find(|p| p.name == "frontend-0").unwrap().clone();
@@ -41,8 +110,29 @@ fn envoy_accepts_the_generated_config() {
         ("gateway", Proxy::Gateway { bind: &bind }, xds::gateway_node_id()),
     ] {
         let cp = ControlPlane::new();
-        for (ty, res) in mesh::resources(&mesh, &proxy).unwrap() {
+        // What Envoy is sent: the generated resources without Istio's own extensions.
+        let mut istio_filters = 0;
+        for (ty, values) in [
+            (ads::CLUSTER, xds::clusters(&mesh, &proxy)),
+            (ads::ENDPOINT, xds::endpoints(&mesh)),
+            (ads::LISTENER, xds::listeners(&mesh, &proxy)),
+            (ads::ROUTE, match &proxy {
+                Proxy::Sidecar(p) => xds::sidecar_route_configs(&mesh, &p.namespace),
+                Proxy::Gateway { .. } => xds::gateway_route_configs(&mesh),
+            }),
+        ] {
+            let mut res = Vec::new();
+            for v in values {
+                istio_filters += v.to_string().matches("\"istio.").count();
+                let (_, name, any) = xds_client::server::resource_from_json(&envoy_compatible(&v), "generated").unwrap();
+                res.push((name, any));
+            }
             cp.set_all(ty, res);
+        }
+        assert!(istio_filters > 0, "{label}: no Istio filter generated");
+        let listeners = serde_json::to_string(&xds::listeners(&mesh, &proxy)).unwrap();
+        for want in ["envoy.tracers.zipkin", "envoy.access_loggers.file", "istio.stats", "istio.metadata_exchange"] {
+            assert!(listeners.contains(want), "{label}: no {want} in {listeners}");
         }
         let ca = certs::dev_ca::DevCa::new_root(&certs::dev_ca::CaOptions::default()).unwrap();
         let id = certs::SpiffeId::parse(&pod.spiffe()).unwrap();
@@ -60,9 +150,12 @@ fn envoy_accepts_the_generated_config() {
         let addr = rt.block_on(cp.serve_tcp(([127, 0, 0, 1], 0).into())).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("bootstrap.json");
-        let labels = pod.labels.clone();
+        let metadata = xds::telemetry::node_metadata(match &proxy {
+            Proxy::Sidecar(p) => Some(*p),
+            Proxy::Gateway { .. } => None,
+        });
         // sds-grpc: the harness (HTTP/2) instead of pilot-agent's socket.
-        let boot = mesh::runner::bootstrap(&node, "demo", "default", "default", &labels, free_port(), addr).replace(
+        let boot = mesh::runner::bootstrap(&node, "demo", &metadata, free_port(), addr).replace(
             r#"{"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}"#,
             &format!(r#"{{"socket_address": {{"address": "127.0.0.1", "port_value": {}}}}}"#, addr.port()),
         );
