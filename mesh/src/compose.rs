@@ -175,6 +175,7 @@ pub async fn control_plane(opts: ControlPlaneOptions) -> Result<(), String> {
 pub fn bootstrap() -> Value {
     json!({
         "admin": {"address": {"socket_address": {"address": "0.0.0.0", "port_value": ADMIN_PORT}}},
+        "stats_config": xds::telemetry::stats_config(),
         "dynamic_resources": {
             "ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},

@@ -57,6 +57,7 @@ pub fn bootstrap(node_id: &str, cluster: &str, metadata: &serde_json::Value, adm
   "node": {{"id": "{node_id}", "cluster": "{cluster}",
     "metadata": {metadata}}},
   "admin": {{"address": {{"socket_address": {{"address": "127.0.0.1", "port_value": {admin}}}}}}},
+  "stats_config": {stats},
   "dynamic_resources": {{
     "ads_config": {{"api_type": "DELTA_GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
       "grpc_services": [{{"envoy_grpc": {{"cluster_name": "xds-grpc"}}}}]}},
@@ -76,7 +77,8 @@ pub fn bootstrap(node_id: &str, cluster: &str, metadata: &serde_json::Value, adm
   ]}}
 }}"#,
         ip = xds.ip(),
-        port = xds.port()
+        port = xds.port(),
+        stats = xds::telemetry::stats_config()
     )
 }
 

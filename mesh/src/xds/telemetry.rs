@@ -285,3 +285,28 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy, clusters: &mut [Value]) {
         }
     }
 }
+
+/// pilot-agent's `stats_config` tags (its bootstrap template in Istio 1.2x): Istio's own
+/// `cluster_name` (whole `outbound|PORT|SUBSET|HOST` names, dots included) and the other tag
+/// extractors, instead of Envoy's defaults. Its `stats_matcher` (which keeps only a few stat
+/// families unless `proxyStatsMatcher` adds more) is not set: the demo exports every stat.
+pub fn stats_config() -> Value {
+    let tag = |name: &str, regex: &str| json!({"tag_name": name, "regex": regex});
+    json!({"use_all_default_tags": false, "stats_tags": [
+        tag("cluster_name", r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"),
+        tag("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+        tag("response_code", r"_rq(_(\d{3}))$"),
+        tag("response_code_class", r"_rq(_(\dxx))$"),
+        tag("http_conn_manager_listener_prefix", r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+        tag("http_conn_manager_prefix", r"^http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+        tag("listener_address", r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+        tag("mongo_prefix", r"^mongo\.(.+?)\.(collection|cmd|cx_|op_|delays_|decoding_)(.*?)$"),
+        tag("cache", r"(cache\.(.+?)\.)"),
+        tag("component", r"(component\.(.+?)\.)"),
+        tag("tag", r"(tag\.(.+?);\.)"),
+        tag("wasm_filter", r"(wasm_filter\.(.+?)\.)"),
+        tag("authz_enforce_result", r"rbac(\.(allowed|denied))"),
+        tag("authz_dry_run_action", r"(\.istio_dry_run_(allow|deny)_)"),
+        tag("authz_dry_run_result", r"(\.shadow_(allowed|denied))"),
+    ]})
+}
