@@ -56,7 +56,8 @@ struct EndpointPort {
 }
 
 pub fn parse(file: &str, at: &str, doc: &str) -> Result<Endpoints, ManifestError> {
-    let err = |field: String, reason: String| ManifestError { file: file.into(), field: format!("{at}: {field}"), reason };
+    let err =
+        |field: String, reason: String| ManifestError { file: file.into(), field: format!("{at}: {field}"), reason };
     let d: Doc = serde_yaml::from_str(doc).map_err(|e| {
         let msg = e.to_string();
         match msg.split_once(": ") {
@@ -81,7 +82,11 @@ pub fn parse(file: &str, at: &str, doc: &str) -> Result<Endpoints, ManifestError
 
 /// The EDS endpoints of a Service without a selector for one of its ports: its `Endpoints`
 /// addresses on the port of the same name (or the only port), plaintext.
-pub fn lb_endpoints(mesh: &crate::model::Mesh, svc: &crate::model::Service, port: &crate::model::Port) -> Vec<serde_json::Value> {
+pub fn lb_endpoints(
+    mesh: &crate::model::Mesh,
+    svc: &crate::model::Service,
+    port: &crate::model::Port,
+) -> Vec<serde_json::Value> {
     let Some(e) = mesh.external_endpoints(svc) else { return Vec::new() };
     let single = svc.ports.len() == 1;
     e.addresses

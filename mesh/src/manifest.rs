@@ -480,10 +480,11 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
             }
             "ConfigMap" => {
                 want_group("")?;
+                let mc = crate::meshconfig::parse_config_map(file, &at, &doc)?;
                 if out.mesh_config.is_some() {
                     return Err(err(format!("{at}: metadata.name"), "the mesh config is given twice".into()));
                 }
-                out.mesh_config = Some((file.to_string(), crate::meshconfig::parse_config_map(file, &at, &doc)?));
+                out.mesh_config = Some((file.to_string(), mc));
             }
             "Endpoints" => {
                 want_group("")?;

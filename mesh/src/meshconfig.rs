@@ -159,7 +159,8 @@ struct ConfigMapDoc {
 
 /// Parses a `ConfigMap` document: the mesh config, or a refusal naming the field.
 pub fn parse_config_map(file: &str, at: &str, doc: &str) -> Result<MeshConfig, ManifestError> {
-    let err = |field: &str, reason: String| ManifestError { file: file.into(), field: format!("{at}: {field}"), reason };
+    let err =
+        |field: &str, reason: String| ManifestError { file: file.into(), field: format!("{at}: {field}"), reason };
     let cm: ConfigMapDoc = serde_yaml::from_str(doc).map_err(|e| err("-", e.to_string()))?;
     let ns = cm.metadata.namespace.as_deref().unwrap_or("default");
     if cm.metadata.name != "istio" || ns != ROOT_NAMESPACE {
@@ -210,10 +211,9 @@ impl MeshConfig {
         }
         match name.to_ascii_lowercase().as_str() {
             "prometheus" => Some(Provider::Prometheus),
-            "envoy" => Some(Provider::FileAccessLog(FileAccessLogProvider {
-                path: Some(DEV_STDOUT.into()),
-                log_format: None,
-            })),
+            "envoy" => {
+                Some(Provider::FileAccessLog(FileAccessLogProvider { path: Some(DEV_STDOUT.into()), log_format: None }))
+            }
             "stackdriver" => Some(Provider::Stackdriver),
             _ => None,
         }
@@ -339,9 +339,7 @@ pub fn lookup(mesh: &Mesh, service: &str, port: u16) -> Result<(String, String),
         None => mesh.services.iter().filter(|s| s.fqdn() == service).collect(),
     };
     match found.as_slice() {
-        [s] if s.ports.iter().any(|p| p.port == port) => {
-            Ok((s.fqdn(), crate::xds::outbound_name(port, "", &s.fqdn())))
-        }
+        [s] if s.ports.iter().any(|p| p.port == port) => Ok((s.fqdn(), crate::xds::outbound_name(port, "", &s.fqdn()))),
         [s] => Err(format!("Service '{}' has no port {port}", s.fqdn())),
         [] => Err(format!("no Service '{service}' (write the fully qualified host name, or namespace/host)")),
         _ => Err(format!("'{service}' is in several namespaces: write namespace/host")),
@@ -382,7 +380,9 @@ pub fn check(mesh: &Mesh) -> Result<(), ManifestError> {
             .ok_or_else(|| fail(file, field.clone(), format!("no extensionProvider '{name}' in the mesh config")))?;
         let ok = matches!(
             (&p, want),
-            (Provider::Zipkin(_), "tracing") | (Provider::FileAccessLog(_), "accessLogging") | (Provider::Prometheus, "metrics")
+            (Provider::Zipkin(_), "tracing")
+                | (Provider::FileAccessLog(_), "accessLogging")
+                | (Provider::Prometheus, "metrics")
         );
         if !ok {
             return Err(fail(file, field, format!("provider '{name}' is not a {want} provider the demo generates")));
@@ -405,7 +405,10 @@ pub fn check(mesh: &Mesh) -> Result<(), ManifestError> {
             return Err(fail(
                 &t.file,
                 at,
-                format!("a second Telemetry in namespace {}: the demo reads one namespace-wide Telemetry per namespace", t.namespace),
+                format!(
+                    "a second Telemetry in namespace {}: the demo reads one namespace-wide Telemetry per namespace",
+                    t.namespace
+                ),
             ));
         }
         for (i, tr) in t.spec.tracing.iter().enumerate() {

@@ -252,10 +252,8 @@ impl Mesh {
         };
         mesh.check()?;
         for e in &mesh.endpoints {
-            let selectorless = mesh
-                .services
-                .iter()
-                .any(|s| s.name == e.name && s.namespace == e.namespace && s.selector.is_empty());
+            let selectorless =
+                mesh.services.iter().any(|s| s.name == e.name && s.namespace == e.namespace && s.selector.is_empty());
             if !selectorless {
                 return Err(fail(
                     &e.file,

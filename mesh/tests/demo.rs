@@ -161,8 +161,11 @@ fn demo_mesh_end_to_end() {
     assert!(!matches!(plain, Ok((200, _))), "plaintext was served under STRICT: {plain:?}");
 
     // A bad file is refused with its name; the mesh keeps serving.
-    std::fs::write(mesh_dir.join("zz-bad.yaml"), "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec: {}\n")
-        .unwrap();
+    std::fs::write(
+        mesh_dir.join("zz-bad.yaml"),
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec: {}\n",
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let err = std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default();

@@ -116,15 +116,19 @@ fn envoy_accepts_the_generated_config() {
             (ads::CLUSTER, xds::clusters(&mesh, &proxy)),
             (ads::ENDPOINT, xds::endpoints(&mesh)),
             (ads::LISTENER, xds::listeners(&mesh, &proxy)),
-            (ads::ROUTE, match &proxy {
-                Proxy::Sidecar(p) => xds::sidecar_route_configs(&mesh, &p.namespace),
-                Proxy::Gateway { .. } => xds::gateway_route_configs(&mesh),
-            }),
+            (
+                ads::ROUTE,
+                match &proxy {
+                    Proxy::Sidecar(p) => xds::sidecar_route_configs(&mesh, &p.namespace),
+                    Proxy::Gateway { .. } => xds::gateway_route_configs(&mesh),
+                },
+            ),
         ] {
             let mut res = Vec::new();
             for v in values {
                 istio_filters += v.to_string().matches("\"istio.").count();
-                let (_, name, any) = xds_client::server::resource_from_json(&envoy_compatible(&v), "generated").unwrap();
+                let (_, name, any) =
+                    xds_client::server::resource_from_json(&envoy_compatible(&v), "generated").unwrap();
                 res.push((name, any));
             }
             cp.set_all(ty, res);

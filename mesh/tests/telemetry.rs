@@ -234,7 +234,9 @@ impl Prometheus {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|r| (r["metric"].clone(), r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)))
+                    .map(|r| {
+                        (r["metric"].clone(), r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN))
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -319,9 +321,14 @@ fn telemetry_through_prometheus_and_zipkin() {
     assert_eq!(call(&gw, "backend:9000/"), 200);
     assert_eq!(call(&gw, "backend:9000/status/503"), 503);
     assert_eq!(call(&gw, "slow:9100/delay/300"), 200);
-    let dest = |extra: &str| format!("istio_requests_total{{reporter=\"destination\",destination_workload=\"backend\"{extra}}}");
+    let dest = |extra: &str| {
+        format!("istio_requests_total{{reporter=\"destination\",destination_workload=\"backend\"{extra}}}")
+    };
     prom.wait_for(&format!("count({})", dest("")), |v| v == 2.0);
-    prom.wait_for("count(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_workload=\"slow\"})", |v| v > 0.0);
+    prom.wait_for(
+        "count(istio_request_duration_milliseconds_bucket{reporter=\"destination\",destination_workload=\"slow\"})",
+        |v| v > 0.0,
+    );
 
     // The known traffic: 8 x 200 and 2 x 503 from backend; 4 slow calls of 300 ms.
     for _ in 0..8 {
@@ -419,7 +426,9 @@ fn telemetry_through_prometheus_and_zipkin() {
     // pilot-agent's tags: the whole cluster name, dots included.
     let family = format!("envoy_cluster_upstream_rq_pending_overflow{{cluster_name=\"{cluster}\"}}");
     assert!(text.lines().any(|l| l.starts_with(&family)), "{family} not in the scrape");
-    prom.wait_for(&format!("sum(envoy_cluster_upstream_rq_pending_overflow{{cluster_name=\"{cluster}\"}})"), |v| v == overflowed);
+    prom.wait_for(&format!("sum(envoy_cluster_upstream_rq_pending_overflow{{cluster_name=\"{cluster}\"}})"), |v| {
+        v == overflowed
+    });
     prom.wait_for(
         "sum(istio_requests_total{reporter=\"source\",source_workload=\"frontend\",response_flags=\"UO\"})",
         |v| v == overflowed,
@@ -430,8 +439,14 @@ fn telemetry_through_prometheus_and_zipkin() {
         assert_eq!(call(&gw, "flaky:9200/status/503"), 503);
     }
     let cluster = "outbound|9200||flaky.default.svc.cluster.local";
-    prom.wait_for(&format!("sum(envoy_cluster_outlier_detection_ejections_enforced_total{{cluster_name=\"{cluster}\"}})"), |v| v == 1.0);
-    prom.wait_for(&format!("sum(envoy_cluster_outlier_detection_ejections_active{{cluster_name=\"{cluster}\"}})"), |v| v == 1.0);
+    prom.wait_for(
+        &format!("sum(envoy_cluster_outlier_detection_ejections_enforced_total{{cluster_name=\"{cluster}\"}})"),
+        |v| v == 1.0,
+    );
+    prom.wait_for(
+        &format!("sum(envoy_cluster_outlier_detection_ejections_active{{cluster_name=\"{cluster}\"}})"),
+        |v| v == 1.0,
+    );
     // Ejected and no panic threshold: no healthy upstream (503, UH).
     assert_eq!(call(&gw, "flaky:9200/"), 503);
 
@@ -449,7 +464,9 @@ fn telemetry_through_prometheus_and_zipkin() {
         };
         let clients = of("frontend.default", "CLIENT");
         let servers = of("backend.default", "SERVER");
-        let pair = clients.iter().find_map(|c| servers.iter().find(|s| s["traceId"] == c["traceId"]).map(|s| (c.clone(), s.clone())));
+        let pair = clients
+            .iter()
+            .find_map(|c| servers.iter().find(|s| s["traceId"] == c["traceId"]).map(|s| (c.clone(), s.clone())));
         if let Some(p) = pair {
             break p;
         }
@@ -476,4 +493,145 @@ fn telemetry_through_prometheus_and_zipkin() {
     }
     let left = Command::new("pgrep").args(["-f", work.to_str().unwrap()]).output().unwrap();
     assert!(left.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&left.stdout));
+}
+
+/// The test mesh (with its telemetry, the collector on `port`) in a temp folder, plus `extra`.
+fn folder(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut workloads = String::new();
+    for (name, port) in [("frontend", 8000), ("backend", 9000), ("slow", 9100), ("flaky", 9200)] {
+        workloads.push_str(&workload(name, port));
+    }
+    std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+    std::fs::write(dir.path().join("workloads.yaml"), workloads).unwrap();
+    std::fs::write(dir.path().join("telemetry.yaml"), telemetry(9411)).unwrap();
+    std::fs::write(dir.path().join("zz-extra.yaml"), extra).unwrap();
+    dir
+}
+
+/// The HTTP filter names of every HCM of `listeners`, by listener direction.
+fn http_filters(listeners: &[Value]) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for l in listeners {
+        for c in l["filter_chains"].as_array().unwrap() {
+            for f in c["filters"].as_array().unwrap() {
+                if let Some(hf) = f["typed_config"]["http_filters"].as_array() {
+                    let names = hf.iter().map(|h| h["name"].as_str().unwrap().to_string()).collect();
+                    out.push((l["traffic_direction"].as_str().unwrap().to_string(), names));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn filters_tracing_and_access_logs_are_istiods() {
+    let dir = folder("");
+    let mesh = mesh::runner::load(dir.path()).unwrap();
+    let pod = mesh.pods.iter().find(|p| p.name == "backend-0").unwrap();
+    let sidecar = mesh::xds::listeners(&mesh, &mesh::xds::Proxy::Sidecar(pod));
+    let bind = [(8080u16, 18080u16)];
+    let gateway = mesh::xds::listeners(&mesh, &mesh::xds::Proxy::Gateway { bind: &bind });
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let outbound = names(&[
+        "istio.metadata_exchange",
+        "istio.alpn",
+        "envoy.filters.http.fault",
+        "istio.stats",
+        "envoy.filters.http.router",
+    ]);
+    let inbound =
+        names(&["istio.metadata_exchange", "envoy.filters.http.fault", "istio.stats", "envoy.filters.http.router"]);
+    for (dir, filters) in http_filters(&sidecar).into_iter().chain(http_filters(&gateway)) {
+        assert_eq!(filters, if dir == "INBOUND" { inbound.clone() } else { outbound.clone() }, "{dir}");
+    }
+    // Inbound chains start with the TCP metadata exchange; the HCMs trace to Zipkin at 100 %.
+    let inbound_listener = sidecar.iter().find(|l| l["traffic_direction"] == "INBOUND").unwrap();
+    let chain = &inbound_listener["filter_chains"][0];
+    assert_eq!(chain["filters"][0]["name"], "istio.metadata_exchange");
+    let hcm = &chain["filters"][1]["typed_config"];
+    assert_eq!(hcm["http_filters"][2]["typed_config"]["disable_host_header_fallback"], true);
+    let t = &hcm["tracing"];
+    assert_eq!(t["random_sampling"]["value"], 100.0);
+    let z = &t["provider"]["typed_config"];
+    assert_eq!(z["collector_cluster"], "outbound|9411||zipkin.istio-system.svc.cluster.local");
+    assert_eq!(z["collector_hostname"], "zipkin.istio-system.svc.cluster.local");
+    assert_eq!((z["collector_endpoint"].as_str(), z["trace_id_128bit"].as_bool()), (Some("/api/v2/spans"), Some(true)));
+    let tags: Vec<&str> = t["custom_tags"].as_array().unwrap().iter().map(|c| c["tag"].as_str().unwrap()).collect();
+    let mut sorted = tags.clone();
+    sorted.sort();
+    assert_eq!(tags, sorted);
+    assert!(tags.contains(&"istio.canonical_service") && tags.contains(&"istio.mesh_id"), "{tags:?}");
+    let log = &hcm["access_log"][0]["typed_config"];
+    assert_eq!(log["path"], "/dev/stdout");
+    assert!(
+        log["log_format"]["text_format_source"]["inline_string"]
+            .as_str()
+            .unwrap()
+            .starts_with("[%START_TIME%] \"%REQ(:METHOD)%")
+    );
+    // The zipkin Service's endpoints are its Endpoints, in plaintext (no tlsMode).
+    let eds = mesh::xds::endpoints(&mesh);
+    let z = eds.iter().find(|e| e["cluster_name"] == "outbound|9411||zipkin.istio-system.svc.cluster.local").unwrap();
+    let ep = &z["endpoints"][0]["lb_endpoints"][0];
+    assert_eq!(ep["endpoint"]["address"]["socket_address"]["port_value"], 9411);
+    assert!(ep.get("metadata").is_none(), "{ep}");
+    // Without a Telemetry: istio.stats stays (prometheus is the default metrics provider), no
+    // tracing and no access log.
+    let plain = mesh::runner::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
+    let pod = plain.pods.first().unwrap();
+    let ls = serde_json::to_string(&mesh::xds::listeners(&plain, &mesh::xds::Proxy::Sidecar(pod))).unwrap();
+    assert!(ls.contains("istio.stats") && !ls.contains("\"tracing\"") && !ls.contains("access_log"), "{ls}");
+}
+
+#[test]
+fn refusals_name_the_file_and_field() {
+    let cases = [
+        (
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  selector: {matchLabels: {app: backend}}\n",
+            "unknown field `selector`",
+        ),
+        (
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  tracing: [{providers: [{name: jaeger}]}]\n",
+            "Telemetry t: spec.tracing[0].providers[0].name: no extensionProvider 'jaeger'",
+        ),
+        (
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  accessLogging: [{providers: [{name: zipkin}]}]\n",
+            "provider 'zipkin' is not a accessLogging provider",
+        ),
+        (
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t2, namespace: istio-system}\nspec: {}\n",
+            "a second Telemetry in namespace istio-system",
+        ),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {a: b}\n", "reads one ConfigMap"),
+        (
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {name: backend, namespace: default}\nsubsets: []\n",
+            "no Service 'backend' without a selector",
+        ),
+    ];
+    for (extra, want) in cases {
+        let d = folder(extra);
+        let e = mesh::runner::load(d.path()).expect_err(want).to_string();
+        assert!(e.contains("zz-extra.yaml") && e.contains(want), "{want}: {e}");
+    }
+    // In the mesh config itself: an unknown provider kind, tracing the legacy way, a collector
+    // that is not a Service of the mesh.
+    for (from, to, want) in [
+        (
+            "- name: zipkin\n",
+            "- name: otel\n      opentelemetry: {service: x, port: 4317}\n    - name: zipkin\n",
+            "unknown field `opentelemetry`",
+        ),
+        ("extensionProviders:\n", "enableTracing: true\n    extensionProviders:\n", "data.mesh.enableTracing"),
+        ("service: zipkin.istio-system", "service: jaeger.istio-system", "zipkin.service: no Service"),
+    ] {
+        let d = folder("");
+        let p = d.path().join("telemetry.yaml");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+        let e = mesh::runner::load(d.path()).expect_err(want).to_string();
+        assert!(e.contains("telemetry.yaml") && e.contains("ConfigMap istio") && e.contains(want), "{want}: {e}");
+    }
 }

@@ -46,11 +46,11 @@ fn tcp_metadata_exchange() -> Value {
 fn peer_metadata(class: Class) -> Value {
     let dir = if class == Class::SidecarInbound { "downstream" } else { "upstream" };
     json!({"name": "istio.metadata_exchange", "typed_config": {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
-        "type_url": "type.googleapis.com/io.istio.http.peer_metadata.Config",
-        "value": {
-            format!("{dir}_discovery"): [{"istio_headers": {}}, {"workload_discovery": {}}],
-            format!("{dir}_propagation"): [{"istio_headers": {}}],
-        }}})
+    "type_url": "type.googleapis.com/io.istio.http.peer_metadata.Config",
+    "value": {
+        format!("{dir}_discovery"): [{"istio_headers": {}}, {"workload_discovery": {}}],
+        format!("{dir}_propagation"): [{"istio_headers": {}}],
+    }}})
 }
 
 fn alpn() -> Value {
@@ -198,10 +198,8 @@ fn plan(mesh: &Mesh, proxy: &Proxy) -> Plan {
     let workload = meta["WORKLOAD_NAME"].as_str().unwrap_or_default().to_string();
     let labels: BTreeMap<String, String> = serde_json::from_value(meta["LABELS"].clone()).unwrap_or_default();
     let telemetry = meshconfig::for_proxy(mesh, &ns);
-    let tracing = telemetry
-        .tracing
-        .as_ref()
-        .and_then(|(z, s)| tracing(mesh, z, *s, custom_tags(&labels, &workload, &ns)));
+    let tracing =
+        telemetry.tracing.as_ref().and_then(|(z, s)| tracing(mesh, z, *s, custom_tags(&labels, &workload, &ns)));
     Plan { telemetry, tracing }
 }
 
@@ -214,7 +212,10 @@ fn decorate_hcm(hcm: &mut Value, class: Class, plan: &Plan) {
     if let Some(Value::Array(filters)) = cfg.get_mut("http_filters") {
         filters.insert(0, peer_metadata(class));
         if class != Class::SidecarInbound {
-            let at = position(filters, &["envoy.filters.http.fault", "envoy.filters.http.cors", "envoy.filters.http.router"]);
+            let at = position(
+                filters,
+                &["envoy.filters.http.fault", "envoy.filters.http.cors", "envoy.filters.http.router"],
+            );
             filters.insert(at, alpn());
         }
         if plan.telemetry.metrics {
@@ -269,7 +270,8 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy, clusters: &mut [Value]) {
         if name.starts_with("outbound|") || name == "PassthroughCluster" {
             c["filters"] = json!([tcp_metadata_exchange()]);
         }
-        if let (Proxy::Sidecar(pod), Some(port)) = (proxy, name.strip_prefix("inbound|").and_then(|r| r.split('|').next()))
+        if let (Proxy::Sidecar(pod), Some(port)) =
+            (proxy, name.strip_prefix("inbound|").and_then(|r| r.split('|').next()))
         {
             let port: u16 = port.parse().unwrap_or(0);
             let services: Vec<Value> = mesh
