@@ -12,9 +12,12 @@
 //! `Telemetry` (telemetry.istio.io) resources apply namespace-wide (no selector, no targetRefs):
 //! the one in the root namespace (`istio-system`) to every proxy, then the one in the proxy's own
 //! namespace, later entries overriding earlier ones as istiod merges them (pilot/pkg/model
-//! telemetry.go): `tracing` (providers, randomSamplingPercentage, disableSpanReporting),
+//! telemetry.go): `tracing` (providers, randomSamplingPercentage, disableSpanReporting,
+//! customTags: literal, environment, header),
 //! `accessLogging` (providers, disabled) and `metrics` (providers: prometheus only). Anything else
 //! is refused with the file, the document, the field and the reason.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -126,6 +129,36 @@ pub struct Tracing {
     pub random_sampling_percentage: Option<f64>,
     #[serde(default)]
     pub disable_span_reporting: Option<bool>,
+    /// Tag name -> value source; a later entry's map replaces an earlier one's, as in istiod.
+    #[serde(default)]
+    pub custom_tags: Option<BTreeMap<String, CustomTag>>,
+}
+
+/// A Telemetry tracing custom tag: exactly one of a literal, an environment variable of the
+/// proxy (read when remora loads the config) or a request header.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CustomTag {
+    #[serde(default)]
+    pub literal: Option<LiteralTag>,
+    #[serde(default)]
+    pub environment: Option<ValueSource>,
+    #[serde(default)]
+    pub header: Option<ValueSource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LiteralTag {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueSource {
+    pub name: String,
+    #[serde(default)]
+    pub default_value: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -224,11 +257,19 @@ impl MeshConfig {
     }
 }
 
+/// Tracing for one proxy: the Zipkin provider, the sampling percentage, the custom tags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingPlan {
+    pub zipkin: ZipkinProvider,
+    pub sampling: f64,
+    pub custom_tags: BTreeMap<String, CustomTag>,
+}
+
 /// What one proxy gets, resolved from the mesh config and the Telemetry resources in scope.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ProxyTelemetry {
-    /// The Zipkin provider and the sampling percentage; `None`: no tracing.
-    pub tracing: Option<(ZipkinProvider, f64)>,
+    /// `None`: no tracing.
+    pub tracing: Option<TracingPlan>,
     /// File access logs: (path, text format).
     pub access_logs: Vec<(String, String)>,
     /// Whether `istio.stats` is generated (a prometheus metrics provider in scope).
@@ -250,6 +291,7 @@ pub fn for_proxy(mesh: &Mesh, ns: &str) -> ProxyTelemetry {
     let mut provider = mc.default_providers.tracing.first().and_then(|n| mc.provider(n));
     let mut sampling = None;
     let mut disabled = false;
+    let mut custom_tags = BTreeMap::new();
     let mut any = provider.is_some();
     for t in tels.iter().flat_map(|t| t.spec.tracing.iter()) {
         any = true;
@@ -262,9 +304,14 @@ pub fn for_proxy(mesh: &Mesh, ns: &str) -> ProxyTelemetry {
         if let Some(s) = t.random_sampling_percentage {
             sampling = Some(s);
         }
+        if let Some(tags) = &t.custom_tags {
+            custom_tags = tags.clone();
+        }
     }
     let tracing = match provider {
-        Some(Provider::Zipkin(z)) if any && !disabled => Some((z, sampling.unwrap_or(DEFAULT_SAMPLING))),
+        Some(Provider::Zipkin(zipkin)) if any && !disabled => {
+            Some(TracingPlan { zipkin, sampling: sampling.unwrap_or(DEFAULT_SAMPLING), custom_tags })
+        }
         _ => None,
     };
     // Access logging: the default providers unless a Telemetry names its own; `disabled` turns
@@ -414,6 +461,16 @@ pub fn check(mesh: &Mesh) -> Result<(), ManifestError> {
         for (i, tr) in t.spec.tracing.iter().enumerate() {
             for (j, p) in tr.providers.iter().enumerate() {
                 named(&t.file, format!("{at}: spec.tracing[{i}].providers[{j}].name"), &p.name, "tracing")?;
+            }
+            for (tag, v) in tr.custom_tags.iter().flatten() {
+                let set = [v.literal.is_some(), v.environment.is_some(), v.header.is_some()];
+                if set.iter().filter(|x| **x).count() != 1 {
+                    return Err(fail(
+                        &t.file,
+                        format!("{at}: spec.tracing[{i}].customTags.{tag}"),
+                        "give exactly one of literal, environment, header".into(),
+                    ));
+                }
             }
             if let Some(s) = tr.random_sampling_percentage
                 && !(0.0..=100.0).contains(&s)

@@ -80,7 +80,13 @@ apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {name: mesh-default, namespace: istio-system}
 spec:
-  tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 100}]
+  tracing:
+  - providers: [{name: zipkin}]
+    randomSamplingPercentage: 100
+    customTags:
+      env: {literal: {value: demo}}
+      client: {header: {name: x-client, defaultValue: unknown}}
+      host: {environment: {name: HOSTNAME, defaultValue: unknown}}
   accessLogging: [{providers: [{name: envoy}]}]
 "#;
 

@@ -142,7 +142,12 @@ apiVersion: telemetry.istio.io/v1
 kind: Telemetry
 metadata: {{name: mesh-default, namespace: istio-system}}
 spec:
-  tracing: [{{providers: [{{name: zipkin}}], randomSamplingPercentage: 100}}]
+  tracing:
+  - providers: [{{name: zipkin}}]
+    randomSamplingPercentage: 100
+    customTags:
+      environment: {{literal: {{value: demo}}}}
+      user_agent_class: {{header: {{name: x-client-class, defaultValue: unknown}}}}
   accessLogging: [{{providers: [{{name: envoy}}]}}]
 "#
     )
@@ -477,6 +482,11 @@ fn telemetry_through_prometheus_and_zipkin() {
     assert_eq!(server["tags"]["http.status_code"], "503", "{server}");
     assert_eq!(server["tags"]["istio.canonical_service"], "backend", "{server}");
     assert_eq!(client["tags"]["istio.namespace"], "default", "{client}");
+    assert_eq!(
+        (client["tags"]["environment"].as_str(), server["tags"]["environment"].as_str()),
+        (Some("demo"), Some("demo"))
+    );
+    assert_eq!(server["tags"]["user_agent_class"], "unknown", "{server}");
     assert_eq!(client["tags"]["upstream_cluster.name"], "outbound|9000||backend.default.svc.cluster.local", "{client}");
 
     // Access logs: Istio's default format on the sidecars' stdout.
@@ -563,6 +573,19 @@ fn filters_tracing_and_access_logs_are_istiods() {
     sorted.sort();
     assert_eq!(tags, sorted);
     assert!(tags.contains(&"istio.canonical_service") && tags.contains(&"istio.mesh_id"), "{tags:?}");
+    let own: Vec<&Value> = t["custom_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["tag"].as_str().unwrap().starts_with("istio."))
+        .collect();
+    assert_eq!(
+        own,
+        [
+            &serde_json::json!({"tag": "environment", "literal": {"value": "demo"}}),
+            &serde_json::json!({"tag": "user_agent_class", "request_header": {"name": "x-client-class", "default_value": "unknown"}})
+        ]
+    );
     let log = &hcm["access_log"][0]["typed_config"];
     assert_eq!(log["path"], "/dev/stdout");
     assert!(

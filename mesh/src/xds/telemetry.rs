@@ -128,8 +128,14 @@ pub fn node_metadata(pod: Option<&Pod>) -> Value {
     m
 }
 
-/// `buildServiceTags` plus the dry-run policy tags, sorted by tag as istiod sorts them.
-fn custom_tags(labels: &BTreeMap<String, String>, workload: &str, ns: &str) -> Vec<Value> {
+/// `buildServiceTags`, the dry-run policy tags and the Telemetry's own tags
+/// (`buildCustomTagsFromProvider`), sorted by tag as istiod sorts them.
+fn custom_tags(
+    labels: &BTreeMap<String, String>,
+    workload: &str,
+    ns: &str,
+    own: &BTreeMap<String, meshconfig::CustomTag>,
+) -> Vec<Value> {
     let (service, rev) = canonical(labels, workload);
     let dry_run = |tag: &str, key: &str| {
         json!({"tag": tag, "metadata": {"kind": {"request": {}}, "metadata_key": {"key": "envoy.filters.http.rbac",
@@ -147,13 +153,30 @@ fn custom_tags(labels: &BTreeMap<String, String>, workload: &str, ns: &str) -> V
         dry_run("istio.authorization.dry_run.deny_policy.name", "istio_dry_run_deny_shadow_effective_policy_id"),
         dry_run("istio.authorization.dry_run.deny_policy.result", "istio_dry_run_deny_shadow_engine_result"),
     ];
+    for (tag, v) in own {
+        let source = |s: &meshconfig::ValueSource| {
+            let mut v = json!({"name": s.name});
+            if let Some(d) = &s.default_value {
+                v["default_value"] = json!(d);
+            }
+            v
+        };
+        if let Some(l) = &v.literal {
+            tags.push(literal(tag, &l.value));
+        } else if let Some(e) = &v.environment {
+            tags.push(json!({"tag": tag, "environment": source(e)}));
+        } else if let Some(h) = &v.header {
+            tags.push(json!({"tag": tag, "request_header": source(h)}));
+        }
+    }
     tags.sort_by(|a, b| a["tag"].as_str().cmp(&b["tag"].as_str()));
     tags
 }
 
 /// The HCM's `tracing` for a Zipkin provider (`configureFromProviderConfig`, `zipkinConfig` and
 /// `configureSampling` of istiod 1.24).
-fn tracing(mesh: &Mesh, zipkin: &meshconfig::ZipkinProvider, sampling: f64, tags: Vec<Value>) -> Option<Value> {
+fn tracing(mesh: &Mesh, plan: &meshconfig::TracingPlan, tags: Vec<Value>) -> Option<Value> {
+    let (zipkin, sampling) = (&plan.zipkin, plan.sampling);
     let (host, cluster) = meshconfig::lookup(mesh, &zipkin.service, zipkin.port).ok()?;
     let mut t = json!({
         "client_sampling": {"value": 100.0},
@@ -199,7 +222,7 @@ fn plan(mesh: &Mesh, proxy: &Proxy) -> Plan {
     let labels: BTreeMap<String, String> = serde_json::from_value(meta["LABELS"].clone()).unwrap_or_default();
     let telemetry = meshconfig::for_proxy(mesh, &ns);
     let tracing =
-        telemetry.tracing.as_ref().and_then(|(z, s)| tracing(mesh, z, *s, custom_tags(&labels, &workload, &ns)));
+        telemetry.tracing.as_ref().and_then(|t| tracing(mesh, t, custom_tags(&labels, &workload, &ns, &t.custom_tags)));
     Plan { telemetry, tracing }
 }
 
