@@ -14,12 +14,15 @@
 //! namespace, later entries overriding earlier ones as istiod merges them (pilot/pkg/model
 //! telemetry.go): `tracing` (providers, randomSamplingPercentage, disableSpanReporting,
 //! customTags: literal, environment, header),
-//! `accessLogging` (providers, disabled) and `metrics` (providers: prometheus only). Anything else
+//! `accessLogging` (providers, disabled) and `metrics` (providers: prometheus only;
+//! overrides and reportingInterval, see `metrics`). Anything else
 //! is refused with the file, the document, the field and the reason.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+
+pub mod metrics;
 
 use crate::manifest::{ManifestError, Resource};
 use crate::model::{Mesh, ROOT_NAMESPACE, fqdn};
@@ -175,6 +178,10 @@ pub struct AccessLogging {
 pub struct Metrics {
     #[serde(default)]
     pub providers: Vec<ProviderRef>,
+    #[serde(default)]
+    pub overrides: Vec<metrics::MetricsOverride>,
+    #[serde(default)]
+    pub reporting_interval: Option<String>,
 }
 
 /// The `ConfigMap` document: only `istio` in `istio-system`, with `data.mesh`.
@@ -274,6 +281,8 @@ pub struct ProxyTelemetry {
     pub access_logs: Vec<(String, String)>,
     /// Whether `istio.stats` is generated (a prometheus metrics provider in scope).
     pub metrics: bool,
+    /// The merged metric overrides (`istio.stats` config per workload mode).
+    pub stats: metrics::StatsPlan,
 }
 
 /// The Telemetry resources in scope for a proxy in `ns`: the root namespace's, then its own.
@@ -353,7 +362,8 @@ pub fn for_proxy(mesh: &Mesh, ns: &str) -> ProxyTelemetry {
         }
     }
     let metrics = metrics.iter().any(|n| mc.provider(n) == Some(Provider::Prometheus));
-    ProxyTelemetry { tracing, access_logs, metrics }
+    let stats = metrics::StatsPlan::merge(tels.iter().flat_map(|t| t.spec.metrics.iter()));
+    ProxyTelemetry { tracing, access_logs, metrics, stats }
 }
 
 fn with_newline(s: &str) -> String {
@@ -491,6 +501,7 @@ pub fn check(mesh: &Mesh) -> Result<(), ManifestError> {
             for (j, p) in m.providers.iter().enumerate() {
                 named(&t.file, format!("{at}: spec.metrics[{i}].providers[{j}].name"), &p.name, "metrics")?;
             }
+            metrics::check(m, &format!("{at}: spec.metrics[{i}]")).map_err(|(f, r)| fail(&t.file, f, r))?;
         }
     }
     Ok(())

@@ -149,6 +149,15 @@ spec:
       environment: {{literal: {{value: demo}}}}
       user_agent_class: {{header: {{name: x-client-class, defaultValue: unknown}}}}
   accessLogging: [{{providers: [{{name: envoy}}]}}]
+  metrics:
+  - providers: [{{name: prometheus}}]
+    overrides:
+    - match: {{metric: REQUEST_COUNT, mode: CLIENT}}
+      tagOverrides:
+        request_method: {{value: request.method}}
+        source_version: {{operation: REMOVE}}
+    - match: {{metric: REQUEST_SIZE, mode: SERVER}}
+      disabled: true
 "#
     )
 }
@@ -395,6 +404,19 @@ fn telemetry_through_prometheus_and_zipkin() {
         assert_eq!(r[0].0[k], v, "{k}: {}", r[0].0);
     }
 
+    // The Telemetry's metric overrides: a request_method dimension and no source_version on the
+    // client's request counts; no request size histogram at the server.
+    let r =
+        prom.query("istio_requests_total{reporter=\"source\",destination_workload=\"backend\",response_code=\"200\"}");
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].0["request_method"], "GET", "{}", r[0].0);
+    assert!(r[0].0.get("source_version").is_none(), "{}", r[0].0);
+    assert!(
+        prom.query(&dest("")).iter().all(|(m, _)| m.get("request_method").is_none() && m["source_version"] == "v1")
+    );
+    assert_eq!(prom.query("istio_request_bytes_count{reporter=\"destination\"}").len(), 0);
+    assert!(!prom.query("istio_request_bytes_count{reporter=\"source\"}").is_empty());
+
     // The error-rate alert, 5xx over all since the warm-up: 2 of 10 calls as frontend saw them,
     // 6 of 14 requests as backend served them (the retries).
     for (reporter, want) in [("source", 2.0 / 10.0), ("destination", 6.0 / 14.0)] {
@@ -489,9 +511,17 @@ fn telemetry_through_prometheus_and_zipkin() {
     assert_eq!(server["tags"]["user_agent_class"], "unknown", "{server}");
     assert_eq!(client["tags"]["upstream_cluster.name"], "outbound|9000||backend.default.svc.cluster.local", "{client}");
 
-    // Access logs: Istio's default format on the sidecars' stdout.
-    let log = std::fs::read_to_string(work.join("sidecar-backend-0.log")).unwrap();
-    let line = log.lines().find(|l| l.contains("\"GET /status/503 HTTP/1.1\" 503")).unwrap_or_else(|| panic!("{log}"));
+    // Access logs: Istio's default format on the sidecars' stdout (flushed every 10 s, Envoy's
+    // default --file-flush-interval-msec).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let log = std::fs::read_to_string(work.join("sidecar-backend-0.log")).unwrap();
+        if let Some(l) = log.lines().find(|l| l.contains("\"GET /status/503 HTTP/1.1\" 503")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access log line: {log}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(line.contains("inbound|9000||") && line.contains("\"backend\""), "{line}");
 
     // Ctrl-C stops Prometheus with the rest.
@@ -561,7 +591,17 @@ fn filters_tracing_and_access_logs_are_istiods() {
     let chain = &inbound_listener["filter_chains"][0];
     assert_eq!(chain["filters"][0]["name"], "istio.metadata_exchange");
     let hcm = &chain["filters"][1]["typed_config"];
-    assert_eq!(hcm["http_filters"][2]["typed_config"]["disable_host_header_fallback"], true);
+    let server_stats = &hcm["http_filters"][2]["typed_config"];
+    assert_eq!(server_stats["disable_host_header_fallback"], true);
+    assert_eq!(server_stats["metrics"], serde_json::json!([{"name": "request_bytes", "drop": true}]));
+    let outbound_listener = sidecar.iter().find(|l| l["traffic_direction"] == "OUTBOUND").unwrap();
+    let client_stats =
+        &outbound_listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][3]["typed_config"];
+    assert_eq!(
+        client_stats["metrics"],
+        serde_json::json!([{"name": "requests_total", "dimensions": {"request_method": "request.method"},
+            "tags_to_remove": ["source_version"]}])
+    );
     let t = &hcm["tracing"];
     assert_eq!(t["random_sampling"]["value"], 100.0);
     let z = &t["provider"]["typed_config"];
@@ -628,6 +668,14 @@ fn refusals_name_the_file_and_field() {
             "a second Telemetry in namespace istio-system",
         ),
         ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {a: b}\n", "reads one ConfigMap"),
+        (
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  metrics: [{overrides: [{tagOverrides: {peer: {value: \"upstream_peer.labels['app']\"}}}]}]\n",
+            "spec.metrics[0].overrides[0].tagOverrides.peer.value: 'upstream_peer.labels['app']': remora evaluates",
+        ),
+        (
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  metrics: [{overrides: [{match: {customMetric: my_metric}}]}]\n",
+            "unknown field `customMetric`",
+        ),
         (
             "apiVersion: v1\nkind: Endpoints\nmetadata: {name: backend, namespace: default}\nsubsets: []\n",
             "no Service 'backend' without a selector",

@@ -61,13 +61,18 @@ fn alpn() -> Value {
             {"upstream_protocol": "HTTP2", "alpn_override": ["istio-h2", "istio", "h2"]}]}})
 }
 
-/// `generateStatsConfig` for the default prometheus provider (no overrides).
-fn stats(class: Class) -> Value {
-    let mut cfg = json!({"@type": "type.googleapis.com/stats.PluginConfig"});
+/// `generateStatsConfig` for the prometheus provider: None when the class's mode has every
+/// metric disabled.
+fn stats(class: Class, plan: &Plan) -> Option<Value> {
+    if !plan.telemetry.metrics {
+        return None;
+    }
+    let mut cfg = plan.telemetry.stats.config(class != Class::SidecarInbound)?;
+    cfg["@type"] = json!("type.googleapis.com/stats.PluginConfig");
     if class != Class::SidecarOutbound {
         cfg["disable_host_header_fallback"] = json!(true);
     }
-    json!({"name": "istio.stats", "typed_config": cfg})
+    Some(json!({"name": "istio.stats", "typed_config": cfg}))
 }
 
 /// The node labels istiod reads for tracing tags: canonical service and revision.
@@ -241,9 +246,9 @@ fn decorate_hcm(hcm: &mut Value, class: Class, plan: &Plan) {
             );
             filters.insert(at, alpn());
         }
-        if plan.telemetry.metrics {
+        if let Some(f) = stats(class, plan) {
             let at = position(filters, &["envoy.filters.http.router"]);
-            filters.insert(at, stats(class));
+            filters.insert(at, f);
         }
     }
     if let Some(t) = &plan.tracing {
@@ -272,11 +277,9 @@ pub fn listeners(mesh: &Mesh, proxy: &Proxy, listeners: &mut [Value]) {
             for f in filters.iter_mut().filter(|f| f["name"] == HCM) {
                 decorate_hcm(f, class, &plan);
             }
-            if plan.telemetry.metrics {
-                let at = filters.iter().position(|f| f["name"] == TCP_PROXY);
-                if let Some(at) = at {
-                    filters.insert(at, stats(class));
-                }
+            let at = filters.iter().position(|f| f["name"] == TCP_PROXY);
+            if let (Some(at), Some(f)) = (at, stats(class, &plan)) {
+                filters.insert(at, f);
             }
             if class == Class::SidecarInbound {
                 filters.insert(0, tcp_metadata_exchange());
