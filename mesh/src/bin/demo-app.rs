@@ -2,7 +2,9 @@
 //! (comma-separated `ip:port`). `/` answers `{"service","version","pod"}`; `/status/<code>` answers
 //! that status; `/delay/<ms>` answers after a delay; `/call/<host[:port]>/<path>` calls another
 //! service through the sidecar's outbound listener (`OUTBOUND` address, the port from the host or
-//! 80) and returns its answer inside its own.
+//! 80) and returns its answer inside its own; `/headers` adds the request's headers to the answer
+//! (what the sidecar forwarded: XFCC, tracing headers); `/fail-on/<pod>/<code>` answers `<code>`
+//! on that pod and 200 on every other (one broken instance, for retries and outlier detection).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +43,23 @@ impl App {
             let status =
                 code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
             return json(status, me);
+        }
+        if path == "/headers" {
+            let headers: serde_json::Map<_, _> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
+            me["headers"] = headers.into();
+            return json(StatusCode::OK, me);
+        }
+        if let Some(rest) = path.strip_prefix("/fail-on/") {
+            let (pod, code) = rest.split_once('/').unwrap_or((rest, "503"));
+            let status = match pod == self.pod {
+                true => code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()),
+                false => Some(StatusCode::OK),
+            };
+            return json(status.unwrap_or(StatusCode::BAD_REQUEST), me);
         }
         if let Some(ms) = path.strip_prefix("/delay/") {
             let ms = ms.parse::<u64>().unwrap_or(0).min(60_000);
