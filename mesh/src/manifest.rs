@@ -469,13 +469,25 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 want_group("security.istio.io")?;
                 out.peer_authentications.push(parse(file, &at, &doc)?)
             }
+            "Namespace" => {
+                want_group("")?;
+                // Every pod of the demo gets a sidecar: a namespace can only ask for that.
+                let injection =
+                    value.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.get("istio-injection"));
+                if let Some(v) = injection.filter(|v| v.as_str() != Some("enabled")) {
+                    return Err(err(
+                        format!("{at}: metadata.labels.istio-injection"),
+                        format!("{v:?}: the demo injects a sidecar into every pod; only 'enabled' is supported"),
+                    ));
+                }
+            }
             "" => return Err(err(format!("{at}: kind"), "missing".into())),
             other => {
                 return Err(err(
                     format!("{at}: kind"),
                     format!(
-                        "kind '{other}' is not supported by the demo control plane (supported: Service, \
-                         Deployment, VirtualService, DestinationRule, Gateway, PeerAuthentication)"
+                        "kind '{other}' is not supported by the demo control plane (supported: Namespace, \
+                         Service, Deployment, VirtualService, DestinationRule, Gateway, PeerAuthentication)"
                     ),
                 ));
             }
