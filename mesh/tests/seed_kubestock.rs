@@ -11,7 +11,9 @@
 
 mod common;
 
-use common::{Demo, eventually, example, get, get_json, stat};
+use std::path::Path;
+
+use common::{Demo, envoy_bin, eventually, example, get, get_json, stat};
 
 const NS: &str = "kubestock-staging";
 const SERVICES: [(&str, u16); 5] = [
@@ -29,10 +31,22 @@ fn cluster_stat(svc: &str, port: u16, name: &str) -> String {
 
 #[test]
 fn kubestock_on_remora() {
+    kubestock(None);
+}
+
+/// The same scenario with Envoy as every sidecar: the oracle for what the test expects.
+#[test]
+fn kubestock_on_envoy() {
+    if let Some(envoy) = envoy_bin() {
+        kubestock(Some(&envoy));
+    }
+}
+
+fn kubestock(envoy: Option<&Path>) {
     let src = example("kubestock");
     // The canary workload is deployed from the start at zero traffic (the demo does not add
     // Deployments while running); its VirtualService is pushed later.
-    let demo = Demo::start(&src, &["next-steps/ms-product-canary.yaml"]);
+    let demo = Demo::start(&src, &["next-steps/ms-product-canary.yaml"], envoy);
     let fe = demo.app("frontend-0", 3000);
     let fe_admin = demo.admin("frontend-0");
 

@@ -60,6 +60,29 @@ fn remora_bin() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_remora-demo")).with_file_name("remora")
 }
 
+/// The reference Envoy for the oracle runs: `$ENVOY_BIN` or scripts/install-test-deps' venv.
+/// `None` (the Envoy half of a test is skipped) unless `REMORA_DIFF_REQUIRE=1` demands it.
+pub fn envoy_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/remora/envoy-venv/bin/envoy")))
+        .filter(|p| p.exists());
+    if p.is_none() {
+        assert!(std::env::var("REMORA_DIFF_REQUIRE").as_deref() != Ok("1"), "REMORA_DIFF_REQUIRE=1 but no Envoy");
+        eprintln!("skipped: no Envoy (set ENVOY_BIN or run scripts/install-test-deps)");
+    }
+    p
+}
+
+/// The sum of the counters whose names contain `part` and end with `suffix`.
+pub fn stat_matching(admin: u64, part: &str, suffix: &str) -> u64 {
+    let (_, body) = get(&format!("127.0.0.1:{admin}"), "/stats").unwrap();
+    body.lines()
+        .filter(|l| l.split(':').next().is_some_and(|n| n.contains(part) && n.ends_with(suffix)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
 }
@@ -77,8 +100,9 @@ pub struct Demo {
 
 impl Demo {
     /// Copies the top-level YAML files of `src` and then `extra` (paths relative to `src`) into a
-    /// fresh folder and runs `remora demo` on it until every proxy is ready.
-    pub fn start(src: &Path, extra: &[&str]) -> Demo {
+    /// fresh folder and runs `remora demo` on it until every proxy is ready; with `envoy`, Envoy
+    /// is every proxy (`remora demo --envoy`), the oracle on the same control-plane output.
+    pub fn start(src: &Path, extra: &[&str], envoy: Option<&Path>) -> Demo {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("mesh");
         std::fs::create_dir(&dir).unwrap();
@@ -97,8 +121,13 @@ impl Demo {
         let gateway_port = free_port();
         let remora = remora_bin();
         assert!(remora.exists(), "no remora binary at {} (cargo build -p remora, or set REMORA_BIN)", remora.display());
-        let child = Command::new(&remora)
-            .arg("demo")
+        let mut cmd = Command::new(&remora);
+        if let Some(envoy) = envoy {
+            cmd.arg("demo").arg("--envoy").arg(envoy);
+        } else {
+            cmd.arg("demo");
+        }
+        let child = cmd
             .arg("--mesh")
             .arg(&dir)
             .args(["--gateway-port", &gateway_port.to_string()])
@@ -123,6 +152,14 @@ impl Demo {
         std::thread::sleep(Duration::from_millis(200));
         demo.summary = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
         assert_eq!(demo.summary["nacks"], serde_json::json!([]), "a proxy refused the generated config");
+        // The proxies are the binary asked for.
+        let want = envoy.map(Path::to_path_buf).unwrap_or(remora);
+        let running = Command::new("pgrep")
+            .args(["-fc", &format!("^{} -c {}", want.display(), demo.work.display())])
+            .output()
+            .unwrap();
+        let n: usize = String::from_utf8_lossy(&running.stdout).trim().parse().unwrap_or(0);
+        assert_eq!(n, demo.summary["admin"].as_object().map_or(0, |a| a.len()), "proxies running {}", want.display());
         demo
     }
 
