@@ -3,7 +3,8 @@
 //! namespace-wide STRICT mTLS. The seed's canary walk, pushed live while a steady load of 500
 //! requests per second runs through the gateway: 90/10 -> 75/25 -> 50/50 -> 0/100 and the
 //! rollback to 100/0. Not one request may fail during any shift, and each split must hold within a
-//! tolerance once it is in place (the seed's own traffic-split check, automated).
+//! tolerance once it is in place (the seed's own traffic-split check, automated). Then a broken
+//! file (a subset that does not exist), refused while the load runs, changes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -82,6 +83,14 @@ fn canary_walk(envoy: Option<&Path>) {
             assert!((share - want).abs() <= tolerance, "{v1}/{v2} off by more than {tolerance:.3}: {report:?}");
         }
     }
+    // Bad input under load: a VirtualService naming a subset no DestinationRule defines is
+    // refused with the file, the field and the reason; the gateway keeps the last good split.
+    demo.push("virtual-service.yaml", &with_weights(&vs, 100, 0).replace("subset: v2", "subset: v3"));
+    demo.wait_log(&["virtual-service.yaml", "destination.subset", "defines subset 'v3'"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let w = load.take();
+    failures.extend(w.failures.iter().cloned());
+    assert_eq!(w.by_version.get("v2"), None, "the refused file changed the split: {w:?}");
     let (last, rate) = load.finish();
     failures.extend(last.failures);
     eprintln!(
