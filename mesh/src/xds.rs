@@ -6,13 +6,14 @@
 //! Istio's telemetry filters (istio.stats, metadata exchange, grpc_stats, istio.alpn) are left
 //! out; see mesh/README in the top-level README's "Demo mesh" section.
 
+mod policy;
 mod routes;
 
 use serde_json::{Value, json};
 
 use crate::model::{Mesh, Pod, Service, TRUST_DOMAIN};
 
-pub use routes::{gateway_route_configs, sidecar_route_configs};
+pub use routes::{gateway_labels, gateway_route_configs, sidecar_route_configs};
 
 /// The proxy a resource set is for.
 #[derive(Debug, Clone)]
@@ -66,11 +67,7 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
             std::iter::once("").chain(dr.iter().flat_map(|d| d.spec.subsets.iter().map(|s| s.name.as_str()))).collect();
         for port in &svc.ports {
             for subset in &subsets {
-                let mut c = outbound_cluster(mesh, svc, port.port, subset);
-                if port.is_h2() {
-                    c["typed_extension_protocol_options"] = h2_options();
-                }
-                out.push(c);
+                out.push(outbound_cluster(mesh, svc, port.port, subset));
             }
         }
     }
@@ -128,12 +125,9 @@ fn outbound_cluster(mesh: &Mesh, svc: &Service, port: u16, subset: &str) -> Valu
     let host = svc.fqdn();
     let name = outbound_name(port, subset, &host);
     let dr = mesh.destination_rule(&host);
-    let tp = dr.and_then(|d| d.spec.traffic_policy.clone()).unwrap_or_default();
-    let lb = match tp.load_balancer.as_ref().map(|l| l.simple.as_str()) {
-        Some("ROUND_ROBIN") => "ROUND_ROBIN",
-        Some("RANDOM") => "RANDOM",
-        _ => "LEAST_REQUEST",
-    };
+    // The subset's and port's policy merged over the rule's (istiod's MergeSubsetTrafficPolicy).
+    let tp = policy::effective(dr.map(|d| &d.spec), subset, port);
+    let lb = policy::lb_policy(&tp);
     let pool = tp.connection_pool.clone().unwrap_or_default();
     let max = 4294967295u32;
     let tcp = pool.tcp.unwrap_or_default();
@@ -170,6 +164,10 @@ fn outbound_cluster(mesh: &Mesh, svc: &Service, port: u16, subset: &str) -> Valu
     }
     if let Some(od) = &tp.outlier_detection {
         apply_outlier_detection(&mut c, od);
+    }
+    let h2 = svc.ports.iter().any(|p| p.port == port && p.is_h2());
+    if let Some(o) = policy::http_protocol_options(&tp, h2) {
+        c["typed_extension_protocol_options"] = o;
     }
     c
 }
