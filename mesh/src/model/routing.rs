@@ -26,8 +26,9 @@ impl Mesh {
         i: usize,
         r: &HttpRoute,
     ) -> Result<(), ManifestError> {
-        self.http_rule(&vs.namespace, r)
-            .map_err(|(f, reason)| fail(&vs.file, format!("VirtualService {}: spec.http[{i}].{f}", vs.meta.name), reason))
+        self.http_rule(&vs.namespace, r).map_err(|(f, reason)| {
+            fail(&vs.file, format!("VirtualService {}: spec.http[{i}].{f}", vs.meta.name), reason)
+        })
     }
 
     fn http_rule(&self, ns: &str, r: &HttpRoute) -> Result<(), Refusal> {
@@ -41,7 +42,9 @@ impl Mesh {
             refuse("delegate", "delegate VirtualServices are not supported by the demo control plane")?;
         }
         match (r.route.is_empty(), &r.redirect, &r.direct_response) {
-            (true, None, None) => refuse("route", "at least one destination is needed (or a redirect or directResponse)")?,
+            (true, None, None) => {
+                refuse("route", "at least one destination is needed (or a redirect or directResponse)")?
+            }
             (false, Some(_), _) => refuse("redirect", "a rule cannot have both route and redirect")?,
             (false, _, Some(_)) => refuse("directResponse", "a rule cannot have both route and directResponse")?,
             (_, Some(_), Some(_)) => refuse("directResponse", "a rule cannot have both redirect and directResponse")?,
@@ -72,7 +75,8 @@ impl Mesh {
         }
         check_percent(r.mirror_percentage.as_ref().map(|p| p.value), "mirrorPercentage.value")?;
         for (j, m) in r.mirrors.iter().enumerate() {
-            self.destination(ns, &m.destination).map_err(|(f, reason)| (format!("mirrors[{j}].destination.{f}"), reason))?;
+            self.destination(ns, &m.destination)
+                .map_err(|(f, reason)| (format!("mirrors[{j}].destination.{f}"), reason))?;
             check_percent(m.percentage.as_ref().map(|p| p.value), &format!("mirrors[{j}].percentage.value"))?;
         }
         if let Some(rw) = &r.rewrite
@@ -85,7 +89,10 @@ impl Mesh {
             if let Some(c) = rd.redirect_code
                 && ![301, 302, 303, 307, 308].contains(&c)
             {
-                refuse("redirect.redirectCode", format!("{c} is not a redirect code Istio supports (301, 302, 303, 307, 308)"))?;
+                refuse(
+                    "redirect.redirectCode",
+                    format!("{c} is not a redirect code Istio supports (301, 302, 303, 307, 308)"),
+                )?;
             }
             if rd.port.is_some() && rd.derive_port.is_some() {
                 refuse("redirect", "give port or derivePort, not both")?;
@@ -146,7 +153,8 @@ impl Mesh {
             _ => {}
         }
         if let Some(subset) = &d.subset {
-            let known = self.destination_rule(&host).is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
+            let known =
+                self.destination_rule(&host).is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
             if !known {
                 refuse("subset", format!("no DestinationRule for '{host}' defines subset '{subset}'"))?;
             }
@@ -249,7 +257,11 @@ fn kinds(sm: &StringMatch) -> usize {
 
 fn check_match(m: &HttpMatch) -> Result<(), Refusal> {
     for (set, f, why) in [
-        (m.gateways.is_some(), "gateways", "per-match gateways are not supported (bind the VirtualService with spec.gateways)"),
+        (
+            m.gateways.is_some(),
+            "gateways",
+            "per-match gateways are not supported (bind the VirtualService with spec.gateways)",
+        ),
         (m.port.is_some(), "port", "per-match ports are not supported by the demo control plane"),
         (m.source_namespace.is_some(), "sourceNamespace", "not supported by the demo control plane (use sourceLabels)"),
     ] {
@@ -312,7 +324,7 @@ fn check_headers(h: &Headers) -> Result<(), Refusal> {
 }
 
 fn is_base64(s: &str) -> bool {
-    s.len() % 4 == 0
+    s.len().is_multiple_of(4)
         && s.trim_end_matches('=').bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
         && s.len() - s.trim_end_matches('=').len() <= 2
 }

@@ -34,7 +34,8 @@ fn for_port(tp: &TrafficPolicy, port: u16) -> (TrafficPolicy, bool) {
 pub fn effective(dr: Option<&DestinationRuleSpec>, subset: &str, port: u16) -> TrafficPolicy {
     let Some(dr) = dr else { return TrafficPolicy::default() };
     let top = dr.traffic_policy.as_ref().map(|tp| for_port(tp, port).0);
-    let sub = dr.subsets.iter().find(|s| !subset.is_empty() && s.name == subset).and_then(|s| s.traffic_policy.as_ref());
+    let sub =
+        dr.subsets.iter().find(|s| !subset.is_empty() && s.name == subset).and_then(|s| s.traffic_policy.as_ref());
     let Some(sub) = sub else { return top.unwrap_or_default() };
     let (sub, port_level) = for_port(sub, port);
     let Some(mut merged) = top else { return sub };

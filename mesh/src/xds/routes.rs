@@ -102,8 +102,7 @@ pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str, proxy_labels: &Labels)
                     format!("{}.{}.svc", svc.name, svc.namespace),
                 ]
             };
-            let routes =
-                mesh_routes(mesh, &host, port, proxy_labels).unwrap_or_else(|| vec![default_route(svc, port)]);
+            let routes = mesh_routes(mesh, &host, port, proxy_labels).unwrap_or_else(|| vec![default_route(svc, port)]);
             vhosts.push(json!({"name": format!("{host}:{port}"), "domains": domains, "routes": routes, "include_request_attempt_count": true}));
         }
         // buildCatchAllVirtualHost: REGISTRY_ONLY's `block_all` (502). ALLOW_ANY's `allow_any` to

@@ -100,8 +100,7 @@ fn translate(mesh: &Mesh, vs: &Resource<VirtualServiceSpec>, r: &HttpRoute, m: O
         };
         let mut fault = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
         if let Some(d) = &f.delay {
-            fault["delay"] =
-                json!({"fixed_delay": dur(parse_duration(&d.fixed_delay).unwrap_or(0.0)), "percentage": pct(&d.percentage)});
+            fault["delay"] = json!({"fixed_delay": dur(parse_duration(&d.fixed_delay).unwrap_or(0.0)), "percentage": pct(&d.percentage)});
         }
         if let Some(a) = &f.abort {
             fault["abort"] = json!({"http_status": a.http_status, "percentage": pct(&a.percentage)});
@@ -176,10 +175,10 @@ fn route_action(
             .map(|d| {
                 let mut c =
                     json!({"name": cluster_of(mesh, ns, &d.destination, port), "weight": d.weight.unwrap_or(0)});
-                if let Some(h) = &d.headers {
-                    if let Some(a) = apply_headers(&mut c, h) {
-                        c["host_rewrite_literal"] = json!(a);
-                    }
+                if let Some(h) = &d.headers
+                    && let Some(a) = apply_headers(&mut c, h)
+                {
+                    c["host_rewrite_literal"] = json!(a);
                 }
                 c
             })
