@@ -37,8 +37,10 @@ fn envoy_accepts_the_routing_features() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routes.yaml"), dir.path().join("routes.yaml"))
         .unwrap();
-    // front-0: its sidecar gets the sourceLabels rule; the gateway gets every edge feature.
+    // front-0's sidecar gets the sourceLabels rule, shop-v1-0's the retryRemoteLocalities one;
+    // the gateway gets every edge feature.
     envoy_acks(dir.path(), "front-0", 80, 1);
+    envoy_acks(dir.path(), "shop-v1-0", 80, 2);
 }
 
 /// Serves `pod`'s sidecar resources, then the gateway's (server port `gateway_port`), to Envoy.

@@ -1,6 +1,6 @@
 //! VirtualService and DestinationRule features of the seed meshes, on the mesh of
 //! tests/data/routes.yaml: the generated routes and clusters are istiod's (per-subset and
-//! port-level policies merged as istiod merges them, LEAST_REQUEST, mirrors, rewrites, redirects,
+//! port-level policies merged as istiod merges them, the pool on inbound clusters, LEAST_REQUEST, mirrors, rewrites, redirects,
 //! header operations, sourceLabels); bad input is refused with file, document, field and reason;
 //! and end to end through `remora-demo` a client sees cookie, header and query A/B routing, the
 //! mirror target receive every request (100 %) or about one in ten (10 %), rewrites, redirects,
@@ -77,6 +77,14 @@ fn subset_and_port_policies_merge_as_istiod_merges_them() {
         assert_eq!(c["lb_policy"], "RANDOM");
         assert_eq!(thresholds(c)["max_connections"], MAX);
     }
+    // Server side, the served service's pool (for the service port) limits the inbound cluster.
+    let inbound = |pod: &str, name: &str| {
+        let pod = mesh.pods.iter().find(|p| p.name == pod).unwrap();
+        thresholds(cluster(&xds::clusters(&mesh, &Proxy::Sidecar(pod)), name))
+    };
+    let t = inbound("shop-v2-0", "inbound|9080||");
+    assert_eq!((&t["max_connections"], &t["max_requests"]), (&json!(100), &json!(1000)));
+    assert_eq!(inbound("ratings-v1-0", "inbound|9081||")["max_connections"], MAX);
     // No DestinationRule policy: istiod's default LEAST_REQUEST.
     assert_eq!(cluster(&cs, "outbound|9082|v1|catalog.default.svc.cluster.local")["lb_policy"], "LEAST_REQUEST");
 }

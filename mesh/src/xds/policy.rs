@@ -10,6 +10,7 @@
 use serde_json::{Value, json};
 
 use crate::manifest::{DestinationRuleSpec, TrafficPolicy, parse_duration};
+use crate::model::{Mesh, Pod};
 use crate::xds::dur;
 
 /// `GetPortLevelTrafficPolicy`: the policy for `port`, and whether a port-level entry gave it.
@@ -54,6 +55,39 @@ pub fn effective(dr: Option<&DestinationRuleSpec>, subset: &str, port: u16) -> T
     merged
 }
 
+/// The policy of a sidecar's `inbound|PORT||` cluster: the rule of the service the pod serves on
+/// that target port, resolved for the service port (`buildInboundClusters`); only its connection
+/// pool applies there, so the server side has the capacity the clients are allowed.
+pub fn inbound(mesh: &Mesh, pod: &Pod, target: u16) -> TrafficPolicy {
+    let found = mesh.services.iter().find_map(|svc| {
+        let serves = mesh.pods_of(svc, &Default::default()).any(|p| p.name == pod.name);
+        let port = svc.ports.iter().find(|p| p.target == target)?;
+        serves.then_some((svc, port.port))
+    });
+    let Some((svc, port)) = found else { return TrafficPolicy::default() };
+    let tp = mesh.destination_rule(&svc.fqdn()).and_then(|dr| dr.spec.traffic_policy.as_ref());
+    tp.map(|tp| for_port(tp, port).0).unwrap_or_default()
+}
+
+/// `applyConnectionPool`: the connect timeout (10 s unless `tcp.connectTimeout`), the circuit
+/// breaker thresholds (unlimited unless a positive limit is given) and the HTTP protocol options.
+pub fn apply_connection_pool(c: &mut Value, tp: &TrafficPolicy, h2: bool) {
+    let tcp = tp.connection_pool.as_ref().and_then(|p| p.tcp.as_ref());
+    let http = tp.connection_pool.as_ref().and_then(|p| p.http.as_ref());
+    let limit = |v: Option<u32>| v.filter(|n| *n > 0).unwrap_or(u32::MAX);
+    let connect = tcp.and_then(|t| t.connect_timeout.as_deref()).and_then(parse_duration).unwrap_or(10.0);
+    c["connect_timeout"] = json!(dur(connect));
+    c["circuit_breakers"] = json!({"thresholds": [{
+        "max_connections": limit(tcp.and_then(|t| t.max_connections)),
+        "max_pending_requests": limit(http.and_then(|h| h.http1_max_pending_requests)),
+        "max_requests": limit(http.and_then(|h| h.http2_max_requests)),
+        "max_retries": limit(http.and_then(|h| h.max_retries)),
+        "track_remaining": true}]});
+    if let Some(o) = http_protocol_options(tp, h2) {
+        c["typed_extension_protocol_options"] = o;
+    }
+}
+
 /// `applyLoadBalancer` for the simple policies the demo supports (Mesh::check refuses the
 /// others): LEAST_REQUEST (also LEAST_CONN, and the default), RANDOM, ROUND_ROBIN.
 pub fn lb_policy(tp: &TrafficPolicy) -> &'static str {
@@ -68,7 +102,7 @@ pub fn lb_policy(tp: &TrafficPolicy) -> &'static str {
 /// `http2` port, and `applyConnectionPool`'s common options (idle timeout, max requests per
 /// connection); `clusterWrapper.build` fills in HTTP/1.1 when the options exist without a
 /// protocol.
-pub fn http_protocol_options(tp: &TrafficPolicy, h2: bool) -> Option<Value> {
+fn http_protocol_options(tp: &TrafficPolicy, h2: bool) -> Option<Value> {
     let http = tp.connection_pool.as_ref().and_then(|p| p.http.as_ref());
     let mut common = json!({});
     if let Some(t) = http.and_then(|h| h.idle_timeout.as_deref()).and_then(parse_duration) {
