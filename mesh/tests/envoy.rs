@@ -1,5 +1,5 @@
 //! Envoy itself accepts what the control plane generates for examples/demo and for the mesh of
-//! tests/data/routes.yaml (mirrors, rewrites, redirects, direct responses, header operations,
+//! tests/data/routes (mirrors, rewrites, redirects, direct responses, header operations,
 //! query/header/cookie matches, per-subset and port-level policies): a sidecar's and the
 //! gateway's resources are served over Delta ADS to Envoy (`ENVOY_BIN`, installed by
 //! scripts/install-test-deps), which must ACK clusters, endpoints, listeners and routes and NACK
@@ -34,13 +34,11 @@ fn envoy_accepts_the_generated_config() {
 
 #[test]
 fn envoy_accepts_the_routing_features() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routes.yaml"), dir.path().join("routes.yaml"))
-        .unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routes");
     // front-0's sidecar gets the sourceLabels rule, shop-v1-0's the retryRemoteLocalities one;
     // the gateway gets every edge feature.
-    envoy_acks(dir.path(), "front-0", 80, 1);
-    envoy_acks(dir.path(), "shop-v1-0", 80, 2);
+    envoy_acks(&dir, "front-0", 80, 1);
+    envoy_acks(&dir, "shop-v1-0", 80, 2);
 }
 
 /// Serves `pod`'s sidecar resources, then the gateway's (server port `gateway_port`), to Envoy.

@@ -1,5 +1,5 @@
 //! VirtualService and DestinationRule features of the seed meshes, on the mesh of
-//! tests/data/routes.yaml: the generated routes and clusters are istiod's (per-subset and
+//! tests/data/routes/routes.yaml: the generated routes and clusters are istiod's (per-subset and
 //! port-level policies merged as istiod merges them, the pool on inbound clusters, LEAST_REQUEST, mirrors, rewrites, redirects,
 //! header operations, sourceLabels); bad input is refused with file, document, field and reason;
 //! and end to end through `remora-demo` a client sees cookie, header and query A/B routing, the
@@ -7,20 +7,27 @@
 //! a direct response, header set/add/remove as the app sees them, and sourceLabels routing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Demo, stat};
 use mesh::xds::{self, Proxy};
 use serde_json::{Value, json};
 
-fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routes.yaml")
+/// The folder of the test mesh.
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routes")
 }
 
-/// A folder holding tests/data/routes.yaml with `edit` applied.
+fn data() -> PathBuf {
+    data_dir().join("routes.yaml")
+}
+
+/// A folder holding tests/data/routes/routes.yaml with `edit` applied.
 fn mesh_dir(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let text = edit(std::fs::read_to_string(data()).unwrap());
@@ -188,7 +195,7 @@ fn source_labels_pick_the_sidecars_that_get_a_rule() {
     mesh::resources(&mesh, &Proxy::Gateway { bind: &[(80, 18080)] }).unwrap();
 }
 
-/// The refusal for tests/data/routes.yaml with `from` replaced by `to`.
+/// The refusal for tests/data/routes/routes.yaml with `from` replaced by `to`.
 fn refusal(from: &str, to: &str) -> String {
     let d = mesh_dir(|t| {
         assert!(t.contains(from), "{from} not in the test mesh");
@@ -284,17 +291,6 @@ fn unsupported_or_wrong_fields_are_refused_with_file_document_field_and_reason()
 
 // ---- end to end ----
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn remora_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("REMORA_BIN") {
-        return p.into();
-    }
-    Path::new(env!("CARGO_BIN_EXE_remora-demo")).with_file_name("remora")
-}
-
 struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
@@ -338,13 +334,7 @@ fn version(r: &Reply) -> String {
 
 /// Requests the sidecar at `admin` passed to its app (the inbound cluster's counter).
 fn inbound_requests(admin: u64, port: u16) -> u64 {
-    let r = get(&format!("127.0.0.1:{admin}"), "admin", "/stats", &[]);
-    let suffix = format!("inbound|{port}||.upstream_rq_total");
-    r.body
-        .lines()
-        .filter(|l| l.split(':').next().is_some_and(|n| n.ends_with(&suffix)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    stat(admin, &format!("inbound|{port}||.upstream_rq_total"))
 }
 
 /// The counter once it stops moving (mirrored requests are sent after the response).
@@ -361,56 +351,11 @@ fn settled(f: impl Fn() -> u64) -> u64 {
     }
 }
 
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_client_sees_the_routing_features() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("mesh");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::copy(data(), dir.join("routes.yaml")).unwrap();
-    let ready = tmp.path().join("ready.json");
-    let gw_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_remora-demo"))
-        .arg("--mesh")
-        .arg(&dir)
-        .args(["--gateway-port", &gw_port.to_string()])
-        .arg("--remora")
-        .arg(remora_bin())
-        .arg("--work-dir")
-        .arg(tmp.path().join("work"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("demo.err")).unwrap())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut demo = Demo(child);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !ready.exists() {
-        let err = std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "not ready: {err}");
-        assert!(demo.0.try_wait().unwrap().is_none(), "exited: {err}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
-    assert_eq!(summary["nacks"], json!([]), "a proxy refused the generated config");
-    let admin = |pod: &str| summary["admin"][pod].as_u64().unwrap();
-    let gw = format!("127.0.0.1:{gw_port}");
+    let demo = Demo::start(&data_dir(), &[]);
+    let admin = |pod: &str| demo.admin(pod);
+    let gw = demo.gateway();
     let shop = |path: &str, extra: &[(&str, &str)]| get(&gw, "shop.example.com", path, extra);
 
     // Mirror at 100 %: every request answered by v1 is also received by v2.
@@ -477,5 +422,5 @@ fn a_client_sees_the_routing_features() {
     assert_eq!((&r["service"], &r["upstream"]["version"]), (&json!("front"), &json!("v2")), "{r}");
     let r = shop("/call/ratings:9081/", &[]).json();
     assert_eq!((&r["version"], &r["upstream"]["version"]), (&json!("v1"), &json!("v1")), "{r}");
-    drop(demo);
+    demo.stop();
 }
