@@ -4,7 +4,8 @@
 //! header operations, sourceLabels); bad input is refused with file, document, field and reason;
 //! and end to end through `remora-demo` a client sees cookie, header and query A/B routing, the
 //! mirror target receive every request (100 %) or about one in ten (10 %), rewrites, redirects,
-//! a direct response, header set/add/remove as the app sees them, and sourceLabels routing.
+//! a direct response, header set/add/remove as the app sees them, and sourceLabels routing; the
+//! same run with Envoy as every proxy (`remora demo --envoy`) is the oracle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,7 +15,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Demo, stat};
+use common::{Demo, envoy_bin, stat};
 use mesh::xds::{self, Proxy};
 use serde_json::{Value, json};
 
@@ -352,8 +353,20 @@ fn settled(f: impl Fn() -> u64) -> u64 {
 }
 
 #[test]
-fn a_client_sees_the_routing_features() {
-    let demo = Demo::start(&data_dir(), &[]);
+fn a_client_sees_the_routing_features_on_remora() {
+    client_view(None);
+}
+
+/// The same assertions with Envoy as every proxy on the same control-plane output: the oracle.
+#[test]
+fn a_client_sees_the_routing_features_on_envoy() {
+    if let Some(envoy) = envoy_bin() {
+        client_view(Some(&envoy));
+    }
+}
+
+fn client_view(envoy: Option<&Path>) {
+    let demo = Demo::start(&data_dir(), &[], envoy);
     let admin = |pod: &str| demo.admin(pod);
     let gw = demo.gateway();
     let shop = |path: &str, extra: &[(&str, &str)]| get(&gw, "shop.example.com", path, extra);
@@ -414,7 +427,8 @@ fn a_client_sees_the_routing_features() {
         assert_eq!(r.json()["version"], "v1");
     }
     let mirrored = settled(|| inbound_requests(c2, 9082)) - before;
-    eprintln!("10 % mirror: catalog v2 received {mirrored} of {n}");
+    let who = if envoy.is_some() { "Envoy" } else { "remora" };
+    eprintln!("10 % mirror ({who}): catalog v2 received {mirrored} of {n}");
     assert!((10..=60).contains(&mirrored), "catalog v2 received {mirrored} of {n} (10 % mirror)");
 
     // sourceLabels: front's sidecar routes ratings to v2, shop's to v1.
