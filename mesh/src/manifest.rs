@@ -9,6 +9,12 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+mod routing;
+pub use routing::{
+    DirectResponse, DirectResponseBody, HeaderOperations, Headers, MirrorPolicy, PortTrafficPolicy, Redirect,
+    RegexRewrite, Rewrite,
+};
+
 /// A refused manifest: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {field}: {reason}")]
@@ -145,6 +151,27 @@ pub struct HttpMatch {
     pub uri: Option<StringMatch>,
     #[serde(default)]
     pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    #[serde(default)]
+    pub scheme: Option<StringMatch>,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    #[serde(default)]
+    pub source_labels: Labels,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub gateways: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub port: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub source_namespace: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +196,8 @@ pub struct RouteDestination {
     pub destination: Destination,
     #[serde(default)]
     pub weight: Option<u32>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +208,8 @@ pub struct Retries {
     pub per_try_timeout: Option<String>,
     #[serde(default)]
     pub retry_on: Option<String>,
+    #[serde(default)]
+    pub retry_remote_localities: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +250,8 @@ pub struct HttpRoute {
     pub name: Option<String>,
     #[serde(default, rename = "match")]
     pub matches: Vec<HttpMatch>,
+    /// Empty for a `redirect` or `directResponse` rule.
+    #[serde(default)]
     pub route: Vec<RouteDestination>,
     #[serde(default)]
     pub retries: Option<Retries>,
@@ -226,6 +259,27 @@ pub struct HttpRoute {
     pub timeout: Option<String>,
     #[serde(default)]
     pub fault: Option<Fault>,
+    #[serde(default)]
+    pub mirror: Option<Destination>,
+    #[serde(default)]
+    pub mirror_percentage: Option<Percent>,
+    #[serde(default)]
+    pub mirrors: Vec<MirrorPolicy>,
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponse>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub cors_policy: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub mirror_percent: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub delegate: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,7 +295,17 @@ pub struct VirtualServiceSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
-    pub simple: String,
+    #[serde(default)]
+    pub simple: Option<String>,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub consistent_hash: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub locality_lb_setting: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub warmup_duration_secs: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub warmup: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -262,6 +326,10 @@ pub struct HttpPool {
     pub http2_max_requests: Option<u32>,
     #[serde(default)]
     pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -307,6 +375,8 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub tls: Option<ClientTls>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +385,8 @@ pub struct Subset {
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,4 +1,6 @@
-//! Envoy itself accepts what the control plane generates for examples/demo: a sidecar's and the
+//! Envoy itself accepts what the control plane generates for examples/demo and for the mesh of
+//! tests/data/routes (mirrors, rewrites, redirects, direct responses, header operations,
+//! query/header/cookie matches, per-subset and port-level policies): a sidecar's and the
 //! gateway's resources are served over Delta ADS to Envoy (`ENVOY_BIN`, installed by
 //! scripts/install-test-deps), which must ACK clusters, endpoints, listeners and routes and NACK
 //! nothing. The SDS secrets `default` and `ROOTCA` (pilot-agent's job; remora gets them with
@@ -27,15 +29,30 @@ fn free_port() -> u16 {
 
 #[test]
 fn envoy_accepts_the_generated_config() {
+    envoy_acks(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo"), "frontend-0", 8080, 0);
+}
+
+#[test]
+fn envoy_accepts_the_routing_features() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routes");
+    // front-0's sidecar gets the sourceLabels rule, shop-v1-0's the retryRemoteLocalities one;
+    // the gateway gets every edge feature.
+    envoy_acks(&dir, "front-0", 80, 1);
+    envoy_acks(&dir, "shop-v1-0", 80, 2);
+}
+
+/// Serves `pod`'s sidecar resources, then the gateway's (server port `gateway_port`), to Envoy.
+/// `block` keeps the tests of one run on different loopback blocks (their listeners would clash).
+fn envoy_acks(mesh_dir: &Path, pod: &str, gateway_port: u16, block: u32) {
     let Some(envoy) = envoy() else {
         eprintln!("skipped: no Envoy (set ENVOY_BIN or run scripts/install-test-deps)");
         return;
     };
-    let mut mesh = mesh::runner::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
-    mesh.renumber((std::process::id() % 250 + 1) as u8);
+    let mut mesh = mesh::runner::load(mesh_dir).unwrap();
+    mesh.renumber(((std::process::id() + block) % 250 + 1) as u8);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let pod = mesh.pods.iter().find(|p| p.name == "frontend-0").unwrap().clone();
-    let bind = [(8080u16, free_port())];
+    let pod = mesh.pods.iter().find(|p| p.name == pod).unwrap().clone();
+    let bind = [(gateway_port, free_port())];
     for (label, proxy, node) in [
         ("sidecar", Proxy::Sidecar(&pod), pod.node_id()),
         ("gateway", Proxy::Gateway { bind: &bind }, xds::gateway_node_id()),
