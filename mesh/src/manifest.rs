@@ -1,13 +1,16 @@
 //! Manifests as users write them: a folder of YAML files, several documents per file, each a
-//! Kubernetes `Service`/`Deployment` or an Istio `VirtualService`, `DestinationRule`, `Gateway` or
-//! `PeerAuthentication`. Anything else (another kind, a field this control plane does not
-//! translate) is refused with the file, the field and the reason.
+//! Kubernetes `Service`/`Deployment` or an Istio `VirtualService`, `DestinationRule`, `Gateway`,
+//! `PeerAuthentication`, `AuthorizationPolicy` or `RequestAuthentication` (`security`). Anything
+//! else (another kind, a field this control plane does not translate) is refused with the file,
+//! the field and the reason.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+pub mod security;
 
 /// A refused manifest: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -382,6 +385,8 @@ pub struct Manifests {
     pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
     pub gateways: Vec<Resource<GatewaySpec>>,
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
+    pub authorization_policies: Vec<Resource<security::AuthorizationPolicySpec>>,
+    pub request_authentications: Vec<Resource<security::RequestAuthenticationSpec>>,
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (sorted by name).
@@ -469,13 +474,22 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 want_group("security.istio.io")?;
                 out.peer_authentications.push(parse(file, &at, &doc)?)
             }
+            "AuthorizationPolicy" => {
+                want_group("security.istio.io")?;
+                out.authorization_policies.push(parse(file, &at, &doc)?)
+            }
+            "RequestAuthentication" => {
+                want_group("security.istio.io")?;
+                out.request_authentications.push(parse(file, &at, &doc)?)
+            }
             "" => return Err(err(format!("{at}: kind"), "missing".into())),
             other => {
                 return Err(err(
                     format!("{at}: kind"),
                     format!(
                         "kind '{other}' is not supported by the demo control plane (supported: Service, \
-                         Deployment, VirtualService, DestinationRule, Gateway, PeerAuthentication)"
+                         Deployment, VirtualService, DestinationRule, Gateway, PeerAuthentication, \
+                         AuthorizationPolicy, RequestAuthentication)"
                     ),
                 ));
             }
