@@ -2,8 +2,8 @@
 //! (pilot/pkg/security/authn/policy_applier.go `convertToEnvoyJwtConfig`): the jwtRules of every
 //! policy selecting the workload, sorted by issuer, become providers `origins-N` with the payload
 //! in the metadata key `payload` (what the RBAC filter's request principals and claims read); a
-//! request with no token passes (`allow_missing`), one with a token must carry a valid one. Istio
-//! 1.21 and later emit no `istio_authn` HTTP filter: RBAC reads the jwt_authn metadata directly.
+//! request with no token passes (`allow_missing`), one with a token must carry a valid one. Current
+//! istiod emits no `istio_authn` HTTP filter (older ones did): RBAC reads the jwt_authn metadata.
 
 use serde_json::{Value, json};
 
