@@ -4,8 +4,9 @@
 //! pod's SPIFFE identity: an allowed principal gets 200, another 403 `RBAC: access denied`; DENY by
 //! path, method and header; a namespace's deny-all with explicit allows by path and namespace; a
 //! mesh-wide DENY from the root namespace, on the sidecars and the gateway; JWT: no token 403
-//! under a requestPrincipals policy, a valid token 200, a bad one 401, a claim condition. Also the
-//! generated filters' names and order, and the refusals (unknown field, unsupported action...).
+//! under a requestPrincipals policy, a valid token 200, a bad one 401, a claim condition; a live
+//! policy edit, and a live bad policy refused while the mesh keeps serving. Also the generated
+//! filters' names and order, and the refusals (unknown field, unsupported action...).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -226,6 +227,27 @@ fn policies_and_jwt_through_remora_sidecars() {
         std::thread::sleep(Duration::from_millis(300));
     }
     denied(call("other-0", "DELETE", "api", "/", &[]));
+
+    // A policy naming a principal in an unknown format is refused with the file, the field and
+    // the reason; the mesh keeps serving the last good config.
+    let bad = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\n\
+               spec: {rules: [{from: [{source: {principals: [web]}}]}]}\n";
+    std::fs::write(mesh_dir.join("zz-bad.yaml"), bad).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let err = std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default();
+        if err.contains("zz-bad.yaml")
+            && err.contains("AuthorizationPolicy typo")
+            && err.contains("spec.rules[0].from[0].source.principals")
+            && err.contains("'web' is not a workload identity")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bad policy not reported: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(call("other-0", "GET", "api", "/", &[]).0, 200);
+    denied(call("intruder-0", "GET", "vault.secure", "/", &[]));
     drop(demo);
 }
 
@@ -281,6 +303,12 @@ fn generated_filters_follow_istiod() {
         allow["rules"]["policies"]["ns[shop]-policy[api-allow]-rule[0]"]["principals"],
         json!([{"and_ids": {"ids": [{"or_ids": {"ids": [{"authenticated": {"principal_name":
             {"exact": "spiffe://cluster.local/ns/shop/sa/web"}}}]}}]}}])
+    );
+    // Namespaces as istiod's regex on the principal.
+    let vault_allow = &inbound_filters("vault-0")[1]["typed_config"]["rules"]["policies"];
+    assert_eq!(
+        vault_allow["ns[secure]-policy[allow-shop]-rule[0]"]["principals"][0]["and_ids"]["ids"][0]["or_ids"]["ids"][0],
+        json!({"authenticated": {"principal_name": {"safe_regex": {"regex": ".*/ns/shop/.*"}}}})
     );
     // jwt_authn before RBAC; istiod's provider and requirement.
     let orders = inbound_filters("orders-0");
