@@ -179,7 +179,16 @@ fn policies_and_jwt_through_remora_sidecars() {
     assert_eq!(call("web-0", "GET", "vault.secure", "/", &[]).0, 200);
     denied(call("web-0", "POST", "vault.secure", "/", &[]));
     denied(call("intruder-0", "GET", "vault.secure", "/", &[]));
+    // ... though a dry-run DENY policy matches it: counted as a shadow denial, not enforced.
     assert_eq!(call("intruder-0", "GET", "vault.secure", "/healthz", &[]).0, 200);
+    let admin = summary["admin"]["vault-0"].as_u64().unwrap();
+    let stats = send(&format!("127.0.0.1:{admin}"), "GET", "admin", "/stats", &[]).1;
+    let shadow: u64 = stats
+        .lines()
+        .filter(|l| l.contains("rbac.istio_dry_run_deny_") && l.contains("shadow_denied:"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(shadow > 0, "{stats}");
     denied(call("intruder-0", "POST", "vault.secure", "/healthz", &[]));
     // intruder's own namespace has no policy.
     assert_eq!(call("web-0", "GET", "intruder.outside", "/", &[]).0, 200);
@@ -328,8 +337,13 @@ fn generated_filters_follow_istiod() {
         p["principals"][0]["and_ids"]["ids"][0]["and_ids"]["ids"][0]["metadata"]["path"],
         json!([{"key": "payload"}, {"key": "iss"}])
     );
-    // The deny-all policy never matches.
+    // The deny-all policy never matches. A dry-run policy goes to the shadow rules.
     let vault = inbound_filters("vault-0");
+    let vault_deny = &vault[0]["typed_config"];
+    assert_eq!(keys(&vault_deny["rules"]), ["ns[istio-system]-policy[deny-forbidden]-rule[0]"]);
+    assert_eq!(keys(&vault_deny["shadow_rules"]), ["ns[secure]-policy[vault-dry-run]-rule[0]"]);
+    assert_eq!(vault_deny["shadow_rules"]["action"], "DENY");
+    assert_eq!(vault_deny["shadow_rules_stat_prefix"], "istio_dry_run_deny_");
     assert_eq!(
         vault[1]["typed_config"]["rules"]["policies"]["ns[secure]-policy[deny-all]-rule[0]"],
         json!({"permissions": [{"not_rule": {"any": true}}], "principals": [{"not_id": {"any": true}}]})
