@@ -1,7 +1,8 @@
 //! Manifests as users write them: a folder of YAML files, several documents per file, each a
-//! Kubernetes `Service`/`Deployment` or an Istio `VirtualService`, `DestinationRule`, `Gateway` or
-//! `PeerAuthentication`. Anything else (another kind, a field this control plane does not
-//! translate) is refused with the file, the field and the reason.
+//! Kubernetes `Service`/`Deployment` or an Istio `VirtualService`, `DestinationRule`, `Gateway`,
+//! `PeerAuthentication`, `AuthorizationPolicy` or `RequestAuthentication` (`security`). Anything
+//! else (another kind, a field this control plane does not translate) is refused with the file,
+//! the field and the reason.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +15,7 @@ pub use routing::{
     DirectResponse, DirectResponseBody, HeaderOperations, Headers, MirrorPolicy, PortTrafficPolicy, Redirect,
     RegexRewrite, Rewrite,
 };
+pub mod security;
 
 /// A refused manifest: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -454,6 +456,8 @@ pub struct Manifests {
     pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
     pub gateways: Vec<Resource<GatewaySpec>>,
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
+    pub authorization_policies: Vec<Resource<security::AuthorizationPolicySpec>>,
+    pub request_authentications: Vec<Resource<security::RequestAuthenticationSpec>>,
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (sorted by name).
@@ -553,13 +557,22 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                     ));
                 }
             }
+            "AuthorizationPolicy" => {
+                want_group("security.istio.io")?;
+                out.authorization_policies.push(parse(file, &at, &doc)?)
+            }
+            "RequestAuthentication" => {
+                want_group("security.istio.io")?;
+                out.request_authentications.push(parse(file, &at, &doc)?)
+            }
             "" => return Err(err(format!("{at}: kind"), "missing".into())),
             other => {
                 return Err(err(
                     format!("{at}: kind"),
                     format!(
                         "kind '{other}' is not supported by the demo control plane (supported: Namespace, \
-                         Service, Deployment, VirtualService, DestinationRule, Gateway, PeerAuthentication)"
+                         Service, Deployment, VirtualService, DestinationRule, Gateway, PeerAuthentication, \
+                         AuthorizationPolicy, RequestAuthentication)"
                     ),
                 ));
             }

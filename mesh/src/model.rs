@@ -87,6 +87,8 @@ pub struct Mesh {
     pub gateways: Vec<Resource<GatewaySpec>>,
     /// STRICT (true) or PERMISSIVE per namespace; `ROOT_NAMESPACE` is the mesh-wide default.
     pub strict: BTreeMap<String, bool>,
+    /// AuthorizationPolicies and RequestAuthentications, checked (manifest/security.rs).
+    pub security: crate::xds::authz::Security,
     /// Where the ingress gateway's listeners bind: 127.0.0.1 for `remora demo`, 0.0.0.0 in the
     /// compose mesh (its container publishes them).
     pub gateway_ip: Ipv4Addr,
@@ -237,6 +239,7 @@ impl Mesh {
             destination_rules: m.destination_rules,
             gateways: m.gateways,
             strict,
+            security: crate::xds::authz::Security::build(m.authorization_policies, m.request_authentications)?,
             gateway_ip: Ipv4Addr::LOCALHOST,
         };
         mesh.check()?;

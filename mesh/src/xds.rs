@@ -6,6 +6,8 @@
 //! Istio's telemetry filters (istio.stats, metadata exchange, grpc_stats, istio.alpn) are left
 //! out; see mesh/README in the top-level README's "Demo mesh" section.
 
+mod authn;
+pub mod authz;
 mod policy;
 mod routes;
 
@@ -296,6 +298,7 @@ pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
             }
         }
     }
+    authz::add_filters(mesh, proxy, &mut out);
     out
 }
 
