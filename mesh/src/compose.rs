@@ -100,7 +100,7 @@ pub async fn control_plane(opts: ControlPlaneOptions) -> Result<(), String> {
         let cp = ControlPlane::new();
         let addr = cp.serve_tcp(([127, 0, 0, 1], 0).into()).await.map_err(|e| e.to_string())?;
         harnesses.insert(pod.map(Pod::node_id).unwrap_or_else(xds::gateway_node_id), addr);
-        proxies.push(ProxyRun { pod: pod.cloned(), cp, admin: 0 });
+        proxies.push(ProxyRun { pod: pod.cloned(), cp, admin: 0, envoy: false });
     }
     push(&mesh, &proxies, &bind)?;
     let xds_addr = crate::dispatch::serve(opts.listen, harnesses).await?;

@@ -1,13 +1,21 @@
 //! Manifests as users write them: a folder of YAML files, several documents per file, each a
-//! Kubernetes `Service`/`Deployment` or an Istio `VirtualService`, `DestinationRule`, `Gateway` or
-//! `PeerAuthentication`. Anything else (another kind, a field this control plane does not
-//! translate) is refused with the file, the field and the reason.
+//! Kubernetes `Service`/`Deployment` or an Istio `VirtualService`, `DestinationRule`, `Gateway`,
+//! `PeerAuthentication`, `AuthorizationPolicy` or `RequestAuthentication` (`security`). Anything
+//! else (another kind, a field this control plane does not translate) is refused with the file,
+//! the field and the reason.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+mod routing;
+pub use routing::{
+    DirectResponse, DirectResponseBody, HeaderOperations, Headers, MirrorPolicy, PortTrafficPolicy, Redirect,
+    RegexRewrite, Rewrite,
+};
+pub mod security;
 
 /// A refused manifest: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,6 +153,27 @@ pub struct HttpMatch {
     pub uri: Option<StringMatch>,
     #[serde(default)]
     pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    #[serde(default)]
+    pub scheme: Option<StringMatch>,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    #[serde(default)]
+    pub source_labels: Labels,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub gateways: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub port: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub source_namespace: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +198,8 @@ pub struct RouteDestination {
     pub destination: Destination,
     #[serde(default)]
     pub weight: Option<u32>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +210,8 @@ pub struct Retries {
     pub per_try_timeout: Option<String>,
     #[serde(default)]
     pub retry_on: Option<String>,
+    #[serde(default)]
+    pub retry_remote_localities: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +252,8 @@ pub struct HttpRoute {
     pub name: Option<String>,
     #[serde(default, rename = "match")]
     pub matches: Vec<HttpMatch>,
+    /// Empty for a `redirect` or `directResponse` rule.
+    #[serde(default)]
     pub route: Vec<RouteDestination>,
     #[serde(default)]
     pub retries: Option<Retries>,
@@ -226,6 +261,27 @@ pub struct HttpRoute {
     pub timeout: Option<String>,
     #[serde(default)]
     pub fault: Option<Fault>,
+    #[serde(default)]
+    pub mirror: Option<Destination>,
+    #[serde(default)]
+    pub mirror_percentage: Option<Percent>,
+    #[serde(default)]
+    pub mirrors: Vec<MirrorPolicy>,
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponse>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub cors_policy: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub mirror_percent: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub delegate: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,7 +297,17 @@ pub struct VirtualServiceSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
-    pub simple: String,
+    #[serde(default)]
+    pub simple: Option<String>,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub consistent_hash: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub locality_lb_setting: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub warmup_duration_secs: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub warmup: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -262,6 +328,10 @@ pub struct HttpPool {
     pub http2_max_requests: Option<u32>,
     #[serde(default)]
     pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -307,6 +377,8 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub tls: Option<ClientTls>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +387,8 @@ pub struct Subset {
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -382,6 +456,8 @@ pub struct Manifests {
     pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
     pub gateways: Vec<Resource<GatewaySpec>>,
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
+    pub authorization_policies: Vec<Resource<security::AuthorizationPolicySpec>>,
+    pub request_authentications: Vec<Resource<security::RequestAuthenticationSpec>>,
     pub telemetries: Vec<Resource<crate::meshconfig::TelemetrySpec>>,
     /// The mesh config (`ConfigMap istio` in istio-system) and its file.
     pub mesh_config: Option<(String, crate::meshconfig::MeshConfig)>,
@@ -474,6 +550,26 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 want_group("security.istio.io")?;
                 out.peer_authentications.push(parse(file, &at, &doc)?)
             }
+            "Namespace" => {
+                want_group("")?;
+                // Every pod of the demo gets a sidecar: a namespace can only ask for that.
+                let injection =
+                    value.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.get("istio-injection"));
+                if let Some(v) = injection.filter(|v| v.as_str() != Some("enabled")) {
+                    return Err(err(
+                        format!("{at}: metadata.labels.istio-injection"),
+                        format!("{v:?}: the demo injects a sidecar into every pod; only 'enabled' is supported"),
+                    ));
+                }
+            }
+            "AuthorizationPolicy" => {
+                want_group("security.istio.io")?;
+                out.authorization_policies.push(parse(file, &at, &doc)?)
+            }
+            "RequestAuthentication" => {
+                want_group("security.istio.io")?;
+                out.request_authentications.push(parse(file, &at, &doc)?)
+            }
             "Telemetry" => {
                 want_group("telemetry.istio.io")?;
                 out.telemetries.push(parse(file, &at, &doc)?)
@@ -495,9 +591,9 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 return Err(err(
                     format!("{at}: kind"),
                     format!(
-                        "kind '{other}' is not supported by the demo control plane (supported: Service, \
-                         Deployment, Endpoints, ConfigMap istio, VirtualService, DestinationRule, Gateway, \
-                         PeerAuthentication, Telemetry)"
+                        "kind '{other}' is not supported by the demo control plane (supported: Namespace, \
+                         Service, Deployment, Endpoints, ConfigMap istio, VirtualService, DestinationRule, Gateway, \
+                         PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry)"
                     ),
                 ));
             }

@@ -14,7 +14,7 @@ use xds_client::server::ControlPlane;
 
 use crate::manifest;
 use crate::model::{Mesh, Pod};
-use crate::xds::{self, GATEWAY_NAMESPACE, Proxy};
+use crate::xds::{self, GATEWAY_NAMESPACE, GATEWAY_SA, Proxy};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -22,6 +22,9 @@ pub struct Options {
     /// Where the gateway's first HTTP server port is published on 127.0.0.1 (others follow).
     pub gateway_port: u16,
     pub remora: PathBuf,
+    /// Run this Envoy binary as every proxy instead of remora: the oracle for the same
+    /// control-plane output. Its SDS secrets come from its xDS harness (pilot-agent's job).
+    pub envoy: Option<PathBuf>,
     pub app: PathBuf,
     /// Logs, bootstraps and certificates go here.
     pub work_dir: PathBuf,
@@ -46,6 +49,9 @@ pub(crate) struct ProxyRun {
     pub(crate) pod: Option<Pod>,
     pub(crate) cp: ControlPlane,
     pub(crate) admin: u16,
+    /// Upstream Envoy serves this proxy (`--envoy`): it is sent the config without Istio's own
+    /// extensions, which Envoy lacks.
+    pub(crate) envoy: bool,
 }
 
 /// The bootstrap pilot-agent would write for a proxy: node (with the metadata pilot-agent sets,
@@ -82,6 +88,43 @@ pub fn bootstrap(node_id: &str, cluster: &str, metadata: &serde_json::Value, adm
     )
 }
 
+/// For an Envoy proxy: the SDS secrets pilot-agent would serve, `default` (a certificate for
+/// `spiffe` from the mesh's CA) and `ROOTCA`, on the proxy's own xDS harness.
+fn serve_secrets(cp: &ControlPlane, ca: &TestCaServer, spiffe: &str) -> Result<(), String> {
+    let id = certs::SpiffeId::parse(spiffe).map_err(|e| format!("{spiffe}: {e}"))?;
+    let leaf = ca.ca().issue(&certs::dev_ca::WorkloadOptions::spiffe(id)).map_err(|e| e.to_string())?;
+    let secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    for s in [
+        serde_json::json!({"@type": secret, "name": "default", "tls_certificate": {
+            "certificate_chain": {"inline_string": leaf.chain_pem}, "private_key": {"inline_string": leaf.key_pem}}}),
+        serde_json::json!({"@type": secret, "name": "ROOTCA", "validation_context": {
+            "trusted_ca": {"inline_string": ca.root_pem()}}}),
+    ] {
+        let (ty, name, any) = xds_client::server::resource_from_json(&s, "secret").map_err(|e| e.to_string())?;
+        cp.set(ty, &name, any);
+    }
+    Ok(())
+}
+
+/// The bootstrap for Envoy: `sds-grpc` is the proxy's xDS harness (HTTP/2 over TCP) instead of
+/// pilot-agent's unix socket.
+fn envoy_bootstrap(boot: &str, xds: SocketAddr) -> Result<String, String> {
+    let pipe = r#"{"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}"#;
+    let sds = r#"{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s","#;
+    if !boot.contains(pipe) || !boot.contains(sds) {
+        return Err("the bootstrap's sds-grpc cluster has changed shape; cannot point it at the harness".into());
+    }
+    Ok(boot
+        .replace(pipe, &format!(r#"{{"socket_address": {{"address": "{}", "port_value": {}}}}}"#, xds.ip(), xds.port()))
+        .replace(
+            sds,
+            r#"{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+      "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}},"#,
+        ))
+}
+
 /// Serves `mesh` to every proxy: replaces each harness's resources.
 pub(crate) fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) -> Result<(), String> {
     for p in proxies {
@@ -89,7 +132,8 @@ pub(crate) fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)
             Some(pod) => Proxy::Sidecar(pod),
             None => Proxy::Gateway { bind: gateway_bind },
         };
-        for (ty, res) in crate::resources(mesh, &proxy)? {
+        let resources = if p.envoy { crate::resources_for_envoy(mesh, &proxy) } else { crate::resources(mesh, &proxy) };
+        for (ty, res) in resources? {
             p.cp.set_all(ty, res);
         }
     }
@@ -241,24 +285,43 @@ async fn start_proxy(
         Some(p) => (format!("sidecar-{}", p.name), p.node_id(), format!("{}.{}", p.app(), p.namespace)),
         None => ("gateway".to_string(), xds::gateway_node_id(), format!("istio-ingressgateway.{GATEWAY_NAMESPACE}")),
     };
-    let run = ProxyRun { pod: pod.cloned(), cp, admin };
+    let (ns, sa) = match pod {
+        Some(p) => (p.namespace.clone(), p.service_account.clone()),
+        None => (GATEWAY_NAMESPACE.to_string(), GATEWAY_SA.to_string()),
+    };
+    let run = ProxyRun { pod: pod.cloned(), cp, admin, envoy: opts.envoy.is_some() };
     push(mesh, std::slice::from_ref(&run), gateway_bind)?;
     let cfg = opts.work_dir.join(format!("{name}.json"));
-    std::fs::write(&cfg, bootstrap(&node, &cluster, &xds::telemetry::node_metadata(pod), admin, addr))
-        .map_err(|e| format!("{}: {e}", cfg.display()))?;
-    let child = Command::new(&opts.remora)
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--concurrency", "1", "-l", "info"])
-        .args(["--ca-address", &ca.addr().to_string(), "--ca-server-name", ca.server_name()])
-        .arg("--ca-root-cert")
-        .arg(root)
+    let boot = bootstrap(&node, &cluster, &xds::telemetry::node_metadata(pod), admin, addr);
+    let mut cmd = match &opts.envoy {
+        Some(envoy) => {
+            serve_secrets(&run.cp, ca, &format!("spiffe://{}/ns/{ns}/sa/{sa}", crate::model::TRUST_DOMAIN))?;
+            std::fs::write(&cfg, envoy_bootstrap(&boot, addr)?).map_err(|e| format!("{}: {e}", cfg.display()))?;
+            let mut c = Command::new(envoy);
+            // A base id of its own: several Envoys on one machine must not share hot-restart memory.
+            c.arg("-c").arg(&cfg).args(["--concurrency", "1", "-l", "info", "--base-id", &admin.to_string()]);
+            c
+        }
+        None => {
+            std::fs::write(&cfg, boot).map_err(|e| format!("{}: {e}", cfg.display()))?;
+            let mut c = Command::new(&opts.remora);
+            c.arg("-c")
+                .arg(&cfg)
+                .args(["--concurrency", "1", "-l", "info"])
+                .args(["--ca-address", &ca.addr().to_string(), "--ca-server-name", ca.server_name()])
+                .arg("--ca-root-cert")
+                .arg(root);
+            c
+        }
+    };
+    let bin = opts.envoy.as_ref().unwrap_or(&opts.remora).display().to_string();
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log_file(opts, &name)?)
         .stderr(log_file(opts, &format!("{name}.err"))?)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", opts.remora.display()))?;
+        .map_err(|e| format!("starting {bin}: {e}"))?;
     children.push((name, child));
     proxies.push(run);
     Ok(())

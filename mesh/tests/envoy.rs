@@ -1,10 +1,13 @@
-//! Envoy itself accepts what the control plane generates for examples/demo plus Istio's telemetry
-//! (a mesh config with a Zipkin provider, a Telemetry with 100 % tracing and the `envoy` access
-//! log): a sidecar's and the gateway's resources are served over Delta ADS to Envoy (`ENVOY_BIN`,
-//! installed by scripts/install-test-deps), which must ACK clusters, endpoints, listeners and
-//! routes and NACK nothing. Upstream Envoy lacks Istio's own extensions (`istio.alpn`,
-//! `istio.metadata_exchange`, `istio.stats`): they are dropped from what Envoy is sent, with the
-//! `istio-peer-exchange` ALPN, as proxy/tests/mesh does; everything else is sent as generated. The SDS secrets `default` and `ROOTCA` (pilot-agent's job; remora gets them with
+//! Envoy itself accepts what the control plane generates for examples/demo and for the mesh of
+//! tests/data/routes (mirrors, rewrites, redirects, direct responses, header operations,
+//! query/header/cookie matches, per-subset and port-level policies), and for examples/demo with
+//! Istio's telemetry (a mesh config with a Zipkin provider, a Telemetry with 100 % tracing,
+//! custom tags and the `envoy` access log): a sidecar's and the gateway's resources are served
+//! over Delta ADS to Envoy (`ENVOY_BIN`, installed by scripts/install-test-deps), which must ACK
+//! clusters, endpoints, listeners and routes and NACK nothing. Upstream Envoy lacks Istio's own
+//! extensions (`istio.alpn`, `istio.metadata_exchange`, `istio.stats`): they are dropped from
+//! what it is sent (`mesh::resources_for_envoy`), as proxy/tests/mesh does; everything else is
+//! sent as generated. The SDS secrets `default` and `ROOTCA` (pilot-agent's job; remora gets them with
 //! `--ca-address`) come from the same harness, signed by a dev CA. Skipped when Envoy is not
 //! installed. (remora's acceptance is checked by the demo test.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,35 +25,6 @@ fn envoy() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/remora/envoy-venv/bin/envoy")))?;
     p.exists().then_some(p)
-}
-
-/// The resources for upstream Envoy: Istio's own filters (`istio.*`) dropped from listener, HTTP
-/// and cluster filter lists, and the `istio-peer-exchange` ALPN with them.
-fn envoy_compatible(v: &serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let v = match (k.as_str(), v) {
-                        ("alpn_protocols", Value::Array(a)) => Value::Array(
-                            a.iter().filter(|p| p.as_str() != Some("istio-peer-exchange")).cloned().collect(),
-                        ),
-                        ("filters" | "http_filters", Value::Array(a)) => Value::Array(
-                            a.iter()
-                                .filter(|f| !f["name"].as_str().is_some_and(|n| n.starts_with("istio.")))
-                                .map(envoy_compatible)
-                                .collect(),
-                        ),
-                        _ => envoy_compatible(v),
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(envoy_compatible).collect()),
-        other => other.clone(),
-    }
 }
 
 /// Istio's telemetry for the demo: the mesh config with a Zipkin provider (a selector-less
@@ -88,6 +62,10 @@ spec:
       client: {header: {name: x-client, defaultValue: unknown}}
       host: {environment: {name: HOSTNAME, defaultValue: unknown}}
   accessLogging: [{providers: [{name: envoy}]}]
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides: {request_method: {value: request.method}}
 "#;
 
 fn free_port() -> u16 {
@@ -96,53 +74,65 @@ fn free_port() -> u16 {
 
 #[test]
 fn envoy_accepts_the_generated_config() {
-    let Some(envoy) = envoy() else {
-        eprintln!("skipped: no Envoy (set ENVOY_BIN or run scripts/install-test-deps)");
-        return;
-    };
+    envoy_acks(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo"), "frontend-0", 8080, 0);
+}
+
+#[test]
+fn envoy_accepts_the_telemetry() {
     let folder = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), folder.path().join(e.file_name())).unwrap();
     }
     std::fs::write(folder.path().join("telemetry.yaml"), TELEMETRY).unwrap();
-    let mut mesh = mesh::runner::load(folder.path()).unwrap();
-    mesh.renumber((std::process::id() % 250 + 1) as u8);
+    // What remora gets carries Istio's filters, tracing and access logs; Envoy gets the same
+    // minus Istio's own filters.
+    let mesh = mesh::runner::load(folder.path()).unwrap();
+    let pod = mesh.pods.iter().find(|p| p.name == "frontend-0").unwrap();
+    let bind = [(8080u16, 18080u16)];
+    for proxy in [Proxy::Sidecar(pod), Proxy::Gateway { bind: &bind }] {
+        let listeners = serde_json::to_string(&xds::listeners(&mesh, &proxy)).unwrap();
+        for want in
+            ["envoy.tracers.zipkin", "envoy.access_loggers.file", "\"istio.stats\"", "\"istio.metadata_exchange\""]
+        {
+            assert!(listeners.contains(want), "no {want} in {listeners}");
+        }
+        let stripped =
+            serde_json::to_string(&xds::telemetry::for_upstream_envoy(&serde_json::from_str(&listeners).unwrap()))
+                .unwrap();
+        assert!(!stripped.contains("\"istio.") && stripped.contains("envoy.tracers.zipkin"), "{stripped}");
+    }
+    envoy_acks(folder.path(), "frontend-0", 8080, 3);
+}
+
+#[test]
+fn envoy_accepts_the_routing_features() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routes");
+    // front-0's sidecar gets the sourceLabels rule, shop-v1-0's the retryRemoteLocalities one;
+    // the gateway gets every edge feature.
+    envoy_acks(&dir, "front-0", 80, 1);
+    envoy_acks(&dir, "shop-v1-0", 80, 2);
+}
+
+/// Serves `pod`'s sidecar resources, then the gateway's (server port `gateway_port`), to Envoy.
+/// `block` keeps the tests of one run on different loopback blocks (their listeners would clash).
+fn envoy_acks(mesh_dir: &Path, pod: &str, gateway_port: u16, block: u32) {
+    let Some(envoy) = envoy() else {
+        eprintln!("skipped: no Envoy (set ENVOY_BIN or run scripts/install-test-deps)");
+        return;
+    };
+    let mut mesh = mesh::runner::load(mesh_dir).unwrap();
+    mesh.renumber(((std::process::id() + block) % 250 + 1) as u8);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let pod = mesh.pods.iter().find(|p| p.name == "frontend-0").unwrap().clone();
-    let bind = [(8080u16, free_port())];
+    let pod = mesh.pods.iter().find(|p| p.name == pod).unwrap().clone();
+    let bind = [(gateway_port, free_port())];
     for (label, proxy, node) in [
         ("sidecar", Proxy::Sidecar(&pod), pod.node_id()),
         ("gateway", Proxy::Gateway { bind: &bind }, xds::gateway_node_id()),
     ] {
         let cp = ControlPlane::new();
-        // What Envoy is sent: the generated resources without Istio's own extensions.
-        let mut istio_filters = 0;
-        for (ty, values) in [
-            (ads::CLUSTER, xds::clusters(&mesh, &proxy)),
-            (ads::ENDPOINT, xds::endpoints(&mesh)),
-            (ads::LISTENER, xds::listeners(&mesh, &proxy)),
-            (
-                ads::ROUTE,
-                match &proxy {
-                    Proxy::Sidecar(p) => xds::sidecar_route_configs(&mesh, &p.namespace),
-                    Proxy::Gateway { .. } => xds::gateway_route_configs(&mesh),
-                },
-            ),
-        ] {
-            let mut res = Vec::new();
-            for v in values {
-                istio_filters += v.to_string().matches("\"istio.").count();
-                let (_, name, any) =
-                    xds_client::server::resource_from_json(&envoy_compatible(&v), "generated").unwrap();
-                res.push((name, any));
-            }
+        for (ty, res) in mesh::resources_for_envoy(&mesh, &proxy).unwrap() {
             cp.set_all(ty, res);
-        }
-        assert!(istio_filters > 0, "{label}: no Istio filter generated");
-        let listeners = serde_json::to_string(&xds::listeners(&mesh, &proxy)).unwrap();
-        for want in ["envoy.tracers.zipkin", "envoy.access_loggers.file", "istio.stats", "istio.metadata_exchange"] {
-            assert!(listeners.contains(want), "{label}: no {want} in {listeners}");
         }
         let ca = certs::dev_ca::DevCa::new_root(&certs::dev_ca::CaOptions::default()).unwrap();
         let id = certs::SpiffeId::parse(&pod.spiffe()).unwrap();

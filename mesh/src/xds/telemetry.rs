@@ -338,3 +338,33 @@ pub fn stats_config() -> Value {
         tag("authz_dry_run_result", r"(\.shadow_(allowed|denied))"),
     ]})
 }
+
+/// The config for upstream Envoy, which lacks Istio's own extensions (`istio.alpn`,
+/// `istio.metadata_exchange`, `istio.stats`): they are dropped from listener, HTTP and cluster
+/// filter lists, and the `istio-peer-exchange` ALPN with them; everything else is kept. (Istio's
+/// proxy is Envoy built with them; `remora demo --envoy` and the Envoy ACK tests run stock Envoy.)
+pub fn for_upstream_envoy(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("alpn_protocols", Value::Array(a)) => Value::Array(
+                            a.iter().filter(|p| p.as_str() != Some("istio-peer-exchange")).cloned().collect(),
+                        ),
+                        ("filters" | "http_filters", Value::Array(a)) => Value::Array(
+                            a.iter()
+                                .filter(|f| !f["name"].as_str().is_some_and(|n| n.starts_with("istio.")))
+                                .map(for_upstream_envoy)
+                                .collect(),
+                        ),
+                        _ => for_upstream_envoy(v),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(for_upstream_envoy).collect()),
+        other => other.clone(),
+    }
+}
