@@ -342,7 +342,9 @@ fn inbound_listener(mesh: &Mesh, pod: &Pod, port: u16, strict: bool) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "common_tls_context": {
                 "tls_params": {},
-                "alpn_protocols": ["istio-peer-exchange", "h2", "http/1.1"],
+                // listener_inbound.go: HTTP chains offer h2 and http/1.1 only (istio-peer-exchange is
+                // for TCP chains), so a client without istio.alpn (a mirror) speaks plain HTTP.
+                "alpn_protocols": ["h2", "http/1.1"],
                 "tls_certificate_sds_secret_configs": [sds("default")],
                 "combined_validation_context": {
                     "default_validation_context": {"match_subject_alt_names": [{"prefix": format!("spiffe://{TRUST_DOMAIN}/")}]},
