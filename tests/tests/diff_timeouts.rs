@@ -377,3 +377,35 @@ fn per_try_idle_timeout_as_envoy() {
         (v, run.log("ptidle ", 3), vec![counters[0], counters[1], stalled])
     });
 }
+
+#[test]
+fn stream_timers_on_http2_as_envoy() {
+    // HTTP/2 (h2c): the same answers per stream; a stalled response is a reset stream (curl
+    // fails), the connection is not what ends it.
+    let expect = (
+        (504, "stream timeout".to_string(), false),
+        (200, "hello".to_string(), true),
+        (504, "downstream duration timeout".to_string(), false),
+        (504, "upstream request timeout".to_string(), false),
+        3,
+    );
+    compare("stream timers on HTTP/2", &expect, |run| {
+        let h2 = |listener: &str, path: &str, extra: Option<(&str, &str)>| {
+            let mut req = tests::Request::get(path).h2c().host("t.test").timeout(Duration::from_secs(6));
+            if let Some((k, v)) = extra {
+                req = req.header(k, v);
+            }
+            let r = tests::curl(run.proxy.port(listener), &req).unwrap();
+            (r.status, r.body_str(), r.curl_exit != 0)
+        };
+        let slow = Some(("x-echo-delay-ms", "1000"));
+        (
+            h2("sidle", "/", slow),
+            h2("sidle", "/stall", None),
+            h2("maxdur", "/", slow),
+            h2("ptidle", "/", slow),
+            run.stat("http.sidle.downstream_rq_idle_timeout")
+                + run.stat("http.maxdur.downstream_rq_max_duration_reached"),
+        )
+    });
+}

@@ -139,6 +139,9 @@ pub struct StreamTimers {
     pub h1: Option<std::sync::Arc<H1Progress>>,
     open: Cell<u32>,
     stats: TimerStats,
+    /// Where the connection's timer is set (None: not set). A stream whose deadline is later
+    /// does not wake the connection: the timer fires early, finds nothing due, and is moved.
+    armed: Cell<Option<Instant>>,
 }
 
 /// What the HTTP/1 guard learns of the request being read (it runs where hyper reads, so it
@@ -207,12 +210,25 @@ impl StreamTimers {
                 slots.len() - 1
             }
         };
+        let next = slots[idx].next_deadline();
         drop(slots);
         self.open.set(self.open.get() + 1);
-        if lim.idle.is_some() || lim.request.is_some() || lim.duration.is_some() {
+        self.moved(next);
+        StreamTimer { timers: self.clone(), idx: idx as u32 }
+    }
+
+    /// Records where the connection set its timer.
+    pub fn set_armed(&self, at: Option<Instant>) {
+        self.armed.set(at);
+    }
+
+    /// A stream's deadline is now `next`: wakes the connection if its timer is set later.
+    fn moved(&self, next: Option<Instant>) {
+        if let Some(d) = next
+            && self.armed.get().is_none_or(|a| d < a)
+        {
             self.changed.notify_one();
         }
-        StreamTimer { timers: self.clone(), idx: idx as u32 }
     }
 
     /// The earliest deadline of the connection's streams.
@@ -321,27 +337,32 @@ impl StreamTimer {
     /// The route's `idle_timeout` replaces the connection manager's (zero: none), as Envoy's
     /// `refreshIdleTimeout`; the timer starts over.
     pub fn set_idle(&self, d: Duration) {
-        self.with(|s| {
+        let next = self.with(|s| {
             s.idle = (!d.is_zero()).then_some(d);
             s.last = Instant::now();
+            s.next_deadline()
         });
-        self.timers.changed.notify_one();
+        self.timers.moved(next);
     }
 
     /// The route's stream duration replaces the connection manager's (None: none), counted from
     /// the stream's start, as Envoy's `refreshDurationTimeout`.
     pub fn set_duration(&self, d: Option<Duration>) {
-        self.with(|s| s.duration_deadline = d.map(|d| s.start + d));
-        self.timers.changed.notify_one();
+        let next = self.with(|s| {
+            s.duration_deadline = d.map(|d| s.start + d);
+            s.next_deadline()
+        });
+        self.timers.moved(next);
     }
 
     /// The router's `per_try_idle_timeout` while the response body streams.
     pub fn set_upstream_idle(&self, d: Duration, counter: Counter) {
-        self.with(|s| {
+        let next = self.with(|s| {
             s.upstream_idle = Some((d, counter));
             s.last = Instant::now();
+            s.next_deadline()
         });
-        self.timers.changed.notify_one();
+        self.timers.moved(next);
     }
 
     /// Keeps `v` with the stream (see `Slot::parked`).
@@ -373,5 +394,82 @@ impl StreamTimer {
             Poll::Ready(e) => Some(e),
             Poll::Pending => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn expired(t: &StreamTimer) -> Option<Expiry> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match t.poll_expired(&mut cx) {
+            Poll::Ready(e) => Some(e),
+            Poll::Pending => None,
+        }
+    }
+
+    fn timers() -> Rc<StreamTimers> {
+        Rc::new(StreamTimers::new(
+            None,
+            TimerStats { idle: Some(Counter::detached()), request: Some(Counter::detached()), duration: None },
+        ))
+    }
+
+    #[test]
+    fn the_earliest_timer_ends_the_stream_and_is_counted() {
+        let t = timers();
+        let lim = StreamLimits { idle: Some(MS(300)), request: Some(MS(200)), duration: Some(MS(500)) };
+        let s = t.open(lim, false);
+        let start = t.slots.borrow()[0].start;
+        assert_eq!(t.next_deadline(), Some(start + MS(200)));
+        t.fire(start + MS(199));
+        assert_eq!(expired(&s), None);
+        t.fire(start + MS(250));
+        assert_eq!(expired(&s), Some(Expiry::Request));
+        assert_eq!(t.stats.request.as_ref().map(Counter::value), Some(1));
+        // An expired stream no longer sets the connection's timer.
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_complete_request_and_route_overrides_change_the_deadlines() {
+        let t = timers();
+        let s = t.open(StreamLimits { idle: Some(MS(300)), request: Some(MS(200)), duration: None }, false);
+        let start = t.slots.borrow()[0].start;
+        s.complete_request();
+        assert_eq!(t.next_deadline(), Some(start + MS(300)));
+        // The route's idle timeout 0: none at all; its stream duration: from the stream's start.
+        s.set_idle(Duration::ZERO);
+        assert_eq!(t.next_deadline(), None);
+        s.set_duration(Some(MS(700)));
+        assert_eq!(t.next_deadline(), Some(start + MS(700)));
+        s.set_duration(None);
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn activity_moves_the_idle_deadline_and_slots_are_reused() {
+        let t = timers();
+        let s = t.open(StreamLimits { idle: Some(MS(300)), ..StreamLimits::default() }, true);
+        let body = s.clone();
+        drop(s);
+        // The response body still holds the stream: its slot stays.
+        let other = t.open(StreamLimits::default(), true);
+        assert_eq!(other.idx, 1);
+        body.with(|s| s.last += MS(1000));
+        let last = body.with(|s| s.last);
+        t.fire(last + MS(100));
+        assert_eq!(expired(&body), None);
+        t.fire(last + MS(300));
+        assert_eq!(expired(&body), Some(Expiry::Idle));
+        drop(body);
+        drop(other);
+        let again = t.open(StreamLimits::default(), true);
+        assert_eq!(again.idx, 0);
+        assert_eq!(expired(&again), None);
+        assert_eq!(t.next_deadline(), None);
     }
 }

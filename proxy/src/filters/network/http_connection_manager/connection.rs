@@ -145,7 +145,9 @@ pub async fn serve<IO>(
     let stream_sleep = tokio::time::sleep_until(far);
     tokio::pin!(stream_sleep);
     loop {
-        let stream_at = cx_loop.timers.next_deadline().unwrap_or(far);
+        let next = cx_loop.timers.next_deadline();
+        cx_loop.timers.set_armed(next);
+        let stream_at = next.unwrap_or(far);
         if stream_sleep.deadline() != stream_at {
             stream_sleep.as_mut().reset(stream_at);
         }

@@ -53,13 +53,17 @@ pub(super) async fn run(
         let (route, len) = vhost.route(&input)?;
         Some((RouteRef { table: t, vhost, route }, len))
     };
+    // The route's idle timeout replaces the connection manager's (Envoy's refreshIdleTimeout,
+    // on each route selection).
+    let route_idle = |m: &Option<(RouteRef<'_>, usize)>| {
+        if let Some(Action::Route(a)) = m.as_ref().map(|m| &m.0.route.action)
+            && let Some(d) = a.idle_timeout
+        {
+            timer.set_idle(d);
+        }
+    };
     let mut matched = select(parts);
-    // The route's idle timeout replaces the connection manager's (Envoy's refreshIdleTimeout).
-    if let Some(Action::Route(a)) = matched.as_ref().map(|m| &m.0.route.action)
-        && let Some(d) = a.idle_timeout
-    {
-        timer.set_idle(d);
-    }
+    route_idle(&matched);
 
     // The span starts once the route is known (its decorator names the operation).
     let decorator = hcm.tracing.as_ref().and(matched.as_ref()).and_then(|m| m.0.route.decorator.as_ref());
@@ -109,6 +113,7 @@ pub(super) async fn run(
                 // A filter changed what the route depends on (jwt_authn's clear_route_cache).
                 if rcx.state.remove::<ClearRouteCache>().is_some() {
                     matched = select(parts);
+                    route_idle(&matched);
                     rcx.route = matched.map(|m| m.0);
                     active = hcm.filters.active(rcx.route);
                 }
