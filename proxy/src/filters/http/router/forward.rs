@@ -487,48 +487,36 @@ impl Forward<'_> {
                     stats.upstream_rq_timeout.inc();
                     return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
                 }
-                Err(AttemptError::PerTryIdleTimeout) => {
-                    // Envoy's onPerTryIdleTimeout: as a per-try timeout, with its own counter.
+                Err(e @ (AttemptError::PerTryTimeout | AttemptError::PerTryIdleTimeout)) => {
+                    // Envoy's onPerTryTimeout and onPerTryIdleTimeout: a retry if the policy
+                    // allows, else 504; each with its own counter.
+                    let idle = matches!(e, AttemptError::PerTryIdleTimeout);
                     if let Some(d) = &cluster.outlier {
                         d.put_result(&host, Outcome::LocalOriginTimeout, Some(504));
                     }
-                    stats.upstream_rq_per_try_idle_timeout.inc();
-                    let mut flags = "UT";
+                    if idle {
+                        stats.upstream_rq_per_try_idle_timeout.inc();
+                    } else {
+                        stats.upstream_rq_per_try_timeout.inc();
+                    }
+                    let mut exhausted = false;
                     if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout()) {
                         if try_retry(p) {
                             self.backoff(p, retries_done, deadline).await;
                             continue;
                         }
-                        if retries_done >= p.num_retries {
-                            // Envoy's retry state notes the exhausted retries (URX).
-                            flags = "URX,UT";
-                        }
+                        exhausted = retries_done >= p.num_retries;
                     }
-                    return self.cluster_reply(
-                        &cluster,
-                        internal,
-                        weighted,
-                        LocalReply::new(
-                            http::StatusCode::GATEWAY_TIMEOUT,
-                            "upstream request timeout",
-                            flags,
-                            "upstream_per_try_idle_timeout",
-                        ),
-                    );
-                }
-                Err(AttemptError::PerTryTimeout) => {
-                    if let Some(d) = &cluster.outlier {
-                        d.put_result(&host, Outcome::LocalOriginTimeout, Some(504));
-                    }
-                    stats.upstream_rq_per_try_timeout.inc();
-                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout())
-                        && try_retry(p)
-                    {
-                        self.backoff(p, retries_done, deadline).await;
-                        continue;
-                    }
-                    stats.upstream_rq_timeout.inc();
-                    return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
+                    let reply = if idle {
+                        // Envoy's retry state notes the exhausted retries (URX).
+                        let flags = if exhausted { "URX,UT" } else { "UT" };
+                        let body = "upstream request timeout";
+                        LocalReply::new(http::StatusCode::GATEWAY_TIMEOUT, body, flags, "upstream_per_try_idle_timeout")
+                    } else {
+                        stats.upstream_rq_timeout.inc();
+                        LocalReply::upstream_timeout()
+                    };
+                    return self.cluster_reply(&cluster, internal, weighted, reply);
                 }
                 Err(AttemptError::DownstreamBody) => {
                     // Envoy's codec refuses the request: 400, counted as a downstream protocol
