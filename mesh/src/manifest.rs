@@ -1,6 +1,7 @@
 //! Manifests as users write them: a folder of YAML files, several documents per file, each a
-//! Kubernetes `Service`/`Deployment` or an Istio `VirtualService`, `DestinationRule`, `Gateway` or
-//! `PeerAuthentication`. Anything else (another kind, a field this control plane does not
+//! Kubernetes `Service`/`Deployment`/`Secret` or an Istio `VirtualService`, `DestinationRule`,
+//! `Gateway`, `PeerAuthentication`, `ServiceEntry` or `Sidecar` (the last three and Secrets in
+//! `edge`). Anything else (another kind, a field this control plane does not
 //! translate) is refused with the file, the field and the reason.
 
 use std::collections::BTreeMap;
@@ -8,6 +9,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+mod edge;
+pub use edge::{
+    OutboundTrafficPolicy, ServerTls, ServiceEntry, ServiceEntryEndpoint, ServiceEntryPort, ServiceEntrySpec,
+    SidecarSpec, TlsSecret, find_secret,
+};
 
 /// A refused manifest: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -341,6 +348,10 @@ pub struct GatewayPort {
 pub struct GatewayServer {
     pub port: GatewayPort,
     pub hosts: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -382,6 +393,9 @@ pub struct Manifests {
     pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
     pub gateways: Vec<Resource<GatewaySpec>>,
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
+    pub secrets: Vec<TlsSecret>,
+    pub service_entries: Vec<ServiceEntry>,
+    pub sidecars: Vec<Resource<SidecarSpec>>,
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (sorted by name).
@@ -469,13 +483,15 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 want_group("security.istio.io")?;
                 out.peer_authentications.push(parse(file, &at, &doc)?)
             }
+            "Secret" | "ServiceEntry" | "Sidecar" => edge::load(file, &at, &kind, &api, &doc, out)?,
             "" => return Err(err(format!("{at}: kind"), "missing".into())),
             other => {
                 return Err(err(
                     format!("{at}: kind"),
                     format!(
                         "kind '{other}' is not supported by the demo control plane (supported: Service, \
-                         Deployment, VirtualService, DestinationRule, Gateway, PeerAuthentication)"
+                         Deployment, Secret, VirtualService, DestinationRule, Gateway, PeerAuthentication, \
+                         ServiceEntry, Sidecar)"
                     ),
                 ));
             }

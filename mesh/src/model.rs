@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+pub mod edge;
+
 use crate::manifest::{
     DestinationRuleSpec, GatewaySpec, IntOrString, Labels, ManifestError, Manifests, Resource, VirtualServiceSpec,
     parse_duration,
@@ -88,6 +90,8 @@ pub struct Mesh {
     /// Where the ingress gateway's listeners bind: 127.0.0.1 for `remora demo`, 0.0.0.0 in the
     /// compose mesh (its container publishes them).
     pub gateway_ip: Ipv4Addr,
+    /// Gateway credentials and ServiceEntry hosts (`edge`).
+    pub edge: edge::Edge,
 }
 
 fn fail(file: &str, field: String, reason: String) -> ManifestError {
@@ -228,7 +232,9 @@ impl Mesh {
             };
             strict.insert(p.namespace.clone(), on);
         }
+        let edge = edge::Edge::build(&m, &services)?;
         let mesh = Mesh {
+            edge,
             services,
             pods,
             virtual_services: m.virtual_services,
@@ -314,17 +320,7 @@ impl Mesh {
                 }
             }
         }
-        for gw in &self.gateways {
-            for (i, s) in gw.spec.servers.iter().enumerate() {
-                if s.port.protocol != "HTTP" {
-                    return Err(fail(
-                        &gw.file,
-                        format!("Gateway {}: spec.servers[{i}].port.protocol", gw.meta.name),
-                        format!("{} is not supported (only HTTP)", s.port.protocol),
-                    ));
-                }
-            }
-        }
+        edge::check_gateways(&self.gateways, &self.edge.secrets)?;
         for vs in &self.virtual_services {
             let at = format!("VirtualService {}", vs.meta.name);
             for g in &vs.spec.gateways {
@@ -419,6 +415,7 @@ impl Mesh {
 
     /// Distinct service ports across the mesh: one outbound listener and route table each.
     pub fn service_ports(&self) -> BTreeSet<u16> {
-        self.services.iter().flat_map(|s| s.ports.iter().map(|p| p.port)).collect()
+        let external = self.edge.service_entries.iter().flat_map(|e| e.ports.iter().map(|p| p.number));
+        self.services.iter().flat_map(|s| s.ports.iter().map(|p| p.port)).chain(external).collect()
     }
 }

@@ -405,7 +405,13 @@ fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind
         admins.insert(name, serde_json::json!(p.admin));
     }
     for (port, local) in gateway_bind {
-        println!("gateway: Gateway port {port} is on http://127.0.0.1:{local}/");
+        let https = mesh
+            .gateways
+            .iter()
+            .flat_map(|g| g.spec.servers.iter())
+            .any(|s| s.port.number == *port && s.port.protocol == "HTTPS");
+        let scheme = if https { "https" } else { "http" };
+        println!("gateway: Gateway port {port} is on {scheme}://127.0.0.1:{local}/");
     }
     if let Some((port, local)) = gateway_bind.first() {
         // The first host a VirtualService binds to a Gateway on this port ("*" needs no header).

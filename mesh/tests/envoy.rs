@@ -1,5 +1,6 @@
-//! Envoy itself accepts what the control plane generates for examples/demo: a sidecar's and the
-//! gateway's resources are served over Delta ADS to Envoy (`ENVOY_BIN`, installed by
+//! Envoy itself accepts what the control plane generates for examples/demo and for the edge test
+//! mesh (HTTPS gateway, ServiceEntries): a sidecar's and the gateway's resources are served over
+//! Delta ADS to Envoy (`ENVOY_BIN`, installed by
 //! scripts/install-test-deps), which must ACK clusters, endpoints, listeners and routes and NACK
 //! nothing. The SDS secrets `default` and `ROOTCA` (pilot-agent's job; remora gets them with
 //! `--ca-address`) come from the same harness, signed by a dev CA. Skipped when Envoy is not
@@ -25,6 +26,72 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Serves `proxy`'s resources (and the workload secrets signed by a dev CA) to Envoy and checks
+/// that it ACKs every type of `want` and NACKs nothing.
+fn envoy_acks(envoy: &Path, mesh: &mesh::model::Mesh, label: &str, proxy: Proxy, node: &str, want: &[&str]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cp = ControlPlane::new();
+    for (ty, res) in mesh::resources(mesh, &proxy).unwrap() {
+        cp.set_all(ty, res);
+    }
+    let ca = certs::dev_ca::DevCa::new_root(&certs::dev_ca::CaOptions::default()).unwrap();
+    let id = certs::SpiffeId::parse("spiffe://cluster.local/ns/default/sa/default").unwrap();
+    let leaf = ca.issue(&certs::dev_ca::WorkloadOptions::spiffe(id)).unwrap();
+    for secret in [
+        serde_json::json!({"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": "default", "tls_certificate": {"certificate_chain": {"inline_string": leaf.chain_pem},
+            "private_key": {"inline_string": leaf.key_pem}}}),
+        serde_json::json!({"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": leaf.root_pem}}}),
+    ] {
+        let (ty, name, any) = xds_client::server::resource_from_json(&secret, "secret").unwrap();
+        cp.set(ty, &name, any);
+    }
+    let addr = rt.block_on(cp.serve_tcp(([127, 0, 0, 1], 0).into())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bootstrap.json");
+    let labels = std::collections::BTreeMap::from([("app".to_string(), "demo".to_string())]);
+    // sds-grpc: the harness (HTTP/2) instead of pilot-agent's socket.
+    let boot = mesh::runner::bootstrap(node, "demo", "default", "default", &labels, free_port(), addr).replace(
+        r#"{"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}"#,
+        &format!(r#"{{"socket_address": {{"address": "127.0.0.1", "port_value": {}}}}}"#, addr.port()),
+    );
+    let boot = boot.replace(
+        r#"{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s","#,
+        r#"{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+          "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},"#,
+    );
+    assert_eq!(boot.matches(&format!("\"port_value\": {}", addr.port())).count(), 2, "{boot}");
+    std::fs::write(&cfg, boot).unwrap();
+    let mut child = Command::new(envoy)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--concurrency", "1", "-l", "warning", "--base-id", &free_port().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("envoy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let done = rt.block_on(cp.wait_for(
+        |cp| {
+            let acks = cp.acks();
+            // SECRET: on the Delta ADS stream (sds-grpc, the workload secrets' source, is SotW).
+            !cp.nacks().is_empty()
+                || want.iter().all(|t| acks.iter().any(|a| a.type_url == *t && (*t != ads::SECRET || a.delta)))
+        },
+        Duration::from_secs(30),
+    ));
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+    assert!(cp.nacks().is_empty(), "{label}: Envoy NACKed: {:#?}\n{log}", cp.nacks());
+    assert!(done, "{label}: Envoy did not ACK every type: {:?}\n{log}", cp.acks());
+}
+
+const XDS: [&str; 4] = [ads::CLUSTER, ads::ENDPOINT, ads::LISTENER, ads::ROUTE];
+
 #[test]
 fn envoy_accepts_the_generated_config() {
     let Some(envoy) = envoy() else {
@@ -33,71 +100,36 @@ fn envoy_accepts_the_generated_config() {
     };
     let mut mesh = mesh::runner::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap();
     mesh.renumber((std::process::id() % 250 + 1) as u8);
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let pod = mesh.pods.iter().find(|p| p.name == "frontend-0").unwrap().clone();
     let bind = [(8080u16, free_port())];
-    for (label, proxy, node) in [
-        ("sidecar", Proxy::Sidecar(&pod), pod.node_id()),
-        ("gateway", Proxy::Gateway { bind: &bind }, xds::gateway_node_id()),
-    ] {
-        let cp = ControlPlane::new();
-        for (ty, res) in mesh::resources(&mesh, &proxy).unwrap() {
-            cp.set_all(ty, res);
-        }
-        let ca = certs::dev_ca::DevCa::new_root(&certs::dev_ca::CaOptions::default()).unwrap();
-        let id = certs::SpiffeId::parse(&pod.spiffe()).unwrap();
-        let leaf = ca.issue(&certs::dev_ca::WorkloadOptions::spiffe(id)).unwrap();
-        for secret in [
-            serde_json::json!({"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-                "name": "default", "tls_certificate": {"certificate_chain": {"inline_string": leaf.chain_pem},
-                "private_key": {"inline_string": leaf.key_pem}}}),
-            serde_json::json!({"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-                "name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": leaf.root_pem}}}),
-        ] {
-            let (ty, name, any) = xds_client::server::resource_from_json(&secret, "secret").unwrap();
-            cp.set(ty, &name, any);
-        }
-        let addr = rt.block_on(cp.serve_tcp(([127, 0, 0, 1], 0).into())).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("bootstrap.json");
-        let labels = pod.labels.clone();
-        // sds-grpc: the harness (HTTP/2) instead of pilot-agent's socket.
-        let boot = mesh::runner::bootstrap(&node, "demo", "default", "default", &labels, free_port(), addr).replace(
-            r#"{"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}"#,
-            &format!(r#"{{"socket_address": {{"address": "127.0.0.1", "port_value": {}}}}}"#, addr.port()),
-        );
-        let boot = boot.replace(
-            r#"{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s","#,
-            r#"{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
-              "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},"#,
-        );
-        assert_eq!(boot.matches(&format!("\"port_value\": {}", addr.port())).count(), 2, "{boot}");
-        std::fs::write(&cfg, boot).unwrap();
-        let mut child = Command::new(&envoy)
-            .arg("-c")
-            .arg(&cfg)
-            .args(["--concurrency", "1", "-l", "warning", "--base-id", &free_port().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("envoy.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let done = rt.block_on(cp.wait_for(
-            |cp| {
-                let acks = cp.acks();
-                !cp.nacks().is_empty()
-                    || [ads::CLUSTER, ads::ENDPOINT, ads::LISTENER, ads::ROUTE]
-                        .iter()
-                        .all(|t| acks.iter().any(|a| a.type_url == *t))
-            },
-            Duration::from_secs(30),
-        ));
-        let _ = child.kill();
-        let _ = child.wait();
-        let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
-        assert!(cp.nacks().is_empty(), "{label}: Envoy NACKed: {:#?}\n{log}", cp.nacks());
-        assert!(done, "{label}: Envoy did not ACK every type: {:?}\n{log}", cp.acks());
-    }
+    envoy_acks(&envoy, &mesh, "sidecar", Proxy::Sidecar(&pod), &pod.node_id(), &XDS);
+    envoy_acks(&envoy, &mesh, "gateway", Proxy::Gateway { bind: &bind }, &xds::gateway_node_id(), &XDS);
+}
+
+/// The edge test mesh (mesh/tests/data/edge): the gateway's HTTPS listener with its SNI chain
+/// and the `kubernetes://web-cert` secret fetched over ADS (Envoy ACKs the SECRET type too), the
+/// httpsRedirect route table; the sidecar's ServiceEntry clusters (EDS and STRICT_DNS), their
+/// endpoints and virtual hosts.
+#[test]
+fn envoy_accepts_the_edge_config() {
+    let Some(envoy) = envoy() else {
+        eprintln!("skipped: no Envoy (set ENVOY_BIN or run scripts/install-test-deps)");
+        return;
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/edge");
+    let mut mesh = mesh::runner::load(&dir).unwrap();
+    mesh.renumber((std::process::id() % 250 + 1) as u8);
+    let pod = mesh.pods[0].clone();
+    let bind = [(8080u16, free_port()), (8443u16, free_port())];
+    let sidecar = Proxy::Sidecar(&pod);
+    let clusters = xds::clusters(&mesh, &sidecar);
+    assert!(clusters.iter().any(|c| c["name"] == "outbound|18092||dns.ext.test" && c["type"] == "STRICT_DNS"));
+    envoy_acks(&envoy, &mesh, "edge sidecar", sidecar, &pod.node_id(), &XDS);
+    let gw = Proxy::Gateway { bind: &bind };
+    let listeners = xds::listeners(&mesh, &gw);
+    let tls = listeners.iter().find(|l| l["name"] == "0.0.0.0_8443").unwrap();
+    assert_eq!(tls["filter_chains"][0]["filter_chain_match"]["server_names"], serde_json::json!(["web.example.com"]));
+    let mut want = XDS.to_vec();
+    want.push(ads::SECRET);
+    envoy_acks(&envoy, &mesh, "edge gateway", gw, &xds::gateway_node_id(), &want);
 }

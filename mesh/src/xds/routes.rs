@@ -13,7 +13,7 @@ const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cance
 /// The route's retry policy (route/retry/retry.go): the default one as the 1.18/1.20 dumps show
 /// it (2 retries, retriable status 503), or a VirtualService's `retries` as `ConvertPolicy` does:
 /// integers in `retryOn` become retriable status codes.
-fn retry_policy(attempts: u32, retry_on: Option<&str>, per_try: Option<f64>) -> Value {
+pub(super) fn retry_policy(attempts: u32, retry_on: Option<&str>, per_try: Option<f64>) -> Value {
     let mut p = json!({
         "retry_on": DEFAULT_RETRY_ON,
         "num_retries": attempts,
@@ -65,7 +65,7 @@ fn string_match(m: &StringMatch) -> Value {
 }
 
 /// One VirtualService http route as Envoy routes (one per match, as istiod splits them).
-fn vs_routes(mesh: &Mesh, ns: &str, r: &HttpRoute, port_hint: Option<u16>) -> Vec<Value> {
+pub(super) fn vs_routes(mesh: &Mesh, ns: &str, r: &HttpRoute, port_hint: Option<u16>) -> Vec<Value> {
     // Mesh::build refuses a route without destinations.
     let Some(first) = r.route.first().map(|d| &d.destination) else { return Vec::new() };
     let dest = |d: &crate::manifest::Destination| {
@@ -188,6 +188,7 @@ pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str) -> Vec<Value> {
             let routes = mesh_routes(mesh, &host, port).unwrap_or_else(|| vec![default_route(svc, port)]);
             vhosts.push(json!({"name": format!("{host}:{port}"), "domains": domains, "routes": routes, "include_request_attempt_count": true}));
         }
+        vhosts.extend(super::service_entry::virtual_hosts(mesh, port));
         // buildCatchAllVirtualHost: REGISTRY_ONLY's `block_all` (502). ALLOW_ANY's `allow_any` to
         // PassthroughCluster needs the original destination, which plain-ports mode does not have.
         vhosts.push(json!({"name": "block_all", "domains": ["*"], "include_request_attempt_count": true,
@@ -201,10 +202,11 @@ pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str) -> Vec<Value> {
     out
 }
 
-/// Gateway route configs: `http.PORT` per Gateway server port, a virtual host `HOST:PORT` per
+/// Gateway route configs: `http.PORT` per HTTP Gateway server port (HTTPS: gateway.rs), a virtual host `HOST:PORT` per
 /// host of each VirtualService bound to a Gateway with that port.
 pub fn gateway_route_configs(mesh: &Mesh) -> Vec<Value> {
-    let mut ports: Vec<u16> = mesh.gateways.iter().flat_map(|g| g.spec.servers.iter().map(|s| s.port.number)).collect();
+    let servers = mesh.gateways.iter().flat_map(|g| g.spec.servers.iter());
+    let mut ports: Vec<u16> = servers.filter(|s| s.port.protocol == "HTTP").map(|s| s.port.number).collect();
     ports.sort();
     ports.dedup();
     let mut out = Vec::new();
