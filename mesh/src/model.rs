@@ -413,7 +413,7 @@ impl Mesh {
         self.gateways.iter().find(|g| g.namespace == gns && g.meta.name == gname)
     }
 
-    /// Distinct service ports across the mesh: one outbound listener and route table each.
+    /// Distinct Service and ServiceEntry ports: one outbound listener and route table each.
     pub fn service_ports(&self) -> BTreeSet<u16> {
         let external = self.edge.service_entries.iter().flat_map(|e| e.ports.iter().map(|p| p.number));
         self.services.iter().flat_map(|s| s.ports.iter().map(|p| p.port)).chain(external).collect()

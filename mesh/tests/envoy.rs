@@ -26,8 +26,9 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Serves `proxy`'s resources (and the workload secrets signed by a dev CA) to Envoy and checks
-/// that it ACKs every type of `want` and NACKs nothing.
+/// Serves `proxy`'s resources (and the workload secrets signed by a dev CA) to Envoy (or remora,
+/// which takes Envoy's command line) and checks that it ACKs every type of `want` and NACKs
+/// nothing.
 fn envoy_acks(envoy: &Path, mesh: &mesh::model::Mesh, label: &str, proxy: Proxy, node: &str, want: &[&str]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cp = ControlPlane::new();
@@ -86,8 +87,8 @@ fn envoy_acks(envoy: &Path, mesh: &mesh::model::Mesh, label: &str, proxy: Proxy,
     let _ = child.kill();
     let _ = child.wait();
     let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
-    assert!(cp.nacks().is_empty(), "{label}: Envoy NACKed: {:#?}\n{log}", cp.nacks());
-    assert!(done, "{label}: Envoy did not ACK every type: {:?}\n{log}", cp.acks());
+    assert!(cp.nacks().is_empty(), "{label}: NACKed: {:#?}\n{log}", cp.nacks());
+    assert!(done, "{label}: not every type ACKed: {:?}\n{log}", cp.acks());
 }
 
 const XDS: [&str; 4] = [ads::CLUSTER, ads::ENDPOINT, ads::LISTENER, ads::ROUTE];
@@ -131,5 +132,13 @@ fn envoy_accepts_the_edge_config() {
     assert_eq!(tls["filter_chains"][0]["filter_chain_match"]["server_names"], serde_json::json!(["web.example.com"]));
     let mut want = XDS.to_vec();
     want.push(ads::SECRET);
-    envoy_acks(&envoy, &mesh, "edge gateway", gw, &xds::gateway_node_id(), &want);
+    envoy_acks(&envoy, &mesh, "edge gateway", gw.clone(), &xds::gateway_node_id(), &want);
+    // remora on the same bootstrap (sds-grpc for the workload secrets, no --ca-address) also
+    // fetches the credential on ADS, by its config source, as Envoy does.
+    let remora = std::env::var_os("REMORA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_remora-demo")).with_file_name("remora"));
+    if remora.exists() {
+        envoy_acks(&remora, &mesh, "edge gateway on remora", gw, &xds::gateway_node_id(), &want);
+    }
 }

@@ -244,9 +244,12 @@ fn the_edge_folder_is_accepted() {
     assert!(m.service_ports().contains(&18091) && m.service_ports().contains(&18092));
 }
 
+/// A refusal case: the file edited, its edits (old, new), what the error must say.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+
 #[test]
 fn gateway_tls_errors_name_file_field_and_reason() {
-    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+    let cases: &[Case] = &[
         (
             "gateway.yaml",
             &[("credentialName: web-cert", "credentialName: nope")],
