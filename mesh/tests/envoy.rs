@@ -130,6 +130,8 @@ fn envoy_accepts_the_edge_config() {
     let listeners = xds::listeners(&mesh, &gw);
     let tls = listeners.iter().find(|l| l["name"] == "0.0.0.0_8443").unwrap();
     assert_eq!(tls["filter_chains"][0]["filter_chain_match"]["server_names"], serde_json::json!(["web.example.com"]));
+    let params = &tls["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]["tls_params"];
+    assert_eq!(params["tls_minimum_protocol_version"], "TLSv1_3");
     let mut want = XDS.to_vec();
     want.push(ads::SECRET);
     envoy_acks(&envoy, &mesh, "edge gateway", gw.clone(), &xds::gateway_node_id(), &want);

@@ -186,6 +186,9 @@ fn https_gateway_redirect_and_service_entries() {
         &url("/"),
     ]);
     assert_eq!((code, body.as_str()), (0, "2"));
+    // minProtocolVersion TLSV1_3: a TLS 1.2 client is refused at the handshake.
+    let (code, body) = curl(&["--cacert", ca, "--resolve", &resolve, "--tls-max", "1.2", &url("/")]);
+    assert_eq!(code, 35, "{body}");
     // An SNI no server names: no filter chain matches, the handshake is refused (curl: 35).
     let other = format!("other.example.com:{https}:127.0.0.1");
     let (code, body) = curl(&["--cacert", ca, "--resolve", &other, &format!("https://other.example.com:{https}/")]);
@@ -260,13 +263,21 @@ fn gateway_tls_errors_name_file_field_and_reason() {
             &[("mode: SIMPLE", "mode: MUTUAL")],
             &["gateway.yaml", "spec.servers[1].tls.mode", "MUTUAL", "use SIMPLE"],
         ),
+        (
+            "gateway.yaml",
+            &[("TLSV1_3", "TLSV1_4")],
+            &["spec.servers[1].tls.minProtocolVersion", "'TLSV1_4' is not a TLS version"],
+        ),
         ("gateway.yaml", &[("mode: SIMPLE", "mode: ISTIO_MUTUAL")], &["spec.servers[1].tls.mode", "ISTIO_MUTUAL"]),
         ("gateway.yaml", &[("mode: SIMPLE", "mode: PASSTHROUGH")], &["spec.servers[1].tls.mode", "PASSTHROUGH"]),
         ("gateway.yaml", &[("      mode: SIMPLE\n", "")], &["spec.servers[1].tls.mode", "PASSTHROUGH (the default)"]),
         (
             "gateway.yaml",
-            &[("credentialName: web-cert", "credentialName: web-cert\n      minProtocolVersion: TLSV1_3")],
-            &["spec.servers[1].tls", "unknown field `minProtocolVersion`"],
+            &[(
+                "credentialName: web-cert",
+                "credentialName: web-cert\n      cipherSuites: [ECDHE-ECDSA-AES128-GCM-SHA256]",
+            )],
+            &["spec.servers[1].tls", "unknown field `cipherSuites`"],
         ),
         (
             "gateway.yaml",

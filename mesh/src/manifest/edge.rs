@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{ManifestError, Manifests, Meta, Resource, parse};
 
 /// A Gateway server's `tls` (Istio's ServerTLSSettings): `SIMPLE` termination with a
-/// `credentialName`, or `httpsRedirect` on an HTTP server.
+/// `credentialName` and the TLS versions, or `httpsRedirect` on an HTTP server.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerTls {
@@ -20,6 +20,24 @@ pub struct ServerTls {
     pub credential_name: Option<String>,
     #[serde(default)]
     pub https_redirect: bool,
+    #[serde(default)]
+    pub min_protocol_version: Option<String>,
+    #[serde(default)]
+    pub max_protocol_version: Option<String>,
+}
+
+impl ServerTls {
+    /// Envoy's TLS version for Istio's `TLSV1_2` and the like; `None` for `TLS_AUTO` or a name
+    /// that is not a version.
+    pub fn envoy_version(v: &str) -> Option<&'static str> {
+        match v {
+            "TLSV1_0" => Some("TLSv1_0"),
+            "TLSV1_1" => Some("TLSv1_1"),
+            "TLSV1_2" => Some("TLSv1_2"),
+            "TLSV1_3" => Some("TLSv1_3"),
+            _ => None,
+        }
+    }
 }
 
 /// A `kubernetes.io/tls` Secret: its certificate chain and key, PEM.

@@ -247,7 +247,8 @@ pub fn check_gateways(gateways: &[Resource<GatewaySpec>], secrets: &[TlsSecret])
             let tls = s.tls.clone().unwrap_or_default();
             match s.port.protocol.as_str() {
                 "HTTP" => {
-                    if tls.mode.is_some() || tls.credential_name.is_some() {
+                    let versions = tls.min_protocol_version.is_some() || tls.max_protocol_version.is_some();
+                    if tls.mode.is_some() || tls.credential_name.is_some() || versions {
                         return Err(err(
                             "tls",
                             "an HTTP server takes only tls.httpsRedirect; terminate TLS on a protocol HTTPS server"
@@ -329,6 +330,18 @@ fn check_https_tls(
             ));
         }
         Some(other) => return Err(err("tls.mode", format!("{other} is not a TLS mode"))),
+    }
+    for (f, v) in [("minProtocolVersion", &tls.min_protocol_version), ("maxProtocolVersion", &tls.max_protocol_version)]
+    {
+        if let Some(v) = v
+            && v != "TLS_AUTO"
+            && crate::manifest::ServerTls::envoy_version(v).is_none()
+        {
+            return Err(err(
+                &format!("tls.{f}"),
+                format!("'{v}' is not a TLS version (TLS_AUTO, TLSV1_0 ... TLSV1_3)"),
+            ));
+        }
     }
     let Some(name) = tls.credential_name.as_deref() else {
         return Err(err(

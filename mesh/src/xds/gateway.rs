@@ -6,7 +6,7 @@
 //! - an HTTPS port: the same listener name with the TLS inspector and one chain per server,
 //!   matched by SNI (`server_names`: the server's hosts, none for `*`), terminating TLS with the
 //!   SDS secret `kubernetes://CREDENTIAL` from ADS, ALPN h2 and http/1.1, no client certificate,
-//!   RDS `https.PORT.PORTNAME.GATEWAY.NAMESPACE`;
+//!   the server's min/max TLS versions, RDS `https.PORT.PORTNAME.GATEWAY.NAMESPACE`;
 //! - the secrets themselves, served on the gateway's ADS stream as istiod's SecretGen does.
 
 use base64::Engine as _;
@@ -71,6 +71,17 @@ pub fn listeners(mesh: &Mesh, bind: &[(u16, u16)]) -> Vec<Value> {
                         "require_client_certificate": false,
                     }},
                 });
+                // applyServerTLSSettings: the versions the server names.
+                let tls = s.tls.clone().unwrap_or_default();
+                let versions = [
+                    ("tls_minimum_protocol_version", &tls.min_protocol_version),
+                    ("tls_maximum_protocol_version", &tls.max_protocol_version),
+                ];
+                for (key, v) in versions {
+                    if let Some(v) = v.as_deref().and_then(crate::manifest::ServerTls::envoy_version) {
+                        chain["transport_socket"]["typed_config"]["common_tls_context"]["tls_params"][key] = json!(v);
+                    }
+                }
                 let hosts: Vec<&str> = s.hosts.iter().map(|h| server_host(h)).collect();
                 if !hosts.contains(&"*") {
                     chain["filter_chain_match"] = json!({"server_names": hosts});
