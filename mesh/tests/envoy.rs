@@ -30,6 +30,19 @@ fn free_port() -> u16 {
 /// which takes Envoy's command line) and checks that it ACKs every type of `want` and NACKs
 /// nothing.
 fn envoy_acks(envoy: &Path, mesh: &mesh::model::Mesh, label: &str, proxy: Proxy, node: &str, want: &[&str]) {
+    run_proxy(envoy, mesh, label, proxy, node, want, &Vec::new);
+}
+
+/// [`envoy_acks`], then `probe` while the proxy runs: what a client sees.
+fn run_proxy(
+    envoy: &Path,
+    mesh: &mesh::model::Mesh,
+    label: &str,
+    proxy: Proxy,
+    node: &str,
+    want: &[&str],
+    probe: &dyn Fn() -> Vec<String>,
+) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cp = ControlPlane::new();
     for (ty, res) in mesh::resources(mesh, &proxy).unwrap() {
@@ -84,11 +97,45 @@ fn envoy_acks(envoy: &Path, mesh: &mesh::model::Mesh, label: &str, proxy: Proxy,
         },
         Duration::from_secs(30),
     ));
+    let seen = if done && cp.nacks().is_empty() { probe() } else { Vec::new() };
     let _ = child.kill();
     let _ = child.wait();
     let log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
     assert!(cp.nacks().is_empty(), "{label}: NACKed: {:#?}\n{log}", cp.nacks());
     assert!(done, "{label}: not every type ACKed: {:?}\n{log}", cp.acks());
+    seen
+}
+
+/// What curl sees of the edge gateway (`http`, `https`: its local ports): the right SNI (retried
+/// until the TLS listener, waiting for its secret, is up), TLS 1.2 against a TLS 1.3 minimum, an
+/// SNI no server names, plain HTTP on the httpsRedirect server. Each as `exit status redirect`.
+fn edge_probe(http: u16, https: u16) -> Vec<String> {
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/edge-ca.pem");
+    let ca = ca.to_str().unwrap().to_string();
+    let curl = |host: &str, extra: &[&str], url: String| {
+        let resolve = format!("{host}:{https}:127.0.0.1");
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"])
+            .args(["--cacert", &ca, "--resolve", &resolve])
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        format!("{} {}", out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim_end())
+    };
+    let good = || curl("web.example.com", &[], format!("https://web.example.com:{https}/"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut first = good();
+    while !first.starts_with("0 ") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        first = good();
+    }
+    vec![
+        first,
+        curl("web.example.com", &["--tls-max", "1.2"], format!("https://web.example.com:{https}/")),
+        curl("other.example.com", &[], format!("https://other.example.com:{https}/")),
+        curl("web.example.com", &["-H", "Host: web.example.com"], format!("http://127.0.0.1:{http}/some/path?q=1")),
+    ]
 }
 
 const XDS: [&str; 4] = [ads::CLUSTER, ads::ENDPOINT, ads::LISTENER, ads::ROUTE];
@@ -110,7 +157,8 @@ fn envoy_accepts_the_generated_config() {
 /// The edge test mesh (mesh/tests/data/edge): the gateway's HTTPS listener with its SNI chain
 /// and the `kubernetes://web-cert` secret fetched over ADS (Envoy ACKs the SECRET type too), the
 /// httpsRedirect route table; the sidecar's ServiceEntry clusters (EDS and STRICT_DNS), their
-/// endpoints and virtual hosts.
+/// endpoints and virtual hosts. Then the same gateway config on remora: it ACKs the same, and
+/// curl sees the same of both (TLS with the right SNI, refusals, the redirect).
 #[test]
 fn envoy_accepts_the_edge_config() {
     let Some(envoy) = envoy() else {
@@ -121,7 +169,8 @@ fn envoy_accepts_the_edge_config() {
     let mut mesh = mesh::runner::load(&dir).unwrap();
     mesh.renumber((std::process::id() % 250 + 1) as u8);
     let pod = mesh.pods[0].clone();
-    let bind = [(8080u16, free_port()), (8443u16, free_port())];
+    let (http, https) = (free_port(), free_port());
+    let bind = [(8080u16, http), (8443u16, https)];
     let sidecar = Proxy::Sidecar(&pod);
     let clusters = xds::clusters(&mesh, &sidecar);
     assert!(clusters.iter().any(|c| c["name"] == "outbound|18092||dns.ext.test" && c["type"] == "STRICT_DNS"));
@@ -134,13 +183,24 @@ fn envoy_accepts_the_edge_config() {
     assert_eq!(params["tls_minimum_protocol_version"], "TLSv1_3");
     let mut want = XDS.to_vec();
     want.push(ads::SECRET);
-    envoy_acks(&envoy, &mesh, "edge gateway", gw.clone(), &xds::gateway_node_id(), &want);
+    let probe = || edge_probe(http, https);
+    let curl = Command::new("curl").arg("--version").output().is_ok();
+    let probe: &dyn Fn() -> Vec<String> = if curl { &probe } else { &Vec::new };
+    let envoy_saw = run_proxy(&envoy, &mesh, "edge gateway", gw.clone(), &xds::gateway_node_id(), &want, probe);
+    if curl {
+        // The handshake succeeds with the right SNI (the backends are not running: 503), TLS 1.2
+        // and an unknown SNI are refused (curl: 35), plain HTTP is redirected.
+        assert_eq!(envoy_saw[0], "0 503", "{envoy_saw:?}");
+        assert_eq!(envoy_saw[1..3], ["35 000", "35 000"], "{envoy_saw:?}");
+        assert_eq!(envoy_saw[3], "0 301 https://web.example.com/some/path?q=1", "{envoy_saw:?}");
+    }
     // remora on the same bootstrap (sds-grpc for the workload secrets, no --ca-address) also
     // fetches the credential on ADS, by its config source, as Envoy does.
     let remora = std::env::var_os("REMORA_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_remora-demo")).with_file_name("remora"));
     if remora.exists() {
-        envoy_acks(&remora, &mesh, "edge gateway on remora", gw, &xds::gateway_node_id(), &want);
+        let remora_saw = run_proxy(&remora, &mesh, "edge gateway on remora", gw, &xds::gateway_node_id(), &want, probe);
+        assert_eq!(remora_saw, envoy_saw, "remora, then Envoy");
     }
 }

@@ -238,7 +238,7 @@ pub fn server_host(h: &str) -> &str {
 /// and a `credentialName` naming a Secret in the gateway's namespace; one protocol per port (the
 /// demo's one ingress gateway serves every Gateway); no SNI host twice on a port.
 pub fn check_gateways(gateways: &[Resource<GatewaySpec>], secrets: &[TlsSecret]) -> Result<(), ManifestError> {
-    // port -> (protocol, SNI hosts so far, where the first server came from)
+    // port -> (protocol, the SNI hosts of its HTTPS servers so far)
     let mut by_port: BTreeMap<u16, (String, Vec<String>)> = BTreeMap::new();
     for gw in gateways {
         for (i, s) in gw.spec.servers.iter().enumerate() {
