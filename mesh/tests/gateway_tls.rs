@@ -108,14 +108,17 @@ fn https_gateway_redirect_and_service_entries() {
         return;
     }
     let (outside, hits) = outside_server();
-    let (static_port, dns_port) = (free_port(), free_port());
-    let (o, sp, dp) = (outside.to_string(), static_port.to_string(), dns_port.to_string());
+    let (static_port, dns_port, internal_port) = (free_port(), free_port(), free_port());
+    let (o, sp, dp, ip) =
+        (outside.to_string(), static_port.to_string(), dns_port.to_string(), internal_port.to_string());
     // static.ext.test:STATIC -> 127.0.0.1:OUTSIDE; dns.ext.test:DNS -> localhost:OUTSIDE.
     let dir = edge_with(
         "egress.yaml",
         &[
             ("number: 18091", &format!("number: {sp}")),
             ("number: 18092", &format!("number: {dp}")),
+            ("number: 18093", &format!("number: {ip}")),
+            ("ports: {http-internal: 18091}", &format!("ports: {{http-internal: {o}}}")),
             ("- address: 127.0.0.1", &format!("- address: 127.0.0.1\n    ports: {{http: {o}}}")),
             ("ports: {http: 18091}", &format!("ports: {{http: {o}}}")),
         ],
@@ -206,8 +209,14 @@ fn https_gateway_redirect_and_service_entries() {
     assert_eq!(code, 0, "{body}");
     assert_eq!(body, "301 https://web.example.com/some/path?q=1");
 
-    // The ServiceEntry hosts, from the app through its sidecar (STATIC, then DNS `localhost`).
-    for host in [format!("static.ext.test:{static_port}"), format!("dns.ext.test:{dns_port}")] {
+    // The ServiceEntry hosts, from the app through its sidecar (STATIC, then DNS `localhost`,
+    // then MESH_INTERNAL: plaintext, the endpoint has no tlsMode label).
+    let hosts = [
+        format!("static.ext.test:{static_port}"),
+        format!("dns.ext.test:{dns_port}"),
+        format!("internal.ext.test:{internal_port}"),
+    ];
+    for host in hosts {
         let before = hits.load(Ordering::SeqCst);
         let (code, body) = curl(&["--cacert", ca, "--resolve", &resolve, &url(&format!("/call/{host}/x"))]);
         assert_eq!(code, 0, "{body}");
@@ -243,7 +252,7 @@ fn refused(dir: &Path) -> String {
 fn the_edge_folder_is_accepted() {
     let m = mesh::runner::load(&data().join("edge")).unwrap();
     assert_eq!(m.edge.secrets.len(), 1);
-    assert_eq!(m.edge.service_entries.len(), 2);
+    assert_eq!(m.edge.service_entries.len(), 3);
     assert!(m.service_ports().contains(&18091) && m.service_ports().contains(&18092));
 }
 
