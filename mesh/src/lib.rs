@@ -24,7 +24,7 @@ pub fn resources(mesh: &Mesh, proxy: &Proxy) -> Result<Resources, String> {
     // conversions below rather than decode it again for every resource.
     let _pool = xds_client::descriptors::pool();
     let routes = match proxy {
-        Proxy::Sidecar(pod) => xds::sidecar_route_configs(mesh, &pod.namespace),
+        Proxy::Sidecar(pod) => xds::sidecar_route_configs(mesh, &pod.namespace, &pod.labels),
         Proxy::Gateway { .. } => xds::gateway::route_configs(mesh),
     };
     let mut groups = vec![

@@ -1,8 +1,8 @@
 //! Manifests as users write them: a folder of YAML files, several documents per file, each a
 //! Kubernetes `Service`/`Deployment`/`Secret` or an Istio `VirtualService`, `DestinationRule`,
-//! `Gateway`, `PeerAuthentication`, `ServiceEntry` or `Sidecar` (the last three and Secrets in
-//! `edge`). Anything else (another kind, a field this control plane does not
-//! translate) is refused with the file, the field and the reason.
+//! `Gateway`, `PeerAuthentication`, `AuthorizationPolicy` or `RequestAuthentication` (`security`),
+//! `ServiceEntry` or `Sidecar` (`edge`, with Secrets). Anything else (another kind, a field this
+//! control plane does not translate) is refused with the file, the field and the reason.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +10,13 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+mod routing;
+pub use routing::{
+    DirectResponse, DirectResponseBody, HeaderOperations, Headers, MirrorPolicy, PortTrafficPolicy, Redirect,
+    RegexRewrite, Rewrite,
+};
 mod edge;
+pub mod security;
 pub use edge::{
     OutboundTrafficPolicy, ServerTls, ServiceEntry, ServiceEntryEndpoint, ServiceEntryPort, ServiceEntrySpec,
     SidecarSpec, TlsSecret, find_secret,
@@ -152,6 +158,27 @@ pub struct HttpMatch {
     pub uri: Option<StringMatch>,
     #[serde(default)]
     pub headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatch>,
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    #[serde(default)]
+    pub scheme: Option<StringMatch>,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    #[serde(default)]
+    pub source_labels: Labels,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub gateways: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub port: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub source_namespace: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +203,8 @@ pub struct RouteDestination {
     pub destination: Destination,
     #[serde(default)]
     pub weight: Option<u32>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +215,8 @@ pub struct Retries {
     pub per_try_timeout: Option<String>,
     #[serde(default)]
     pub retry_on: Option<String>,
+    #[serde(default)]
+    pub retry_remote_localities: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +257,8 @@ pub struct HttpRoute {
     pub name: Option<String>,
     #[serde(default, rename = "match")]
     pub matches: Vec<HttpMatch>,
+    /// Empty for a `redirect` or `directResponse` rule.
+    #[serde(default)]
     pub route: Vec<RouteDestination>,
     #[serde(default)]
     pub retries: Option<Retries>,
@@ -233,6 +266,27 @@ pub struct HttpRoute {
     pub timeout: Option<String>,
     #[serde(default)]
     pub fault: Option<Fault>,
+    #[serde(default)]
+    pub mirror: Option<Destination>,
+    #[serde(default)]
+    pub mirror_percentage: Option<Percent>,
+    #[serde(default)]
+    pub mirrors: Vec<MirrorPolicy>,
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponse>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub cors_policy: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub mirror_percent: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub delegate: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,7 +302,17 @@ pub struct VirtualServiceSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
-    pub simple: String,
+    #[serde(default)]
+    pub simple: Option<String>,
+    /// Refused with a reason (`model::routing`).
+    #[serde(default)]
+    pub consistent_hash: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub locality_lb_setting: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub warmup_duration_secs: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub warmup: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -269,6 +333,10 @@ pub struct HttpPool {
     pub http2_max_requests: Option<u32>,
     #[serde(default)]
     pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -314,6 +382,8 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub tls: Option<ClientTls>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,6 +392,8 @@ pub struct Subset {
     pub name: String,
     #[serde(default)]
     pub labels: Labels,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -393,6 +465,8 @@ pub struct Manifests {
     pub destination_rules: Vec<Resource<DestinationRuleSpec>>,
     pub gateways: Vec<Resource<GatewaySpec>>,
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
+    pub authorization_policies: Vec<Resource<security::AuthorizationPolicySpec>>,
+    pub request_authentications: Vec<Resource<security::RequestAuthenticationSpec>>,
     pub secrets: Vec<TlsSecret>,
     pub service_entries: Vec<ServiceEntry>,
     pub sidecars: Vec<Resource<SidecarSpec>>,
@@ -483,15 +557,35 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 want_group("security.istio.io")?;
                 out.peer_authentications.push(parse(file, &at, &doc)?)
             }
+            "Namespace" => {
+                want_group("")?;
+                // Every pod of the demo gets a sidecar: a namespace can only ask for that.
+                let injection =
+                    value.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.get("istio-injection"));
+                if let Some(v) = injection.filter(|v| v.as_str() != Some("enabled")) {
+                    return Err(err(
+                        format!("{at}: metadata.labels.istio-injection"),
+                        format!("{v:?}: the demo injects a sidecar into every pod; only 'enabled' is supported"),
+                    ));
+                }
+            }
+            "AuthorizationPolicy" => {
+                want_group("security.istio.io")?;
+                out.authorization_policies.push(parse(file, &at, &doc)?)
+            }
+            "RequestAuthentication" => {
+                want_group("security.istio.io")?;
+                out.request_authentications.push(parse(file, &at, &doc)?)
+            }
             "Secret" | "ServiceEntry" | "Sidecar" => edge::load(file, &at, &kind, &api, &doc, out)?,
             "" => return Err(err(format!("{at}: kind"), "missing".into())),
             other => {
                 return Err(err(
                     format!("{at}: kind"),
                     format!(
-                        "kind '{other}' is not supported by the demo control plane (supported: Service, \
-                         Deployment, Secret, VirtualService, DestinationRule, Gateway, PeerAuthentication, \
-                         ServiceEntry, Sidecar)"
+                        "kind '{other}' is not supported by the demo control plane (supported: Namespace, \
+                         Service, Deployment, Secret, VirtualService, DestinationRule, Gateway, \
+                         PeerAuthentication, AuthorizationPolicy, RequestAuthentication, ServiceEntry, Sidecar)"
                     ),
                 ));
             }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 pub mod edge;
+mod routing;
 
 use crate::manifest::{
     DestinationRuleSpec, GatewaySpec, IntOrString, Labels, ManifestError, Manifests, Resource, VirtualServiceSpec,
@@ -87,6 +88,8 @@ pub struct Mesh {
     pub gateways: Vec<Resource<GatewaySpec>>,
     /// STRICT (true) or PERMISSIVE per namespace; `ROOT_NAMESPACE` is the mesh-wide default.
     pub strict: BTreeMap<String, bool>,
+    /// AuthorizationPolicies and RequestAuthentications, checked (manifest/security.rs).
+    pub security: crate::xds::authz::Security,
     /// Where the ingress gateway's listeners bind: 127.0.0.1 for `remora demo`, 0.0.0.0 in the
     /// compose mesh (its container publishes them).
     pub gateway_ip: Ipv4Addr,
@@ -241,6 +244,7 @@ impl Mesh {
             destination_rules: m.destination_rules,
             gateways: m.gateways,
             strict,
+            security: crate::xds::authz::Security::build(m.authorization_policies, m.request_authentications)?,
             gateway_ip: Ipv4Addr::LOCALHOST,
         };
         mesh.check()?;
@@ -289,36 +293,8 @@ impl Mesh {
             if self.service(&host).is_none() {
                 return Err(fail(&dr.file, format!("{at}: spec.host"), format!("no Service '{host}'")));
             }
-            if let Some(tp) = &dr.spec.traffic_policy {
-                if let Some(lb) = &tp.load_balancer
-                    && !["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "UNSPECIFIED"].contains(&lb.simple.as_str())
-                {
-                    return Err(fail(
-                        &dr.file,
-                        format!("{at}: spec.trafficPolicy.loadBalancer.simple"),
-                        format!("{} is not supported", lb.simple),
-                    ));
-                }
-                if let Some(tls) = &tp.tls
-                    && tls.mode != "ISTIO_MUTUAL"
-                {
-                    return Err(fail(
-                        &dr.file,
-                        format!("{at}: spec.trafficPolicy.tls.mode"),
-                        format!("{} is not supported (only ISTIO_MUTUAL)", tls.mode),
-                    ));
-                }
-                let durations = [
-                    tp.connection_pool.as_ref().and_then(|c| c.tcp.as_ref()).and_then(|t| t.connect_timeout.clone()),
-                    tp.outlier_detection.as_ref().and_then(|o| o.interval.clone()),
-                    tp.outlier_detection.as_ref().and_then(|o| o.base_ejection_time.clone()),
-                ];
-                for d in durations.into_iter().flatten() {
-                    if parse_duration(&d).is_none() {
-                        return Err(fail(&dr.file, format!("{at}: spec.trafficPolicy"), format!("bad duration '{d}'")));
-                    }
-                }
-            }
+            // The rule's, its ports' and its subsets' policies (model/routing.rs).
+            self.check_traffic_policies(dr)?;
         }
         edge::check_gateways(&self.gateways, &self.edge.secrets)?;
         for vs in &self.virtual_services {
@@ -330,26 +306,8 @@ impl Mesh {
             }
             for (i, r) in vs.spec.http.iter().enumerate() {
                 let field = |f: &str| format!("{at}: spec.http[{i}].{f}");
-                if r.route.is_empty() {
-                    return Err(fail(&vs.file, field("route"), "at least one destination is needed".into()));
-                }
-                for (j, m) in r.matches.iter().enumerate() {
-                    for (what, sm) in m
-                        .uri
-                        .iter()
-                        .map(|u| ("uri".to_string(), u))
-                        .chain(m.headers.iter().map(|(h, s)| (format!("headers.{h}"), s)))
-                    {
-                        let set = [&sm.exact, &sm.prefix, &sm.regex].iter().filter(|o| o.is_some()).count();
-                        if set != 1 {
-                            return Err(fail(
-                                &vs.file,
-                                field(&format!("match[{j}].{what}")),
-                                "give exactly one of exact, prefix, regex".into(),
-                            ));
-                        }
-                    }
-                }
+                // Matches, actions, mirrors, rewrites, redirects, headers (model/routing.rs).
+                self.check_http_rule(vs, i, r)?;
                 for (j, d) in r.route.iter().enumerate() {
                     let host = fqdn(&d.destination.host, &vs.namespace);
                     let Some(svc) = self.service(&host) else {

@@ -23,6 +23,9 @@ pub struct Options {
     /// Where the gateway's first HTTP server port is published on 127.0.0.1 (others follow).
     pub gateway_port: u16,
     pub remora: PathBuf,
+    /// Run this Envoy binary as every proxy instead of remora: the oracle for the same
+    /// control-plane output. Its SDS secrets come from its xDS harness (pilot-agent's job).
+    pub envoy: Option<PathBuf>,
     pub app: PathBuf,
     /// Logs, bootstraps and certificates go here.
     pub work_dir: PathBuf,
@@ -86,6 +89,43 @@ pub fn bootstrap(
     )
 }
 
+/// For an Envoy proxy: the SDS secrets pilot-agent would serve, `default` (a certificate for
+/// `spiffe` from the mesh's CA) and `ROOTCA`, on the proxy's own xDS harness.
+fn serve_secrets(cp: &ControlPlane, ca: &TestCaServer, spiffe: &str) -> Result<(), String> {
+    let id = certs::SpiffeId::parse(spiffe).map_err(|e| format!("{spiffe}: {e}"))?;
+    let leaf = ca.ca().issue(&certs::dev_ca::WorkloadOptions::spiffe(id)).map_err(|e| e.to_string())?;
+    let secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    for s in [
+        serde_json::json!({"@type": secret, "name": "default", "tls_certificate": {
+            "certificate_chain": {"inline_string": leaf.chain_pem}, "private_key": {"inline_string": leaf.key_pem}}}),
+        serde_json::json!({"@type": secret, "name": "ROOTCA", "validation_context": {
+            "trusted_ca": {"inline_string": ca.root_pem()}}}),
+    ] {
+        let (ty, name, any) = xds_client::server::resource_from_json(&s, "secret").map_err(|e| e.to_string())?;
+        cp.set(ty, &name, any);
+    }
+    Ok(())
+}
+
+/// The bootstrap for Envoy: `sds-grpc` is the proxy's xDS harness (HTTP/2 over TCP) instead of
+/// pilot-agent's unix socket.
+fn envoy_bootstrap(boot: &str, xds: SocketAddr) -> Result<String, String> {
+    let pipe = r#"{"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}"#;
+    let sds = r#"{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s","#;
+    if !boot.contains(pipe) || !boot.contains(sds) {
+        return Err("the bootstrap's sds-grpc cluster has changed shape; cannot point it at the harness".into());
+    }
+    Ok(boot
+        .replace(pipe, &format!(r#"{{"socket_address": {{"address": "{}", "port_value": {}}}}}"#, xds.ip(), xds.port()))
+        .replace(
+            sds,
+            r#"{"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+      "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}},"#,
+        ))
+}
+
 /// Serves `mesh` to every proxy: replaces each harness's resources.
 pub(crate) fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)]) -> Result<(), String> {
     for p in proxies {
@@ -94,7 +134,21 @@ pub(crate) fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)
             None => Proxy::Gateway { bind: gateway_bind },
         };
         for (ty, res) in crate::resources(mesh, &proxy)? {
-            p.cp.set_all(ty, res);
+            if ty != xds_client::ads::SECRET {
+                p.cp.set_all(ty, res);
+                continue;
+            }
+            // The gateway's credentials (`kubernetes://NAME`) only: under --envoy the harness also
+            // serves the proxy's `default` and `ROOTCA`, which a push must leave alone.
+            let keep: Vec<&str> = res.iter().map(|(n, _)| n.as_str()).collect();
+            for stale in p.cp.names(ty).into_iter().filter(|n| n.starts_with("kubernetes://")) {
+                if !keep.contains(&stale.as_str()) {
+                    p.cp.remove(ty, &stale);
+                }
+            }
+            for (name, any) in res {
+                p.cp.set(ty, &name, any);
+            }
         }
     }
     Ok(())
@@ -261,21 +315,36 @@ async fn start_proxy(
     let run = ProxyRun { pod: pod.cloned(), cp, admin };
     push(mesh, std::slice::from_ref(&run), gateway_bind)?;
     let cfg = opts.work_dir.join(format!("{name}.json"));
-    std::fs::write(&cfg, bootstrap(&node, &cluster, &ns, &sa, &labels, admin, addr))
-        .map_err(|e| format!("{}: {e}", cfg.display()))?;
-    let child = Command::new(&opts.remora)
-        .arg("-c")
-        .arg(&cfg)
-        .args(["--concurrency", "1", "-l", "info"])
-        .args(["--ca-address", &ca.addr().to_string(), "--ca-server-name", ca.server_name()])
-        .arg("--ca-root-cert")
-        .arg(root)
+    let boot = bootstrap(&node, &cluster, &ns, &sa, &labels, admin, addr);
+    let mut cmd = match &opts.envoy {
+        Some(envoy) => {
+            serve_secrets(&run.cp, ca, &format!("spiffe://{}/ns/{ns}/sa/{sa}", crate::model::TRUST_DOMAIN))?;
+            std::fs::write(&cfg, envoy_bootstrap(&boot, addr)?).map_err(|e| format!("{}: {e}", cfg.display()))?;
+            let mut c = Command::new(envoy);
+            // A base id of its own: several Envoys on one machine must not share hot-restart memory.
+            c.arg("-c").arg(&cfg).args(["--concurrency", "1", "-l", "info", "--base-id", &admin.to_string()]);
+            c
+        }
+        None => {
+            std::fs::write(&cfg, boot).map_err(|e| format!("{}: {e}", cfg.display()))?;
+            let mut c = Command::new(&opts.remora);
+            c.arg("-c")
+                .arg(&cfg)
+                .args(["--concurrency", "1", "-l", "info"])
+                .args(["--ca-address", &ca.addr().to_string(), "--ca-server-name", ca.server_name()])
+                .arg("--ca-root-cert")
+                .arg(root);
+            c
+        }
+    };
+    let bin = opts.envoy.as_ref().unwrap_or(&opts.remora).display().to_string();
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log_file(opts, &name)?)
         .stderr(log_file(opts, &format!("{name}.err"))?)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", opts.remora.display()))?;
+        .map_err(|e| format!("starting {bin}: {e}"))?;
     children.push((name, child));
     proxies.push(run);
     Ok(())

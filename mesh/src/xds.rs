@@ -6,7 +6,10 @@
 //! Istio's telemetry filters (istio.stats, metadata exchange, grpc_stats, istio.alpn) are left
 //! out; see mesh/README in the top-level README's "Demo mesh" section.
 
+mod authn;
+pub mod authz;
 pub mod gateway;
+mod policy;
 mod routes;
 pub mod service_entry;
 
@@ -14,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::model::{Mesh, Pod, Service, TRUST_DOMAIN};
 
-pub use routes::{gateway_route_configs, sidecar_route_configs};
+pub use routes::{gateway_labels, gateway_route_configs, sidecar_route_configs};
 
 /// The proxy a resource set is for.
 #[derive(Debug, Clone)]
@@ -68,29 +71,24 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
             std::iter::once("").chain(dr.iter().flat_map(|d| d.spec.subsets.iter().map(|s| s.name.as_str()))).collect();
         for port in &svc.ports {
             for subset in &subsets {
-                let mut c = outbound_cluster(mesh, svc, port.port, subset);
-                if port.is_h2() {
-                    c["typed_extension_protocol_options"] = h2_options();
-                }
-                out.push(c);
+                out.push(outbound_cluster(mesh, svc, port.port, subset));
             }
         }
     }
     if let Proxy::Sidecar(pod) = proxy {
         for (port, target) in inbound_ports(mesh, pod) {
             let name = format!("inbound|{port}||");
-            out.push(json!({
+            let mut c = json!({
                 "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-                "name": name, "type": "STATIC", "connect_timeout": "10s",
-                "circuit_breakers": {"thresholds": [{"max_connections": 4294967295u32, "max_pending_requests": 4294967295u32,
-                    "max_requests": 4294967295u32, "max_retries": 4294967295u32, "track_remaining": true}]},
+                "name": name, "type": "STATIC",
                 "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
                     {"socket_address": {"address": pod.app_ip.to_string(), "port_value": target}}}}]}]},
-            }));
+            });
+            // The served service's connection pool applies server side too (istiod's inbound
+            // clusters); h2c to the app for `http2` ports.
             let h2 = mesh.services.iter().flat_map(|s| s.ports.iter()).any(|p| p.target == target && p.is_h2());
-            if h2 && let Some(c) = out.last_mut() {
-                c["typed_extension_protocol_options"] = h2_options();
-            }
+            policy::apply_connection_pool(&mut c, &policy::inbound(mesh, pod, target), h2);
+            out.push(c);
         }
     }
     out.extend(service_entry::clusters(mesh));
@@ -101,14 +99,6 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
         "circuit_breakers": {"thresholds": [{"max_connections": 4294967295u32, "max_pending_requests": 4294967295u32,
             "max_requests": 4294967295u32, "max_retries": 4294967295u32, "track_remaining": true}]}}));
     out
-}
-
-/// cluster_builder.go for HTTP/2 ports: the upstream speaks h2 (h2c inside the pod, h2 inside
-/// the mTLS tunnel between sidecars).
-fn h2_options() -> Value {
-    json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}})
 }
 
 /// The (service port, target port) pairs a pod serves, once per target port as istiod builds one
@@ -131,29 +121,14 @@ fn outbound_cluster(mesh: &Mesh, svc: &Service, port: u16, subset: &str) -> Valu
     let host = svc.fqdn();
     let name = outbound_name(port, subset, &host);
     let dr = mesh.destination_rule(&host);
-    let tp = dr.and_then(|d| d.spec.traffic_policy.clone()).unwrap_or_default();
-    let lb = match tp.load_balancer.as_ref().map(|l| l.simple.as_str()) {
-        Some("ROUND_ROBIN") => "ROUND_ROBIN",
-        Some("RANDOM") => "RANDOM",
-        _ => "LEAST_REQUEST",
-    };
-    let pool = tp.connection_pool.clone().unwrap_or_default();
-    let max = 4294967295u32;
-    let tcp = pool.tcp.unwrap_or_default();
-    let http = pool.http.unwrap_or_default();
-    let connect_timeout = tcp.connect_timeout.as_deref().and_then(crate::manifest::parse_duration).unwrap_or(10.0);
+    // The subset's and port's policy merged over the rule's (istiod's MergeSubsetTrafficPolicy).
+    let tp = policy::effective(dr.map(|d| &d.spec), subset, port);
+    let lb = policy::lb_policy(&tp);
     let mut c = json!({
         "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         "name": name, "type": "EDS",
         "eds_cluster_config": {"eds_config": ads(), "service_name": name},
-        "connect_timeout": dur(connect_timeout),
         "lb_policy": lb,
-        "circuit_breakers": {"thresholds": [{
-            "max_connections": tcp.max_connections.unwrap_or(max),
-            "max_pending_requests": http.http1_max_pending_requests.unwrap_or(max),
-            "max_requests": http.http2_max_requests.unwrap_or(max),
-            "max_retries": http.max_retries.unwrap_or(max),
-            "track_remaining": true}]},
         "metadata": {"filter_metadata": {"istio": {
             "services": [{"host": host, "namespace": svc.namespace, "name": svc.name}],
         }}},
@@ -174,6 +149,9 @@ fn outbound_cluster(mesh: &Mesh, svc: &Service, port: u16, subset: &str) -> Valu
     if let Some(od) = &tp.outlier_detection {
         apply_outlier_detection(&mut c, od);
     }
+    // Connect timeout, circuit breakers, HTTP protocol options (h2 for `http2` ports).
+    let h2 = svc.ports.iter().any(|p| p.port == port && p.is_h2());
+    policy::apply_connection_pool(&mut c, &tp, h2);
     c
 }
 
@@ -314,6 +292,7 @@ pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
             }
         }
     }
+    authz::add_filters(mesh, proxy, &mut out);
     out
 }
 

@@ -76,10 +76,10 @@ fn dangling_host_is_refused() {
 fn unsupported_field_names_its_path() {
     let text = std::fs::read_to_string(demo_dir().join("routing.yaml"))
         .unwrap()
-        .replace("    timeout: 10s\n", "    timeout: 10s\n    mirror: {host: ratings}\n");
+        .replace("    timeout: 10s\n", "    timeout: 10s\n    mirrorr: {host: ratings}\n");
     let d = with_file("routing.yaml", &text);
     let e = refused(d.path());
-    assert!(e.contains("routing.yaml") && e.contains("spec.http[0]") && e.contains("unknown field `mirror`"), "{e}");
+    assert!(e.contains("routing.yaml") && e.contains("spec.http[0]") && e.contains("unknown field `mirrorr`"), "{e}");
 }
 
 #[test]

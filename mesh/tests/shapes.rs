@@ -41,7 +41,7 @@ fn names_are_istiods() {
     let want: BTreeSet<String> =
         [format!("{out}_8000"), format!("{out}_9080"), format!("{out}_9081"), format!("{inb}_9080")].into();
     assert_eq!(listeners, want);
-    let routes = xds::sidecar_route_configs(&mesh, "default");
+    let routes = xds::sidecar_route_configs(&mesh, "default", &pod.labels);
     assert_eq!(names(&routes, "name"), ["8000", "9080", "9081"].map(String::from).into());
     let r9080 = routes.iter().find(|r| r["name"] == "9080").unwrap();
     assert_eq!(r9080["virtual_hosts"][0]["name"], "reviews.default.svc.cluster.local:9080");

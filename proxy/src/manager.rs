@@ -103,6 +103,27 @@ impl UpdateStats {
     }
 }
 
+/// One RDS subscription's stats, `http.<stat_prefix>.rds.<route_config_name>.*` (the prefix of
+/// the first HTTP connection manager that names it, `:` in the name as `_`), as Envoy keeps them.
+struct RdsStats {
+    config_reload: Counter,
+    update_attempt: Counter,
+    update_success: Counter,
+    update_rejected: Counter,
+}
+
+impl RdsStats {
+    fn new(cx: &BuildCtx, stat_prefix: &str, name: &str) -> Self {
+        let c = |n: &str| cx.stats.counter(&format!("http.{stat_prefix}.rds.{}.{n}", name.replace(':', "_")));
+        RdsStats {
+            config_reload: c("config_reload"),
+            update_attempt: c("update_attempt"),
+            update_success: c("update_success"),
+            update_rejected: c("update_rejected"),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct DynCluster {
     version: String,
@@ -137,6 +158,8 @@ struct State {
     static_listeners: Vec<Arc<Listener>>,
     listeners: HashMap<String, DynListener>,
     routes: HashMap<String, RouteEntry>,
+    /// Envoy's per-subscription RDS stats, by route configuration name.
+    rds_stats: HashMap<String, RdsStats>,
     /// Order dynamic listeners were added, for a stable snapshot order.
     listener_order: Vec<String>,
     cds_version: String,
@@ -153,7 +176,6 @@ pub struct ConfigManager {
     pub cds: UpdateStats,
     pub lds: UpdateStats,
     pub eds: UpdateStats,
-    pub rds: UpdateStats,
     pub sds: UpdateStats,
     active_clusters: Gauge,
     warming_clusters: Gauge,
@@ -183,7 +205,6 @@ impl ConfigManager {
             cds: UpdateStats::new(&cx, "cluster_manager.cds"),
             lds: UpdateStats::new(&cx, "listener_manager.lds"),
             eds: UpdateStats::new(&cx, "cluster_manager.eds"),
-            rds: UpdateStats::new(&cx, "http.rds"),
             sds: UpdateStats::new(&cx, "sds"),
             active_clusters: s.gauge("cluster_manager.active_clusters"),
             warming_clusters: s.gauge("cluster_manager.warming_clusters"),

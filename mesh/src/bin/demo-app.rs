@@ -1,6 +1,10 @@
 //! The demo app: one per Deployment replica. HTTP/1.1 and h2c on every address in `LISTEN`
 //! (comma-separated `ip:port`). `/` answers `{"service","version","pod"}`; `/status/<code>` answers
-//! that status; `/delay/<ms>` answers after a delay; `/call/<host[:port]>/<path>` calls another
+//! that status; `/delay/<ms>` answers after a delay; `/headers` (and `/headers/...`) echoes the
+//! request as the app received it (`path` with the query; `headers`, name -> value, repeated
+//! names joined with `, `: what the sidecar forwarded, XFCC, tracing headers, header operations);
+//! `/fail-on/<pod>/<code>` answers `<code>` on that pod and 200 on every other (one broken
+//! instance, for retries and outlier detection); `/call/<host[:port]>/<path>` calls another
 //! service through the sidecar's outbound listener (`OUTBOUND` address, the port from the host or
 //! 80) and returns its answer inside its own.
 
@@ -42,9 +46,31 @@ impl App {
                 code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
             return json(status, me);
         }
+        if let Some(rest) = path.strip_prefix("/fail-on/") {
+            let (pod, code) = rest.split_once('/').unwrap_or((rest, "503"));
+            let status = match pod == self.pod {
+                true => code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()),
+                false => Some(StatusCode::OK),
+            };
+            return json(status.unwrap_or(StatusCode::BAD_REQUEST), me);
+        }
         if let Some(ms) = path.strip_prefix("/delay/") {
             let ms = ms.parse::<u64>().unwrap_or(0).min(60_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            return json(StatusCode::OK, me);
+        }
+        if path == "/headers" || path.starts_with("/headers/") {
+            let mut headers = serde_json::Map::new();
+            for (name, value) in req.headers() {
+                let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                let joined = match headers.get(name.as_str()).and_then(|x| x.as_str()) {
+                    Some(prev) => format!("{prev}, {v}"),
+                    None => v,
+                };
+                headers.insert(name.as_str().to_string(), joined.into());
+            }
+            me["path"] = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").into();
+            me["headers"] = headers.into();
             return json(StatusCode::OK, me);
         }
         if let Some(rest) = path.strip_prefix("/call/") {

@@ -23,6 +23,10 @@ struct Args {
     /// The remora binary (default: $REMORA_BIN, else next to this one, else `remora` on PATH).
     #[arg(long)]
     remora: Option<PathBuf>,
+    /// Run this Envoy binary as every sidecar and the gateway instead of remora (the oracle on
+    /// the same control-plane output; Envoy gets its certificates over SDS from the control plane).
+    #[arg(long)]
+    envoy: Option<PathBuf>,
     /// The demo app binary (default: next to this one).
     #[arg(long)]
     app: Option<PathBuf>,
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             .remora
             .or_else(|| std::env::var_os("REMORA_BIN").map(PathBuf::from))
             .unwrap_or_else(|| sibling("remora")),
+        envoy: args.envoy,
         app: args.app.unwrap_or_else(|| sibling("demo-app")),
         work_dir,
         ready_file: args.ready_file,

@@ -149,8 +149,7 @@ pub fn route_configs(mesh: &Mesh) -> Vec<Value> {
             if hosts.is_empty() {
                 continue;
             }
-            let rs: Vec<Value> =
-                vs.spec.http.iter().flat_map(|r| routes::vs_routes(mesh, &vs.namespace, r, None)).collect();
+            let rs = routes::vs_routes(mesh, vs, port, &routes::gateway_labels());
             for h in hosts {
                 let mut v = json!({"name": format!("{h}:{port}"), "domains": [h], "routes": rs,
                     "include_request_attempt_count": true});

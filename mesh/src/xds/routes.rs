@@ -4,9 +4,21 @@
 
 use serde_json::{Value, json};
 
+mod translate;
+pub(super) use translate::vs_routes;
+
 use super::{dur, outbound_name};
-use crate::manifest::{HttpRoute, StringMatch, parse_duration};
+use crate::manifest::Labels;
 use crate::model::{Mesh, Service, fqdn};
+
+/// The ingress gateway pod's labels, as the istio/gateway chart sets them: a VirtualService
+/// match's `sourceLabels` are checked against them for the gateway's routes.
+pub fn gateway_labels() -> Labels {
+    [("app", "istio-ingressgateway"), ("istio", "ingressgateway")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
@@ -54,116 +66,22 @@ fn default_route(svc: &Service, port: u16) -> Value {
     })
 }
 
-fn string_match(m: &StringMatch) -> Value {
-    if let Some(e) = &m.exact {
-        json!({"exact": e})
-    } else if let Some(p) = &m.prefix {
-        json!({"prefix": p})
-    } else {
-        json!({"safe_regex": {"regex": m.regex.clone().unwrap_or_default()}})
-    }
-}
-
-/// One VirtualService http route as Envoy routes (one per match, as istiod splits them).
-pub(super) fn vs_routes(mesh: &Mesh, ns: &str, r: &HttpRoute, port_hint: Option<u16>) -> Vec<Value> {
-    // Mesh::build refuses a route without destinations.
-    let Some(first) = r.route.first().map(|d| &d.destination) else { return Vec::new() };
-    let dest = |d: &crate::manifest::Destination| {
-        let host = fqdn(&d.host, ns);
-        let port = d
-            .port
-            .as_ref()
-            .map(|p| p.number)
-            .or_else(|| mesh.service(&host).and_then(|s| (s.ports.len() == 1).then(|| s.ports[0].port)))
-            .or(port_hint)
-            .unwrap_or(80);
-        outbound_name(port, d.subset.as_deref().unwrap_or(""), &host)
-    };
-    let timeout = r.timeout.as_deref().and_then(parse_duration).map(dur).unwrap_or_else(|| "0s".into());
-    let mut action = json!({"timeout": timeout, "max_grpc_timeout": timeout});
-    if r.route.len() == 1 {
-        action["cluster"] = json!(dest(first));
-    } else {
-        let clusters: Vec<Value> = r
-            .route
-            .iter()
-            .filter(|d| d.weight.unwrap_or(0) > 0)
-            .map(|d| json!({"name": dest(&d.destination), "weight": d.weight.unwrap_or(0)}))
-            .collect();
-        action["weighted_clusters"] = json!({"clusters": clusters});
-    }
-    match &r.retries {
-        Some(rt) if rt.attempts == 0 => {}
-        Some(rt) => {
-            action["retry_policy"] = retry_policy(
-                rt.attempts,
-                rt.retry_on.as_deref(),
-                rt.per_try_timeout.as_deref().and_then(parse_duration),
-            )
-        }
-        None => action["retry_policy"] = retry_policy(2, None, None),
-    }
-    let operation = format!("{}:{}/*", fqdn(&first.host, ns), first.port.as_ref().map(|p| p.number).unwrap_or(80));
-    let mut route = json!({"route": action, "decorator": {"operation": operation}});
-    if let Some(n) = &r.name {
-        route["name"] = json!(n);
-    }
-    if let Some(f) = &r.fault {
-        let pct = |p: &Option<crate::manifest::Percent>| {
-            let v = p.as_ref().map(|p| p.value).unwrap_or(100.0);
-            json!({"numerator": (v * 10000.0).round() as u64, "denominator": "MILLION"})
-        };
-        let mut fault = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
-        if let Some(d) = &f.delay {
-            fault["delay"] = json!({"fixed_delay": dur(parse_duration(&d.fixed_delay).unwrap_or(0.0)), "percentage": pct(&d.percentage)});
-        }
-        if let Some(a) = &f.abort {
-            fault["abort"] = json!({"http_status": a.http_status, "percentage": pct(&a.percentage)});
-        }
-        route["typed_per_filter_config"] = json!({"envoy.filters.http.fault": fault});
-    }
-    let matches: Vec<Value> = if r.matches.is_empty() {
-        vec![json!({"prefix": "/"})]
-    } else {
-        r.matches
-            .iter()
-            .map(|m| {
-                let mut out = match &m.uri {
-                    Some(StringMatch { exact: Some(e), .. }) => json!({"path": e, "case_sensitive": true}),
-                    Some(StringMatch { prefix: Some(p), .. }) => json!({"prefix": p, "case_sensitive": true}),
-                    Some(StringMatch { regex: Some(re), .. }) => json!({"safe_regex": {"regex": re}}),
-                    _ => json!({"prefix": "/"}),
-                };
-                if !m.headers.is_empty() {
-                    out["headers"] =
-                        m.headers.iter().map(|(h, sm)| json!({"name": h, "string_match": string_match(sm)})).collect();
-                }
-                out
-            })
-            .collect()
-    };
-    matches
-        .into_iter()
-        .map(|m| {
-            let mut r = route.clone();
-            r["match"] = m;
-            r
-        })
-        .collect()
-}
-
-/// The VirtualServices bound to the sidecars ("mesh") that route `host`.
-fn mesh_routes(mesh: &Mesh, host: &str, port: u16) -> Option<Vec<Value>> {
+/// The routes of the VirtualService bound to the sidecars ("mesh") that routes `host`, for a
+/// proxy with `labels`; none when no VirtualService routes it or none of its rules applies to
+/// this proxy (istiod then gives the host its default route).
+fn mesh_routes(mesh: &Mesh, host: &str, port: u16, labels: &Labels) -> Option<Vec<Value>> {
     let vs = mesh.virtual_services.iter().find(|vs| {
         (vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
             && vs.spec.hosts.iter().any(|h| fqdn(h, &vs.namespace) == host)
     })?;
-    Some(vs.spec.http.iter().flat_map(|r| vs_routes(mesh, &vs.namespace, r, Some(port))).collect())
+    let routes = translate::vs_routes(mesh, vs, port, labels);
+    (!routes.is_empty()).then_some(routes)
 }
 
 /// Sidecar route configs: `PORT` per service port, a virtual host per service (domains: the
 /// FQDN, the short name in the proxy's own namespace, `name.ns.svc`, `name.ns`), then `block_all`.
-pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str) -> Vec<Value> {
+/// `proxy_labels` (the pod's) select the rules whose `sourceLabels` apply.
+pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str, proxy_labels: &Labels) -> Vec<Value> {
     let mut out = Vec::new();
     for port in mesh.service_ports() {
         let mut vhosts = Vec::new();
@@ -185,7 +103,7 @@ pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str) -> Vec<Value> {
                     format!("{}.{}.svc", svc.name, svc.namespace),
                 ]
             };
-            let routes = mesh_routes(mesh, &host, port).unwrap_or_else(|| vec![default_route(svc, port)]);
+            let routes = mesh_routes(mesh, &host, port, proxy_labels).unwrap_or_else(|| vec![default_route(svc, port)]);
             vhosts.push(json!({"name": format!("{host}:{port}"), "domains": domains, "routes": routes, "include_request_attempt_count": true}));
         }
         vhosts.extend(super::service_entry::virtual_hosts(mesh, port));
@@ -222,8 +140,7 @@ pub fn gateway_route_configs(mesh: &Mesh) -> Vec<Value> {
             if !bound {
                 continue;
             }
-            let routes: Vec<Value> =
-                vs.spec.http.iter().flat_map(|r| vs_routes(mesh, &vs.namespace, r, None)).collect();
+            let routes = translate::vs_routes(mesh, vs, port, &gateway_labels());
             for h in &vs.spec.hosts {
                 // gateway.go: the host alone; the table ignores the port in host matching.
                 let domains = json!([h]);

@@ -217,6 +217,17 @@ fn rds(l: &Listener) -> impl Iterator<Item = (&String, &Arc<ArcSwapOption<RouteT
     })
 }
 
+/// The stat prefix of the listener's first HTTP connection manager that takes `name` over RDS.
+pub(super) fn rds_stat_prefix(l: &Listener, name: &str) -> Option<String> {
+    l.chains.iter().chain(l.default_chain.iter()).find_map(|c| match &c.terminal {
+        Terminal::Http(h) => match &h.routes {
+            RouteSource::Rds { name: n, .. } if n == name => Some(h.stat_prefix.clone()),
+            _ => None,
+        },
+        Terminal::Tcp(_) => None,
+    })
+}
+
 pub(super) fn rds_slots(l: &Listener) -> Vec<(String, Arc<ArcSwapOption<RouteTable>>)> {
     rds(l).map(|(n, t, _)| (n.clone(), t.clone())).collect()
 }

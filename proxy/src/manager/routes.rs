@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
-use super::listeners::rds_slots;
+use super::listeners::{rds_slots, rds_stat_prefix};
 use super::*;
 
 impl ConfigManager {
@@ -18,6 +18,8 @@ impl ConfigManager {
         removed: &[String],
     ) -> Result<(), Vec<ResourceError>> {
         let mut errors = Vec::new();
+        // (name, accepted, changed) for the subscriptions' stats.
+        let mut outcomes: Vec<(String, bool, bool)> = Vec::new();
         {
             let mut st = self.state();
             let names: HashSet<String> = st.clusters.keys().chain(st.static_clusters.keys()).cloned().collect();
@@ -27,15 +29,19 @@ impl ConfigManager {
                 // RDS route configs do not validate clusters by default (Envoy).
                 if let Err(e) = self.admit(&rc) {
                     errors.push(ResourceError::new(&name, e));
+                    outcomes.push((name, false, false));
                     continue;
                 }
                 let table = match RouteTable::from_proto(&rc, &cx, false) {
                     Ok(t) => Arc::new(t),
                     Err(e) => {
                         errors.push(ResourceError::new(&name, e));
+                        outcomes.push((name, false, false));
                         continue;
                     }
                 };
+                let changed = st.routes.get(&name).is_none_or(|old| old.proto != rc);
+                outcomes.push((name.clone(), true, changed));
                 st.routes.insert(
                     name,
                     RouteEntry {
@@ -52,6 +58,24 @@ impl ConfigManager {
             // Swap every HCM that names a changed table, and activate listeners that were warming.
             let all: Vec<Arc<Listener>> =
                 st.static_listeners.iter().cloned().chain(st.listeners.values().map(|d| d.listener.clone())).collect();
+            for (name, ok, changed) in &outcomes {
+                if !st.rds_stats.contains_key(name) {
+                    let Some(prefix) = all.iter().find_map(|l| rds_stat_prefix(l, name)) else { continue };
+                    st.rds_stats.insert(name.clone(), RdsStats::new(&self.cx, &prefix, name));
+                }
+                if let Some(s) = st.rds_stats.get(name) {
+                    s.update_attempt.inc();
+                    match (ok, changed) {
+                        (false, _) => s.update_rejected.inc(),
+                        (true, reload) => {
+                            s.update_success.inc();
+                            if *reload {
+                                s.config_reload.inc();
+                            }
+                        }
+                    }
+                }
+            }
             for l in &all {
                 for (name, slot) in rds_slots(l) {
                     if let Some(r) = st.routes.get(&name) {
@@ -65,7 +89,6 @@ impl ConfigManager {
         }
         self.promote(&mut errors);
         self.publish();
-        self.rds.record(errors.is_empty());
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }

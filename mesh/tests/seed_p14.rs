@@ -1,0 +1,106 @@
+//! Seed 004, "P14", on remora: examples/p14-canary through `remora demo`. One service, v1 (3
+//! replicas) and v2 (the canary), behind the ingress gateway for microservices.example.com,
+//! namespace-wide STRICT mTLS. The seed's canary walk, pushed live while a steady load of 500
+//! requests per second runs through the gateway: 90/10 -> 75/25 -> 50/50 -> 0/100 and the
+//! rollback to 100/0. Not one request may fail during any shift, and each split must hold within a
+//! tolerance once it is in place (the seed's own traffic-split check, automated). Then a broken
+//! file (a subset that does not exist), refused while the load runs, changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{Demo, Load, envoy_bin, eventually, example, get, get_host, stat};
+
+const HOST: &str = "microservices.example.com";
+
+/// Replaces the two weights of the VirtualService (`90` and `10` in the folder).
+fn with_weights(vs: &str, v1: u32, v2: u32) -> String {
+    vs.replace("weight: 90", "weight: V1")
+        .replace("weight: 10", &format!("weight: {v2}"))
+        .replace("V1", &v1.to_string())
+}
+
+#[test]
+fn p14_canary_walk_on_remora() {
+    canary_walk(None);
+}
+
+/// The same walk with Envoy as the gateway and every sidecar: the oracle.
+#[test]
+fn p14_canary_walk_on_envoy() {
+    if let Some(envoy) = envoy_bin() {
+        canary_walk(Some(&envoy));
+    }
+}
+
+fn canary_walk(envoy: Option<&Path>) {
+    let src = example("p14-canary");
+    let demo = Demo::start(&src, &[], envoy);
+    let gw = format!("127.0.0.1:{}", demo.summary["gateway"]["80"]);
+    let gw_admin = demo.admin("gateway");
+
+    // Host-based routing: only the gateway's host is served.
+    assert_eq!(get_host(&gw, HOST, "/").unwrap().0, 200);
+    assert_eq!(get_host(&gw, "other.example.com", "/").unwrap().0, 404);
+    // STRICT: plaintext straight to a sidecar is not served.
+    let plain = get(&format!("{}:8080", demo.pod_ip("microservices-app-v1-0")), "/");
+    assert!(!matches!(plain, Ok((200, _))), "plaintext was served under STRICT: {plain:?}");
+
+    let vs = std::fs::read_to_string(src.join("virtual-service.yaml")).unwrap();
+    assert!(vs.contains("weight: 90") && vs.contains("weight: 10"));
+    // The gateway's RDS subscription stats, named as Envoy names them.
+    let rds = |name: &str| stat(gw_admin, &format!("http.outbound_0.0.0.0_80.rds.http.80.{name}"));
+    let rds_updates = || rds("update_success");
+
+    let load = Load::start(&gw, HOST, "/", 500, 8);
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for (step, (v1, v2)) in [(90, 10), (75, 25), (50, 50), (0, 100), (100, 0)].into_iter().enumerate() {
+        if step > 0 {
+            let before = rds_updates();
+            demo.push("virtual-service.yaml", &with_weights(&vs, v1, v2));
+            eventually(30, &format!("the gateway to take {v1}/{v2}"), || rds_updates() > before);
+        }
+        // Everything answered during the shift (and the requests in flight when it happened,
+        // routed by the old split), then a measurement window on the new split.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        failures.extend(load.take().failures);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let w = load.take();
+        failures.extend(w.failures.iter().cloned());
+        let n = w.requests;
+        let got_v2 = w.by_version.get("v2").copied().unwrap_or(0);
+        let share = got_v2 as f64 / n.max(1) as f64;
+        let want = f64::from(v2) / 100.0;
+        // Four standard deviations of a binomial share, at least 3 points.
+        let tolerance = (4.0 * (want * (1.0 - want) / n.max(1) as f64).sqrt()).max(0.03);
+        report.push(format!("{v1}/{v2}: v2 {got_v2}/{n} = {:.1}%", share * 100.0));
+        assert!(n >= 300, "only {n} requests in the {v1}/{v2} window");
+        if v2 == 0 || v2 == 100 {
+            assert_eq!(share, want, "{v1}/{v2}: {report:?}");
+        } else {
+            assert!((share - want).abs() <= tolerance, "{v1}/{v2} off by more than {tolerance:.3}: {report:?}");
+        }
+    }
+    // Bad input under load: a VirtualService naming a subset no DestinationRule defines is
+    // refused with the file, the field and the reason; the gateway keeps the last good split.
+    demo.push("virtual-service.yaml", &with_weights(&vs, 100, 0).replace("subset: v2", "subset: v3"));
+    demo.wait_log(&["virtual-service.yaml", "destination.subset", "defines subset 'v3'"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let w = load.take();
+    failures.extend(w.failures.iter().cloned());
+    assert_eq!(w.by_version.get("v2"), None, "the refused file changed the split: {w:?}");
+    let (last, rate) = load.finish();
+    // One update on start and one per step, each a different table; nothing rejected (the
+    // broken file never left the control plane).
+    assert_eq!((rds("update_success"), rds("config_reload"), rds("update_rejected")), (5, 5, 0));
+    failures.extend(last.failures);
+    eprintln!(
+        "{} canary walk at {rate:.0} requests/s through the gateway: {report:?}",
+        if envoy.is_some() { "Envoy" } else { "remora" }
+    );
+    assert!(failures.is_empty(), "{} requests failed during the walk, first: {:?}", failures.len(), failures.first());
+    demo.stop();
+}
