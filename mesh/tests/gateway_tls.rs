@@ -3,7 +3,8 @@
 //! with SNI), an HTTP server redirecting to it (Envoy's 301 for `require_tls`), an unknown SNI
 //! refused at the handshake; ServiceEntry hosts (STATIC and DNS) reached from the app through its
 //! sidecar, a host outside the registry answered 502 under REGISTRY_ONLY. And the manifest errors
-//! of these resources, each with its file, field and reason.
+//! of these resources, each with its file, field and reason. The walk runs on remora and, with the
+//! same assertions, on Envoy as every proxy (`remora demo --envoy`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -101,8 +102,29 @@ fn curl(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+fn envoy_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/remora/envoy-venv/bin/envoy")))?;
+    p.exists().then_some(p)
+}
+
 #[test]
-fn https_gateway_redirect_and_service_entries() {
+fn https_gateway_redirect_and_service_entries_on_remora() {
+    edge_walk(None);
+}
+
+/// The same walk with Envoy as every proxy (`remora demo --envoy`): the oracle on the same
+/// control-plane output.
+#[test]
+fn https_gateway_redirect_and_service_entries_on_envoy() {
+    match envoy_bin() {
+        Some(envoy) => edge_walk(Some(&envoy)),
+        None => eprintln!("skipped: no Envoy (set ENVOY_BIN or run scripts/install-test-deps)"),
+    }
+}
+
+fn edge_walk(envoy: Option<&Path>) {
     if Command::new("curl").arg("--version").output().is_err() {
         eprintln!("skipped: no curl (scripts/install-test-deps)");
         return;
@@ -126,8 +148,12 @@ fn https_gateway_redirect_and_service_entries() {
     let tmp = tempfile::tempdir().unwrap();
     let ready = tmp.path().join("ready.json");
     let gw_port = free_port();
-    let child = Command::new(remora_bin())
-        .arg("demo")
+    let mut cmd = Command::new(remora_bin());
+    cmd.arg("demo");
+    if let Some(envoy) = envoy {
+        cmd.arg("--envoy").arg(envoy);
+    }
+    let child = cmd
         .arg("--mesh")
         .arg(dir.path())
         .args(["--gateway-port", &gw_port.to_string()])
@@ -153,6 +179,12 @@ fn https_gateway_redirect_and_service_entries() {
     std::thread::sleep(Duration::from_millis(200));
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
     assert_eq!(summary["nacks"], serde_json::json!([]), "{}", err());
+    // Every proxy is the binary under test.
+    let want = envoy.map(Path::to_path_buf).unwrap_or_else(remora_bin);
+    let work = tmp.path().join("work");
+    let running =
+        Command::new("pgrep").args(["-fc", &format!("^{} -c {}", want.display(), work.display())]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "2", "proxies running {}", want.display());
     let http = summary["gateway"]["8080"].as_u64().unwrap();
     let https = summary["gateway"]["8443"].as_u64().unwrap();
     let out = std::fs::read_to_string(tmp.path().join("demo.out")).unwrap();
