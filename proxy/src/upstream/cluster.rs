@@ -488,6 +488,12 @@ impl Cluster {
         v
     }
 
+    /// The SDS secrets among [`Self::secret_names`] whose config source is `ads`.
+    pub fn ads_secret_names(&self) -> Vec<String> {
+        let tls = self.tls.iter().chain(self.tls_matches.iter().filter_map(|(_, t)| t.as_ref()));
+        tls.flat_map(|t| t.ads_secret_names().iter().cloned()).collect()
+    }
+
     /// Files of file-based SDS this cluster's TLS contexts read.
     pub fn secret_files(&self) -> Vec<std::path::PathBuf> {
         let mut v: Vec<_> = self.tls.iter().flat_map(|t| t.secret_files().iter().cloned()).collect();
