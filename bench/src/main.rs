@@ -83,6 +83,27 @@ enum Cmd {
         #[arg(long)]
         resilience: bool,
     },
+    /// Writes the sidecar pair's configs into --dir, as the `pair` scenario runs them:
+    /// `nginx.conf` (the upstream), `certs/` (made with --remora's `certs` command),
+    /// `outbound.yaml` (plaintext in on --port, mTLS HTTP/2 out to --inbound-port) and
+    /// `inbound.yaml` (mTLS in, HTTP/1.1 out to --upstream-port); for scripts/profile-load.
+    #[command(hide = true)]
+    PairConfigs {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        remora: PathBuf,
+        #[arg(long)]
+        upstream_port: u16,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        inbound_port: u16,
+        #[arg(long)]
+        admin_port: u16,
+        #[arg(long)]
+        inbound_admin_port: u16,
+    },
     /// One config-scale measurement (started by `run`, pinned to the load CPU): the xDS harness
     /// in this process, the proxy on --proxy-cpu; prints JSON.
     #[command(hide = true)]
@@ -168,6 +189,17 @@ fn main() -> Result<()> {
             let extra = if resilience { configs::RESILIENCE } else { "" };
             let bootstrap = configs::envoy_hop_with(admin_port, port, upstream_port, extra);
             fs::write(dir.join("remora.yaml"), bootstrap).context("writing remora.yaml")?;
+            Ok(())
+        }
+        Cmd::PairConfigs { dir, remora, upstream_port, port, inbound_port, admin_port, inbound_admin_port } => {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let nginx = configs::upstream_nginx(&dir.display().to_string(), upstream_port);
+            fs::write(dir.join("nginx.conf"), nginx).context("writing nginx.conf")?;
+            let certs = targets::make_certs(&remora, &dir.join("certs"))?;
+            let outbound = configs::envoy_outbound(admin_port, port, inbound_port, &certs);
+            fs::write(dir.join("outbound.yaml"), outbound).context("writing outbound.yaml")?;
+            let inbound = configs::envoy_inbound(inbound_admin_port, inbound_port, upstream_port, &certs);
+            fs::write(dir.join("inbound.yaml"), inbound).context("writing inbound.yaml")?;
             Ok(())
         }
         Cmd::XdsScale { target, bin, proxy_cpu, dir, clusters, endpoints, dump, strip_istio_filters, timeout_secs } => {

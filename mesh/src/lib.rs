@@ -42,14 +42,19 @@ fn encode(
     let _pool = xds_client::descriptors::pool();
     let routes = match proxy {
         Proxy::Sidecar(pod) => xds::sidecar_route_configs(mesh, &pod.namespace, &pod.labels),
-        Proxy::Gateway { .. } => xds::gateway_route_configs(mesh),
+        Proxy::Gateway { .. } => xds::gateway::route_configs(mesh),
     };
-    let groups = [
+    let mut groups = vec![
         (ads::CLUSTER, xds::clusters(mesh, proxy)),
         (ads::ENDPOINT, xds::endpoints(mesh)),
         (ads::LISTENER, xds::listeners(mesh, proxy)),
         (ads::ROUTE, routes),
     ];
+    // The gateway's credentials come over its ADS stream, as istiod serves them; the workload
+    // certificates from the CA (pilot-agent's part).
+    if let Proxy::Gateway { .. } = proxy {
+        groups.push((ads::SECRET, xds::gateway::secrets(mesh)));
+    }
     let mut out = Vec::new();
     for (ty, values) in groups {
         let mut encoded = Vec::new();

@@ -1,8 +1,8 @@
 //! Manifests as users write them: a folder of YAML files, several documents per file, each a
-//! Kubernetes `Service`/`Deployment` or an Istio `VirtualService`, `DestinationRule`, `Gateway`,
-//! `PeerAuthentication`, `AuthorizationPolicy` or `RequestAuthentication` (`security`). Anything
-//! else (another kind, a field this control plane does not translate) is refused with the file,
-//! the field and the reason.
+//! Kubernetes `Service`/`Deployment`/`Secret` or an Istio `VirtualService`, `DestinationRule`,
+//! `Gateway`, `PeerAuthentication`, `AuthorizationPolicy` or `RequestAuthentication` (`security`),
+//! `ServiceEntry` or `Sidecar` (`edge`, with Secrets). Anything else (another kind, a field this
+//! control plane does not translate) is refused with the file, the field and the reason.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +15,12 @@ pub use routing::{
     DirectResponse, DirectResponseBody, HeaderOperations, Headers, MirrorPolicy, PortTrafficPolicy, Redirect,
     RegexRewrite, Rewrite,
 };
+mod edge;
 pub mod security;
+pub use edge::{
+    OutboundTrafficPolicy, ServerTls, ServiceEntry, ServiceEntryEndpoint, ServiceEntryPort, ServiceEntrySpec,
+    SidecarSpec, TlsSecret, find_secret,
+};
 
 /// A refused manifest: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -415,6 +420,10 @@ pub struct GatewayPort {
 pub struct GatewayServer {
     pub port: GatewayPort,
     pub hosts: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,6 +467,9 @@ pub struct Manifests {
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
     pub authorization_policies: Vec<Resource<security::AuthorizationPolicySpec>>,
     pub request_authentications: Vec<Resource<security::RequestAuthenticationSpec>>,
+    pub secrets: Vec<TlsSecret>,
+    pub service_entries: Vec<ServiceEntry>,
+    pub sidecars: Vec<Resource<SidecarSpec>>,
     pub telemetries: Vec<Resource<crate::meshconfig::TelemetrySpec>>,
     /// The mesh config (`ConfigMap istio` in istio-system) and its file.
     pub mesh_config: Option<(String, crate::meshconfig::MeshConfig)>,
@@ -570,6 +582,7 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 want_group("security.istio.io")?;
                 out.request_authentications.push(parse(file, &at, &doc)?)
             }
+            "Secret" | "ServiceEntry" | "Sidecar" => edge::load(file, &at, &kind, &api, &doc, out)?,
             "Telemetry" => {
                 want_group("telemetry.istio.io")?;
                 out.telemetries.push(parse(file, &at, &doc)?)
@@ -592,8 +605,9 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                     format!("{at}: kind"),
                     format!(
                         "kind '{other}' is not supported by the demo control plane (supported: Namespace, \
-                         Service, Deployment, Endpoints, ConfigMap istio, VirtualService, DestinationRule, Gateway, \
-                         PeerAuthentication, AuthorizationPolicy, RequestAuthentication, Telemetry)"
+                         Service, Deployment, Secret, Endpoints, ConfigMap istio, VirtualService, DestinationRule, \
+                         Gateway, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, ServiceEntry, \
+                         Sidecar, Telemetry)"
                     ),
                 ));
             }

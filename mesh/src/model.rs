@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+pub mod edge;
 mod routing;
 
 use crate::manifest::{
@@ -94,6 +95,8 @@ pub struct Mesh {
     /// Where the ingress gateway's listeners bind: 127.0.0.1 for `remora demo`, 0.0.0.0 in the
     /// compose mesh (its container publishes them).
     pub gateway_ip: Ipv4Addr,
+    /// Gateway credentials and ServiceEntry hosts (`edge`).
+    pub edge: edge::Edge,
     /// Istio's mesh config (the `istio` ConfigMap, else the default) and the file it came from.
     pub mesh_config: crate::meshconfig::MeshConfig,
     pub mesh_config_file: Option<String>,
@@ -241,7 +244,9 @@ impl Mesh {
             };
             strict.insert(p.namespace.clone(), on);
         }
+        let edge = edge::Edge::build(&m, &services)?;
         let mesh = Mesh {
+            edge,
             services,
             pods,
             virtual_services: m.virtual_services,
@@ -324,17 +329,7 @@ impl Mesh {
             // The rule's, its ports' and its subsets' policies (model/routing.rs).
             self.check_traffic_policies(dr)?;
         }
-        for gw in &self.gateways {
-            for (i, s) in gw.spec.servers.iter().enumerate() {
-                if s.port.protocol != "HTTP" {
-                    return Err(fail(
-                        &gw.file,
-                        format!("Gateway {}: spec.servers[{i}].port.protocol", gw.meta.name),
-                        format!("{} is not supported (only HTTP)", s.port.protocol),
-                    ));
-                }
-            }
-        }
+        edge::check_gateways(&self.gateways, &self.edge.secrets)?;
         for vs in &self.virtual_services {
             let at = format!("VirtualService {}", vs.meta.name);
             for g in &vs.spec.gateways {
@@ -409,8 +404,9 @@ impl Mesh {
         self.gateways.iter().find(|g| g.namespace == gns && g.meta.name == gname)
     }
 
-    /// Distinct service ports across the mesh: one outbound listener and route table each.
+    /// Distinct Service and ServiceEntry ports: one outbound listener and route table each.
     pub fn service_ports(&self) -> BTreeSet<u16> {
-        self.services.iter().flat_map(|s| s.ports.iter().map(|p| p.port)).collect()
+        let external = self.edge.service_entries.iter().flat_map(|e| e.ports.iter().map(|p| p.number));
+        self.services.iter().flat_map(|s| s.ports.iter().map(|p| p.port)).chain(external).collect()
     }
 }

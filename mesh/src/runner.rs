@@ -134,7 +134,21 @@ pub(crate) fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)
         };
         let resources = if p.envoy { crate::resources_for_envoy(mesh, &proxy) } else { crate::resources(mesh, &proxy) };
         for (ty, res) in resources? {
-            p.cp.set_all(ty, res);
+            if ty != xds_client::ads::SECRET {
+                p.cp.set_all(ty, res);
+                continue;
+            }
+            // The gateway's credentials (`kubernetes://NAME`) only: under --envoy the harness also
+            // serves the proxy's `default` and `ROOTCA`, which a push must leave alone.
+            let keep: Vec<&str> = res.iter().map(|(n, _)| n.as_str()).collect();
+            for stale in p.cp.names(ty).into_iter().filter(|n| n.starts_with("kubernetes://")) {
+                if !keep.contains(&stale.as_str()) {
+                    p.cp.remove(ty, &stale);
+                }
+            }
+            for (name, any) in res {
+                p.cp.set(ty, &name, any);
+            }
         }
     }
     Ok(())
@@ -489,9 +503,21 @@ fn print_summary(
         admins.insert(name, serde_json::json!(p.admin));
     }
     for (port, local) in gateway_bind {
-        println!("gateway: Gateway port {port} is on http://127.0.0.1:{local}/");
+        let https = mesh
+            .gateways
+            .iter()
+            .flat_map(|g| g.spec.servers.iter())
+            .any(|s| s.port.number == *port && s.port.protocol == "HTTPS");
+        let scheme = if https { "https" } else { "http" };
+        println!("gateway: Gateway port {port} is on {scheme}://127.0.0.1:{local}/");
     }
-    if let Some((port, local)) = gateway_bind.first() {
+    // The first port that answers rather than redirects to HTTPS.
+    let servers = || mesh.gateways.iter().flat_map(|g| g.spec.servers.iter());
+    let redirects =
+        |port: u16| servers().any(|s| s.port.number == port && s.tls.as_ref().is_some_and(|t| t.https_redirect));
+    let https = |port: u16| servers().any(|s| s.port.number == port && s.port.protocol == "HTTPS");
+    let first = gateway_bind.iter().find(|(p, _)| !redirects(*p) || https(*p)).or(gateway_bind.first());
+    if let Some((port, local)) = first {
         // The first host a VirtualService binds to a Gateway on this port ("*" needs no header).
         let host = mesh
             .virtual_services
@@ -505,19 +531,24 @@ fn print_summary(
             })
             .flat_map(|vs| vs.spec.hosts.iter())
             .next()
-            .filter(|h| h.as_str() != "*")
-            .map(|h| format!(" -H 'Host: {h}'"))
-            .unwrap_or_default();
-        println!("try:\n  curl -s{host} http://127.0.0.1:{local}/");
+            .filter(|h| h.as_str() != "*");
+        // HTTPS: the certificate is the folder's own (-k), the host is sent as SNI (--resolve).
+        let base = match host {
+            Some(h) if https(*port) => format!("-k --resolve {h}:{local}:127.0.0.1 https://{h}:{local}"),
+            None if https(*port) => format!("-k https://127.0.0.1:{local}"),
+            Some(h) => format!("-H 'Host: {h}' http://127.0.0.1:{local}"),
+            None => format!("http://127.0.0.1:{local}"),
+        };
+        println!("try:\n  curl -s {base}/");
         for svc in &mesh.services {
             if let Some(p) = svc.ports.first() {
                 println!(
-                    "  curl -s{host} http://127.0.0.1:{local}/call/{}.{}:{}/   # through the gateway's backend to {}",
+                    "  curl -s {base}/call/{}.{}:{}/   # through the gateway's backend to {}",
                     svc.name, svc.namespace, p.port, svc.name
                 );
             }
         }
-        println!("  curl -s{host} http://127.0.0.1:{local}/status/503   /delay/500   (the demo app's knobs)");
+        println!("  curl -s {base}/status/503   /delay/500   (the demo app's knobs)");
     }
     if let Some(port) = prom {
         println!(

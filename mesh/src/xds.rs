@@ -8,8 +8,10 @@
 
 mod authn;
 pub mod authz;
+pub mod gateway;
 mod policy;
 mod routes;
+pub mod service_entry;
 pub mod telemetry;
 
 use serde_json::{Value, json};
@@ -90,6 +92,7 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
             out.push(c);
         }
     }
+    out.extend(service_entry::clusters(mesh));
     out.push(json!({"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
         "name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"}));
     out.push(json!({"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
@@ -243,6 +246,7 @@ pub fn endpoints(mesh: &Mesh) -> Vec<Value> {
             }
         }
     }
+    out.extend(service_entry::endpoints(mesh));
     out
 }
 
@@ -269,21 +273,11 @@ fn outbound_hcm(stat_prefix: &str, route: &str) -> Value {
 /// The listeners of a proxy. Sidecar, interception mode NONE: one outbound listener per service
 /// port on the pod's outbound address (`ADDR_PORT`, RDS route `PORT`), one inbound listener per
 /// served port on the pod IP (`ADDR_PORT`, inline route `inbound|PORT||`, mTLS per
-/// PeerAuthentication). Gateway: `0.0.0.0_PORT` per Gateway server port, RDS `http.PORT`.
+/// PeerAuthentication). Gateway: `0.0.0.0_PORT` per Gateway server port (gateway.rs).
 pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
     let mut out = Vec::new();
     match proxy {
-        Proxy::Gateway { bind } => {
-            for (port, local) in bind.iter() {
-                out.push(json!({
-                    "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-                    "name": format!("0.0.0.0_{port}"),
-                    "address": {"socket_address": {"address": mesh.gateway_ip.to_string(), "port_value": local}},
-                    "filter_chains": [{"filters": [outbound_hcm(&format!("outbound_0.0.0.0_{port}"), &format!("http.{port}"))]}],
-                    "traffic_direction": "OUTBOUND",
-                }));
-            }
-        }
+        Proxy::Gateway { bind } => out.extend(gateway::listeners(mesh, bind)),
         Proxy::Sidecar(pod) => {
             for port in mesh.service_ports() {
                 let addr = pod.outbound_ip.to_string();

@@ -41,11 +41,11 @@ fn malformed_yaml_names_the_file_and_line() {
 fn unknown_kind_is_refused() {
     let d = with_file(
         "bad.yaml",
-        "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec: {hosts: [a.com]}\n",
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: ext}\nspec: {configPatches: []}\n",
     );
     let e = refused(d.path());
     assert!(
-        e.contains("bad.yaml") && e.contains("ServiceEntry ext") && e.contains("kind 'ServiceEntry' is not supported"),
+        e.contains("bad.yaml") && e.contains("EnvoyFilter ext") && e.contains("kind 'EnvoyFilter' is not supported"),
         "{e}"
     );
 }

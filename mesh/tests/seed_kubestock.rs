@@ -5,8 +5,9 @@
 //! what the policy promises: a broken instance is hidden by retries, round robin, the timeout
 //! (a scaled-down copy: 1 s), then the seed's "next steps" pushed live: the circuit breaker
 //! (which, as the seed writes it, ejects nothing from two replicas, as on Envoy; with
-//! maxEjectionPercent 50 it ejects the broken one), the 90/10 canary and a broken file that
-//! leaves the mesh serving.
+//! maxEjectionPercent 50 it ejects the broken one), the 90/10 canary, the AuthorizationPolicy
+//! (only ms-product may call ms-inventory), a policy with a malformed principal and a typo, both
+//! refused while the mesh keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -149,13 +150,40 @@ fn kubestock(envoy: Option<&Path>) {
         .count();
     assert!((6..=40).contains(&canary), "canary got {canary}/{n}, expected about 10%");
 
+    // Next step 1, the AuthorizationPolicy: only ms-product may call ms-inventory. The frontend
+    // gets Envoy's 403; ms-product (its own identity over mTLS) gets through.
+    let product = demo.app("ms-product-0", 3003);
+    assert_eq!(get_json(&fe, "/call/ms-inventory:3001/")["upstream_status"], 200);
+    let policy = src.join("next-steps/allow-product-to-inventory.yaml");
+    demo.push_file(&policy);
+    // Both replicas' sidecars take it (round robin alternates between them).
+    let pushed = std::time::Instant::now();
+    eventually(30, "the policy on ms-inventory's sidecars", || {
+        (0..4).all(|_| get_json(&fe, "/call/ms-inventory:3001/")["upstream_status"] == 403)
+    });
+    eprintln!("policy enforced on both replicas {:?} after the push", pushed.elapsed());
+    for _ in 0..4 {
+        let v = get_json(&fe, "/call/ms-inventory:3001/");
+        assert_eq!((&v["upstream_status"], &v["upstream"]), (&403.into(), &"RBAC: access denied".into()), "{v}");
+        assert_eq!(get_json(&product, "/call/ms-inventory:3001/")["upstream_status"], 200);
+    }
+    // A policy naming a principal in a format Istio does not use (a SPIFFE URI) is refused with
+    // the file and field; the policy in force stays.
+    let text = std::fs::read_to_string(&policy).unwrap();
+    demo.push("allow-product-to-inventory.yaml", &text.replace("\"cluster.local/ns/", "\"spiffe://cluster.local/ns/"));
+    demo.wait_log(&["allow-product-to-inventory.yaml", "principals"]);
+    assert_eq!(get_json(&fe, "/call/ms-inventory:3001/")["upstream_status"], 403);
+    assert_eq!(get_json(&product, "/call/ms-inventory:3001/")["upstream_status"], 200);
+    demo.push("allow-product-to-inventory.yaml", &text);
+
     // Bad input: a typo in one resource is refused with the file and the field; the mesh keeps
     // serving the last good config.
     let bad = vs.replace("perTryTimeout", "perTryTimout");
     demo.push("ms-identity-istio-virtualservice.yaml", &bad);
     demo.wait_log(&["ms-identity-istio-virtualservice.yaml", "perTryTimout"]);
     for (svc, port) in SERVICES {
-        assert_eq!(get_json(&fe, &format!("/call/{svc}:{port}/"))["upstream_status"], 200, "{svc}");
+        let want = if svc == "ms-inventory" { 403 } else { 200 };
+        assert_eq!(get_json(&fe, &format!("/call/{svc}:{port}/"))["upstream_status"], want, "{svc}");
     }
     demo.stop();
 }

@@ -1,7 +1,7 @@
 //! Seed 004, "P14", on remora: examples/p14-canary through `remora demo`. One service, v1 (3
-//! replicas) and v2 (the canary), behind the ingress gateway for microservices.example.com,
-//! namespace-wide STRICT mTLS. The seed's canary walk, pushed live while a steady load of 500
-//! requests per second runs through the gateway: 90/10 -> 75/25 -> 50/50 -> 0/100 and the
+//! replicas) and v2 (the canary), behind the ingress gateway for microservices.example.com (TLS,
+//! plain HTTP redirected), namespace-wide STRICT mTLS. The seed's canary walk, pushed live while a steady load of 500
+//! requests per second runs through the gateway over TLS: 90/10 -> 75/25 -> 50/50 -> 0/100 and the
 //! rollback to 100/0. Not one request may fail during any shift, and each split must hold within a
 //! tolerance once it is in place (the seed's own traffic-split check, automated). Then a broken
 //! file (a subset that does not exist), refused while the load runs, changes nothing.
@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Demo, Load, envoy_bin, eventually, example, get, get_host, stat};
+use common::{Demo, KeepAlive, Load, envoy_bin, eventually, example, get, get_raw, stat_matching, tls_client};
 
 const HOST: &str = "microservices.example.com";
 
@@ -38,23 +38,35 @@ fn p14_canary_walk_on_envoy() {
 fn canary_walk(envoy: Option<&Path>) {
     let src = example("p14-canary");
     let demo = Demo::start(&src, &[], envoy);
-    let gw = format!("127.0.0.1:{}", demo.summary["gateway"]["80"]);
+    let gw = format!("127.0.0.1:{}", demo.summary["gateway"]["443"]);
+    let plain_gw = format!("127.0.0.1:{}", demo.summary["gateway"]["80"]);
     let gw_admin = demo.admin("gateway");
+    let tls = tls_client(&src.join("ca.pem"));
 
-    // Host-based routing: only the gateway's host is served.
-    assert_eq!(get_host(&gw, HOST, "/").unwrap().0, 200);
-    assert_eq!(get_host(&gw, "other.example.com", "/").unwrap().0, 404);
+    // TLS-terminated, host-based: the gateway's certificate for its host; another SNI gets no
+    // handshake; plain HTTP is redirected to HTTPS.
+    let (status, body) = KeepAlive::new(&gw, HOST, Some(tls.clone())).get("/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let other = KeepAlive::new(&gw, "other.example.com", Some(tls.clone())).get("/");
+    assert!(other.is_err(), "a TLS handshake for another host succeeded: {other:?}");
+    let redirect = get_raw(&plain_gw, HOST, "/orders?id=7").unwrap();
+    assert!(redirect.starts_with("HTTP/1.1 301"), "{redirect}");
+    assert!(
+        redirect.to_ascii_lowercase().contains("location: https://microservices.example.com/orders?id=7"),
+        "{redirect}"
+    );
     // STRICT: plaintext straight to a sidecar is not served.
     let plain = get(&format!("{}:8080", demo.pod_ip("microservices-app-v1-0")), "/");
     assert!(!matches!(plain, Ok((200, _))), "plaintext was served under STRICT: {plain:?}");
 
     let vs = std::fs::read_to_string(src.join("virtual-service.yaml")).unwrap();
     assert!(vs.contains("weight: 90") && vs.contains("weight: 10"));
-    // The gateway's RDS subscription stats, named as Envoy names them.
-    let rds = |name: &str| stat(gw_admin, &format!("http.outbound_0.0.0.0_80.rds.http.80.{name}"));
+    // The HTTPS server's RDS subscription stats, named as Envoy names them
+    // (`http.<prefix>.rds.https.443.https.microservices-gateway.microservices-prod.*`).
+    let rds = |name: &str| stat_matching(gw_admin, ".rds.https.443.https.microservices-gateway.", name);
     let rds_updates = || rds("update_success");
 
-    let load = Load::start(&gw, HOST, "/", 500, 8);
+    let load = Load::start(&gw, HOST, Some(tls.clone()), "/", 500, 8);
     let mut failures = Vec::new();
     let mut report = Vec::new();
     for (step, (v1, v2)) in [(90, 10), (75, 25), (50, 50), (0, 100), (100, 0)].into_iter().enumerate() {

@@ -303,7 +303,8 @@ pub struct ResponseInfo {
 }
 
 impl ResponseInfo {
-    /// Adds what a local reply knows (its flag and details) to a response's extensions.
+    /// Adds what a local reply knows (its flags, comma-separated, and details) to a response's
+    /// extensions.
     pub fn mark_local_reply(ext: &mut http::Extensions, flag: &str, details: &'static str) {
         let info = match ext.get_mut::<ResponseInfo>() {
             Some(i) => i,
@@ -315,7 +316,7 @@ impl ResponseInfo {
                 }
             }
         };
-        if let Some(f) = ResponseFlags::from_short(flag) {
+        for f in flag.split(',').filter_map(ResponseFlags::from_short) {
             info.flags |= f;
         }
         if info.details.is_none() && !details.is_empty() {

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod headers;
 pub mod local_reply;
 pub mod path;
+pub mod stream_timer;
 pub mod xfcc;
 
 /// The protocol as access logs and Envoy's `%PROTOCOL%` write it.

@@ -20,6 +20,8 @@ use crate::worker;
 
 pub use crate::lifecycle::VERSION;
 
+mod code_pages;
+
 /// Entry point of the binary.
 pub fn run(args: Vec<std::ffi::OsString>) -> ExitCode {
     if args.get(1).is_some_and(|a| a == "certs") {
@@ -235,6 +237,8 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     server_state.set(state::LIVE);
     stats.gauge("server.live").set(1);
     tracing::info!(target: "remora::server", "all listeners started; {n} workers");
+    let released = code_pages::release_startup_code();
+    tracing::debug!(target: "remora::server", "released {released} KiB of resident code pages only startup used");
     if opts.mode == Mode::InitOnly {
         crate::access_log::flush_all();
         return ExitCode::SUCCESS;

@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 mod translate;
+pub(super) use translate::vs_routes;
 
 use super::{dur, outbound_name};
 use crate::manifest::Labels;
@@ -105,6 +106,7 @@ pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str, proxy_labels: &Labels)
             let routes = mesh_routes(mesh, &host, port, proxy_labels).unwrap_or_else(|| vec![default_route(svc, port)]);
             vhosts.push(json!({"name": format!("{host}:{port}"), "domains": domains, "routes": routes, "include_request_attempt_count": true}));
         }
+        vhosts.extend(super::service_entry::virtual_hosts(mesh, port));
         // buildCatchAllVirtualHost: REGISTRY_ONLY's `block_all` (502). ALLOW_ANY's `allow_any` to
         // PassthroughCluster needs the original destination, which plain-ports mode does not have.
         vhosts.push(json!({"name": "block_all", "domains": ["*"], "include_request_attempt_count": true,
@@ -118,10 +120,11 @@ pub fn sidecar_route_configs(mesh: &Mesh, proxy_ns: &str, proxy_labels: &Labels)
     out
 }
 
-/// Gateway route configs: `http.PORT` per Gateway server port, a virtual host `HOST:PORT` per
+/// Gateway route configs: `http.PORT` per HTTP Gateway server port (HTTPS: gateway.rs), a virtual host `HOST:PORT` per
 /// host of each VirtualService bound to a Gateway with that port.
 pub fn gateway_route_configs(mesh: &Mesh) -> Vec<Value> {
-    let mut ports: Vec<u16> = mesh.gateways.iter().flat_map(|g| g.spec.servers.iter().map(|s| s.port.number)).collect();
+    let servers = mesh.gateways.iter().flat_map(|g| g.spec.servers.iter());
+    let mut ports: Vec<u16> = servers.filter(|s| s.port.protocol == "HTTP").map(|s| s.port.number).collect();
     ports.sort();
     ports.dedup();
     let mut out = Vec::new();

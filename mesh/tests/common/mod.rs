@@ -24,6 +24,16 @@ pub fn get_host(addr: &str, host: &str, path: &str) -> std::io::Result<(u16, Str
     Ok((status, body))
 }
 
+/// The whole HTTP/1.1 response (status line, headers, body) to a GET with `Host: host`.
+pub fn get_raw(addr: &str, host: &str, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    Ok(buf)
+}
+
 pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     get_host(addr, "demo", path)
 }
@@ -241,30 +251,65 @@ impl Drop for Demo {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection: GETs answered with a Content-Length body.
+/// A client connection, plain or TLS.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// A TLS client trusting the PEM roots in `ca` (rustls, TLS 1.2 and 1.3).
+pub fn tls_client(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(cfg)
+}
+
+/// One keep-alive HTTP/1.1 connection (over TLS with `tls`, SNI = the host): GETs answered with
+/// a Content-Length body.
 pub struct KeepAlive {
     addr: String,
     host: String,
-    conn: Option<std::io::BufReader<TcpStream>>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    conn: Option<std::io::BufReader<Box<dyn Conn>>>,
 }
 
 impl KeepAlive {
-    pub fn new(addr: &str, host: &str) -> KeepAlive {
-        KeepAlive { addr: addr.to_string(), host: host.to_string(), conn: None }
+    pub fn new(addr: &str, host: &str, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> KeepAlive {
+        KeepAlive { addr: addr.to_string(), host: host.to_string(), tls, conn: None }
+    }
+
+    fn connect(&self) -> Result<Box<dyn Conn>, String> {
+        let s = TcpStream::connect(&self.addr).map_err(|e| format!("connect {}: {e}", self.addr))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(match &self.tls {
+            None => Box::new(s),
+            Some(cfg) => {
+                let name = rustls_pki_types::ServerName::try_from(self.host.clone()).map_err(|e| e.to_string())?;
+                let c = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
+                Box::new(rustls::StreamOwned::new(c, s))
+            }
+        })
     }
 
     /// `(status, body)`, reconnecting when the previous connection was closed.
     pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
         use std::io::BufRead;
         if self.conn.is_none() {
-            let s = TcpStream::connect(&self.addr).map_err(|e| format!("connect {}: {e}", self.addr))?;
-            s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-            s.set_nodelay(true).map_err(|e| e.to_string())?;
-            self.conn = Some(std::io::BufReader::new(s));
+            self.conn = Some(std::io::BufReader::new(self.connect()?));
         }
         let r = self.conn.as_mut().unwrap();
         let result = (|| -> Result<(u16, String, bool), String> {
-            write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).map_err(|e| e.to_string())?;
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+            r.get_mut().write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+            r.get_mut().flush().map_err(|e| e.to_string())?;
             let mut line = String::new();
             r.read_line(&mut line).map_err(|e| format!("status line: {e}"))?;
             let status: u16 = line.get(9..12).and_then(|c| c.parse().ok()).ok_or(format!("status line {line:?}"))?;
@@ -323,7 +368,14 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn start(addr: &str, host: &str, path: &str, rps: u32, threads: u32) -> Load {
+    pub fn start(
+        addr: &str,
+        host: &str,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+        path: &str,
+        rps: u32,
+        threads: u32,
+    ) -> Load {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let window = std::sync::Arc::new(std::sync::Mutex::new(Window::default()));
@@ -332,7 +384,7 @@ impl Load {
         let threads = (0..threads)
             .map(|_| {
                 let (stop, window, total) = (stop.clone(), window.clone(), total.clone());
-                let mut c = KeepAlive::new(addr, host);
+                let mut c = KeepAlive::new(addr, host, tls.clone());
                 let path = path.to_string();
                 std::thread::spawn(move || {
                     let mut next = Instant::now();

@@ -5,8 +5,11 @@
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u32);
 
-/// Envoy's flags in its printing order: (short name, long name).
+/// Envoy's flags in its printing order: (short name, long name). Envoy 1.40 prints them in the
+/// order they were set; URX (retries exhausted) is always set before the flag of the final
+/// failure (`URX,UT`), so it comes first here.
 const FLAGS: &[(&str, &str)] = &[
+    ("URX", "UpstreamRetryLimitExceeded"),
     ("LH", "FailedLocalHealthCheck"),
     ("UH", "NoHealthyUpstream"),
     ("UT", "UpstreamRequestTimeout"),
@@ -22,7 +25,6 @@ const FLAGS: &[(&str, &str)] = &[
     ("UAEX", "UnauthorizedExternalService"),
     ("RLSE", "RateLimitServiceError"),
     ("DC", "DownstreamConnectionTermination"),
-    ("URX", "UpstreamRetryLimitExceeded"),
     ("SI", "StreamIdleTimeout"),
     ("IH", "InvalidEnvoyRequestHeaders"),
     ("DPE", "DownstreamProtocolError"),

@@ -222,9 +222,16 @@ impl Body for LoggedBody {
                 }
             }
             Poll::Ready(None) => this.finish(false),
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 if let Some(rec) = this.rec.as_mut() {
-                    rec.info.flags |= ResponseFlags::from_short("UR").unwrap_or_default();
+                    // A stream timer that passed mid-response names itself (SI, DT, UT).
+                    match e.downcast_ref::<crate::http::stream_timer::TimedOut>() {
+                        Some(t) => {
+                            rec.info.flags |= ResponseFlags::from_short(t.0.flag()).unwrap_or_default();
+                            rec.info.details = Some(t.0.details().into());
+                        }
+                        None => rec.info.flags |= ResponseFlags::from_short("UR").unwrap_or_default(),
+                    }
                 }
                 this.finish(false);
             }

@@ -373,6 +373,8 @@ pub enum ResponseBody {
         body: Incoming,
         on_end: Option<OnEnd>,
         _guards: Box<dyn std::any::Any>,
+        /// The stream's timers: each frame is activity; a timer that passed resets the stream.
+        timer: Option<crate::http::stream_timer::StreamTimer>,
     },
 }
 
@@ -387,8 +389,13 @@ impl ResponseBody {
 
     /// Streams an upstream body; `on_end` runs when it finishes cleanly; `guards` live as long
     /// as the body (active-request gauges and the like).
-    pub fn upstream(body: Incoming, on_end: Option<OnEnd>, guards: Box<dyn std::any::Any>) -> Self {
-        let mut b = ResponseBody::Upstream { body, on_end, _guards: guards };
+    pub fn upstream(
+        body: Incoming,
+        on_end: Option<OnEnd>,
+        guards: Box<dyn std::any::Any>,
+        timer: Option<crate::http::stream_timer::StreamTimer>,
+    ) -> Self {
+        let mut b = ResponseBody::Upstream { body, on_end, _guards: guards, timer };
         b.finish_if_ended();
         b
     }
@@ -412,8 +419,17 @@ impl Body for ResponseBody {
         match this {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Boxed(b) => b.as_mut().poll_frame(cx),
-            ResponseBody::Upstream { body, on_end, .. } => {
+            ResponseBody::Upstream { body, on_end, timer, .. } => {
+                if let Some(e) = timer.as_ref().and_then(|t| t.body_check(cx)) {
+                    // A stream timer passed after the response started: Envoy resets the stream.
+                    on_end.take();
+                    *timer = None;
+                    return Poll::Ready(Some(Err(Box::new(crate::http::stream_timer::TimedOut(e)))));
+                }
                 let r = Pin::new(&mut *body).poll_frame(cx);
+                if let (Some(t), Poll::Ready(Some(Ok(_)))) = (timer.as_ref(), &r) {
+                    t.touch();
+                }
                 match &r {
                     Poll::Ready(None) => {
                         if let Some(f) = on_end.take() {
@@ -450,42 +466,5 @@ impl Body for ResponseBody {
             ResponseBody::Boxed(b) => b.size_hint(),
             ResponseBody::Upstream { body, .. } => body.size_hint(),
         }
-    }
-}
-
-/// A response body cut off at a deadline (a route's `max_stream_duration` reached after the
-/// response started): the stream is reset, as Envoy resets it.
-pub struct DeadlineBody {
-    inner: ResponseBody,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl DeadlineBody {
-    pub fn wrap(inner: ResponseBody, deadline: std::time::Instant) -> ResponseBody {
-        if inner.is_end_stream() {
-            return inner;
-        }
-        let sleep = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)));
-        ResponseBody::Boxed(Box::pin(DeadlineBody { inner, sleep }))
-    }
-}
-
-impl Body for DeadlineBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err("max stream duration reached".into())));
-        }
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

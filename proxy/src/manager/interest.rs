@@ -13,6 +13,8 @@ pub struct Interest {
     pub eds: BTreeSet<String>,
     pub rds: BTreeSet<String>,
     pub sds: BTreeSet<String>,
+    /// The names in `sds` whose config source is `ads` (subscribed on the ADS stream).
+    pub sds_ads: BTreeSet<String>,
     /// Files of file-based xDS the config references (`path_config_source` of SDS, RDS and
     /// EDS), with the resource type each must carry.
     pub files: BTreeSet<(std::path::PathBuf, &'static str)>,
@@ -32,6 +34,7 @@ pub(super) fn of(st: &State) -> Interest {
             _ => {}
         }
         interest.sds.extend(c.secret_names());
+        interest.sds_ads.extend(c.ads_secret_names());
         interest.files.extend(c.secret_files().into_iter().map(|f| (f, crate::config::type_url::SECRET)));
     }
     for l in st.static_listeners.iter().chain(st.listeners.values().map(|d| &d.listener)) {
@@ -43,6 +46,7 @@ pub(super) fn of(st: &State) -> Interest {
         }
         interest.sds.extend(listener_secrets(l));
         let tls = l.chains.iter().chain(l.default_chain.iter()).filter_map(|c| c.tls.as_ref());
+        interest.sds_ads.extend(tls.clone().flat_map(|t| t.ads_secret_names().iter().cloned()));
         let sds_files = tls.flat_map(|t| t.secret_files().iter().cloned());
         interest.files.extend(sds_files.map(|f| (f, crate::config::type_url::SECRET)));
     }

@@ -105,6 +105,7 @@ pub struct RouteAction {
     pub regex_rewrite: Option<(regex::Regex, String)>,
     pub host_rewrite: HostRewrite,
     pub timeout: Option<Duration>,
+    /// `idle_timeout`: replaces the HCM's `stream_idle_timeout` (zero: no idle timeout at all).
     pub idle_timeout: Option<Duration>,
     pub retry_policy: Option<Arc<RetryPolicy>>,
     pub hash_policy: Vec<HashPolicy>,
@@ -337,7 +338,7 @@ impl RouteAction {
             regex_rewrite,
             host_rewrite,
             timeout: optional_timeout(p.timeout.as_ref(), Some(DEFAULT_ROUTE_TIMEOUT)),
-            idle_timeout: p.idle_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+            idle_timeout: p.idle_timeout.as_ref().map(duration),
             retry_policy,
             hash_policy,
             max_grpc_timeout: p.max_grpc_timeout.as_ref().map(duration),

@@ -39,6 +39,11 @@ impl<C> Tls<C> {
         self.secret_names.clone()
     }
 
+    /// The SDS secrets among [`Self::secret_names`] whose config source is `ads`.
+    pub fn ads_secret_names(&self) -> &[String] {
+        &self.sds.ads
+    }
+
     /// Files of file-based SDS this context reads its secrets from.
     pub fn secret_files(&self) -> &[PathBuf] {
         &self.sds.files

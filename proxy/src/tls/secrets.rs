@@ -26,6 +26,9 @@ pub use certs::CompiledSecret as Secret;
 pub(crate) struct SdsSources {
     /// Files of file-based SDS (`sds_config.path_config_source`), watched for the secrets.
     pub(crate) files: Vec<PathBuf>,
+    /// Secrets whose config source is `ads`: Envoy subscribes to them on the ADS stream, not on
+    /// an SDS cluster's (istiod serves a Gateway's `credentialName` this way).
+    pub(crate) ads: Vec<String>,
     /// Envoy's SDS API name for the first secret fetched from a config source (not static).
     api: Option<&'static str>,
 }
@@ -54,6 +57,12 @@ impl SdsSources {
         let Some(source) = &s.sds_config else { return };
         if let Some(p) = crate::config::file_source(source) {
             self.files.push(p);
+        }
+        if matches!(
+            source.config_source_specifier,
+            Some(envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(_))
+        ) {
+            self.ads.push(s.name.clone());
         }
         self.api.get_or_insert(api);
     }

@@ -85,6 +85,7 @@ pub struct ClusterStats {
     pub upstream_rq_time: Histogram,
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_per_try_timeout: Counter,
+    pub upstream_rq_per_try_idle_timeout: Counter,
     pub upstream_rq_retry: Counter,
     pub upstream_rq_retry_success: Counter,
     pub upstream_rq_retry_overflow: Counter,
@@ -151,6 +152,7 @@ impl ClusterStats {
             upstream_rq_time: store.histogram(&format!("{p}upstream_rq_time")),
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+            upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
             upstream_rq_retry: c("upstream_rq_retry"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
             upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
@@ -313,6 +315,9 @@ impl Cluster {
             }
             if c.max_connection_duration.as_ref().is_some_and(|d| !duration(d).is_zero()) {
                 return Err(unsupported_upstream("common_http_protocol_options.max_connection_duration"));
+            }
+            if c.max_stream_duration.as_ref().is_some_and(|d| !duration(d).is_zero()) {
+                return Err(unsupported_upstream("common_http_protocol_options.max_stream_duration"));
             }
             if c.headers_with_underscores_action != 0 {
                 return Err(unsupported_upstream("common_http_protocol_options.headers_with_underscores_action"));
@@ -481,6 +486,12 @@ impl Cluster {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// The SDS secrets among [`Self::secret_names`] whose config source is `ads`.
+    pub fn ads_secret_names(&self) -> Vec<String> {
+        let tls = self.tls.iter().chain(self.tls_matches.iter().filter_map(|(_, t)| t.as_ref()));
+        tls.flat_map(|t| t.ads_secret_names().iter().cloned()).collect()
     }
 
     /// Files of file-based SDS this cluster's TLS contexts read.

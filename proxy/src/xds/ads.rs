@@ -175,16 +175,33 @@ fn follow_interest(manager: &Arc<ConfigManager>, ads: Option<AdsHandle>, sds: Op
     }
     let mut rx = manager.interest();
     tokio::spawn(async move {
+        let mut ads_secrets = false;
         loop {
             let want = rx.borrow_and_update().clone();
             if let Some(a) = &ads {
                 a.set_interest(xds_client::ads::ENDPOINT, want.eds.clone());
                 a.set_interest(xds_client::ads::ROUTE, want.rds.clone());
             }
-            match (&sds, &ads.as_ref().filter(|_| secrets)) {
-                (Some(s), _) => s.set_interest(xds_client::ads::SECRET, want.sds.clone()),
-                (None, Some(a)) => a.set_interest(xds_client::ads::SECRET, want.sds.clone()),
-                (None, None) => {}
+            // As Envoy: a secret whose config source is `ads` is fetched on the ADS stream (istiod
+            // serves a Gateway's credentialName so); the others on the SDS cluster's stream, or on
+            // ADS when there is none. With the CA client (`secrets` false) only the former are
+            // fetched: the CA stands in for pilot-agent's SDS server.
+            let (on_ads, on_sds) = match (&ads, &sds) {
+                (Some(_), Some(_)) => (want.sds_ads.clone(), want.sds.difference(&want.sds_ads).cloned().collect()),
+                (Some(_), None) if secrets => (want.sds.clone(), Default::default()),
+                (Some(_), None) => (want.sds_ads.clone(), Default::default()),
+                (None, _) => (Default::default(), want.sds.clone()),
+            };
+            // No SECRET subscription on ADS until a name needs one (an empty SotW request
+            // would read as a wildcard one).
+            if let Some(a) = &ads
+                && (ads_secrets || !on_ads.is_empty())
+            {
+                ads_secrets = true;
+                a.set_interest(xds_client::ads::SECRET, on_ads);
+            }
+            if let Some(s) = &sds {
+                s.set_interest(xds_client::ads::SECRET, on_sds);
             }
             if rx.changed().await.is_err() {
                 break;

@@ -17,7 +17,7 @@ use crate::xds::{dur, outbound_name};
 
 /// The routes of a VirtualService for a proxy with `labels`, on `listen_port`
 /// (`BuildHTTPRoutesForVirtualService`). Empty when no rule applies to this proxy.
-pub(super) fn vs_routes(
+pub(in crate::xds) fn vs_routes(
     mesh: &Mesh,
     vs: &Resource<VirtualServiceSpec>,
     listen_port: u16,

@@ -92,6 +92,9 @@ pub struct Downstream<'a> {
     pub log_requests: bool,
     /// The connection's streams in flight: an upstream response body counts until it ends.
     pub activity: &'a std::rc::Rc<crate::http::body::Activity>,
+    /// The stream's timers: the route's stream duration and the per-try idle timeout set them,
+    /// the response body reports its progress to them.
+    pub stream: &'a crate::http::stream_timer::StreamTimer,
 }
 
 /// The request as routing left it.

@@ -55,6 +55,8 @@ enum AttemptError {
     /// extensions over hyper's limits): the client's error, not the upstream's.
     DownstreamBody,
     PerTryTimeout,
+    /// `per_try_idle_timeout`: no response headers that long after the request went out.
+    PerTryIdleTimeout,
     GlobalTimeout,
 }
 
@@ -158,8 +160,13 @@ impl Forward<'_> {
         let suppress = router.suppress_envoy_headers;
         let is_grpc =
             parts.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let super::timeout::Timeouts { mut timeout, stream_deadline, grpc_timeout_upstream } =
+        let super::timeout::Timeouts { mut timeout, stream_limit, grpc_timeout_upstream } =
             super::timeout::Timeouts::of(action, &parts.headers, is_grpc);
+        if let Some(limit) = stream_limit {
+            // The route's stream duration replaces the connection manager's; the connection
+            // manager's stream timers enforce it (408/504 DT, or a reset once the response started).
+            self.cx.stream.set_duration(limit);
+        }
         let mut policy: Option<RetryPolicy> = action.retry_policy.as_deref().cloned();
         // The client's controls are taken off every request, and only honoured on internal ones
         // (`x-envoy-internal: true`), as Envoy does.
@@ -209,6 +216,7 @@ impl Forward<'_> {
                     }))
         });
         let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
+        let per_try_idle = policy.as_ref().and_then(|p| p.per_try_idle_timeout);
 
         // An HTTP/1.1 upgrade (WebSocket) the HCM allows keeps its Upgrade/Connection headers
         // and joins the two connections after a 101.
@@ -328,7 +336,7 @@ impl Forward<'_> {
             );
         }
 
-        let deadline = timeout.map(|t| Instant::now() + t).or(stream_deadline);
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut attempted: Vec<u64> = Vec::new();
         // Priority levels tried, and those the retry priority leaves out.
         let mut tried_priorities: Vec<u32> = Vec::new();
@@ -396,7 +404,7 @@ impl Forward<'_> {
                 }
             };
             let started = Instant::now();
-            let outcome = self.attempt(&cluster, &host, h2, req, per_try, deadline, prio).await;
+            let outcome = self.attempt(&cluster, &host, h2, req, (per_try, per_try_idle), deadline, prio).await;
             // The retried attempt is answered: its retry is no longer in flight.
             _retry_held = None;
             let can_replay = body_is_empty || replay.as_ref().is_some_and(ReplayBody::can_replay);
@@ -456,7 +464,11 @@ impl Forward<'_> {
                     if let Some(c) = set_cookie {
                         resp.headers_mut().append(header::SET_COOKIE, c);
                     }
-                    let resp = self.respond(
+                    if let Some(d) = per_try_idle {
+                        // The per-try idle timeout goes on while the response body streams.
+                        self.cx.stream.set_upstream_idle(d, stats.upstream_rq_per_try_idle_timeout.clone());
+                    }
+                    return self.respond(
                         resp,
                         lease,
                         (active, rq),
@@ -467,21 +479,6 @@ impl Forward<'_> {
                         suppress,
                         request_headers.as_ref(),
                     );
-                    return match stream_deadline {
-                        Some(d) => resp.map(|b| crate::http::body::DeadlineBody::wrap(b, d)),
-                        None => resp,
-                    };
-                }
-                Err(AttemptError::GlobalTimeout) if stream_deadline.is_some() => {
-                    // max_stream_duration reached before the response: the HCM's answer, 504 once
-                    // the whole request is in (408 while it is still arriving), flag DT.
-                    let complete = body_is_empty || replay.as_ref().is_none_or(ReplayBody::source_done);
-                    let status =
-                        if complete { http::StatusCode::GATEWAY_TIMEOUT } else { http::StatusCode::REQUEST_TIMEOUT };
-                    return self.reply(
-                        weighted,
-                        LocalReply::new(status, "downstream duration timeout", "DT", "max_duration_timeout"),
-                    );
                 }
                 Err(AttemptError::GlobalTimeout) => {
                     if let Some(d) = &cluster.outlier {
@@ -490,19 +487,36 @@ impl Forward<'_> {
                     stats.upstream_rq_timeout.inc();
                     return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
                 }
-                Err(AttemptError::PerTryTimeout) => {
+                Err(e @ (AttemptError::PerTryTimeout | AttemptError::PerTryIdleTimeout)) => {
+                    // Envoy's onPerTryTimeout and onPerTryIdleTimeout: a retry if the policy
+                    // allows, else 504; each with its own counter.
+                    let idle = matches!(e, AttemptError::PerTryIdleTimeout);
                     if let Some(d) = &cluster.outlier {
                         d.put_result(&host, Outcome::LocalOriginTimeout, Some(504));
                     }
-                    stats.upstream_rq_per_try_timeout.inc();
-                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout())
-                        && try_retry(p)
-                    {
-                        self.backoff(p, retries_done, deadline).await;
-                        continue;
+                    if idle {
+                        stats.upstream_rq_per_try_idle_timeout.inc();
+                    } else {
+                        stats.upstream_rq_per_try_timeout.inc();
                     }
-                    stats.upstream_rq_timeout.inc();
-                    return self.cluster_reply(&cluster, internal, weighted, LocalReply::upstream_timeout());
+                    let mut exhausted = false;
+                    if let Some(p) = policy.as_ref().filter(|p| p.retry_on_per_try_timeout()) {
+                        if try_retry(p) {
+                            self.backoff(p, retries_done, deadline).await;
+                            continue;
+                        }
+                        exhausted = retries_done >= p.num_retries;
+                    }
+                    let reply = if idle {
+                        // Envoy's retry state notes the exhausted retries (URX).
+                        let flags = if exhausted { "URX,UT" } else { "UT" };
+                        let body = "upstream request timeout";
+                        LocalReply::new(http::StatusCode::GATEWAY_TIMEOUT, body, flags, "upstream_per_try_idle_timeout")
+                    } else {
+                        stats.upstream_rq_timeout.inc();
+                        LocalReply::upstream_timeout()
+                    };
+                    return self.cluster_reply(&cluster, internal, weighted, reply);
                 }
                 Err(AttemptError::DownstreamBody) => {
                     // Envoy's codec refuses the request: 400, counted as a downstream protocol
@@ -561,7 +575,7 @@ impl Forward<'_> {
         host: &Arc<Host>,
         h2: bool,
         req: Request<RequestBody>,
-        per_try: Option<Duration>,
+        (per_try, per_try_idle): (Option<Duration>, Option<Duration>),
         deadline: Option<Instant>,
         prio: Priority,
     ) -> Result<(Response<Incoming>, Option<Lease>, ActiveRequest, RequestGuard), AttemptError> {
@@ -578,11 +592,11 @@ impl Forward<'_> {
             }
             match lease {
                 Lease::H1 { mut sender, served, key, max } => {
-                    let resp = sender.send_request(req).await.map_err(|e| attempt_error(&e))?;
+                    let resp = idle_limited(per_try_idle, sender.send_request(req)).await?;
                     Ok((resp, Some(Lease::H1 { sender, served: served + 1, key, max }), rq))
                 }
                 Lease::H2 { mut sender } => {
-                    let resp = sender.send_request(req).await.map_err(|e| attempt_error(&e))?;
+                    let resp = idle_limited(per_try_idle, sender.send_request(req)).await?;
                     Ok((resp, None, rq))
                 }
             }
@@ -660,7 +674,8 @@ impl Forward<'_> {
             }
             _ => None,
         };
-        Response::from_parts(rparts, ResponseBody::upstream(body, on_end, Box::new((active, self.cx.activity.start()))))
+        let guards = Box::new((active, self.cx.activity.start()));
+        Response::from_parts(rparts, ResponseBody::upstream(body, on_end, guards, Some(self.cx.stream.clone())))
     }
 
     /// After an upstream `101 Switching Protocols`, splices the upgraded connections together.
@@ -734,6 +749,18 @@ impl Forward<'_> {
         }
         (acc, set_cookie)
     }
+}
+
+/// Sends a request; Envoy's per-try idle timer starts once the attempt has a connection.
+async fn idle_limited<T>(
+    idle: Option<Duration>,
+    sent: impl std::future::Future<Output = Result<T, hyper::Error>>,
+) -> Result<T, AttemptError> {
+    let r = match idle {
+        Some(d) => tokio::time::timeout(d, sent).await.map_err(|_| AttemptError::PerTryIdleTimeout)?,
+        None => sent.await,
+    };
+    r.map_err(|e| attempt_error(&e))
 }
 
 /// A failed attempt: the client's broken body (an error of the downstream body hyper was

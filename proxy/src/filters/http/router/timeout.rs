@@ -2,7 +2,7 @@
 //! stream duration decide them: the route `timeout`, the gRPC `grpc-timeout` rules, and a route's
 //! `max_stream_duration` ("new timeouts").
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::HeaderMap;
 
@@ -14,9 +14,10 @@ use crate::router::action::RouteAction;
 pub(super) struct Timeouts {
     /// The global timeout (None: none).
     pub timeout: Option<Duration>,
-    /// Envoy's "new timeouts" (the route has `max_stream_duration`): the stream's deadline; the
-    /// route timeout then does not apply.
-    pub stream_deadline: Option<Instant>,
+    /// Envoy's "new timeouts" (the route has `max_stream_duration`): the stream's time limit
+    /// in place of the connection manager's (`Some(None)`: none); the route timeout then does
+    /// not apply. `None`: the connection manager's limit stands.
+    pub stream_limit: Option<Option<Duration>>,
     /// The `grpc-timeout` sent upstream under new timeouts, rewritten to the limit in force.
     pub grpc_timeout_upstream: Option<Duration>,
 }
@@ -24,7 +25,7 @@ pub(super) struct Timeouts {
 impl Timeouts {
     pub fn of(action: &RouteAction, headers: &HeaderMap, is_grpc: bool) -> Timeouts {
         let grpc_timeout = || headers.get(&hn::GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
-        let mut out = Timeouts { timeout: action.timeout, stream_deadline: None, grpc_timeout_upstream: None };
+        let mut out = Timeouts { timeout: action.timeout, stream_limit: None, grpc_timeout_upstream: None };
         match &action.stream_duration {
             None => {
                 // max_grpc_timeout (deprecated; istiod's): a gRPC request's `grpc-timeout`,
@@ -48,12 +49,16 @@ impl Timeouts {
             Some(sd) => {
                 out.timeout = None;
                 let header = grpc_timeout();
-                if let Some(limit) = sd.limit(header) {
-                    // The duration counts from the router: time spent in earlier HTTP filters (a
-                    // fault delay) is not included, where Envoy counts from the request's arrival.
-                    // The clock is read only for such routes.
-                    out.stream_deadline = Some(Instant::now() + limit);
-                    if header.is_some() && sd.grpc_header_max.is_some() && is_grpc {
+                // Envoy's refreshDurationTimeout: without a usable grpc-timeout and without the
+                // route's own max, the connection manager's max_stream_duration stands.
+                let by_header = header.is_some() && sd.grpc_header_max.is_some();
+                if by_header || sd.max.is_some() {
+                    let limit = sd.limit(header);
+                    out.stream_limit = Some(limit);
+                    if let Some(limit) = limit
+                        && by_header
+                        && is_grpc
+                    {
                         out.grpc_timeout_upstream = Some(limit);
                     }
                 }

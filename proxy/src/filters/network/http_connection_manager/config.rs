@@ -49,6 +49,9 @@ pub struct HcmStats {
     pub downstream_cx_max_requests_reached: Counter,
     pub downstream_cx_max_duration_reached: Counter,
     pub downstream_cx_idle_timeout: Counter,
+    pub downstream_rq_idle_timeout: Counter,
+    pub downstream_rq_timeout: Counter,
+    pub downstream_rq_max_duration_reached: Counter,
     /// Envoy's codec stats (`http1.*`, `http2.*`), shared by every HCM.
     pub codec: CodecStats,
     pub downstream_rq_active: Gauge,
@@ -78,6 +81,9 @@ impl HcmStats {
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             codec: CodecStats {
                 http1_dropped_underscores: cx.stats.counter("http1.dropped_headers_with_underscores"),
                 http1_rejected_underscores: cx.stats.counter("http1.requests_rejected_with_underscores_in_headers"),
@@ -205,7 +211,9 @@ pub struct HttpConnectionManager {
     pub always_set_request_id_in_response: bool,
     pub accept_http_10: bool,
     pub limits: Limits,
-    pub stream_idle_timeout: Option<Duration>,
+    /// The stream timers every stream opens with: `stream_idle_timeout` (5 min by default),
+    /// `request_timeout`, `common_http_protocol_options.max_stream_duration` (0: none).
+    pub stream_limits: crate::http::stream_timer::StreamLimits,
     pub idle_timeout: Option<Duration>,
     pub max_concurrent_streams: Option<u32>,
     /// HTTP/2 flow-control windows: (stream, connection).
@@ -290,9 +298,13 @@ impl HttpConnectionManager {
             always_set_request_id_in_response: p.always_set_request_id_in_response,
             accept_http_10: p.http_protocol_options.as_ref().is_some_and(|o| o.accept_http_10),
             limits: Limits::from_proto(p, codec)?,
-            stream_idle_timeout: match &p.stream_idle_timeout {
-                None => Some(Duration::from_secs(300)),
-                Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+            stream_limits: crate::http::stream_timer::StreamLimits {
+                idle: match &p.stream_idle_timeout {
+                    None => Some(Duration::from_secs(300)),
+                    Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+                },
+                request: p.request_timeout.as_ref().map(duration).filter(|d| !d.is_zero()),
+                duration: common.and_then(|c| c.max_stream_duration.as_ref()).map(duration).filter(|d| !d.is_zero()),
             },
             // Envoy's downstream default: 1 hour without a stream in flight; 0 disables it.
             idle_timeout: match common.and_then(|c| c.idle_timeout.as_ref()) {

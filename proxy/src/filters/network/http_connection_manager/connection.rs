@@ -19,6 +19,7 @@ use crate::http::body::{Activity, ResponseBody};
 use crate::http::exec::LocalExec;
 use crate::http::local_reply::LocalReply;
 use crate::http::protocol_name;
+use crate::http::stream_timer::{Expiry, H1Progress, StreamTimers, TimerStats};
 use crate::runtime::WorkerCtx;
 use crate::stats::GaugeGuard;
 use crate::stream_info::ConnInfo;
@@ -44,6 +45,8 @@ pub struct ConnCtx {
     pub wake: tokio::sync::Notify,
     /// Streams in flight (the idle timeout).
     pub activity: Rc<Activity>,
+    /// The streams' timers (`stream_idle_timeout`, `request_timeout`, stream durations).
+    pub timers: Rc<StreamTimers>,
 }
 
 /// Serves HTTP on an accepted connection until it closes or the server drains.
@@ -63,6 +66,7 @@ pub async fn serve<IO>(
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     let _active = GaugeGuard::new(&stats.downstream_cx_active);
+    let h1_progress = (hcm.codec != Codec::Http2).then(|| Arc::new(H1Progress::default()));
     let cx = Rc::new(ConnCtx {
         hcm: hcm.clone(),
         worker,
@@ -77,13 +81,21 @@ pub async fn serve<IO>(
         stop: std::cell::Cell::new(false),
         wake: tokio::sync::Notify::new(),
         activity: Rc::new(Activity::new()),
+        timers: Rc::new(StreamTimers::new(
+            h1_progress.clone(),
+            TimerStats {
+                idle: Some(stats.downstream_rq_idle_timeout.clone()),
+                request: Some(stats.downstream_rq_timeout.clone()),
+                duration: Some(stats.downstream_rq_max_duration_reached.clone()),
+            },
+        )),
     });
     let cx_loop = cx.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let cx = cx.clone();
         async move { handle(req, cx).await }
     });
-    let io = TokioIo::new(H1Guard::new(io, hcm.clone(), hcm.codec != Codec::Http2));
+    let io = TokioIo::new(H1Guard::new(io, hcm.clone(), hcm.codec != Codec::Http2, h1_progress));
     let lim = &hcm.limits.scan;
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
     // The guard enforces Envoy's header limits on HTTP/1 before hyper parses: hyper's own
@@ -129,7 +141,16 @@ pub async fn serve<IO>(
     // on the response in flight; an idle HTTP/1 connection closes at once).
     let mut max_age_at = hcm.limits.max_connection_duration.map_or(far, |d| tokio::time::Instant::now() + d);
     let (mut drain_started, mut closing) = (false, false);
+    // The streams' timers: one tokio timer for the connection, at the earliest deadline.
+    let stream_sleep = tokio::time::sleep_until(far);
+    tokio::pin!(stream_sleep);
     loop {
+        let next = cx_loop.timers.next_deadline();
+        cx_loop.timers.set_armed(next);
+        let stream_at = next.unwrap_or(far);
+        if stream_sleep.deadline() != stream_at {
+            stream_sleep.as_mut().reset(stream_at);
+        }
         if !closing && *shutdown.borrow() {
             closing = true;
             conn.as_mut().graceful_shutdown();
@@ -150,6 +171,10 @@ pub async fn serve<IO>(
         };
         tokio::select! {
             () = cx_loop.activity.idle.notified() => {}
+            () = cx_loop.timers.changed.notified() => {}
+            () = &mut stream_sleep, if stream_at != far => {
+                cx_loop.timers.fire(tokio::time::Instant::now());
+            }
             _ = tokio::time::sleep_until(idle_at), if idle_at != far && !closing => {
                 if cx_loop.activity.idle_since().is_some() {
                     stats.downstream_cx_idle_timeout.inc();
@@ -347,7 +372,32 @@ async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<
     let had_body = !req.body().is_end_stream();
     // A refused HTTP/1 CONNECT leaves the connection in an unknown state: Envoy closes it.
     let is_connect = req.method() == http::Method::CONNECT;
-    let mut resp = super::header_rules::process(req, &cx).await;
+    // Envoy's stream timers start with the stream (here: once its headers are parsed). On HTTP/2
+    // a request body's end is not observed: such a request counts as received whole.
+    let timer = cx.timers.open(hcm.stream_limits, !had_body || !is_h1);
+    let mut resp = {
+        let work = super::header_rules::process(req, &cx, &timer);
+        tokio::pin!(work);
+        let raced = std::future::poll_fn(|c| {
+            if let std::task::Poll::Ready(e) = timer.poll_expired(c) {
+                return std::task::Poll::Ready(Err(e));
+            }
+            work.as_mut().poll(c).map(Ok)
+        })
+        .await;
+        match raced {
+            Ok(r) => r,
+            Err(e) => {
+                let mut r = stream_timeout_reply(e, timer.request_complete());
+                if let Some(Ok(req)) =
+                    timer.take_parked().map(|b| b.downcast::<crate::access_log::request::LoggedRequest>())
+                {
+                    r.extensions_mut().insert(*req);
+                }
+                r
+            }
+        }
+    };
     if is_grpc {
         crate::http::local_reply::to_grpc(&mut resp);
     }
@@ -387,6 +437,19 @@ async fn handle(mut req: Request<Incoming>, cx: Rc<ConnCtx>) -> Result<Response<
     stats.downstream_rq_time.record(start.elapsed().as_secs_f64() * 1000.0);
     drop(active);
     Ok(resp)
+}
+
+/// A stream timer passed before the response: the connection manager's local reply (Envoy's
+/// `onIdleTimeout`, `onRequestTimeout`, `onStreamMaxDurationReached`), 408 while the request is
+/// still arriving, else 504 (counted when the timer fired).
+fn stream_timeout_reply(e: Expiry, request_complete: bool) -> Response<ResponseBody> {
+    let status = if request_complete { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
+    let body = match e {
+        Expiry::Idle | Expiry::UpstreamIdle => "stream timeout",
+        Expiry::Request => "request timeout",
+        Expiry::Duration => "downstream duration timeout",
+    };
+    LocalReply::new(status, body, e.flag(), e.details()).into_response()
 }
 
 /// Arranges for the access logs to be written when the response body ends.

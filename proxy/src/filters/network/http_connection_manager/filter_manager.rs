@@ -20,6 +20,7 @@ pub(super) async fn run(
     body: Incoming,
     authority: &str,
     downstream_remote: SocketAddr,
+    timer: &crate::http::stream_timer::StreamTimer,
 ) -> Response<ResponseBody> {
     let hcm = &cx.hcm;
     let table = hcm.route_table();
@@ -52,7 +53,17 @@ pub(super) async fn run(
         let (route, len) = vhost.route(&input)?;
         Some((RouteRef { table: t, vhost, route }, len))
     };
+    // The route's idle timeout replaces the connection manager's (Envoy's refreshIdleTimeout,
+    // on each route selection).
+    let route_idle = |m: &Option<(RouteRef<'_>, usize)>| {
+        if let Some(Action::Route(a)) = m.as_ref().map(|m| &m.0.route.action)
+            && let Some(d) = a.idle_timeout
+        {
+            timer.set_idle(d);
+        }
+    };
     let mut matched = select(parts);
+    route_idle(&matched);
 
     // The span starts once the route is known (its decorator names the operation).
     let decorator = hcm.tracing.as_ref().and(matched.as_ref()).and_then(|m| m.0.route.decorator.as_ref());
@@ -102,6 +113,7 @@ pub(super) async fn run(
                 // A filter changed what the route depends on (jwt_authn's clear_route_cache).
                 if rcx.state.remove::<ClearRouteCache>().is_some() {
                     matched = select(parts);
+                    route_idle(&matched);
                     rcx.route = matched.map(|m| m.0);
                     active = hcm.filters.active(rcx.route);
                 }
@@ -127,8 +139,10 @@ pub(super) async fn run(
             let _ = f.on_request(&mut rcx, parts);
         }
     }
-    let logged = (!hcm.access_logs.is_empty())
-        .then(|| crate::access_log::request::LoggedRequest::capture(parts, authority, scheme));
+    if !hcm.access_logs.is_empty() {
+        // Kept with the stream's timers, so that a timer's local reply can still log it.
+        timer.park(Box::new(crate::access_log::request::LoggedRequest::capture(parts, authority, scheme)));
+    }
     if let Some(sp) = span.as_mut() {
         if sp.sampled {
             sp.request_tags(
@@ -158,6 +172,7 @@ pub(super) async fn run(
                 upgrades: &hcm.upgrades,
                 log_requests: !hcm.access_logs.is_empty() || hcm.filters.needs_response_info || traced,
                 activity: &cx.activity,
+                stream: timer,
             };
             let routed = Routed { matched, authority, downstream_remote, path_and_query: &path_and_query };
             crate::filters::http::router::route(&downstream, parts, body, routed).await
@@ -195,7 +210,8 @@ pub(super) async fn run(
         }
     }
     let on_end = span.filter(|s| s.sampled);
-    if let Some(req) = logged {
+    let logged = timer.take_parked().and_then(|b| b.downcast::<crate::access_log::request::LoggedRequest>().ok());
+    if let Some(req) = logged.map(|b| *b) {
         note_for_log(&mut rparts.extensions, &rcx, req);
     } else if on_end.is_some() {
         note_for_log(&mut rparts.extensions, &rcx, Default::default());

@@ -18,6 +18,7 @@ use tokio::time::Sleep;
 
 use super::config::{HttpConnectionManager, ServerHeader};
 use super::h1_scan::{Scanner, Verdict};
+use crate::http::stream_timer::H1Progress;
 
 /// Envoy's default `delayed_close_timeout`.
 const DELAYED_CLOSE: Duration = Duration::from_secs(1);
@@ -46,12 +47,29 @@ pub(super) struct H1Guard<IO> {
     /// Header blocks handed to hyper (the ones it counts itself).
     delivered: u32,
     fail: Option<Failing>,
+    /// The request's progress, for the stream timers (`stream_timer`).
+    progress: Option<Arc<H1Progress>>,
 }
 
 impl<IO> H1Guard<IO> {
-    pub(super) fn new(io: IO, hcm: Arc<HttpConnectionManager>, enabled: bool) -> Self {
+    pub(super) fn new(
+        io: IO,
+        hcm: Arc<HttpConnectionManager>,
+        enabled: bool,
+        progress: Option<Arc<H1Progress>>,
+    ) -> Self {
         let scan = Scanner::new(hcm.limits.scan, enabled);
-        H1Guard { io, hcm, scan, wrote_since_head: false, timer: None, timer_head: 0, delivered: 0, fail: None }
+        H1Guard {
+            io,
+            hcm,
+            scan,
+            wrote_since_head: false,
+            timer: None,
+            timer_head: 0,
+            delivered: 0,
+            fail: None,
+            progress,
+        }
     }
 }
 
@@ -164,6 +182,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<IO> {
                             // Complete header blocks reach hyper's parser with these bytes.
                             this.delivered = this.scan.heads().wrapping_sub(u32::from(this.scan.in_head()));
                             this.arm_timer();
+                            if let Some(p) = &this.progress
+                                && buf.filled().len() > before
+                            {
+                                p.read(this.scan.in_body());
+                            }
                             return Poll::Ready(Ok(()));
                         }
                         Err(v) => {

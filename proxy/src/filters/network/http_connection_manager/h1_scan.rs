@@ -161,6 +161,21 @@ impl Scanner {
             && matches!(self.st, St::Method | St::Target | St::LineStart | St::BlankCr | St::Name | St::Value)
     }
 
+    /// Within a request's body or trailers (the request is not received whole yet).
+    pub fn in_body(&self) -> bool {
+        self.trailers
+            || matches!(
+                self.st,
+                St::Body(_)
+                    | St::ChunkSize
+                    | St::ChunkSizeEnd
+                    | St::ChunkExt
+                    | St::ChunkData(_)
+                    | St::ChunkDataCr
+                    | St::ChunkDataLf
+            )
+    }
+
     /// Header blocks begun so far.
     pub fn heads(&self) -> u32 {
         self.heads

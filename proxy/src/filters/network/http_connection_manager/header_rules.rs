@@ -14,7 +14,11 @@ use crate::http::headers as hn;
 use crate::http::local_reply::LocalReply;
 
 /// The request-side work: Envoy's header rules, routing, filters, then the action.
-pub(super) async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<ResponseBody> {
+pub(super) async fn process(
+    req: Request<Incoming>,
+    cx: &ConnCtx,
+    timer: &crate::http::stream_timer::StreamTimer,
+) -> Response<ResponseBody> {
     let hcm = &cx.hcm;
     if req.version() == Version::HTTP_10 && !hcm.accept_http_10 {
         let mut r =
@@ -149,7 +153,7 @@ pub(super) async fn process(req: Request<Incoming>, cx: &ConnCtx) -> Response<Re
     let request_id =
         if hcm.always_set_request_id_in_response { parts.headers.get(&hn::X_REQUEST_ID).cloned() } else { None };
 
-    let mut resp = super::filter_manager::run(cx, &mut parts, body, authority, downstream_remote).await;
+    let mut resp = super::filter_manager::run(cx, &mut parts, body, authority, downstream_remote, timer).await;
     if let Some(id) = request_id {
         resp.headers_mut().insert(hn::X_REQUEST_ID, id);
     }
