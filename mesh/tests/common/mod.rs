@@ -97,9 +97,14 @@ pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
 }
 
+/// One mesh at a time per test binary: a seed's remora and Envoy runs would otherwise share the
+/// machine's two cores (and a steady load's pacing) with each other.
+static ONE_MESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A running `remora demo` on a copy of a folder; SIGINT then SIGKILL on drop.
 pub struct Demo {
     child: Child,
+    _one_mesh: std::sync::MutexGuard<'static, ()>,
     pub tmp: tempfile::TempDir,
     /// The copy of the mesh folder the demo watches.
     pub dir: PathBuf,
@@ -113,6 +118,8 @@ impl Demo {
     /// fresh folder and runs `remora demo` on it until every proxy is ready; with `envoy`, Envoy
     /// is every proxy (`remora demo --envoy`), the oracle on the same control-plane output.
     pub fn start(src: &Path, extra: &[&str], envoy: Option<&Path>) -> Demo {
+        // A failed test poisons the lock; the next one still runs alone.
+        let one_mesh = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("mesh");
         std::fs::create_dir(&dir).unwrap();
@@ -152,7 +159,8 @@ impl Demo {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let mut demo = Demo { child, tmp, dir, work, summary: serde_json::Value::Null, gateway_port };
+        let mut demo =
+            Demo { child, _one_mesh: one_mesh, tmp, dir, work, summary: serde_json::Value::Null, gateway_port };
         let deadline = Instant::now() + Duration::from_secs(120);
         while !ready.exists() {
             assert!(Instant::now() < deadline, "demo not ready: {}", demo.stderr());

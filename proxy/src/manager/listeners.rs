@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
-use prost::Message;
 
 use super::*;
 
@@ -38,7 +37,7 @@ impl ConfigManager {
                     continue;
                 }
                 if let Some(existing) = st.listeners.get(&name)
-                    && existing.listener.proto.encode_to_vec() == p.encode_to_vec()
+                    && existing.listener.proto == p
                 {
                     continue;
                 }
