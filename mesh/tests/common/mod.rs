@@ -12,6 +12,17 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A port `p` such that `p..p+n` are all free now (the demo publishes a gateway's ports on
+/// consecutive local ports from `--gateway-port`).
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let p = free_port();
+        if p.checked_add(n).is_some() && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
 /// One HTTP/1.1 GET with `Host: host`; `(status, body)`.
 pub fn get_host(addr: &str, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
@@ -135,7 +146,7 @@ impl Demo {
         }
         let work = tmp.path().join("work");
         let ready = tmp.path().join("ready.json");
-        let gateway_port = free_port();
+        let gateway_port = free_ports(4);
         let remora = remora_bin();
         assert!(remora.exists(), "no remora binary at {} (cargo build -p remora, or set REMORA_BIN)", remora.display());
         let mut cmd = Command::new(&remora);
@@ -170,10 +181,12 @@ impl Demo {
         std::thread::sleep(Duration::from_millis(200));
         demo.summary = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
         assert_eq!(demo.summary["nacks"], serde_json::json!([]), "a proxy refused the generated config");
-        // The proxies are the binary asked for.
+        // The proxies are the binary asked for (`remora demo` may name itself by its resolved
+        // path, so match either spelling).
         let want = envoy.map(Path::to_path_buf).unwrap_or(remora);
+        let resolved = want.canonicalize().unwrap_or_else(|_| want.clone());
         let running = Command::new("pgrep")
-            .args(["-fc", &format!("^{} -c {}", want.display(), demo.work.display())])
+            .args(["-fc", &format!("^({}|{}) -c {}", want.display(), resolved.display(), demo.work.display())])
             .output()
             .unwrap();
         let n: usize = String::from_utf8_lossy(&running.stdout).trim().parse().unwrap_or(0);
