@@ -16,7 +16,7 @@ use xds_client::server::ControlPlane;
 
 use crate::model::{Mesh, Pod};
 use crate::runner::{ProxyRun, fingerprint, load, push, report_new_nacks};
-use crate::xds::{self, GATEWAY_NAMESPACE, GATEWAY_SA};
+use crate::xds::{self, GATEWAY_NAMESPACE};
 
 /// The compose network: pods are `.11` onwards, the control plane `.2`, the gateway `.3`.
 pub const SUBNET: [u8; 3] = [10, 213, 89];
@@ -100,7 +100,7 @@ pub async fn control_plane(opts: ControlPlaneOptions) -> Result<(), String> {
         let cp = ControlPlane::new();
         let addr = cp.serve_tcp(([127, 0, 0, 1], 0).into()).await.map_err(|e| e.to_string())?;
         harnesses.insert(pod.map(Pod::node_id).unwrap_or_else(xds::gateway_node_id), addr);
-        proxies.push(ProxyRun { pod: pod.cloned(), cp, admin: 0 });
+        proxies.push(ProxyRun { pod: pod.cloned(), cp, admin: 0, envoy: false });
     }
     push(&mesh, &proxies, &bind)?;
     let xds_addr = crate::dispatch::serve(opts.listen, harnesses).await?;
@@ -175,6 +175,7 @@ pub async fn control_plane(opts: ControlPlaneOptions) -> Result<(), String> {
 pub fn bootstrap() -> Value {
     json!({
         "admin": {"address": {"socket_address": {"address": "0.0.0.0", "port_value": ADMIN_PORT}}},
+        "stats_config": xds::telemetry::stats_config(),
         "dynamic_resources": {
             "ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
@@ -192,10 +193,9 @@ pub fn bootstrap() -> Value {
     })
 }
 
-fn node(id: &str, cluster: &str, ns: &str, sa: &str, labels: &BTreeMap<String, String>) -> String {
-    json!({"node": {"id": id, "cluster": cluster, "metadata": {
-        "NAMESPACE": ns, "SERVICE_ACCOUNT": sa, "CLUSTER_ID": "Kubernetes", "LABELS": labels}}})
-    .to_string()
+/// The node as pilot-agent sends it, with its metadata (`xds::telemetry::node_metadata`).
+fn node(id: &str, cluster: &str, pod: Option<&crate::model::Pod>) -> String {
+    json!({"node": {"id": id, "cluster": cluster, "metadata": xds::telemetry::node_metadata(pod)}}).to_string()
 }
 
 /// The proxy's command: `envoy` (the same binary as remora, as pilot-agent execs it).
@@ -263,7 +263,7 @@ pub fn compose_yaml(mesh: &Mesh, mesh_src: &str, image: &str, demo_image: &str) 
                 "depends_on": {p.name.clone(): {"condition": "service_started"},
                     "controlplane": {"condition": "service_healthy"}},
                 "volumes": sidecar_volumes,
-                "command": proxy_command(node(&p.node_id(), &cluster, &p.namespace, &p.service_account, &p.labels)),
+                "command": proxy_command(node(&p.node_id(), &cluster, Some(p))),
             }),
         );
     }
@@ -278,7 +278,6 @@ pub fn compose_yaml(mesh: &Mesh, mesh_src: &str, image: &str, demo_image: &str) 
             })
             .chain(std::iter::once(format!("127.0.0.1:{ADMIN_BASE}:{ADMIN_PORT}")))
             .collect();
-        let labels = BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]);
         services.insert(
             "gateway".into(),
             json!({
@@ -287,8 +286,7 @@ pub fn compose_yaml(mesh: &Mesh, mesh_src: &str, image: &str, demo_image: &str) 
                 "networks": {"mesh": {"ipv4_address": gateway_ip().to_string()}},
                 "ports": ports,
                 "volumes": sidecar_volumes,
-                "command": proxy_command(node(&xds::gateway_node_id(), &format!("istio-ingressgateway.{GATEWAY_NAMESPACE}"),
-                    GATEWAY_NAMESPACE, GATEWAY_SA, &labels)),
+                "command": proxy_command(node(&xds::gateway_node_id(), &format!("istio-ingressgateway.{GATEWAY_NAMESPACE}"), None)),
             }),
         );
     }

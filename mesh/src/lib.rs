@@ -4,8 +4,11 @@
 
 pub mod compose;
 pub mod dispatch;
+pub mod endpoints;
 pub mod manifest;
+pub mod meshconfig;
 pub mod model;
+pub mod prometheus;
 pub mod runner;
 pub mod xds;
 
@@ -20,6 +23,20 @@ pub type Resources = Vec<(&'static str, Vec<(String, Any)>)>;
 
 /// Generates and encodes every resource `proxy` gets.
 pub fn resources(mesh: &Mesh, proxy: &Proxy) -> Result<Resources, String> {
+    encode(mesh, proxy, |v| v)
+}
+
+/// The same for upstream Envoy as the proxy: Istio's own extensions dropped
+/// (`xds::telemetry::for_upstream_envoy`).
+pub fn resources_for_envoy(mesh: &Mesh, proxy: &Proxy) -> Result<Resources, String> {
+    encode(mesh, proxy, |v| xds::telemetry::for_upstream_envoy(&v))
+}
+
+fn encode(
+    mesh: &Mesh,
+    proxy: &Proxy,
+    adapt: impl Fn(serde_json::Value) -> serde_json::Value,
+) -> Result<Resources, String> {
     // The descriptor pool stays decoded only while someone holds it: hold it across the
     // conversions below rather than decode it again for every resource.
     let _pool = xds_client::descriptors::pool();
@@ -42,7 +59,8 @@ pub fn resources(mesh: &Mesh, proxy: &Proxy) -> Result<Resources, String> {
     for (ty, values) in groups {
         let mut encoded = Vec::new();
         for v in values {
-            let (_, name, any) = xds_client::server::resource_from_json(&v, "generated").map_err(|e| e.to_string())?;
+            let (_, name, any) =
+                xds_client::server::resource_from_json(&adapt(v), "generated").map_err(|e| e.to_string())?;
             encoded.push((name, any));
         }
         out.push((ty, encoded));

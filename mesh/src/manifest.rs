@@ -470,6 +470,11 @@ pub struct Manifests {
     pub secrets: Vec<TlsSecret>,
     pub service_entries: Vec<ServiceEntry>,
     pub sidecars: Vec<Resource<SidecarSpec>>,
+    pub telemetries: Vec<Resource<crate::meshconfig::TelemetrySpec>>,
+    /// The mesh config (`ConfigMap istio` in istio-system) and its file.
+    pub mesh_config: Option<(String, crate::meshconfig::MeshConfig)>,
+    /// `Endpoints` of Services without a selector.
+    pub endpoints: Vec<crate::endpoints::Endpoints>,
 }
 
 /// Reads every `*.yaml`/`*.yml` file of `dir` (sorted by name).
@@ -578,14 +583,31 @@ pub fn load_text(file: &str, text: &str, out: &mut Manifests) -> Result<(), Mani
                 out.request_authentications.push(parse(file, &at, &doc)?)
             }
             "Secret" | "ServiceEntry" | "Sidecar" => edge::load(file, &at, &kind, &api, &doc, out)?,
+            "Telemetry" => {
+                want_group("telemetry.istio.io")?;
+                out.telemetries.push(parse(file, &at, &doc)?)
+            }
+            "ConfigMap" => {
+                want_group("")?;
+                let mc = crate::meshconfig::parse_config_map(file, &at, &doc)?;
+                if out.mesh_config.is_some() {
+                    return Err(err(format!("{at}: metadata.name"), "the mesh config is given twice".into()));
+                }
+                out.mesh_config = Some((file.to_string(), mc));
+            }
+            "Endpoints" => {
+                want_group("")?;
+                out.endpoints.push(crate::endpoints::parse(file, &at, &doc)?)
+            }
             "" => return Err(err(format!("{at}: kind"), "missing".into())),
             other => {
                 return Err(err(
                     format!("{at}: kind"),
                     format!(
                         "kind '{other}' is not supported by the demo control plane (supported: Namespace, \
-                         Service, Deployment, Secret, VirtualService, DestinationRule, Gateway, \
-                         PeerAuthentication, AuthorizationPolicy, RequestAuthentication, ServiceEntry, Sidecar)"
+                         Service, Deployment, Secret, Endpoints, ConfigMap istio, VirtualService, DestinationRule, \
+                         Gateway, PeerAuthentication, AuthorizationPolicy, RequestAuthentication, ServiceEntry, \
+                         Sidecar, Telemetry)"
                     ),
                 ));
             }

@@ -59,6 +59,8 @@ pub struct Pod {
     pub labels: Labels,
     pub service_account: String,
     pub ports: Vec<u16>,
+    /// The Deployment's container names (pilot-agent's `APP_CONTAINERS`).
+    pub containers: Vec<String>,
     pub ip: Ipv4Addr,
     pub app_ip: Ipv4Addr,
     pub outbound_ip: Ipv4Addr,
@@ -95,6 +97,12 @@ pub struct Mesh {
     pub gateway_ip: Ipv4Addr,
     /// Gateway credentials and ServiceEntry hosts (`edge`).
     pub edge: edge::Edge,
+    /// Istio's mesh config (the `istio` ConfigMap, else the default) and the file it came from.
+    pub mesh_config: crate::meshconfig::MeshConfig,
+    pub mesh_config_file: Option<String>,
+    pub telemetries: Vec<Resource<crate::meshconfig::TelemetrySpec>>,
+    /// `Endpoints` of the Services without a selector.
+    pub endpoints: Vec<crate::endpoints::Endpoints>,
 }
 
 fn fail(file: &str, field: String, reason: String) -> ManifestError {
@@ -153,6 +161,7 @@ impl Mesh {
                         .clone()
                         .unwrap_or_else(|| "default".into()),
                     ports: ports.clone(),
+                    containers: d.spec.template.spec.containers.iter().map(|c| c.name.clone()).collect(),
                     ip: Ipv4Addr::new(127, 1, 0, n),
                     app_ip: Ipv4Addr::new(127, 2, 0, n),
                     outbound_ip: Ipv4Addr::new(127, 3, 0, n),
@@ -246,8 +255,24 @@ impl Mesh {
             strict,
             security: crate::xds::authz::Security::build(m.authorization_policies, m.request_authentications)?,
             gateway_ip: Ipv4Addr::LOCALHOST,
+            mesh_config_file: m.mesh_config.as_ref().map(|(f, _)| f.clone()),
+            mesh_config: m.mesh_config.map(|(_, c)| c).unwrap_or_default(),
+            telemetries: m.telemetries,
+            endpoints: m.endpoints,
         };
         mesh.check()?;
+        for e in &mesh.endpoints {
+            let selectorless =
+                mesh.services.iter().any(|s| s.name == e.name && s.namespace == e.namespace && s.selector.is_empty());
+            if !selectorless {
+                return Err(fail(
+                    &e.file,
+                    format!("Endpoints {}", e.name),
+                    format!("no Service '{}' without a selector in {}", e.name, e.namespace),
+                ));
+            }
+        }
+        crate::meshconfig::check(&mesh)?;
         Ok(mesh)
     }
 
@@ -264,6 +289,14 @@ impl Mesh {
 
     pub fn service(&self, fqdn: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.fqdn() == fqdn)
+    }
+
+    /// The `Endpoints` addresses of a Service without a selector.
+    pub fn external_endpoints(&self, svc: &Service) -> Option<&crate::endpoints::Endpoints> {
+        if !svc.selector.is_empty() {
+            return None;
+        }
+        self.endpoints.iter().find(|e| e.name == svc.name && e.namespace == svc.namespace)
     }
 
     pub fn destination_rule(&self, host: &str) -> Option<&Resource<DestinationRuleSpec>> {

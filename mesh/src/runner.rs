@@ -3,7 +3,6 @@
 //! ports: every pod gets its own loopback addresses), and a remora ingress gateway. It watches the
 //! folder and pushes changes; a refused change is printed and the last good config keeps serving.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,6 +30,9 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// Once up, the runner writes a JSON summary (admin ports, gateway address) here.
     pub ready_file: Option<PathBuf>,
+    /// Start Prometheus (when `prometheus` is on PATH) on this 127.0.0.1 port (taken: any free
+    /// one); `None`: do not.
+    pub prometheus: Option<u16>,
 }
 
 /// Loads and checks a folder.
@@ -47,25 +49,21 @@ pub(crate) struct ProxyRun {
     pub(crate) pod: Option<Pod>,
     pub(crate) cp: ControlPlane,
     pub(crate) admin: u16,
+    /// Upstream Envoy serves this proxy (`--envoy`): it is sent the config without Istio's own
+    /// extensions, which Envoy lacks.
+    pub(crate) envoy: bool,
 }
 
-/// The bootstrap pilot-agent would write for a proxy: node, admin, Delta ADS to `xds`, and an
-/// `sds-grpc` cluster that remora never dials because `--ca-address` serves the secrets.
-pub fn bootstrap(
-    node_id: &str,
-    cluster: &str,
-    ns: &str,
-    sa: &str,
-    labels: &BTreeMap<String, String>,
-    admin: u16,
-    xds: SocketAddr,
-) -> String {
-    let labels = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
+/// The bootstrap pilot-agent would write for a proxy: node (with the metadata pilot-agent sets,
+/// `xds::telemetry::node_metadata`), admin, Delta ADS to `xds`, and an `sds-grpc` cluster that
+/// remora never dials because `--ca-address` serves the secrets.
+pub fn bootstrap(node_id: &str, cluster: &str, metadata: &serde_json::Value, admin: u16, xds: SocketAddr) -> String {
     format!(
         r#"{{
   "node": {{"id": "{node_id}", "cluster": "{cluster}",
-    "metadata": {{"NAMESPACE": "{ns}", "SERVICE_ACCOUNT": "{sa}", "CLUSTER_ID": "Kubernetes", "LABELS": {labels}}}}},
+    "metadata": {metadata}}},
   "admin": {{"address": {{"socket_address": {{"address": "127.0.0.1", "port_value": {admin}}}}}}},
+  "stats_config": {stats},
   "dynamic_resources": {{
     "ads_config": {{"api_type": "DELTA_GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
       "grpc_services": [{{"envoy_grpc": {{"cluster_name": "xds-grpc"}}}}]}},
@@ -85,7 +83,8 @@ pub fn bootstrap(
   ]}}
 }}"#,
         ip = xds.ip(),
-        port = xds.port()
+        port = xds.port(),
+        stats = xds::telemetry::stats_config()
     )
 }
 
@@ -133,7 +132,8 @@ pub(crate) fn push(mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)
             Some(pod) => Proxy::Sidecar(pod),
             None => Proxy::Gateway { bind: gateway_bind },
         };
-        for (ty, res) in crate::resources(mesh, &proxy)? {
+        let resources = if p.envoy { crate::resources_for_envoy(mesh, &proxy) } else { crate::resources(mesh, &proxy) };
+        for (ty, res) in resources? {
             if ty != xds_client::ads::SECRET {
                 p.cp.set_all(ty, res);
                 continue;
@@ -208,7 +208,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
     for n in &nacks {
         eprintln!("remora-demo: a proxy refused config: {n}");
     }
-    print_summary(&opts, &mesh, &proxies, &gateway_bind, &nacks);
+    let prom = start_prometheus(&opts, &proxies, &mut children);
+    print_summary(&opts, &mesh, &proxies, &gateway_bind, &nacks, prom);
 
     let mut current = fingerprint(&opts.mesh);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -294,28 +295,18 @@ async fn start_proxy(
     let cp = ControlPlane::new();
     let addr = cp.serve_tcp(([127, 0, 0, 1], 0).into()).await.map_err(|e| e.to_string())?;
     let admin = free_port().map_err(|e| e.to_string())?;
-    let (name, node, cluster, ns, sa, labels) = match pod {
-        Some(p) => (
-            format!("sidecar-{}", p.name),
-            p.node_id(),
-            format!("{}.{}", p.app(), p.namespace),
-            p.namespace.clone(),
-            p.service_account.clone(),
-            p.labels.clone(),
-        ),
-        None => (
-            "gateway".to_string(),
-            xds::gateway_node_id(),
-            format!("istio-ingressgateway.{GATEWAY_NAMESPACE}"),
-            GATEWAY_NAMESPACE.to_string(),
-            GATEWAY_SA.to_string(),
-            BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
-        ),
+    let (name, node, cluster) = match pod {
+        Some(p) => (format!("sidecar-{}", p.name), p.node_id(), format!("{}.{}", p.app(), p.namespace)),
+        None => ("gateway".to_string(), xds::gateway_node_id(), format!("istio-ingressgateway.{GATEWAY_NAMESPACE}")),
     };
-    let run = ProxyRun { pod: pod.cloned(), cp, admin };
+    let (ns, sa) = match pod {
+        Some(p) => (p.namespace.clone(), p.service_account.clone()),
+        None => (GATEWAY_NAMESPACE.to_string(), GATEWAY_SA.to_string()),
+    };
+    let run = ProxyRun { pod: pod.cloned(), cp, admin, envoy: opts.envoy.is_some() };
     push(mesh, std::slice::from_ref(&run), gateway_bind)?;
     let cfg = opts.work_dir.join(format!("{name}.json"));
-    let boot = bootstrap(&node, &cluster, &ns, &sa, &labels, admin, addr);
+    let boot = bootstrap(&node, &cluster, &xds::telemetry::node_metadata(pod), admin, addr);
     let mut cmd = match &opts.envoy {
         Some(envoy) => {
             serve_secrets(&run.cp, ca, &format!("spiffe://{}/ns/{ns}/sa/{sa}", crate::model::TRUST_DOMAIN))?;
@@ -459,7 +450,45 @@ async fn wait_ready(proxies: &[ProxyRun]) -> Vec<String> {
     out
 }
 
-fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind: &[(u16, u16)], nacks: &[String]) {
+/// Starts Prometheus over every proxy (see `crate::prometheus`); its port, or None (said why).
+fn start_prometheus(opts: &Options, proxies: &[ProxyRun], children: &mut Vec<(String, Child)>) -> Option<u16> {
+    let want = opts.prometheus?;
+    let Some(bin) = crate::prometheus::find() else {
+        eprintln!("remora-demo: no prometheus on PATH (apt-get install prometheus): not scraping the proxies");
+        return None;
+    };
+    let port = match std::net::TcpListener::bind(("127.0.0.1", want)) {
+        Ok(_) if want != 0 => want,
+        _ => free_port().ok()?,
+    };
+    let targets: Vec<crate::prometheus::Target> = proxies
+        .iter()
+        .map(|p| crate::prometheus::Target {
+            pod: p.pod.as_ref().map(|p| p.name.clone()).unwrap_or_else(|| "gateway".into()),
+            namespace: p.pod.as_ref().map(|p| p.namespace.clone()).unwrap_or_else(|| GATEWAY_NAMESPACE.into()),
+            admin: p.admin,
+        })
+        .collect();
+    match crate::prometheus::start(&bin, &opts.work_dir, port, &targets) {
+        Ok(child) => {
+            children.push(("prometheus".into(), child));
+            Some(port)
+        }
+        Err(e) => {
+            eprintln!("remora-demo: {e}: not scraping the proxies");
+            None
+        }
+    }
+}
+
+fn print_summary(
+    opts: &Options,
+    mesh: &Mesh,
+    proxies: &[ProxyRun],
+    gateway_bind: &[(u16, u16)],
+    nacks: &[String],
+    prom: Option<u16>,
+) {
     let mut admins = serde_json::Map::new();
     println!("remora demo: {} pods from {}", mesh.pods.len(), opts.mesh.display());
     for p in proxies {
@@ -521,11 +550,19 @@ fn print_summary(opts: &Options, mesh: &Mesh, proxies: &[ProxyRun], gateway_bind
         }
         println!("  curl -s {base}/status/503   /delay/500   (the demo app's knobs)");
     }
+    if let Some(port) = prom {
+        println!(
+            "prometheus: http://127.0.0.1:{port}/ scrapes every proxy each second, e.g.\n  \
+             curl -s http://127.0.0.1:{port}/api/v1/query --data-urlencode \
+             'query=sum(istio_requests_total) by (source_workload, destination_workload, response_code)'"
+        );
+    }
     println!("logs, bootstraps and the CA root: {}\nCtrl-C stops everything.", opts.work_dir.display());
     if let Some(f) = &opts.ready_file {
         let summary = serde_json::json!({
             "nacks": nacks,
             "admin": admins,
+            "prometheus": prom,
             "gateway": gateway_bind.iter().map(|(p, l)| (p.to_string(), serde_json::json!(l))).collect::<serde_json::Map<_, _>>(),
             "pods": mesh.pods.iter().map(|p| serde_json::json!({"name": p.name, "ip": p.ip.to_string(),
                 "app": p.app_ip.to_string(), "outbound": p.outbound_ip.to_string()})).collect::<Vec<_>>(),

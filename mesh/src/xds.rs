@@ -3,8 +3,8 @@
 //! mode NONE ("plain ports"): listeners bind to the pod's own addresses instead of 15001/15006;
 //! inbound listeners are the ones istiod builds in that mode from a Sidecar's ingress listeners
 //! (listener_inbound.go), one per served target port, bound to the pod IP.
-//! Istio's telemetry filters (istio.stats, metadata exchange, grpc_stats, istio.alpn) are left
-//! out; see mesh/README in the top-level README's "Demo mesh" section.
+//! Istio's telemetry (peer metadata, istio.stats, istio.alpn, tracing, access logs) is added by
+//! `telemetry` over what the other generators build.
 
 mod authn;
 pub mod authz;
@@ -12,6 +12,7 @@ pub mod gateway;
 mod policy;
 mod routes;
 pub mod service_entry;
+pub mod telemetry;
 
 use serde_json::{Value, json};
 
@@ -98,6 +99,7 @@ pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
         "name": "PassthroughCluster", "type": "ORIGINAL_DST", "connect_timeout": "10s", "lb_policy": "CLUSTER_PROVIDED",
         "circuit_breakers": {"thresholds": [{"max_connections": 4294967295u32, "max_pending_requests": 4294967295u32,
             "max_requests": 4294967295u32, "max_retries": 4294967295u32, "track_remaining": true}]}}));
+    telemetry::clusters(mesh, proxy, &mut out);
     out
 }
 
@@ -233,6 +235,7 @@ pub fn endpoints(mesh: &Mesh) -> Vec<Value> {
                             "load_balancing_weight": 1,
                         })
                     })
+                    .chain(crate::endpoints::lb_endpoints(mesh, svc, port))
                     .collect();
                 let name = outbound_name(port.port, subset, &host);
                 out.push(json!({
@@ -293,6 +296,7 @@ pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Value> {
         }
     }
     authz::add_filters(mesh, proxy, &mut out);
+    telemetry::listeners(mesh, proxy, &mut out);
     out
 }
 
@@ -332,7 +336,9 @@ fn inbound_listener(mesh: &Mesh, pod: &Pod, port: u16, strict: bool) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
             "common_tls_context": {
                 "tls_params": {},
-                "alpn_protocols": ["istio-peer-exchange", "h2", "http/1.1"],
+                // listener_inbound.go: HTTP chains offer h2 and http/1.1 only (istio-peer-exchange is
+                // for TCP chains), so a client without istio.alpn (a mirror) speaks plain HTTP.
+                "alpn_protocols": ["h2", "http/1.1"],
                 "tls_certificate_sds_secret_configs": [sds("default")],
                 "combined_validation_context": {
                     "default_validation_context": {"match_subject_alt_names": [{"prefix": format!("spiffe://{TRUST_DOMAIN}/")}]},

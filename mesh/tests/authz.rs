@@ -277,11 +277,18 @@ fn generated_filters_follow_istiod() {
         // Every chain (mTLS and, PERMISSIVE, plaintext) gets the same filters.
         let chains = l["filter_chains"].as_array().unwrap();
         assert_eq!(chains.len(), 2);
-        assert_eq!(
-            chains[0]["filters"][0]["typed_config"]["http_filters"],
-            chains[1]["filters"][0]["typed_config"]["http_filters"]
-        );
-        chains[0]["filters"][0]["typed_config"]["http_filters"].as_array().unwrap().clone()
+        let http_filters = |c: &Value| {
+            let fs = c["filters"].as_array().unwrap();
+            let hcm = fs.iter().find(|f| f["name"] == "envoy.filters.network.http_connection_manager").unwrap();
+            hcm["typed_config"]["http_filters"].as_array().unwrap().clone()
+        };
+        assert_eq!(http_filters(&chains[0]), http_filters(&chains[1]));
+        // Istio's telemetry (xds/telemetry.rs) around them: the peer metadata filter first (before
+        // RBAC, as istiod puts it), istio.stats before the router; the rest is authz's.
+        let all = http_filters(&chains[0]);
+        assert_eq!(all[0]["name"], "istio.metadata_exchange");
+        assert_eq!(all[all.len() - 2]["name"], "istio.stats");
+        all.into_iter().filter(|f| !f["name"].as_str().unwrap().starts_with("istio.")).collect()
     };
     let names = |fs: &[Value]| fs.iter().map(|f| f["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
     let api = inbound_filters("api-0");

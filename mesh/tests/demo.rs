@@ -161,12 +161,15 @@ fn demo_mesh_end_to_end() {
     assert!(!matches!(plain, Ok((200, _))), "plaintext was served under STRICT: {plain:?}");
 
     // A bad file is refused with its name; the mesh keeps serving.
-    std::fs::write(mesh_dir.join("zz-bad.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {}\n")
-        .unwrap();
+    std::fs::write(
+        mesh_dir.join("zz-bad.yaml"),
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec: {}\n",
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let err = std::fs::read_to_string(tmp.path().join("demo.err")).unwrap_or_default();
-        if err.contains("zz-bad.yaml") && err.contains("kind 'ConfigMap' is not supported") {
+        if err.contains("zz-bad.yaml") && err.contains("kind 'CronJob' is not supported") {
             break;
         }
         assert!(Instant::now() < deadline, "bad file not reported: {err}");

@@ -1,9 +1,13 @@
 //! Envoy itself accepts what the control plane generates for examples/demo and for the mesh of
 //! tests/data/routes (mirrors, rewrites, redirects, direct responses, header operations,
-//! query/header/cookie matches, per-subset and port-level policies): a sidecar's and the
-//! gateway's resources are served over Delta ADS to Envoy (`ENVOY_BIN`, installed by
-//! scripts/install-test-deps), which must ACK clusters, endpoints, listeners and routes and NACK
-//! nothing. The SDS secrets `default` and `ROOTCA` (pilot-agent's job; remora gets them with
+//! query/header/cookie matches, per-subset and port-level policies), and for examples/demo with
+//! Istio's telemetry (a mesh config with a Zipkin provider, a Telemetry with 100 % tracing,
+//! custom tags and the `envoy` access log): a sidecar's and the gateway's resources are served
+//! over Delta ADS to Envoy (`ENVOY_BIN`, installed by scripts/install-test-deps), which must ACK
+//! clusters, endpoints, listeners and routes and NACK nothing. Upstream Envoy lacks Istio's own
+//! extensions (`istio.alpn`, `istio.metadata_exchange`, `istio.stats`): they are dropped from
+//! what it is sent (`mesh::resources_for_envoy`), as proxy/tests/mesh does; everything else is
+//! sent as generated. The SDS secrets `default` and `ROOTCA` (pilot-agent's job; remora gets them with
 //! `--ca-address`) come from the same harness, signed by a dev CA. Skipped when Envoy is not
 //! installed. (remora's acceptance is checked by the demo test.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,6 +27,47 @@ fn envoy() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// Istio's telemetry for the demo: the mesh config with a Zipkin provider (a selector-less
+/// Service and its Endpoints), a mesh-wide Telemetry with 100 % tracing and access logs.
+const TELEMETRY: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: zipkin
+      zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: zipkin, namespace: istio-system}
+spec:
+  ports: [{name: http-zipkin, port: 9411}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: zipkin, namespace: istio-system}
+subsets: [{addresses: [{ip: 127.0.0.1}], ports: [{name: http-zipkin, port: 9411}]}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - providers: [{name: zipkin}]
+    randomSamplingPercentage: 100
+    customTags:
+      env: {literal: {value: demo}}
+      client: {header: {name: x-client, defaultValue: unknown}}
+      host: {environment: {name: HOSTNAME, defaultValue: unknown}}
+  accessLogging: [{providers: [{name: envoy}]}]
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      tagOverrides: {request_method: {value: request.method}}
+"#;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -30,6 +75,34 @@ fn free_port() -> u16 {
 #[test]
 fn envoy_accepts_the_generated_config() {
     envoy_acks(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo"), "frontend-0", 8080, 0);
+}
+
+#[test]
+fn envoy_accepts_the_telemetry() {
+    let folder = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), folder.path().join(e.file_name())).unwrap();
+    }
+    std::fs::write(folder.path().join("telemetry.yaml"), TELEMETRY).unwrap();
+    // What remora gets carries Istio's filters, tracing and access logs; Envoy gets the same
+    // minus Istio's own filters.
+    let mesh = mesh::runner::load(folder.path()).unwrap();
+    let pod = mesh.pods.iter().find(|p| p.name == "frontend-0").unwrap();
+    let bind = [(8080u16, 18080u16)];
+    for proxy in [Proxy::Sidecar(pod), Proxy::Gateway { bind: &bind }] {
+        let listeners = serde_json::to_string(&xds::listeners(&mesh, &proxy)).unwrap();
+        for want in
+            ["envoy.tracers.zipkin", "envoy.access_loggers.file", "\"istio.stats\"", "\"istio.metadata_exchange\""]
+        {
+            assert!(listeners.contains(want), "no {want} in {listeners}");
+        }
+        let stripped =
+            serde_json::to_string(&xds::telemetry::for_upstream_envoy(&serde_json::from_str(&listeners).unwrap()))
+                .unwrap();
+        assert!(!stripped.contains("\"name\":\"istio.") && stripped.contains("envoy.tracers.zipkin"), "{stripped}");
+    }
+    envoy_acks(folder.path(), "frontend-0", 8080, 3);
 }
 
 #[test]
@@ -58,7 +131,7 @@ fn envoy_acks(mesh_dir: &Path, pod: &str, gateway_port: u16, block: u32) {
         ("gateway", Proxy::Gateway { bind: &bind }, xds::gateway_node_id()),
     ] {
         let cp = ControlPlane::new();
-        for (ty, res) in mesh::resources(&mesh, &proxy).unwrap() {
+        for (ty, res) in mesh::resources_for_envoy(&mesh, &proxy).unwrap() {
             cp.set_all(ty, res);
         }
         let ca = certs::dev_ca::DevCa::new_root(&certs::dev_ca::CaOptions::default()).unwrap();
@@ -77,9 +150,12 @@ fn envoy_acks(mesh_dir: &Path, pod: &str, gateway_port: u16, block: u32) {
         let addr = rt.block_on(cp.serve_tcp(([127, 0, 0, 1], 0).into())).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("bootstrap.json");
-        let labels = pod.labels.clone();
+        let metadata = xds::telemetry::node_metadata(match &proxy {
+            Proxy::Sidecar(p) => Some(*p),
+            Proxy::Gateway { .. } => None,
+        });
         // sds-grpc: the harness (HTTP/2) instead of pilot-agent's socket.
-        let boot = mesh::runner::bootstrap(&node, "demo", "default", "default", &labels, free_port(), addr).replace(
+        let boot = mesh::runner::bootstrap(&node, "demo", &metadata, free_port(), addr).replace(
             r#"{"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}"#,
             &format!(r#"{{"socket_address": {{"address": "127.0.0.1", "port_value": {}}}}}"#, addr.port()),
         );

@@ -72,7 +72,8 @@ fn serve(rt: &tokio::runtime::Runtime, cp: &ControlPlane, pod: &mesh::model::Pod
 /// Starts `bin` (Envoy or remora) on a pilot-agent-shaped bootstrap whose SDS is the harness.
 fn start_proxy(bin: &Path, node: &str, addr: std::net::SocketAddr, dir: &Path) -> Child {
     let cfg = dir.join("bootstrap.json");
-    let boot = mesh::runner::bootstrap(node, "authz", "shop", "default", &Default::default(), free_port(), addr)
+    let metadata = serde_json::json!({"NAMESPACE": "shop", "SERVICE_ACCOUNT": "default", "CLUSTER_ID": "Kubernetes"});
+    let boot = mesh::runner::bootstrap(node, "authz", &metadata, free_port(), addr)
         .replace(
             r#"{"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}"#,
             &format!(r#"{{"socket_address": {{"address": "127.0.0.1", "port_value": {}}}}}"#, addr.port()),
@@ -121,7 +122,7 @@ fn envoy_accepts_the_generated_authz_filters() {
     proxies.push(("gateway".into(), Proxy::Gateway { bind: &bind }, xds::gateway_node_id()));
     for (label, proxy, node) in proxies {
         let cp = ControlPlane::new();
-        let resources = mesh::resources(&mesh, &proxy).unwrap();
+        let resources = mesh::resources_for_envoy(&mesh, &proxy).unwrap();
         let listeners = &resources.iter().find(|(t, _)| *t == ads::LISTENER).unwrap().1;
         let filters: usize = listeners
             .iter()
@@ -234,7 +235,9 @@ fn envoy_and_remora_decide_alike() {
                     .unwrap(),
             );
             let cp = ControlPlane::new();
-            for (ty, res) in mesh::resources(&mesh, &Proxy::Sidecar(&pod)).unwrap() {
+            // Envoy gets the config without Istio's own extensions, which it lacks.
+            let resources = if i == 0 { mesh::resources_for_envoy } else { mesh::resources };
+            for (ty, res) in resources(&mesh, &Proxy::Sidecar(&pod)).unwrap() {
                 cp.set_all(ty, res);
             }
             let addr = serve(&rt, &cp, &pod);

@@ -44,7 +44,10 @@ fn run_proxy(
 ) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cp = ControlPlane::new();
-    for (ty, res) in mesh::resources(mesh, &proxy).unwrap() {
+    // Stock Envoy gets the config without Istio's own extensions, which it lacks.
+    let resources =
+        if envoy.file_name().is_some_and(|n| n == "envoy") { mesh::resources_for_envoy } else { mesh::resources };
+    for (ty, res) in resources(mesh, &proxy).unwrap() {
         cp.set_all(ty, res);
     }
     let ca = certs::dev_ca::DevCa::new_root(&certs::dev_ca::CaOptions::default()).unwrap();
@@ -63,9 +66,10 @@ fn run_proxy(
     let addr = rt.block_on(cp.serve_tcp(([127, 0, 0, 1], 0).into())).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bootstrap.json");
-    let labels = std::collections::BTreeMap::from([("app".to_string(), "demo".to_string())]);
+    let metadata = serde_json::json!({"NAMESPACE": "default", "SERVICE_ACCOUNT": "default", "CLUSTER_ID": "Kubernetes",
+        "LABELS": {"app": "demo"}});
     // sds-grpc: the harness (HTTP/2) instead of pilot-agent's socket.
-    let boot = mesh::runner::bootstrap(node, "demo", "default", "default", &labels, free_port(), addr).replace(
+    let boot = mesh::runner::bootstrap(node, "demo", &metadata, free_port(), addr).replace(
         r#"{"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}"#,
         &format!(r#"{{"socket_address": {{"address": "127.0.0.1", "port_value": {}}}}}"#, addr.port()),
     );

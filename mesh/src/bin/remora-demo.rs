@@ -39,6 +39,13 @@ struct Args {
     /// Only check the folder: print what is refused, or OK.
     #[arg(long)]
     check: bool,
+    /// Where Prometheus (started when `prometheus` is on PATH) listens on 127.0.0.1 (taken: any
+    /// free port).
+    #[arg(long, default_value_t = 9090)]
+    prometheus_port: u16,
+    /// Do not start Prometheus.
+    #[arg(long)]
+    no_prometheus: bool,
 }
 
 /// The docker-compose mesh (docker/compose.yaml).
@@ -143,6 +150,7 @@ fn main() -> ExitCode {
         app: args.app.unwrap_or_else(|| sibling("demo-app")),
         work_dir,
         ready_file: args.ready_file,
+        prometheus: (!args.no_prometheus).then_some(args.prometheus_port),
     };
     let rt = match runtime() {
         Ok(rt) => rt,
