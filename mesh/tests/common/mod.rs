@@ -128,7 +128,12 @@ impl Demo {
         }
         let work = tmp.path().join("work");
         let ready = tmp.path().join("ready.json");
-        let gateway_port = free_port();
+        // The demo publishes a mesh's gateway ports from this one on, one after another: find
+        // four free in a row.
+        let gateway_port = (0..50)
+            .map(|_| free_port())
+            .find(|p| (1..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", p.saturating_add(i))).is_ok()))
+            .unwrap_or_else(free_port);
         let remora = remora_bin();
         assert!(remora.exists(), "no remora binary at {} (cargo build -p remora, or set REMORA_BIN)", remora.display());
         let mut cmd = Command::new(&remora);
