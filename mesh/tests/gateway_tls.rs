@@ -22,6 +22,16 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A port `p` with `p..p+n` free now: the demo publishes the gateway's ports consecutively.
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let p = free_port();
+        if p.checked_add(n).is_some() && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
 fn remora_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("REMORA_BIN") {
         return p.into();
@@ -147,7 +157,7 @@ fn edge_walk(envoy: Option<&Path>) {
     );
     let tmp = tempfile::tempdir().unwrap();
     let ready = tmp.path().join("ready.json");
-    let gw_port = free_port();
+    let gw_port = free_ports(4);
     let mut cmd = Command::new(remora_bin());
     cmd.arg("demo");
     if let Some(envoy) = envoy {
@@ -182,8 +192,10 @@ fn edge_walk(envoy: Option<&Path>) {
     // Every proxy is the binary under test.
     let want = envoy.map(Path::to_path_buf).unwrap_or_else(remora_bin);
     let work = tmp.path().join("work");
-    let running =
-        Command::new("pgrep").args(["-fc", &format!("^{} -c {}", want.display(), work.display())]).output().unwrap();
+    // `remora demo` may name the binary by its resolved path: match either spelling.
+    let resolved = want.canonicalize().unwrap_or_else(|_| want.clone());
+    let pattern = format!("^({}|{}) -c {}", want.display(), resolved.display(), work.display());
+    let running = Command::new("pgrep").args(["-fc", &pattern]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "2", "proxies running {}", want.display());
     let http = summary["gateway"]["8080"].as_u64().unwrap();
     let https = summary["gateway"]["8443"].as_u64().unwrap();

@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Demo, KeepAlive, Load, envoy_bin, eventually, example, get, get_raw, stat_matching, tls_client};
+use common::{Demo, KeepAlive, Load, envoy_bin, eventually, example, get, get_raw, stat, stat_matching, tls_client};
 
 const HOST: &str = "microservices.example.com";
 
@@ -105,6 +105,11 @@ fn canary_walk(envoy: Option<&Path>) {
     failures.extend(w.failures.iter().cloned());
     assert_eq!(w.by_version.get("v2"), None, "the refused file changed the split: {w:?}");
     let (last, rate) = load.finish();
+    eprintln!(
+        "gateway listeners modified {} times, added {}",
+        stat(gw_admin, "listener_manager.listener_modified"),
+        stat(gw_admin, "listener_manager.listener_added")
+    );
     // One update on start and one per step, each a different table; nothing rejected (the
     // broken file never left the control plane).
     assert_eq!((rds("update_success"), rds("config_reload"), rds("update_rejected")), (5, 5, 0));

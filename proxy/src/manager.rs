@@ -124,6 +124,12 @@ impl RdsStats {
     }
 }
 
+struct ListenSockets {
+    addresses: Vec<std::net::SocketAddr>,
+    /// Per address, one socket per worker.
+    sockets: Vec<Vec<std::net::TcpListener>>,
+}
+
 #[derive(Clone)]
 struct DynCluster {
     version: String,
@@ -160,6 +166,11 @@ struct State {
     routes: HashMap<String, RouteEntry>,
     /// Envoy's per-subscription RDS stats, by route configuration name.
     rds_stats: HashMap<String, RdsStats>,
+    /// The listen sockets of each dynamic listener (one per worker per address), kept so that a
+    /// new version of a listener at the same addresses takes them over, as Envoy does: its
+    /// workers accept on the same sockets, so no connection waiting in an accept queue is reset
+    /// when the old version stops.
+    sockets: HashMap<String, ListenSockets>,
     /// Order dynamic listeners were added, for a stable snapshot order.
     listener_order: Vec<String>,
     cds_version: String,

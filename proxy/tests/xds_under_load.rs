@@ -461,3 +461,61 @@ fn readiness_waits_for_the_first_cds_and_lds() {
 fn s_has(stats: &str, name: &str) -> bool {
     stats.lines().any(|l| l.starts_with(&format!("{name}: ")))
 }
+
+/// A listener updated again and again while clients open a new connection for every request:
+/// not one connection is refused or reset. As in Envoy, the new version of a listener at the
+/// same address takes over the listen sockets of the one it replaces, so a connection waiting in
+/// an accept queue when the old version stops is accepted by the new one.
+#[test]
+fn listener_updates_reset_no_new_connection() {
+    let ups = upstreams(&["a1"]);
+    let s = setup(&[("a", vec![ups[0]])], &[("a", 1)]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let port = s.port;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = (|| -> std::io::Result<String> {
+                        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+                        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        c.write_all(b"GET / HTTP/1.1\r\nhost: load\r\nconnection: close\r\n\r\n")?;
+                        let mut out = String::new();
+                        c.read_to_string(&mut out)?;
+                        Ok(out)
+                    })();
+                    match answer {
+                        Ok(a) if a.starts_with("HTTP/1.1 200") => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    let modified = || s.remora.stat("listener_manager.listener_modified").unwrap_or(0);
+    for i in 0..20 {
+        let mut updated = listener(s.port);
+        updated["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = json!(format!("ingress_{i}"));
+        set(&s.cp, updated);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while modified() < i + 1 {
+            assert!(Instant::now() < deadline, "update {i} not applied");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests on new connections across 20 listener updates, {failed} failed");
+    assert!(ok > 100, "only {ok} requests");
+    assert_eq!(failed, 0, "connections refused or reset across listener updates");
+}

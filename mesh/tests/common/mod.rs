@@ -12,6 +12,17 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A port `p` such that `p..p+n` are all free now (the demo publishes a gateway's ports on
+/// consecutive local ports from `--gateway-port`).
+pub fn free_ports(n: u16) -> u16 {
+    loop {
+        let p = free_port();
+        if p.checked_add(n).is_some() && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
 /// One HTTP/1.1 GET with `Host: host`; `(status, body)`.
 pub fn get_host(addr: &str, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
@@ -97,9 +108,14 @@ pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
 }
 
+/// One mesh at a time per test binary: a seed's remora and Envoy runs would otherwise share the
+/// machine's two cores (and a steady load's pacing) with each other.
+static ONE_MESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A running `remora demo` on a copy of a folder; SIGINT then SIGKILL on drop.
 pub struct Demo {
     child: Child,
+    _one_mesh: std::sync::MutexGuard<'static, ()>,
     pub tmp: tempfile::TempDir,
     /// The copy of the mesh folder the demo watches.
     pub dir: PathBuf,
@@ -113,6 +129,8 @@ impl Demo {
     /// fresh folder and runs `remora demo` on it until every proxy is ready; with `envoy`, Envoy
     /// is every proxy (`remora demo --envoy`), the oracle on the same control-plane output.
     pub fn start(src: &Path, extra: &[&str], envoy: Option<&Path>) -> Demo {
+        // A failed test poisons the lock; the next one still runs alone.
+        let one_mesh = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("mesh");
         std::fs::create_dir(&dir).unwrap();
@@ -128,12 +146,7 @@ impl Demo {
         }
         let work = tmp.path().join("work");
         let ready = tmp.path().join("ready.json");
-        // The demo publishes a mesh's gateway ports from this one on, one after another: find
-        // four free in a row.
-        let gateway_port = (0..50)
-            .map(|_| free_port())
-            .find(|p| (1..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", p.saturating_add(i))).is_ok()))
-            .unwrap_or_else(free_port);
+        let gateway_port = free_ports(4);
         let remora = remora_bin();
         assert!(remora.exists(), "no remora binary at {} (cargo build -p remora, or set REMORA_BIN)", remora.display());
         let mut cmd = Command::new(&remora);
@@ -157,7 +170,8 @@ impl Demo {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let mut demo = Demo { child, tmp, dir, work, summary: serde_json::Value::Null, gateway_port };
+        let mut demo =
+            Demo { child, _one_mesh: one_mesh, tmp, dir, work, summary: serde_json::Value::Null, gateway_port };
         let deadline = Instant::now() + Duration::from_secs(120);
         while !ready.exists() {
             assert!(Instant::now() < deadline, "demo not ready: {}", demo.stderr());
@@ -167,10 +181,12 @@ impl Demo {
         std::thread::sleep(Duration::from_millis(200));
         demo.summary = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
         assert_eq!(demo.summary["nacks"], serde_json::json!([]), "a proxy refused the generated config");
-        // The proxies are the binary asked for.
+        // The proxies are the binary asked for (`remora demo` may name itself by its resolved
+        // path, so match either spelling).
         let want = envoy.map(Path::to_path_buf).unwrap_or(remora);
+        let resolved = want.canonicalize().unwrap_or_else(|_| want.clone());
         let running = Command::new("pgrep")
-            .args(["-fc", &format!("^{} -c {}", want.display(), demo.work.display())])
+            .args(["-fc", &format!("^({}|{}) -c {}", want.display(), resolved.display(), demo.work.display())])
             .output()
             .unwrap();
         let n: usize = String::from_utf8_lossy(&running.stdout).trim().parse().unwrap_or(0);

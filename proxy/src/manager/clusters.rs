@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
-use prost::Message;
 
 use super::*;
 
@@ -35,7 +34,7 @@ impl ConfigManager {
                 continue;
             }
             if let Some(existing) = st.clusters.get(&name)
-                && existing.cluster.proto.encode_to_vec() == p.encode_to_vec()
+                && existing.cluster.proto == p
             {
                 continue; // unchanged: keep the object, its pools and stats
             }

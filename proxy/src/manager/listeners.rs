@@ -3,11 +3,11 @@
 //! handed to the workers.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
-use prost::Message;
 
 use super::*;
 
@@ -38,7 +38,7 @@ impl ConfigManager {
                     continue;
                 }
                 if let Some(existing) = st.listeners.get(&name)
-                    && existing.listener.proto.encode_to_vec() == p.encode_to_vec()
+                    && existing.listener.proto == p
                 {
                     continue;
                 }
@@ -95,6 +95,7 @@ impl ConfigManager {
                 gone.extend(st.listeners.keys().filter(|k| !seen.contains(*k)).cloned());
             }
             for n in gone {
+                st.sockets.remove(&n);
                 if let Some(old) = st.listeners.remove(&n) {
                     self.listener_removed.inc();
                     to_shut.push(old.listener);
@@ -189,13 +190,40 @@ impl ConfigManager {
         if !l.bind_to_port {
             return Ok(());
         }
-        let mut all = Vec::new();
-        for (i, addr) in l.addresses().enumerate() {
-            // An additional [::] beside 0.0.0.0 takes IPv6 only (Envoy's default, no ipv4_compat).
-            let sockets = crate::listener::socket::bind_reuseport_with(addr, self.workers.len(), 1024, i > 0)
-                .map_err(|e| format!("cannot bind '{addr}': {e}"))?;
-            all.push(sockets);
-        }
+        let addresses: Vec<SocketAddr> = l.addresses().collect();
+        let mut st = self.state();
+        // A new version at the same addresses takes over the sockets of the one it replaces.
+        let reused = match st.sockets.get(&l.name).filter(|b| b.addresses == addresses) {
+            Some(b) => b
+                .sockets
+                .iter()
+                .map(|per| per.iter().map(|s| s.try_clone()).collect::<std::io::Result<Vec<_>>>())
+                .collect::<std::io::Result<Vec<_>>>()
+                .ok(),
+            None => None,
+        };
+        let all = match reused {
+            Some(all) => all,
+            None => {
+                let mut all = Vec::new();
+                let mut kept = Vec::new();
+                for (i, addr) in addresses.iter().enumerate() {
+                    // An additional [::] beside 0.0.0.0 takes IPv6 only (Envoy's default, no ipv4_compat).
+                    let sockets = crate::listener::socket::bind_reuseport_with(*addr, self.workers.len(), 1024, i > 0)
+                        .map_err(|e| format!("cannot bind '{addr}': {e}"))?;
+                    let copies = sockets
+                        .iter()
+                        .map(|s| s.try_clone())
+                        .collect::<std::io::Result<Vec<_>>>()
+                        .map_err(|e| format!("listener '{}': {e}", l.name))?;
+                    kept.push(copies);
+                    all.push(sockets);
+                }
+                st.sockets.insert(l.name.clone(), ListenSockets { addresses, sockets: kept });
+                all
+            }
+        };
+        drop(st);
         for sockets in all {
             for (w, s) in self.workers.iter().zip(sockets) {
                 let _ = w.send(Command::Listen { listener: l.clone(), socket: s });
