@@ -201,6 +201,10 @@ fn sds_over_unix_socket_rotation_under_load() {
     }
     let sub = subscribed();
     assert!(sub.contains(&"default".to_string()) && sub.contains(&"ROOTCA".to_string()), "subscribed {sub:?}");
+    // Subscribed is not yet applied: wait for the ACK (remora ACKs once the secrets are in).
+    let acked =
+        rt.block_on(cp.wait_for(|cp| cp.acks().iter().any(|a| a.type_url == ads::SECRET), Duration::from_secs(10)));
+    assert!(acked, "secrets not ACKed: {}", log());
     assert!(cp.nacks().is_empty(), "NACKs {:?}", cp.nacks());
     assert_eq!(http_get(outbound, "/"), Some((200, "app".into())), "{}", log());
     assert_eq!(presented(inbound, &dir), first_pem(&first.chain_pem));
