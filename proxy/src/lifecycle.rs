@@ -48,18 +48,22 @@ impl Control {
         for l in &listeners {
             l.drain.send_replace(true);
         }
+        let names: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
         if graceful {
             let t = self.drain_time;
+            let this = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(t).await;
                 for l in listeners {
                     l.stop.send_replace(true);
                 }
+                this.manager.release_listen_sockets(&names);
             });
         } else {
             for l in listeners {
                 l.stop.send_replace(true);
             }
+            self.manager.release_listen_sockets(&names);
         }
     }
 }

@@ -261,9 +261,11 @@ async fn serve_async(opts: Options, config: ServerConfig, logs: crate::logging::
     }
     control.begin_shutdown();
     // Stop accepting, ask connections to finish, wait for them (bounded by --drain-time-s).
-    for l in manager.all_listeners() {
+    let listeners = manager.all_listeners();
+    for l in &listeners {
         l.shut();
     }
+    manager.release_listen_sockets(&listeners.iter().map(|l| l.name.clone()).collect::<Vec<_>>());
     let _ = shared.drain.send(true);
     let deadline = Instant::now() + control.drain_time;
     while shared.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {

@@ -518,4 +518,25 @@ fn listener_updates_reset_no_new_connection() {
     eprintln!("{ok} requests on new connections across 20 listener updates, {failed} failed");
     assert!(ok > 100, "only {ok} requests");
     assert_eq!(failed, 0, "connections refused or reset across listener updates");
+
+    // The kept sockets go with the listeners: after /drain_listeners a new connection is
+    // refused, not queued with no one to accept it.
+    {
+        use std::io::{Read, Write};
+        let mut a = std::net::TcpStream::connect(("127.0.0.1", s.remora.admin)).unwrap();
+        a.write_all(b"POST /drain_listeners HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = a.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => {
+                assert!(Instant::now() < deadline, "still accepting after /drain_listeners: {other:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
 }

@@ -186,6 +186,16 @@ impl ConfigManager {
         }
     }
 
+    /// Closes the kept listen sockets of these listeners once they stop accepting for good
+    /// (`/drain_listeners`, shutdown): a connection then is refused, not queued with no one to
+    /// accept it.
+    pub fn release_listen_sockets(&self, names: &[String]) {
+        let mut st = self.state();
+        for n in names {
+            st.sockets.remove(n);
+        }
+    }
+
     pub(super) fn start_listener(&self, l: &Arc<Listener>) -> Result<(), String> {
         if !l.bind_to_port {
             return Ok(());
@@ -209,8 +219,15 @@ impl ConfigManager {
                 let mut kept = Vec::new();
                 for (i, addr) in addresses.iter().enumerate() {
                     // An additional [::] beside 0.0.0.0 takes IPv6 only (Envoy's default, no ipv4_compat).
-                    let sockets = crate::listener::socket::bind_reuseport_with(*addr, self.workers.len(), 1024, i > 0)
-                        .map_err(|e| format!("cannot bind '{addr}': {e}"))?;
+                    let bound = crate::listener::socket::bind_reuseport_with(*addr, self.workers.len(), 1024, i > 0);
+                    let sockets = match bound {
+                        Ok(s) => s,
+                        Err(e) => {
+                            // The sockets of a version at other addresses are no one's now.
+                            st.sockets.remove(&l.name);
+                            return Err(format!("cannot bind '{addr}': {e}"));
+                        }
+                    };
                     let copies = sockets
                         .iter()
                         .map(|s| s.try_clone())
