@@ -77,8 +77,13 @@ impl Drop for Demo {
     }
 }
 
+/// One mesh at a time in this test binary: two demos started together can take each other's
+/// "free" ports (one's admin port is the port the other chose for its gateway).
+static ONE_MESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn demo_mesh_end_to_end() {
+    let _one_mesh = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let mesh_dir = tmp.path().join("mesh");
@@ -287,6 +292,7 @@ fn get_host(addr: &str, host: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn another_mesh_faults_hosts_and_permissive() {
+    let _one_mesh = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let mesh_dir = tmp.path().join("mesh");
     std::fs::create_dir(&mesh_dir).unwrap();

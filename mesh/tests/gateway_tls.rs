@@ -119,8 +119,13 @@ fn envoy_bin() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// One mesh at a time in this test binary: two demos started together can take each other's
+/// "free" ports (one's admin port is the port the other chose for its gateway).
+static ONE_MESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn https_gateway_redirect_and_service_entries_on_remora() {
+    let _one_mesh = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
     edge_walk(None);
 }
 
@@ -128,6 +133,7 @@ fn https_gateway_redirect_and_service_entries_on_remora() {
 /// control-plane output.
 #[test]
 fn https_gateway_redirect_and_service_entries_on_envoy() {
+    let _one_mesh = ONE_MESH.lock().unwrap_or_else(|e| e.into_inner());
     match envoy_bin() {
         Some(envoy) => edge_walk(Some(&envoy)),
         None => eprintln!("skipped: no Envoy (set ENVOY_BIN or run scripts/install-test-deps)"),
